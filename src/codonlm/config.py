@@ -1,0 +1,212 @@
+"""Typed config schema (the manual's "Config Schema"), YAML loading and one-line validation errors."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from codonlm.errors import UserError
+
+# A codon window needs room for <BOS_CDS>, at least one codon, <EOS_CDS> and one target.
+MIN_BLOCK_SIZE = 8
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    vocab_size: int = Field(68, ge=68)
+    block_size: int = Field(256, ge=MIN_BLOCK_SIZE)
+    n_layer: int = Field(6, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(256, ge=8)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    sep_mask_enabled: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head size n_embd/n_head = {self.n_embd // self.n_head} must be even (rotary embeddings)")
+        return self
+
+
+class DatasetSpec(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    gbff: str | list[str]
+    min_len: int = Field(30, ge=1, description="minimum CDS length in sense codons (stop excluded)")
+    transl_table: int = Field(11, ge=1, description="genetic code when a CDS has no /transl_table")
+
+    @property
+    def files(self) -> list[str]:
+        return [self.gbff] if isinstance(self.gbff, str) else list(self.gbff)
+
+
+class DataConfig(_Section):
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    windows_per_seq: int | Literal["auto"] = "auto"
+    val_frac: float = Field(0.05, ge=0.0, lt=1.0)
+    test_frac: float = Field(0.05, ge=0.0, lt=1.0)
+    pack_mode: Literal["multi", "single"] = "multi"
+    raw_dir: str = "data/raw"
+    processed_dir: str = "data/processed"
+
+    @field_validator("windows_per_seq")
+    @classmethod
+    def _positive_windows(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("windows_per_seq must be >= 1 or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataConfig:
+        if self.val_frac + self.test_frac >= 1.0:
+            raise ValueError(f"val_frac + test_frac = {self.val_frac + self.test_frac} leaves no training data")
+        names = [d.name for d in self.datasets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(32, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    epochs: int | Literal["auto"] = 5
+    tokens_per_param: float = Field(20.0, gt=0.0, description="used when epochs is 'auto'")
+    max_steps: int | None = Field(None, ge=1, description="optional hard cap on optimizer steps")
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    amp: bool = True
+    use_checkpoint: bool = False
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0)
+    max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before stopping")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive_epochs(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("epochs must be >= 1 or 'auto'")
+        return v
+
+
+class ScheduleConfig(_Section):
+    scheduler: Literal["cosine", "plateau"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    min_lr: float = Field(3e-5, ge=0.0)
+    plateau_patience: int = Field(1, ge=0)
+    early_stop_patience: int = Field(3, ge=1)
+
+
+class SystemConfig(_Section):
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    matmul_precision: Literal["highest", "high", "medium"] = "high"
+    num_workers: int = Field(0, ge=0)
+    pin_memory: bool = False
+    prefetch_factor: int | None = Field(None, ge=1)
+    persistent_workers: bool = False
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+
+
+class OutputsConfig(_Section):
+    out_dir: str = "outputs/checkpoints"
+    scores_dir: str = "outputs/scores"
+    runs_dir: str = "runs"
+    log_csv: str = "curves.csv"
+    seed: int = 1337
+    itos_path: str = "data/processed/itos.json"
+    saliency_window: int = Field(32, ge=1)
+    saliency_top: int = Field(20, ge=1)
+
+
+class Config(_Section):
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9_-]+$", description="prefix of the run id")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    system: SystemConfig = SystemConfig()
+    outputs: OutputsConfig = OutputsConfig()
+
+    @model_validator(mode="after")
+    def _min_lr_not_above_lr(self) -> Config:
+        if self.schedule.min_lr > self.train.lr:
+            raise ValueError(f"schedule.min_lr ({self.schedule.min_lr}) exceeds train.lr ({self.train.lr})")
+        return self
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _section_for(loc: tuple) -> type[BaseModel]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))[0] if getattr(ann, "__origin__", None) is list else ann
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            model = inner
+    return model
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: the first problem, where it is, and the nearest valid key for typos."""
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    where = ".".join(str(p) for p in loc) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        section = _section_for(loc)
+        hint = _closest(str(loc[-1]), list(section.model_fields))
+        return f"{source}: unknown config key '{where}'{hint}"
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    got_txt = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+    return f"{source}: invalid value for '{where}': {msg}{got_txt}"
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path} (pass -c configs/tiny_cpu.yaml or another YAML)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{line} is not valid YAML; fix the syntax and retry") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of config sections (model, data, train, ...)")
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source)) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_sha256(cfg: Config) -> str:
+    """Hash of the resolved config (defaults filled in), so equal settings hash equal."""
+    return hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()
