@@ -95,3 +95,11 @@ def fetch_default_corpus(dest: str | Path = "data/raw", verify: bool = False) ->
     tmp_manifest.replace(dest / MANIFEST)
     print(f"[fetch-data] wrote {len(files)} genomes from {PACKAGE} {version} to {dest}")
     return manifest
+
+
+def missing_default_files(cfg, dest: str | Path = "data/raw") -> list[str]:
+    """Default-corpus files the config names that are not on disk yet (others are the user's to supply)."""
+    dest = Path(dest)
+    wanted = {str(dest / name) for name in GENOMES}
+    named = [f for d in cfg.data.datasets for f in d.files]
+    return [f for f in named if str(Path(f)) in wanted and not Path(f).is_file()]

@@ -7,7 +7,6 @@ finished files replace the old ones only when everything succeeded (nothing half
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import struct
@@ -24,6 +23,7 @@ from codonlm.data.genbank import ExtractionStats, check_genbank_path, extract_fi
 from codonlm.data.packing import Piece, WindowPacker, chunk_gene, gene_tokens, render
 from codonlm.data.store import Spill, TextSpill, whole, write_npz_streaming
 from codonlm.errors import UserError
+from codonlm.provenance import write_json_atomic
 
 SPLITS = ("train", "val", "test")
 _RENDER_EVERY = 2048  # windows
@@ -185,13 +185,6 @@ def _integrity(splits: dict[str, dict]) -> dict:
     }
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def _dataset_inputs(spec: DatasetSpec) -> list[dict]:
     out = []
     for f in spec.files:
@@ -296,7 +289,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
         report["input_uncompressed_bytes"] = sum(i["uncompressed_bytes"] for v in inputs.values() for i in v)
         integrity = _integrity(totals)
         if run_dir is not None:
-            _write_json(Path(run_dir) / "integrity.json", integrity)
+            write_json_atomic(Path(run_dir) / "integrity.json", integrity)
         if not integrity["ok"] and not force:
             raise UserError(
                 f"integrity check failed: {integrity['pad_only_windows']} pad-only windows, "
@@ -321,13 +314,13 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
                 for sub in [*names, "all"] for s in SPLITS
             },
         }
-        _write_json(out_root / "manifest.json", manifest)
+        write_json_atomic(out_root / "manifest.json", manifest)
         report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
         mb = report["input_uncompressed_bytes"] / 1e6
         report["throughput_mb_per_s"] = round(mb / report["timings_s"]["total"], 2)
         if run_dir is not None:
-            _write_json(Path(run_dir) / "pipeline_prepare.json", report)
-            _write_json(Path(run_dir) / "dataset_manifest.json", manifest)
+            write_json_atomic(Path(run_dir) / "pipeline_prepare.json", report)
+            write_json_atomic(Path(run_dir) / "dataset_manifest.json", manifest)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)

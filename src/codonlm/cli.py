@@ -1,0 +1,147 @@
+"""The `codonlm` command. Each subcommand parses arguments and calls the package; no logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from codonlm.errors import UserError
+
+
+class _Tee:
+    """Copy a stream into runs/<RUN_ID>/log.txt (main.sh tees the shell itself and sets CODONLM_TEED)."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._log.flush()
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def tee_to_run_log(run_directory: Path) -> None:
+    if os.environ.get("CODONLM_TEED"):
+        return
+    log = open(run_directory / "log.txt", "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = _Tee(sys.stdout, log)
+    sys.stderr = _Tee(sys.stderr, log)
+    os.environ["CODONLM_TEED"] = "1"
+
+
+def _resolve_run(cfg, run_id: str | None):
+    from codonlm.provenance import run_dir
+    from codonlm.runid import make_run_id
+
+    run_id = run_id or make_run_id(cfg)
+    return run_id, run_dir(cfg, run_id)
+
+
+def cmd_fetch_data(args: argparse.Namespace) -> None:
+    from codonlm.data.fetch import fetch_default_corpus, missing_default_files
+
+    if args.if_needed:
+        from codonlm.config import load_config
+
+        if not missing_default_files(load_config(args.config), args.dest):
+            print("[fetch-data] every GenBank file the config names is present; nothing to fetch")
+            return
+    fetch_default_corpus(args.dest)
+
+
+def cmd_make_run_id(args: argparse.Namespace) -> None:
+    from codonlm.config import load_config
+    from codonlm.runid import make_run_id
+
+    print(make_run_id(load_config(args.config)))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from codonlm.config import load_config
+    from codonlm.data.prepare import prepare
+    from codonlm.provenance import snapshot, timed_stage
+
+    cfg = load_config(args.config)
+    run_id, directory = _resolve_run(cfg, args.run_id)
+    tee_to_run_log(directory)
+    snapshot(cfg, directory, args.config)
+    print(f"[prepare] run {run_id}")
+    with timed_stage(directory, "prepare"):
+        report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet)
+    s = report["splits"]
+    print(
+        f"[prepare] kept {report['kept_cds']} CDS; windows train/val/test = "
+        f"{s['train']['windows']}/{s['val']['windows']}/{s['test']['windows']}; "
+        f"coverage {s['train']['coverage']:.4f}; {report['throughput_mb_per_s']} MB/s; "
+        f"report: {directory / 'pipeline_prepare.json'}"
+    )
+
+
+def cmd_extract_cds(args: argparse.Namespace) -> None:
+    from codonlm.data.extract_fasta import write_cds_fasta
+
+    stats = write_cds_fasta(args.files, args.out, min_len=args.min_len, transl_table=args.transl_table)
+    d = stats.as_dict()
+    dropped = ", ".join(f"{k} {v}" for k, v in d["dropped"].items() if v) or "none"
+    print(f"[extract-cds] wrote {d['kept']} CDS to {args.out}; dropped {d['dropped_total']} ({dropped})",
+          file=sys.stderr)
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default="configs/tiny_cpu.yaml", help="YAML config (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codonlm", description="Codon-level GPT for prokaryotic CDS.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("fetch-data", help="fetch the default real corpus (Debian cct-examples) into data/raw")
+    p.add_argument("--dest", default="data/raw")
+    p.add_argument("--if-needed", action="store_true", help="only when a file the config names is missing")
+    _add_config(p)
+    p.set_defaults(func=cmd_fetch_data)
+
+    p = sub.add_parser("make-run-id", help="print the run id for a config (YYYY-MM-DD_tiny_6L4H_d256_e5)")
+    _add_config(p)
+    p.set_defaults(func=cmd_make_run_id)
+
+    p = sub.add_parser("prepare", help="GenBank -> CDS -> tokens -> windows -> NPZ splits")
+    _add_config(p)
+    p.add_argument("--run-id", help="write reports into runs/RUN_ID (default: from the config)")
+    p.add_argument("--force", action="store_true", help="keep going when the integrity check fails")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("extract-cds", help="write the kept CDS of GenBank files as FASTA (to audit extraction)")
+    p.add_argument("files", nargs="+", help=".gb/.gbk/.gbff files, plain or gzipped")
+    p.add_argument("--out", required=True, help="output FASTA path")
+    p.add_argument("--min-len", type=int, default=1, help="minimum sense codons (default: %(default)s)")
+    p.add_argument("--transl-table", type=int, default=11, help="code when a CDS has no /transl_table")
+    p.set_defaults(func=cmd_extract_cds)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"codonlm {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"codonlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

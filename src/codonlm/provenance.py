@@ -1,0 +1,94 @@
+"""Run folders and what they record: config snapshot + sha256, hardware, git commit, stage timings."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from codonlm.config import Config, config_sha256, config_to_yaml
+
+
+def run_dir(cfg: Config, run_id: str) -> Path:
+    path = Path(cfg.outputs.runs_dir) / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def hardware() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    except ImportError:
+        pass
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def snapshot(cfg: Config, directory: Path, config_path: str | None = None) -> str:
+    """Write config.yaml, config.sha256 and provenance.json into a run folder; returns the sha256."""
+    digest = config_sha256(cfg)
+    (directory / "config.yaml").write_text(config_to_yaml(cfg))
+    (directory / "config.sha256").write_text(digest + "\n")
+    prov_path = directory / "provenance.json"
+    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+    prov.update({"config_path": config_path, "config_sha256": digest, "git_commit": git_commit(),
+                 "hardware": hardware(), "argv": sys.argv})
+    prov.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json_atomic(prov_path, prov)
+    return digest
+
+
+@contextmanager
+def timed_stage(directory: Path | None, stage: str):
+    """Time a stage, print it, and add it to runs/<RUN_ID>/timings.json."""
+    t0 = time.perf_counter()
+    print(f"[{stage}] start", flush=True)
+    yield
+    seconds = round(time.perf_counter() - t0, 3)
+    print(f"[{stage}] done in {seconds:.1f}s", flush=True)
+    if directory is not None:
+        path = Path(directory) / "timings.json"
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings[stage] = seconds
+        write_json_atomic(path, timings)
