@@ -112,7 +112,7 @@ def _segments(loc, strand: int = 1) -> list[Segment]:
             return [Segment(loc.start, loc.end, 1, loc.before, loc.after)]
         return [Segment(loc.start, loc.end, -1, loc.after, loc.before)]
     if isinstance(loc, gb_io.Complement):
-        return _segments(loc.location, -strand)[::-1]
+        return _segments(loc.location, -strand)
     if isinstance(loc, gb_io.Join | gb_io.Order):
         parts = [s for sub in loc.locations for s in _segments(sub, strand)]
         return parts if strand == 1 else parts[::-1]

@@ -1,0 +1,150 @@
+"""prepare on small GenBank fixtures: NPZ layout, leak-free splits, determinism, reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from genbank_fixtures import genbank_text, write_genbank
+
+from codonlm.config import parse_config
+from codonlm.data.codons import genetic_code
+from codonlm.data.prepare import SPLITS, prepare
+
+SYN = {}  # amino acid -> codons (table 11), to write synonymous copies of a protein
+for codon in (a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"):
+    from codonlm.data.codons import STOI
+
+    aa = chr(genetic_code(11).aa[STOI[codon]])
+    SYN.setdefault(aa, []).append(codon)
+
+
+def random_gene(rng: random.Random, protein: str) -> str:
+    return "ATG" + "".join(rng.choice(SYN[aa]) for aa in protein) + "TAA"
+
+
+def make_corpus(tmp_path: Path, n_genes: int = 60, seed: int = 0) -> tuple[list[Path], list[str]]:
+    rng = random.Random(seed)
+    aas = [a for a in SYN if a != "*"]
+    shared = ["".join(rng.choice(aas) for _ in range(rng.randint(30, 200))) for _ in range(8)]
+    files = []
+    for f in range(2):
+        seq, feats = "", []
+        for i in range(n_genes):
+            protein = shared[i % 8] if i < 16 else "".join(rng.choice(aas) for _ in range(rng.randint(30, 400)))
+            g = random_gene(rng, protein)
+            seq += "ACGTACGTAC"
+            feats.append((f"{len(seq) + 1}..{len(seq) + len(g)}", {"locus_tag": f"f{f}_{i}"}))
+            seq += g
+        seq += "ACGTACGTAC"
+        files.append(write_genbank(tmp_path / f"g{f}.gbk.gz", [genbank_text(f"REC{f}", seq, feats)], gz=True))
+    return files, shared
+
+
+def make_config(tmp_path: Path, files: list[Path], **data_overrides) -> object:
+    raw = {
+        "model": {"block_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 32},
+        "data": {
+            "datasets": [{"name": f"ds{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(files)],
+            "val_frac": 0.2,
+            "test_frac": 0.2,
+            "processed_dir": str(tmp_path / "processed"),
+            **data_overrides,
+        },
+        "outputs": {"itos_path": str(tmp_path / "processed" / "itos.json"), "runs_dir": str(tmp_path / "runs")},
+    }
+    return parse_config(raw)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.npz"))}
+
+
+def test_prepare_writes_documented_arrays(tmp_path):
+    files, _ = make_corpus(tmp_path)
+    cfg = make_config(tmp_path, files)
+    report = prepare(cfg, run_dir=tmp_path / "run", show_progress=False)
+    processed = tmp_path / "processed"
+    total_genes = 0
+    for s in SPLITS:
+        combined = np.load(processed / "all" / f"{s}.npz")
+        assert combined["tokens"].shape[1] == 65 and combined["tokens"].dtype == np.uint8
+        assert list(combined["dataset_names"]) == ["ds0", "ds1"]
+        parts = [np.load(processed / f"ds{i}" / f"{s}.npz") for i in range(2)]
+        assert np.array_equal(combined["tokens"], np.concatenate([p["tokens"] for p in parts]))
+        assert np.array_equal(combined["window_dataset"],
+                              np.concatenate([np.full(len(p["tokens"]), i) for i, p in enumerate(parts)]))
+        off = combined["gene_offsets"]
+        assert off[0] == 0 and off[-1] == combined["gene_tokens"].size
+        assert len(combined["gene_names"]) == len(off) - 1 == len(combined["gene_dataset"])
+        total_genes += len(off) - 1
+    assert total_genes == report["kept_cds"] == 120
+    assert json.loads((tmp_path / "run" / "integrity.json").read_text())["ok"]
+    saved = json.loads((tmp_path / "run" / "pipeline_prepare.json").read_text())
+    assert saved["splits"]["train"]["coverage"] == 1.0
+    assert set(saved["datasets"]["ds0"]["extraction"]["dropped"]) >= {"pseudo", "partial", "internal_stop"}
+    assert json.loads((processed / "itos.json").read_text())[:4] == ["<PAD>", "<BOS_CDS>", "<EOS_CDS>", "<SEP>"]
+
+
+def test_identical_proteins_never_straddle_splits(tmp_path):
+    files, shared = make_corpus(tmp_path)
+    cfg = make_config(tmp_path, files)
+    prepare(cfg, show_progress=False)
+    code = genetic_code(11)
+    seen: dict[str, str] = {}
+    for s in SPLITS:
+        z = np.load(tmp_path / "processed" / "all" / f"{s}.npz")
+        off, toks = z["gene_offsets"], z["gene_tokens"]
+        for g in range(len(off) - 1):
+            protein = code.translate(toks[off[g] + 1 : off[g + 1] - 1])
+            assert seen.setdefault(protein, s) == s, "identical protein in two splits"
+    assert sum(p in {k[1:-1] for k in seen} for p in shared) == len(shared)
+
+
+def test_prepare_is_deterministic_and_seeded(tmp_path):
+    files, _ = make_corpus(tmp_path)
+    cfg = make_config(tmp_path, files)
+    prepare(cfg, show_progress=False)
+    first = _digest(tmp_path / "processed")
+    prepare(cfg, show_progress=False)
+    assert _digest(tmp_path / "processed") == first
+    cfg.outputs.seed = 99
+    prepare(cfg, show_progress=False)
+    assert _digest(tmp_path / "processed") != first
+
+
+def test_single_pack_mode_one_gene_per_window(tmp_path):
+    files, _ = make_corpus(tmp_path)
+    cfg = make_config(tmp_path, files, pack_mode="single")
+    prepare(cfg, show_progress=False)
+    z = np.load(tmp_path / "processed" / "all" / "train.npz")
+    assert z["segment_ids"].max() == 1
+
+
+def test_windows_per_seq_cap_reduces_coverage(tmp_path):
+    files, _ = make_corpus(tmp_path)
+    cfg = make_config(tmp_path, files, windows_per_seq=1)
+    report = prepare(cfg, show_progress=False)
+    assert report["splits"]["train"]["coverage"] < 1.0
+    assert report["splits"]["train"]["lost_targets"] > 0
+
+
+@pytest.mark.integration
+def test_prepare_real_corpus(tmp_path, raw_corpus):
+    from codonlm.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml")
+    cfg.data.processed_dir = str(tmp_path / "processed")
+    cfg.outputs.itos_path = str(tmp_path / "processed" / "itos.json")
+    for d in cfg.data.datasets:
+        d.gbff = str(raw_corpus / Path(d.files[0]).name)
+    report = prepare(cfg, run_dir=tmp_path / "run", show_progress=False)
+    assert 26_000 < report["kept_cds"] < 28_000
+    assert report["splits"]["train"]["coverage"] == 1.0
+    assert report["splits"]["test"]["genes"] > 1000
+    z = np.load(tmp_path / "processed" / "all" / "test.npz")
+    assert len(z["dataset_names"]) == 7 and set(np.unique(z["window_dataset"])) == set(range(7))
