@@ -42,5 +42,10 @@ stage() {
 echo "=== codonlm run $RUN_ID, config $CONFIG, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
 T0=$SECONDS
 stage fetch-data $CODONLM fetch-data --if-needed -c "$CONFIG"
-stage prepare $CODONLM prepare -c "$CONFIG" --run-id "$RUN_ID"
+if [ -z "$RESUME" ]; then
+  stage prepare $CODONLM prepare -c "$CONFIG" --run-id "$RUN_ID"
+  stage train $CODONLM train -c "$CONFIG" --run-id "$RUN_ID"
+else
+  stage train $CODONLM train -c "$CONFIG" --resume "$RESUME"
+fi
 echo "=== all stages finished in $((SECONDS - T0))s; outputs in runs/$RUN_ID"

@@ -95,6 +95,24 @@ def cmd_extract_cds(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from codonlm.config import load_config
+    from codonlm.provenance import snapshot, timed_stage
+    from codonlm.train.checkpoint import load_checkpoint
+    from codonlm.train.loop import train
+
+    cfg = load_config(args.config)
+    run_id = args.run_id
+    if args.resume:
+        run_id = load_checkpoint(args.resume)["run_id"]  # a resumed run keeps its run id
+    run_id, directory = _resolve_run(cfg, run_id)
+    tee_to_run_log(directory)
+    if not args.resume:
+        snapshot(cfg, directory, args.config)
+    with timed_stage(directory, "train"):
+        train(cfg, run_id, resume=args.resume)
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default="configs/tiny_cpu.yaml", help="YAML config (default: %(default)s)")
 
@@ -126,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-len", type=int, default=1, help="minimum sense codons (default: %(default)s)")
     p.add_argument("--transl-table", type=int, default=11, help="code when a CDS has no /transl_table")
     p.set_defaults(func=cmd_extract_cds)
+
+    p = sub.add_parser("train", help="train TinyGPT on the prepared NPZ windows")
+    _add_config(p)
+    p.add_argument("--run-id", help="run id (default: from the config)")
+    p.add_argument("-r", "--resume", help="continue from outputs/checkpoints/<RUN_ID>/last.pt")
+    p.set_defaults(func=cmd_train)
 
     return parser
 

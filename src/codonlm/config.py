@@ -90,6 +90,7 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before stopping")
+    checkpoint_every: int = Field(200, ge=0, description="optimizer steps between mid-epoch last.pt (0: epoch ends only)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @field_validator("epochs")

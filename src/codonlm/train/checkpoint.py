@@ -1,0 +1,44 @@
+"""Checkpoints hold tensors and plain values only; written atomically, read with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from codonlm.errors import UserError
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """temp file + rename: a crash mid-write never leaves a half-written best.pt/last.pt."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load without running code from the file: anything but tensors and plain values is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}; expected outputs/checkpoints/<RUN_ID>/last.pt or best.pt")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160]
+        raise UserError(
+            f"{path}: refused, the checkpoint holds Python objects that would run code on load ({first}); "
+            "only load checkpoints written by codonlm"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{path}: not a codonlm checkpoint (no 'model'/'config' entries)")
+    return state
