@@ -61,14 +61,15 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        usable = (self.n // self.world_size) * self.world_size
+        # training drops the remainder so every rank runs the same number of steps; evaluation keeps all
+        usable = (self.n // self.world_size) * self.world_size if self.shuffle else self.n
         return order[:usable][self.rank :: self.world_size].tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices()[self.skip :])
 
     def __len__(self) -> int:
-        return max(0, self.n // self.world_size - self.skip)
+        return max(0, len(self._indices()) - self.skip)
 
 
 def make_loader(dataset: WindowDataset, cfg: Config, sampler: EpochSampler, batch_size: int) -> DataLoader:
@@ -78,8 +79,11 @@ def make_loader(dataset: WindowDataset, cfg: Config, sampler: EpochSampler, batc
         extra["persistent_workers"] = sysc.persistent_workers
         if sysc.prefetch_factor is not None:
             extra["prefetch_factor"] = sysc.prefetch_factor
+    # An own generator: otherwise each new iterator draws from torch's global RNG, and a resumed
+    # run (RNG restored mid-epoch) would see different dropout masks than an uninterrupted one.
+    generator = torch.Generator().manual_seed(cfg.outputs.seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=sysc.num_workers,
-                      pin_memory=sysc.pin_memory, drop_last=False, **extra)
+                      pin_memory=sysc.pin_memory, drop_last=False, generator=generator, **extra)
 
 
 def split_path(cfg: Config, split: str) -> Path:

@@ -293,7 +293,7 @@ def train(cfg: Config, run_id: str, resume: str | Path | None = None, log=print)
         # ---- end of epoch (or of the step budget): validate, record, checkpoint ----
         seconds = time.perf_counter() - t_epoch
         train_loss = epoch_loss[0] / max(epoch_loss[1], 1)
-        val_loss = evaluate_loss(train_model, val_loader, device, autocast, dist_info)
+        val_loss = evaluate_loss(model, val_loader, device, autocast, dist_info)  # unwrapped: no DDP collectives
         improved = val_loss < best_val
         if cfg.schedule.scheduler == "plateau":
             plateau.step(val_loss)
