@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,8 +154,11 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     one = tmp_path / "one.yaml"
     one.write_text(yaml.safe_dump(base))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port, so parallel runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29533", "-m", "codonlm.train_codon_lm", "-c", str(two), "--run-id", "ddp"],
+                          port, "-m", "codonlm.train_codon_lm", "-c", str(two), "--run-id", "ddp"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert main(["train", "-c", str(one), "--run-id", "single"]) == 0

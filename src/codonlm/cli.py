@@ -113,6 +113,72 @@ def cmd_train(args: argparse.Namespace) -> None:
         train(cfg, run_id, resume=args.resume)
 
 
+def cmd_export_hf(args: argparse.Namespace) -> None:
+    from codonlm.model.hf_export import export_hf
+    from codonlm.model.load import load_model
+
+    model, _, state = load_model(args.run_id, args.checkpoints_dir)
+    export_hf(model, args.out_dir, state.get("itos"))
+    print(f"[export-hf] wrote a LlamaForCausalLM export of {args.run_id} to {args.out_dir} "
+          "(load with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from codonlm.evaluate.heldout import evaluate_run
+
+    m = evaluate_run(args.run_id, args.checkpoints_dir, split=args.split, device=args.device, out_dir=args.out_dir)
+    beats = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m["beats_baselines"].items())
+    print(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}, top-1 "
+          f"{m['model']['top1_accuracy']:.3f}, aa accuracy {m['model']['aa_accuracy']:.3f}; baselines: "
+          + ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in m["baselines"].items()) + f"; beats: {beats}")
+
+
+def cmd_eval_perplexity(args: argparse.Namespace) -> None:
+    from codonlm.evaluate.heldout import score_fasta
+    from codonlm.evaluate.sampling import read_sequences
+
+    records = read_sequences(fasta=args.fasta)
+    table = score_fasta(args.run_id, records, args.checkpoints_dir, args.device)
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
+    else:
+        print(table.to_csv(index=False), end="")
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    from codonlm.evaluate.query import run_query
+    from codonlm.evaluate.sampling import read_sequences
+    from codonlm.model.load import load_model
+
+    stdin_text = None
+    if args.dna is None and args.fasta is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
+        stdin_text = sys.stdin.read()
+    records = read_sequences(args.dna, args.fasta, stdin_text)
+    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
+    run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
+              sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
+              as_json=args.json)
+
+
+def add_query_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="run id (uses its best.pt) or a path to a .pt checkpoint")
+    p.add_argument("--mode", choices=["next", "generate", "score", "mutate"], default="next")
+    p.add_argument("--dna", help="DNA string (ACGT/U, any case, whitespace ignored)")
+    p.add_argument("--fasta", help="FASTA file of CDS (else --dna, else stdin)")
+    p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="next: codons to list")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--sample-top-k", type=int, default=None, help="generate: sample among the k most likely")
+    p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, help="generate: nucleus sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-codons", "--max_codons", dest="max_codons", type=int, default=500)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default="configs/tiny_cpu.yaml", help="YAML config (default: %(default)s)")
 
@@ -150,6 +216,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="run id (default: from the config)")
     p.add_argument("-r", "--resume", help="continue from outputs/checkpoints/<RUN_ID>/last.pt")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export-hf", help="export a run's model as a Hugging Face LlamaForCausalLM")
+    p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.set_defaults(func=cmd_export_hf)
+
+    p = sub.add_parser("evaluate", help="held-out metrics + baselines into runs/<RUN_ID>/evaluate/")
+    p.add_argument("run_id")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-dir", help="default: runs/<RUN_ID>/evaluate")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("eval-perplexity", help="score every CDS of a FASTA file (one row per sequence)")
+    p.add_argument("run_id")
+    p.add_argument("--fasta", required=True)
+    p.add_argument("--out", help="CSV path (default: stdout)")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval_perplexity)
+
+    from codonlm.evaluate import generation
+
+    p = sub.add_parser("generate-prefix", help="prefix generation + gene quality metrics (gen_prefix/)")
+    generation.add_arguments(p)
+    p.set_defaults(func=generation.run_from_args)
+
+    p = sub.add_parser("query", help="next codons, generate, score or mutate a DNA sequence")
+    add_query_arguments(p)
+    p.set_defaults(func=cmd_query)
 
     return parser
 

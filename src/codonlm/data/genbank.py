@@ -7,18 +7,21 @@ Every CDS feature ends in exactly one place: kept, or dropped under a named reas
 from __future__ import annotations
 
 import gzip
+import itertools
 import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import gb_io
 import numpy as np
 from Bio.SeqUtils import seq1
 
-from codonlm.data.codons import codon_ids, genetic_code, reverse_complement
+from codonlm.data.codons import NOT_A_CODON, VOCAB_SIZE, codon_tracks, genetic_code, reverse_complement
 from codonlm.errors import UserError
 
 GENBANK_SUFFIXES = (".gb", ".gbk", ".gbff", ".genbank")
@@ -40,8 +43,7 @@ DROP_REASONS = (
 _TRANSL_EXCEPT = re.compile(r"pos:\s*(complement\()?\s*<?(\d+)\s*(?:\.\.\s*>?(\d+))?\)?\s*,\s*aa:\s*([A-Za-z]+)")
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):  # a NamedTuple: one is built per CDS, and dataclass construction costs more
     start: int  # 0-based, inclusive
     end: int  # 0-based, exclusive
     strand: int  # +1 or -1
@@ -135,6 +137,35 @@ def _qualifiers(feature) -> dict[str, list[str | None]]:
     return out
 
 
+_USED_QUALIFIERS = frozenset(
+    ("pseudo", "pseudogene", "codon_start", "transl_table", "transl_except", "locus_tag", "protein_id", "gene",
+     "translation")
+)
+
+
+def _used_qualifiers(feature) -> dict[str, list[gb_io.Qualifier]]:
+    """The gb-io Qualifier objects of the keys extraction reads, by key, in file order.
+
+    Values are read on use (_first): gb-io builds a new str at every .value, and most values
+    (/translation, say) are never needed on the way to codon ids.
+    """
+    out: dict[str, list[gb_io.Qualifier]] = {}
+    for q in feature.qualifiers:
+        key = q.key
+        if key in _USED_QUALIFIERS:
+            if key in out:
+                out[key].append(q)
+            else:
+                out[key] = [q]
+    return out
+
+
+def _first(quals: dict[str, list[gb_io.Qualifier]], key: str, default: str | None = None) -> str | None:
+    """The value of the first `key` qualifier, or default when there is none."""
+    found = quals.get(key)
+    return found[0].value if found else default
+
+
 def _genome_to_cds_offset(segs: list[Segment], pos0: int) -> int | None:
     """Offset (nt) within the spliced CDS of 0-based genome position pos0, or None."""
     offset = 0
@@ -165,11 +196,177 @@ def _exception_codons(values: list, segs: list[Segment], trim: int) -> tuple[tup
     return tuple(found)
 
 
-def extract_record(record, min_len: int, default_table: int, stats: ExtractionStats, source: str) -> Iterator[CDS]:
-    """Yield kept CDS of one gb-io record; count every drop in stats."""
+@dataclass
+class RecordCDS:
+    """The kept CDS of one record with their codon ids laid end to end: what prepare streams."""
+
+    record_id: str
+    ids: np.ndarray  # uint8: codon ids of every kept CDS, concatenated (stop codons included)
+    offsets: list[int]  # CDS i is ids[offsets[i]:offsets[i + 1]]
+    names: list[str]
+    segments: list[list[Segment]]
+    transl_tables: list[int]
+    aa_exceptions: list[tuple[tuple[int, str], ...]]
+    translations: list[gb_io.Qualifier | None]  # the /translation of each CDS, read when cds() is called
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def gene(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def cds(self, i: int) -> CDS:
+        segs = self.segments[i]
+        translation = self.translations[i].value if self.translations[i] is not None else None
+        return CDS(
+            record_id=self.record_id,
+            name=self.names[i],
+            location=_format_location(segs),
+            strand=segs[0].strand,
+            ids=self.gene(i),
+            transl_table=self.transl_tables[i],
+            aa_exceptions=self.aa_exceptions[i],
+            translation=translation.replace(" ", "") if translation else None,
+        )
+
+    def proteins(self) -> list[str]:
+        """CDS.protein of every CDS, translated in one numpy pass when the record uses one genetic code."""
+        if len(set(self.transl_tables)) != 1:
+            return [self.cds(i).protein for i in range(len(self))]  # none, or mixed genetic codes
+        code = genetic_code(self.transl_tables[0])
+        aa = code.aa[self.ids]
+        starts = np.array(self.offsets[:-1])
+        aa[starts[code.is_start[self.ids[starts]]]] = ord("M")  # initiator, as GeneticCode.translate
+        for i, exceptions in enumerate(self.aa_exceptions):
+            for index, letter in exceptions:
+                if 0 <= index < self.offsets[i + 1] - self.offsets[i]:
+                    aa[self.offsets[i] + index] = ord(letter)
+        text = aa.tobytes().decode("ascii")
+        return [text[a : b - 1] for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+
+
+class _Candidate(NamedTuple):
+    """A CDS that passed the annotation checks; the sequence checks (_screen) decide whether it is kept."""
+
+    name: str
+    segs: list[Segment]
+    table_id: int | None  # None: unknown /transl_table
+    aa_exceptions: tuple[tuple[int, str], ...]
+    translation: gb_io.Qualifier | None
+    ids: np.ndarray  # codon ids, NOT_A_CODON where a base is ambiguous
+
+
+def _spliced_dna(seq: bytes, segs: list[Segment], record, number: int, source: str) -> bytes | None:
+    """The CDS sequence in transcription order, or None when a segment lies outside the record."""
+    n = len(seq)
+    pieces = []
+    for s in segs:
+        if s.start > s.end and record.circular and s.start < n:
+            piece = seq[s.start :] + seq[: s.end]  # origin-spanning range written as one interval
+        elif 0 <= s.start <= s.end <= n:
+            piece = seq[s.start : s.end]
+        else:
+            if any(x.start > x.end for x in segs) and not record.circular:
+                raise UserError(
+                    f"{source}: record {record.name}, CDS #{number}: location {_format_location(segs)} "
+                    "ends before it starts on a linear record; fix the feature"
+                )
+            return None
+        pieces.append(piece if s.strand == 1 else reverse_complement(piece))
+    return b"".join(pieces)
+
+
+@cache
+def _table_id(table_txt: str | None, default_table: int) -> int | None:
+    """The genetic code to translate with, or None when /transl_table is not a known NCBI table."""
+    try:
+        table_id = int(table_txt) if table_txt else default_table
+        genetic_code(table_id)
+    except ValueError:
+        return None
+    return table_id
+
+
+@cache
+def _stop_lookup(table_id: int) -> np.ndarray:
+    """is_stop over every byte value, so that codon ids holding NOT_A_CODON can index it."""
+    lookup = np.zeros(256, dtype=bool)
+    lookup[:VOCAB_SIZE] = genetic_code(table_id).is_stop
+    return lookup
+
+
+def _screen(candidates: list[_Candidate], ids: np.ndarray, lengths: np.ndarray, min_len: int) -> list[str | None]:
+    """Drop reason (None: kept) of each candidate, from its codons: one numpy pass per genetic code.
+
+    ids: the candidates' codon ids laid end to end, lengths: how many each. A candidate fails
+    the first of: ambiguous_bases, unknown_transl_table, no_stop_codon, internal_stop (unless
+    /transl_except reads every one through), too_short.
+    """
+    reasons: list[str | None] = [None] * len(candidates)
+    tables = [c.table_id for c in candidates]
+    distinct = list(dict.fromkeys(tables))  # usually one
+    for table_id in distinct:
+        if len(distinct) == 1:
+            members, group_ids, group_lengths = list(range(len(candidates))), ids, lengths
+        else:
+            in_group = np.array([t == table_id for t in tables])
+            members = np.flatnonzero(in_group).tolist()
+            group_ids, group_lengths = ids[np.repeat(in_group, lengths)], lengths[in_group]
+        for j, reason in _screen_one_code(group_ids, group_lengths, table_id, min_len, candidates, members):
+            reasons[members[j]] = reason
+    return reasons
+
+
+def _screen_one_code(ids: np.ndarray, lengths: np.ndarray, table_id: int | None, min_len: int,
+                     candidates: list[_Candidate], members: list[int]) -> Iterator[tuple[int, str | None]]:
+    """(index into members, reason) for the failing members of one genetic code; see _screen."""
+    ends = np.cumsum(lengths)
+    last = ends[lengths > 0] - 1  # last codon of each CDS that has codons
+    ambiguous = np.zeros(len(lengths), dtype=bool)
+    ambiguous[_owners(ends, np.flatnonzero(ids == NOT_A_CODON))] = True
+    ends_with_stop = np.zeros(len(lengths), dtype=bool)
+    internal = np.zeros(len(lengths), dtype=bool)
+    internal_stops = np.empty(0, dtype=np.int64)
+    if table_id is not None:
+        is_stop = _stop_lookup(table_id)[ids]
+        ends_with_stop[lengths > 0] = is_stop[last]
+        is_stop[last] = False  # what is left: internal stops
+        internal_stops = np.flatnonzero(is_stop)
+        internal[_owners(ends, internal_stops)] = True
+    ok = ~ambiguous & ends_with_stop & ~internal & (lengths - 1 >= min_len)
+    for j in np.flatnonzero(~ok).tolist():  # few: spell out why
+        if ambiguous[j]:
+            yield j, "ambiguous_bases"
+        elif table_id is None:
+            yield j, "unknown_transl_table"
+        elif not ends_with_stop[j]:
+            yield j, "no_stop_codon"
+        elif internal[j] and not set(
+            (internal_stops[_owners(ends, internal_stops) == j] - (ends[j] - lengths[j])).tolist()
+        ) <= {k for k, aa in candidates[members[j]].aa_exceptions if aa != "*"}:
+            yield j, "internal_stop"
+        elif lengths[j] - 1 < min_len:
+            yield j, "too_short"
+        else:
+            yield j, None  # every internal stop is read through (/transl_except: Sec, Pyl)
+
+
+def _owners(ends: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """For positions in concatenated codon ids, the index of the CDS holding each (ends: running lengths)."""
+    return np.searchsorted(ends, positions, side="right")
+
+
+def extract_record_cds(record, min_len: int, default_table: int, stats: ExtractionStats, source: str) -> RecordCDS:
+    """The kept CDS of one gb-io record as one RecordCDS; counts every drop in stats.
+
+    Per feature, only the annotation is read in Python; codons are sliced out of the record's
+    codon tracks (codons.codon_tracks, computed once per record), and the sequence checks run
+    once per record (_screen).
+    """
     stats.records += 1
     seq = bytes(record.sequence)
     cds_features = [f for f in record.features if f.kind == "CDS"]
+    candidates: list[_Candidate] = []
     if not seq:
         if cds_features:
             stats.records_without_sequence += 1
@@ -177,11 +374,12 @@ def extract_record(record, min_len: int, default_table: int, stats: ExtractionSt
                 f"{source}: record {record.name} has {len(cds_features)} CDS features but no sequence "
                 "(a CON/contig record?); skipped"
             )
-        return
+        return _keep(record.name, candidates, min_len, stats)
     n = len(seq)
+    tracks = None  # codon_tracks(seq), computed on first use
     for number, feat in enumerate(cds_features, 1):
         stats.cds_features += 1
-        quals = _qualifiers(feat)
+        quals = _used_qualifiers(feat)
         if "pseudo" in quals or "pseudogene" in quals:
             stats.dropped["pseudo"] += 1
             continue
@@ -198,76 +396,80 @@ def extract_record(record, min_len: int, default_table: int, stats: ExtractionSt
         if segs[0].partial_5 or segs[-1].partial_3:
             stats.dropped["partial"] += 1
             continue
-        pieces = []
-        bad_bounds = False
-        for s in segs:
-            if s.start > s.end and record.circular and s.start < n:
-                piece = seq[s.start :] + seq[: s.end]  # origin-spanning range written as one interval
-            elif 0 <= s.start <= s.end <= n:
-                piece = seq[s.start : s.end]
-            else:
-                bad_bounds = True
-                break
-            pieces.append(piece if s.strand == 1 else reverse_complement(piece))
-        if bad_bounds:
-            if any(s.start > s.end for s in segs) and not record.circular:
-                raise UserError(
-                    f"{source}: record {record.name}, CDS #{number}: location {_format_location(segs)} "
-                    "ends before it starts on a linear record; fix the feature"
-                )
+        start, end, strand = segs[0].start, segs[0].end, segs[0].strand
+        simple = len(segs) == 1 and 0 <= start <= end <= n  # one interval inside the record: read from the tracks
+        dna = None if simple else _spliced_dna(seq, segs, record, number, source)
+        if not simple and dna is None:
             stats.dropped["location_out_of_bounds"] += 1
             continue
-        dna = b"".join(pieces)
-        codon_start = quals.get("codon_start", ["1"])[0] or "1"
+        codon_start = _first(quals, "codon_start", "1") or "1"
         if codon_start not in ("1", "2", "3"):
             stats.dropped["bad_codon_start"] += 1
             continue
         trim = int(codon_start) - 1
-        dna = dna[trim:]
-        if len(dna) % 3:
+        length = max(0, (end - start if simple else len(dna)) - trim)
+        if length % 3:
             stats.dropped["length_not_multiple_of_3"] += 1
             continue
-        ids = codon_ids(dna)
-        if ids is None:
-            stats.dropped["ambiguous_bases"] += 1
-            continue
-        table_txt = quals.get("transl_table", [None])[0]
-        try:
-            table_id = int(table_txt) if table_txt else default_table
-            code = genetic_code(table_id)
-        except ValueError:
-            stats.dropped["unknown_transl_table"] += 1
-            continue
-        if ids.size == 0 or not code.is_stop[ids[-1]]:
-            stats.dropped["no_stop_codon"] += 1
-            continue
-        aa_exceptions = _exception_codons(quals.get("transl_except", []), segs, trim)
-        stops = np.flatnonzero(code.is_stop[ids[:-1]])
-        if stops.size and not set(stops.tolist()) <= {i for i, aa in aa_exceptions if aa != "*"}:
-            stats.dropped["internal_stop"] += 1
-            continue
-        if ids.size - 1 < min_len:
-            stats.dropped["too_short"] += 1
-            continue
-        if not code.is_start[ids[0]]:
-            stats.noncanonical_start += 1
-        name = next(
-            (quals[k][0] for k in ("locus_tag", "protein_id", "gene") if quals.get(k) and quals[k][0]),
-            f"cds{number}",
+        if simple:
+            if tracks is None:
+                tracks = codon_tracks(seq)
+            forward, reverse = tracks
+            if strand == 1:
+                ids = forward[start + trim : start + trim + length : 3]
+            else:  # read backwards: the first codon sits at the end of the interval, less the trim
+                ids = reverse[start : start + length : 3][::-1]
+        else:
+            ids = codon_tracks(dna[trim:])[0][::3]
+        name = _first(quals, "locus_tag") or _first(quals, "protein_id") or _first(quals, "gene") or f"cds{number}"
+        transl_except = [q.value for q in quals.get("transl_except", ())]
+        candidates.append(
+            _Candidate(
+                name,
+                segs,
+                _table_id(_first(quals, "transl_table"), default_table),
+                _exception_codons(transl_except, segs, trim) if transl_except else (),
+                quals["translation"][0] if "translation" in quals else None,
+                ids,
+            )
         )
-        stats.kept += 1
-        stats.kept_codons += int(ids.size)
-        translation = quals.get("translation", [None])[0]
-        yield CDS(
-            record_id=record.name,
-            name=name,
-            location=_format_location(segs),
-            strand=segs[0].strand,
-            ids=ids,
-            transl_table=table_id,
-            aa_exceptions=aa_exceptions,
-            translation=translation.replace(" ", "") if translation else None,
-        )
+    return _keep(record.name, candidates, min_len, stats)
+
+
+def _keep(record_id: str, candidates: list[_Candidate], min_len: int, stats: ExtractionStats) -> RecordCDS:
+    """Screen the candidates of one record and lay the kept ones out as a RecordCDS."""
+    ids = np.concatenate([c.ids for c in candidates]) if candidates else np.empty(0, dtype=np.uint8)
+    lengths = np.array([c.ids.size for c in candidates], dtype=np.int64)
+    reasons = _screen(candidates, ids, lengths, min_len)
+    kept = [c for c, reason in zip(candidates, reasons, strict=True) if reason is None]
+    if len(kept) < len(candidates):
+        stats.dropped.update(reason for reason in reasons if reason is not None)
+        ids = ids[np.repeat(np.array([reason is None for reason in reasons]), lengths)]
+    kept_lengths = [c.ids.size for c in kept]
+    stats.kept += len(kept)
+    stats.kept_codons += ids.size
+    batch = RecordCDS(
+        record_id=record_id,
+        ids=ids,
+        offsets=[0, *itertools.accumulate(kept_lengths)],
+        names=[c.name for c in kept],
+        segments=[c.segs for c in kept],
+        transl_tables=[c.table_id for c in kept],
+        aa_exceptions=[c.aa_exceptions for c in kept],
+        translations=[c.translation for c in kept],
+    )
+    first_codons = ids[batch.offsets[:-1]].tolist()
+    stats.noncanonical_start += sum(
+        not genetic_code(t).is_start[first] for t, first in zip(batch.transl_tables, first_codons, strict=True)
+    )
+    return batch
+
+
+def extract_record(record, min_len: int, default_table: int, stats: ExtractionStats, source: str) -> Iterator[CDS]:
+    """Yield kept CDS of one gb-io record; count every drop in stats."""
+    batch = extract_record_cds(record, min_len, default_table, stats, source)
+    for i in range(len(batch)):
+        yield batch.cds(i)
 
 
 def _open_binary(path: Path):
@@ -306,14 +508,23 @@ def iter_records(path: str | Path) -> Iterator:
         fh.close()
 
 
-def extract_file(
+def extract_file_records(
     path: str | Path, min_len: int = 1, default_table: int = 11, stats: ExtractionStats | None = None
-) -> Iterator[CDS]:
-    """Stream the kept CDS of every record in a GenBank file."""
+) -> Iterator[RecordCDS]:
+    """Stream the kept CDS of a GenBank file, one RecordCDS per record."""
     stats = stats if stats is not None else ExtractionStats()
     n_records = 0
     for record in iter_records(path):
         n_records += 1
-        yield from extract_record(record, min_len, default_table, stats, str(path))
+        yield extract_record_cds(record, min_len, default_table, stats, str(path))
     if n_records == 0:
         raise UserError(f"{path}: no GenBank records found (no LOCUS line); is this a GenBank file?")
+
+
+def extract_file(
+    path: str | Path, min_len: int = 1, default_table: int = 11, stats: ExtractionStats | None = None
+) -> Iterator[CDS]:
+    """Stream the kept CDS of every record in a GenBank file."""
+    for batch in extract_file_records(path, min_len, default_table, stats):
+        for i in range(len(batch)):
+            yield batch.cds(i)

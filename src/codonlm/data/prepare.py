@@ -18,15 +18,16 @@ import numpy as np
 from tqdm import tqdm
 
 from codonlm.config import Config, DatasetSpec, config_sha256
-from codonlm.data.codons import PAD, VOCAB_SIZE, loss_mask, save_itos
-from codonlm.data.genbank import ExtractionStats, check_genbank_path, extract_file
-from codonlm.data.packing import Piece, WindowPacker, chunk_gene, gene_tokens, render
-from codonlm.data.store import Spill, TextSpill, whole, write_npz_streaming
+from codonlm.data.codons import BOS, EOS, PAD, VOCAB_SIZE, loss_mask, save_itos
+from codonlm.data.genbank import ExtractionStats, check_genbank_path, extract_file_records
+from codonlm.data.packing import Piece, WindowPacker, chunk_gene, render
+from codonlm.data.store import NpzReader, Spill, TextSpill, whole, write_npz_streaming
 from codonlm.errors import UserError
 from codonlm.provenance import write_json_atomic
 
 SPLITS = ("train", "val", "test")
 _RENDER_EVERY = 2048  # windows
+_BOS, _EOS = np.array([BOS], dtype=np.uint8), np.array([EOS], dtype=np.uint8)
 
 
 def split_of(protein: str, seed: int, val_frac: float, test_frac: float) -> str:
@@ -41,11 +42,8 @@ def split_of(protein: str, seed: int, val_frac: float, test_frac: float) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def uncompressed_size(path: Path) -> int:
@@ -76,7 +74,6 @@ class SplitSink:
     pad_tokens: int = 0
 
     def __post_init__(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         w = self.window
         self.packer = WindowPacker(w, self.multi)
         self.tokens = Spill(self.folder / "tokens.bin", np.uint8, (w,))
@@ -87,16 +84,28 @@ class SplitSink:
         self.names = TextSpill(self.folder / "gene_names.txt")
 
     def add_gene(self, codon_ids: np.ndarray, name: str) -> None:
-        tokens = gene_tokens(codon_ids)
-        self.genes += 1
-        self.target_tokens += tokens.size - 1
-        self.gene_flat.append(tokens)
-        self.gene_lengths.append(np.array([tokens.size]))
-        self.names.append([name])
-        pieces, lost = chunk_gene(tokens, self.window, self.max_chunks)
-        self.lost_targets += lost
-        for piece in pieces:
-            self.pending.extend(self.packer.add(piece))
+        self.add_genes([codon_ids], [name])
+
+    def add_genes(self, genes: list[np.ndarray], names: list[str]) -> None:
+        """Add genes (codon ids each) in order: one spill append for all of them, then pack their pieces."""
+        if not genes:
+            return
+        lengths = [g.size + 2 for g in genes]
+        flat = np.concatenate([part for g in genes for part in (_BOS, g, _EOS)])  # each as gene_tokens
+        self.genes += len(genes)
+        self.target_tokens += flat.size - len(genes)
+        self.gene_flat.append(flat)
+        self.gene_lengths.append(np.array(lengths, dtype=np.int64))
+        self.names.append(names)
+        start = 0
+        for size in lengths:
+            pieces, lost = chunk_gene(flat[start : start + size], self.window, self.max_chunks)
+            start += size
+            self.lost_targets += lost
+            for piece in pieces:
+                closed = self.packer.place(piece)
+                if closed is not None:
+                    self.pending.append(closed)
         if len(self.pending) >= _RENDER_EVERY:
             self._render()
 
@@ -120,6 +129,11 @@ class SplitSink:
         self._render()
         for spill in (self.tokens, self.segments, self.positions, self.gene_flat, self.gene_lengths):
             spill.flush()
+
+    def release(self) -> None:
+        """Drop the windows and genes once written (counts and summary stay)."""
+        for spill in (self.tokens, self.segments, self.positions, self.gene_flat, self.gene_lengths, self.names):
+            spill.release()
 
     def summary(self) -> dict:
         windows = self.tokens.rows
@@ -174,6 +188,43 @@ def _write_split(path: Path, sinks: list[tuple[int, SplitSink]], dataset_names: 
     write_npz_streaming(path, columns)
 
 
+def _write_combined(path: Path, parts: list[tuple[int, Path, SplitSink]], dataset_names: list[str]) -> None:
+    """One NPZ laying datasets' NPZs (written, their sinks released) end to end, streamed from those files."""
+    readers = [(d, NpzReader(npz), sink) for d, npz, sink in parts]
+    sinks = [sink for _, _, sink in parts]
+    n_windows = sum(s.tokens.rows for s in sinks)
+    n_genes = sum(s.genes for s in sinks)
+    w = sinks[0].window
+
+    def chained(name: str):
+        return (chunk for _, reader, _ in readers for chunk in reader.chunks(name))
+
+    def offsets():  # each dataset's gene_offsets less its leading 0, shifted past the datasets before it
+        yield np.zeros(1, dtype=np.int64)
+        base = 0
+        for _, reader, sink in readers:
+            skip = 1
+            for chunk in reader.chunks("gene_offsets"):
+                yield chunk[skip:] + base
+                skip = 0
+            base += sink.gene_flat.rows
+
+    columns = {
+        "tokens": (np.uint8, (n_windows, w), chained("tokens")),
+        "segment_ids": (np.int16, (n_windows, w), chained("segment_ids")),
+        "positions": (np.int32, (n_windows, w), chained("positions")),
+        "window_dataset": (np.int16, (n_windows,), (np.full(s.tokens.rows, d, dtype=np.int16) for d, _, s in parts)),
+        "dataset_names": whole(np.array(dataset_names, dtype=str)),
+        "gene_tokens": (np.uint8, (sum(s.gene_flat.rows for s in sinks),), chained("gene_tokens")),
+        "gene_offsets": (np.int64, (n_genes + 1,), offsets()),
+        "gene_dataset": (np.int16, (n_genes,), (np.full(s.genes, d, dtype=np.int16) for d, _, s in parts)),
+        # as np.concatenate of the datasets' names would: the widest string dtype
+        "gene_names": (np.result_type(*(r.header("gene_names")[0] for _, r, _ in readers)), (n_genes,),
+                       chained("gene_names")),
+    }
+    write_npz_streaming(path, columns)
+
+
 def _integrity(splits: dict[str, dict]) -> dict:
     pad_only = sum(s["pad_only_windows"] for s in splits.values())
     no_targets = sum(s["windows_without_targets"] for s in splits.values())
@@ -215,20 +266,27 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
                     "pack_mode": data.pack_mode, "windows_per_seq": data.windows_per_seq,
                     "seed": cfg.outputs.seed, "datasets": {}, "timings_s": {}}
     try:
-        sinks: dict[str, list[tuple[int, SplitSink]]] = {s: [] for s in SPLITS}
+        written: dict[str, list[tuple[int, Path, SplitSink]]] = {s: [] for s in SPLITS}  # per dataset, for all/
         for d_index, spec in enumerate(data.datasets):
             t_ds = time.perf_counter()
             stats = ExtractionStats()
             split_sinks = {s: SplitSink(staging / "spill" / spec.name / s, window, multi, max_chunks) for s in SPLITS}
             proteins: dict[str, set[str]] = {s: set() for s in SPLITS}
+            progress = tqdm(desc=f"prepare {spec.name}", unit=" CDS", disable=not show_progress, mininterval=2.0,
+                            leave=False)
             for path in spec.files:
-                cds_iter = extract_file(path, spec.min_len, spec.transl_table, stats)
-                for cds in tqdm(cds_iter, desc=f"prepare {spec.name}", unit=" CDS", disable=not show_progress,
-                                mininterval=2.0, leave=False):
-                    protein = cds.protein
-                    split = split_of(protein, cfg.outputs.seed, data.val_frac, data.test_frac)
-                    proteins[split].add(hashlib.blake2b(protein.encode(), digest_size=8).digest())
-                    split_sinks[split].add_gene(cds.ids, f"{cds.record_id}|{cds.name}")
+                for batch in extract_file_records(path, spec.min_len, spec.transl_table, stats):  # one record
+                    by_split: dict[str, tuple[list, list]] = {s: ([], []) for s in SPLITS}
+                    for i, protein in enumerate(batch.proteins()):
+                        split = split_of(protein, cfg.outputs.seed, data.val_frac, data.test_frac)
+                        proteins[split].add(hashlib.blake2b(protein.encode(), digest_size=8).digest())
+                        genes, gene_names = by_split[split]
+                        genes.append(batch.gene(i))
+                        gene_names.append(f"{batch.record_id}|{batch.names[i]}")
+                    for split, (genes, gene_names) in by_split.items():
+                        split_sinks[split].add_genes(genes, gene_names)
+                    progress.update(len(batch))
+            progress.close()
             for w in stats.warnings:
                 print(f"[prepare] warning: {w}", flush=True)
             if stats.kept == 0:
@@ -243,7 +301,8 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
                 sink = split_sinks[s]
                 sink.close()
                 _write_split(ds_dir / f"{s}.npz", [(d_index, sink)], names)
-                sinks[s].append((d_index, sink))
+                sink.release()  # all/ reads the dataset's NPZ back, so memory does not grow with datasets
+                written[s].append((d_index, ds_dir / f"{s}.npz", sink))
                 split_summary[s] = sink.summary()
             report["datasets"][spec.name] = {
                 "inputs": inputs[spec.name],
@@ -262,8 +321,8 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
         (staging / "all").mkdir(parents=True, exist_ok=True)
         totals = {}
         for s in SPLITS:
-            _write_split(staging / "all" / f"{s}.npz", sinks[s], names)
-            per = [sink.summary() for _, sink in sinks[s]]
+            _write_combined(staging / "all" / f"{s}.npz", written[s], names)
+            per = [sink.summary() for _, _, sink in written[s]]
             target = sum(p["target_tokens"] for p in per)
             covered = sum(p["covered_targets"] for p in per)
             windows = sum(p["windows"] for p in per)

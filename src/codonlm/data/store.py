@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,20 +11,24 @@ from pathlib import Path
 import numpy as np
 
 _FLUSH_BYTES = 32 << 20
+_CHUNK_BYTES = 16 << 20  # what NpzReader.chunks reads at a time
 
 
 class Spill:
-    """Append-only array of fixed-shape rows, buffered in memory and spilled to a raw file."""
+    """Append-only array of fixed-shape rows, buffered in memory and spilled to a raw file.
+
+    The file is only written once the buffer passes _FLUSH_BYTES: a column that stays small
+    never touches the disk.
+    """
 
     def __init__(self, path: Path, dtype, row_shape: tuple[int, ...] = ()):
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.row_shape = row_shape
         self.rows = 0
+        self._rows_on_disk = 0
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_bytes(b"")
 
     def append(self, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
@@ -33,46 +38,78 @@ class Spill:
         self._buffered += arr.nbytes
         self.rows += arr.shape[0]
         if self._buffered >= _FLUSH_BYTES:
-            self.flush()
+            self._spill()
+
+    def _spill(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab" if self._rows_on_disk else "wb") as fh:
+            for arr in self._buffer:
+                fh.write(arr.reshape(-1).view(np.uint8))
+        self._rows_on_disk = self.rows
+        self._buffer, self._buffered = [], 0
 
     def flush(self) -> None:
-        if self._buffer:
-            with open(self.path, "ab") as fh:
-                for arr in self._buffer:
-                    fh.write(arr.tobytes())
-        self._buffer, self._buffered = [], 0
+        """Nothing to do while everything fits the buffer; once part of the column is on disk, write the rest."""
+        if self._rows_on_disk and self._buffer:
+            self._spill()
 
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.rows, *self.row_shape)
 
     def chunks(self, rows_per_chunk: int = 1 << 16) -> Iterator[np.ndarray]:
-        self.flush()
-        if self.rows == 0:
+        if not self._rows_on_disk:
+            yield from self._buffer  # never spilled: the column is still in memory
             return
+        self.flush()
         data = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
         for i in range(0, self.rows, rows_per_chunk):
             yield np.asarray(data[i : i + rows_per_chunk])
 
+    def release(self) -> None:
+        """Drop the rows (memory and file); the row count stays."""
+        self._buffer, self._buffered = [], 0
+        if self._rows_on_disk:
+            self.path.unlink(missing_ok=True)
+
 
 class TextSpill:
-    """Append-only list of strings on disk (one per line)."""
+    """Append-only list of strings, kept in memory up to _FLUSH_BYTES and spilled to disk (one per line)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.rows = 0
-        self.path.write_text("")
-        self._fh = open(self.path, "a")  # noqa: SIM115 - closed in read()
+        self._lines: list[str] = []
+        self._buffered = 0
+        self._on_disk = False
 
     def append(self, items: Iterable[str]) -> None:
-        for s in items:
-            self._fh.write(s.replace("\n", " ") + "\n")
-            self.rows += 1
+        lines = [s.replace("\n", " ") + "\n" for s in items]
+        self._lines.extend(lines)
+        self.rows += len(lines)
+        self._buffered += sum(map(len, lines))
+        if self._buffered >= _FLUSH_BYTES:
+            self._spill()
+
+    def _spill(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a" if self._on_disk else "w") as fh:
+            fh.write("".join(self._lines))
+        self._on_disk = True
+        self._lines, self._buffered = [], 0
 
     def read(self) -> np.ndarray:
-        self._fh.flush()
-        lines = self.path.read_text().splitlines()
+        if self._on_disk:
+            self._spill()
+            lines = self.path.read_text().splitlines()
+        else:
+            lines = "".join(self._lines).splitlines()  # as read back from the file
         return np.array(lines, dtype=str) if lines else np.array([], dtype="<U1")
+
+    def release(self) -> None:
+        self._lines, self._buffered = [], 0
+        if self._on_disk:
+            self.path.unlink(missing_ok=True)
 
 
 def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int, ...], Iterable[np.ndarray]]]) -> None:
@@ -92,7 +129,7 @@ def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int
                     written = 0
                     for chunk in chunks:
                         chunk = np.ascontiguousarray(chunk, dtype=dtype)
-                        fh.write(chunk.tobytes())
+                        fh.write(chunk.reshape(-1).view(np.uint8))  # the raw bytes, without a copy
                         written += chunk.shape[0] if chunk.ndim else 1
                     expected = shape[0] if shape else 1
                     if written != expected:
@@ -106,3 +143,48 @@ def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int
 def whole(arr: np.ndarray) -> tuple[np.dtype, tuple[int, ...], list[np.ndarray]]:
     """A column for write_npz_streaming from an in-memory array."""
     return arr.dtype, arr.shape, [arr] if arr.ndim else [arr.reshape(1)]
+
+
+class NpzReader:
+    """Arrays of an uncompressed .npz (as write_npz_streaming writes), memory-mapped and read chunk by chunk.
+
+    np.load reads a whole array into memory; this maps the member's bytes in place instead, so a
+    large array is never in memory whole (and the zip layer's CRC pass on read is skipped).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with zipfile.ZipFile(self.path) as zf:
+            self._members = {info.filename: info for info in zf.infolist()}
+
+    def header(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        dtype, shape, _ = self._locate(name)
+        return dtype, shape
+
+    def chunks(self, name: str) -> Iterator[np.ndarray]:
+        dtype, shape, offset = self._locate(name)
+        if shape[0] == 0:
+            return
+        data = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        rows_per_chunk = max(1, _CHUNK_BYTES // max(data[0].nbytes, 1))
+        for start in range(0, shape[0], rows_per_chunk):
+            yield np.asarray(data[start : start + rows_per_chunk])
+
+    def _locate(self, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
+        """dtype, shape and file offset of the array data of member name.npy."""
+        info = self._members[f"{name}.npy"]
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"{self.path}: {name} is compressed; NpzReader maps stored arrays only")
+        with open(self.path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local_header = fh.read(30)  # fixed part of the zip local file header; then name and extra field
+            name_len, extra_len = struct.unpack("<HH", local_header[26:30])
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{self.path}: {name} is .npy format {version}; NpzReader reads 1.0 and 2.0")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read(fh)
+            if fortran_order or not shape:
+                raise ValueError(f"{self.path}: {name}: NpzReader reads C-order arrays of at least one dimension")
+            return dtype, shape, fh.tell()

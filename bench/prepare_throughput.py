@@ -1,0 +1,196 @@
+"""Data-prep throughput: codonlm prepare end to end vs a hand-rolled Biopython extraction, plus memory.
+
+Figures are MB of uncompressed GenBank per second on one core (one process): process CPU
+time, and wall time alongside (wall is noisier on a shared machine). Each prepare run is a
+fresh child process writing into a temp folder, so its peak RSS (ru_maxrss) is its own.
+
+  1. prepare, end to end (extract, split, pack, write NPZs, hash outputs), best of --repeats;
+  2. Biopython as a user would hand-roll it: SeqIO.parse each file, and for every CDS feature
+     feature.extract(record.seq).translate(table) (one pass: it is slow); its parse time is
+     taken inside the same pass (time spent in the record iterator);
+  3. parse alone: gb-io (codonlm.data.genbank.iter_records) vs Biopython SeqIO.parse;
+  4. streaming: prepare a corpus --scale times larger (the same files listed --scale times, as
+     --scale datasets) and compare peak RSS with the 1x run: it should stay about flat.
+
+    python bench/prepare_throughput.py                     # default corpus, ~1-2 min on 2 cores
+    python bench/prepare_throughput.py --skip-biopython --scale 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _child_prepare(config_path: str) -> None:
+    """Run prepare once from a YAML config; print a JSON line with its times and peak RSS."""
+    from codonlm.config import load_config
+    from codonlm.data.prepare import prepare
+
+    cfg = load_config(config_path)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu, wall = time.process_time(), time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = prepare(cfg, show_progress=False)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({
+        "cpu_s": cpu, "wall_s": wall, "peak_rss_mb": peak / 1024, "rss_before_mb": rss_before / 1024,
+        "input_uncompressed_bytes": report["input_uncompressed_bytes"], "kept_cds": report["kept_cds"],
+    }))
+
+
+def run_prepare(raw_cfg: dict, workdir: Path) -> dict:
+    """prepare in a fresh child process, outputs under workdir (removed by the caller)."""
+    raw = json.loads(json.dumps(raw_cfg))
+    raw["data"]["processed_dir"] = str(workdir / "processed")
+    raw.setdefault("outputs", {})["itos_path"] = str(workdir / "processed" / "itos.json")
+    cfg_path = workdir / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, __file__, "--child-prepare", str(cfg_path)], check=True,
+                         capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def best_prepare(raw_cfg: dict, repeats: int) -> dict:
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="prep_bench_") as td:
+            runs.append(run_prepare(raw_cfg, Path(td)))
+    best = min(runs, key=lambda r: r["cpu_s"])
+    best["wall_s"] = min(r["wall_s"] for r in runs)
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
+def open_text(path: Path):
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt") if gz else open(path)  # noqa: SIM115 - closed by the caller
+
+
+def biopython_pass(files: list[Path]) -> dict:
+    """SeqIO.parse + feature.extract + translate for every CDS; parse time measured inside the same pass."""
+    from Bio import BiopythonWarning, SeqIO
+
+    parse_cpu = parse_wall = 0.0
+    cds = proteins = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BiopythonWarning)
+        for path in files:
+            with open_text(path) as fh:
+                records = SeqIO.parse(fh, "genbank")
+                while True:
+                    c, w = time.process_time(), time.perf_counter()
+                    record = next(records, None)
+                    parse_cpu += time.process_time() - c
+                    parse_wall += time.perf_counter() - w
+                    if record is None:
+                        break
+                    for feature in record.features:
+                        if feature.type != "CDS":
+                            continue
+                        cds += 1
+                        table = int(feature.qualifiers.get("transl_table", ["11"])[0])
+                        try:
+                            protein = feature.extract(record.seq).translate(table=table)
+                        except Exception:  # noqa: BLE001 - a hand-rolled loop skips what it cannot translate
+                            continue
+                        proteins += len(protein) > 0
+    return {"cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
+            "parse_cpu_s": parse_cpu, "parse_wall_s": parse_wall, "cds": cds, "proteins": proteins}
+
+
+def gbio_parse(files: list[Path], repeats: int) -> dict:
+    from codonlm.data.genbank import iter_records
+
+    best_cpu = best_wall = float("inf")
+    for _ in range(repeats):
+        cpu, wall = time.process_time(), time.perf_counter()
+        records = sum(1 for path in files for _ in iter_records(path))
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    return {"cpu_s": best_cpu, "wall_s": best_wall, "records": records}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/tiny_cpu.yaml", help="config whose data.datasets is the corpus")
+    ap.add_argument("--repeats", type=int, default=3, help="prepare / gb-io runs; the best is reported")
+    ap.add_argument("--scale", type=int, default=10, help="streaming check: corpus copies (0: skip)")
+    ap.add_argument("--skip-biopython", action="store_true")
+    ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--child-prepare", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_prepare:
+        _child_prepare(args.child_prepare)
+        return
+
+    from codonlm.data.prepare import uncompressed_size
+
+    raw = yaml.safe_load((ROOT / args.config).read_text())
+    for d in raw["data"]["datasets"]:  # absolute paths: the child runs from anywhere
+        gbff = d["gbff"] if isinstance(d["gbff"], list) else [d["gbff"]]
+        d["gbff"] = [str((ROOT / f).resolve()) for f in gbff]
+    files = [Path(f) for d in raw["data"]["datasets"] for f in d["gbff"]]
+    mb = sum(uncompressed_size(f) for f in files) / 1e6
+    on_disk = sum(f.stat().st_size for f in files) / 1e6
+    results: dict = {"corpus": {"files": len(files), "uncompressed_mb": mb, "on_disk_mb": on_disk}}
+    print(f"corpus: {len(files)} files, {mb:.1f} MB uncompressed GenBank ({on_disk:.1f} MB on disk)")
+
+    prep = best_prepare(raw, args.repeats)
+    results["prepare"] = prep
+    print(f"prepare (end to end, best of {args.repeats}):  cpu {prep['cpu_s']:.2f} s = {mb / prep['cpu_s']:.1f} MB/s "
+          f"per core | wall {prep['wall_s']:.2f} s = {mb / prep['wall_s']:.1f} MB/s | {prep['kept_cds']} CDS kept")
+
+    gb = gbio_parse(files, args.repeats)
+    results["gbio_parse"] = gb
+    print(f"gb-io parse alone (best of {args.repeats}):  cpu {gb['cpu_s']:.2f} s = {mb / gb['cpu_s']:.1f} MB/s | "
+          f"wall {gb['wall_s']:.2f} s")
+
+    if not args.skip_biopython:
+        bio = biopython_pass(files)
+        results["biopython"] = bio
+        print(f"biopython parse + extract + translate (1 pass):  cpu {bio['cpu_s']:.2f} s = "
+              f"{mb / bio['cpu_s']:.1f} MB/s | wall {bio['wall_s']:.2f} s = {mb / bio['wall_s']:.1f} MB/s | "
+              f"{bio['cds']} CDS")
+        print(f"biopython parse alone (same pass):  cpu {bio['parse_cpu_s']:.2f} s = {mb / bio['parse_cpu_s']:.1f} MB/s")
+        print(f"ratio prepare vs biopython extraction:  {bio['cpu_s'] / prep['cpu_s']:.1f}x cpu, "
+              f"{bio['wall_s'] / prep['wall_s']:.1f}x wall")
+        print(f"ratio gb-io vs biopython parse:  {bio['parse_cpu_s'] / gb['cpu_s']:.1f}x cpu, "
+              f"{bio['parse_wall_s'] / gb['wall_s']:.1f}x wall")
+
+    print(f"peak RSS prepare 1x:  {prep['peak_rss_mb']:.0f} MB (after imports: {prep['rss_before_mb']:.0f} MB)")
+    if args.scale > 0:
+        big = json.loads(json.dumps(raw))
+        all_files = [f for d in raw["data"]["datasets"] for f in d["gbff"]]
+        min_len = raw["data"]["datasets"][0].get("min_len", 30)
+        big["data"]["datasets"] = [{"name": f"copy{k}", "gbff": all_files, "min_len": min_len}
+                                   for k in range(args.scale)]
+        scaled = best_prepare(big, 1)
+        results["streaming"] = scaled
+        smb = scaled["input_uncompressed_bytes"] / 1e6
+        print(f"peak RSS prepare {args.scale}x ({args.scale} datasets x {len(all_files)} files, {smb:.0f} MB):  "
+              f"{scaled['peak_rss_mb']:.0f} MB = {scaled['peak_rss_mb'] / prep['peak_rss_mb']:.2f}x the 1x peak | "
+              f"cpu {scaled['cpu_s']:.1f} s = {smb / scaled['cpu_s']:.1f} MB/s per core")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Held-out evaluation of a run: the model beside honest baselines on the same test genes.
+
+Writes runs/<RUN_ID>/evaluate/: metrics.json, summary.csv (model + baselines), per_dataset.csv,
+by_position.csv, calibration.csv, and PNG plots. A model that does not beat a baseline is
+reported as such (metrics.json: beats_baselines).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from codonlm.data.loader import split_path
+from codonlm.errors import UserError
+from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM, genes_from_npz
+from codonlm.evaluate.perplexity import POSITION_BINS, ece, position_bins, score_genes
+from codonlm.model.load import load_model
+from codonlm.provenance import write_json_atomic
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _ppl(nll: float) -> float:
+    return float(math.exp(nll)) if math.isfinite(nll) else float("inf")
+
+
+def _baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)) -> dict[str, list[np.ndarray]]:
+    """Per-gene log-prob arrays of each baseline on the test genes, fitted on the training genes."""
+    models = {"unigram": UnigramLM(), "per_genome_unigram": PerGroupUnigramLM()}
+    for k in orders:
+        models[f"kneser_ney_{k}"] = KneserNeyLM(order=k)
+    out = {}
+    for name, lm in models.items():
+        grouped = name == "per_genome_unigram"
+        lm.fit(train_genes, train_groups if grouped else None)
+        out[name] = [lm.log_probs(g, group=int(d)) if grouped else lm.log_probs(g)
+                     for g, d in zip(test_genes, test_groups, strict=True)]
+    return out
+
+
+def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, part in by_pos.groupby("model", sort=False):
+        ax.plot(part["bin"], part["perplexity"], marker="o", label=name)
+    ax.set_xlabel("codon position in gene (bin start)")
+    ax.set_ylabel("perplexity")
+    ax.legend(fontsize=8)
+    ax.set_title("Perplexity by position in the gene (test split)")
+    fig.tight_layout()
+    fig.savefig(folder / "by_position.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot([r["confidence"] for r in calib], [r["accuracy"] for r in calib], marker="o")
+    ax.set_xlabel("top-1 confidence")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("Calibration (test split)")
+    fig.tight_layout()
+    fig.savefig(folder / "calibration.png", dpi=120)
+    plt.close(fig)
+
+    wide = per_ds.pivot(index="dataset", columns="model", values="perplexity")
+    ax = wide.plot.bar(figsize=(8, 4.5), rot=30)
+    ax.set_ylabel("perplexity")
+    ax.set_title("Per-genome perplexity (test split)")
+    ax.figure.tight_layout()
+    ax.figure.savefig(folder / "per_dataset.png", dpi=120)
+    plt.close(ax.figure)
+
+
+def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", split: str = "test",
+                 device: str = "cpu", out_dir: str | Path | None = None, kn_orders=(3, 5)) -> dict:
+    t0 = time.perf_counter()
+    model, cfg, state = load_model(run_id, checkpoints_dir, device)
+    run_id = state.get("run_id", run_id)
+    test_path, train_path = split_path(cfg, split), split_path(cfg, "train")
+    for p in (test_path, train_path):
+        if not p.is_file():
+            raise UserError(f"prepared data not found: {p}; run 'codonlm prepare -c CONFIG' for this run's config")
+    with np.load(test_path) as z:
+        names = [str(n) for n in z["dataset_names"]]
+    test_genes, test_groups = genes_from_npz(test_path)
+    train_genes, train_groups = genes_from_npz(train_path)
+    if not test_genes:
+        raise UserError(f"{test_path} holds no genes; set data.test_frac > 0 and re-run prepare")
+
+    scores = score_genes(model, test_genes, device=device)
+    model_logp = [s.logp for s in scores]
+    base = _baselines(train_genes, train_groups, test_genes, test_groups, kn_orders)
+    all_logp = {"model": model_logp, **base}
+
+    def summarise(logps: list[np.ndarray]) -> dict:
+        flat = np.concatenate(logps)
+        nll = float(-flat.mean())
+        return {"loss": nll, "perplexity": _ppl(nll), "n_targets": int(flat.size)}
+
+    cat = {k: np.concatenate([getattr(s, k) for s in scores]) for k in
+           ("top1", "top5", "aa_correct", "synonymous_mass", "confidence")}
+    calib_err, calib_rows = ece(cat["confidence"], cat["top1"])
+    summary_rows = []
+    for name, logps in all_logp.items():
+        row = {"model": name, **summarise(logps)}
+        if name == "model":
+            row.update({"top1_accuracy": float(cat["top1"].mean()), "top5_accuracy": float(cat["top5"].mean()),
+                        "aa_accuracy": float(cat["aa_correct"].mean()),
+                        "synonymous_mass": float(cat["synonymous_mass"].mean()), "ece": calib_err})
+        summary_rows.append(row)
+    summary = pd.DataFrame(summary_rows)
+
+    per_ds_rows = []
+    groups = np.asarray(test_groups)
+    for d, dname in enumerate(names):
+        sel = np.flatnonzero(groups == d)
+        if sel.size == 0:
+            continue
+        for name, logps in all_logp.items():
+            row = {"dataset": dname, "model": name, "genes": int(sel.size), **summarise([logps[i] for i in sel])}
+            if name == "model":
+                row["top1_accuracy"] = float(np.concatenate([scores[i].top1 for i in sel]).mean())
+                row["aa_accuracy"] = float(np.concatenate([scores[i].aa_correct for i in sel]).mean())
+            per_ds_rows.append(row)
+    per_ds = pd.DataFrame(per_ds_rows)
+
+    pos_rows = []
+    bins = [position_bins(len(lp)) for lp in model_logp]
+    for name, logps in all_logp.items():
+        flat, fbins = np.concatenate(logps), np.concatenate(bins)
+        for b in range(len(POSITION_BINS) - 1):
+            sel = fbins == b
+            if sel.any():
+                nll = float(-flat[sel].mean())
+                pos_rows.append({"model": name, "bin": POSITION_BINS[b], "bin_end": POSITION_BINS[b + 1] - 1,
+                                 "n_targets": int(sel.sum()), "loss": nll, "perplexity": _ppl(nll)})
+    by_pos = pd.DataFrame(pos_rows)
+
+    folder = Path(out_dir) if out_dir else Path(cfg.outputs.runs_dir) / run_id / "evaluate"
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(summary, folder / "summary.csv")
+    _write_csv(per_ds, folder / "per_dataset.csv")
+    _write_csv(by_pos, folder / "by_position.csv")
+    _write_csv(pd.DataFrame(calib_rows), folder / "calibration.csv")
+    _plot(by_pos, calib_rows, per_ds, folder)
+    model_ppl = float(summary.loc[summary.model == "model", "perplexity"].iloc[0])
+    baseline_ppl = {r["model"]: r["perplexity"] for r in summary_rows if r["model"] != "model"}
+    metrics = {
+        "run_id": run_id, "split": split, "checkpoint_step": state.get("step"), "genes": len(test_genes),
+        "model": summary_rows[0], "baselines": {r["model"]: r for r in summary_rows[1:]},
+        "beats_baselines": {k: model_ppl < v for k, v in baseline_ppl.items()},
+        "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "note": "perplexity over whole genes (codons + <EOS_CDS>), each codon with up to block_size tokens "
+                "of left context; the model's probability is its full softmax (no renormalisation).",
+    }
+    write_json_atomic(folder / "metrics.json", metrics)
+    return metrics
+
+
+def score_fasta(run_id: str, records: list[tuple[str, str]], checkpoints_dir: str = "outputs/checkpoints",
+                device: str = "cpu") -> pd.DataFrame:
+    """One row per sequence: codons, total log-likelihood, mean NLL and perplexity (each CDS + <EOS_CDS>)."""
+    from codonlm.evaluate.sampling import dna_to_tokens
+
+    model, _, _ = load_model(run_id, checkpoints_dir, device)
+    genes = [dna_to_tokens(dna, add_bos=True, add_eos=True) for _, dna in records]
+    scores = score_genes(model, genes, device=device)
+    return pd.DataFrame([
+        {"id": name, "n_codons": len(dna) // 3, "log_likelihood": float(s.logp.sum()), "nll": s.nll,
+         "perplexity": _ppl(s.nll)}
+        for (name, dna), s in zip(records, scores, strict=True)
+    ])

@@ -1,0 +1,420 @@
+"""TinyGPT: a small Llama-architecture decoder over codon tokens, in one file (nanoGPT style).
+
+Layout (maps 1:1 onto `transformers.LlamaForCausalLM`, see `hf_export.py`):
+
+    wte -> n_layer x [x + attn(rmsnorm(x)); x + mlp(rmsnorm(x))] -> rmsnorm -> lm_head (tied to wte)
+
+- Attention: rotary positions (theta 10000, Llama's rotate_half convention on split halves, so
+  weights copy to Hugging Face with no permutation), no biases. Causal, and with
+  `sep_mask_enabled` block-diagonal over CDS segments, so a gene's logits do not depend on what
+  it is packed beside (RoPE is relative, so per-CDS and global positions give the same logits).
+- MLP: SwiGLU, hidden size a multiple of 64 near 8/3 * n_embd, no biases.
+- q/k/v and gate/up are each one fused matmul (fewer, larger GEMMs are faster on CPU); the
+  export splits them.
+
+Attention backends (one module; `TinyGPT.set_attn_backend` forces one, tests compare them):
+
+    "sdpa"  F.scaled_dot_product_attention with a boolean [B,1,T,T] mask (fused flash kernel on
+            CPU), or is_causal=True when the segment mask is off. CPU float32, CUDA eager, MPS.
+    "math"  softmax(q k^T / sqrt(D) + bias) v with an additive 0/-inf bias from the same mask.
+            Chosen on CPU under bf16/fp16 for T <= 1024: there two bf16 GEMMs plus a softmax
+            run about 2x faster than the CPU flash kernel (`python bench/train_throughput.py`
+            prints both). Also what `run_with_cache` uses, so `hook_pattern` is exactly the
+            attention that produced the logits.
+    "flex"  FlexAttention with a document-causal BlockMask, which skips fully masked tiles. CUDA
+            when `use_flex` is set (the trainer sets it when it compiles the model). It has no
+            attention-probability dropout (residual dropout still applies), and in torch 2.13
+            no backward on CPU.
+
+Hooks (TransformerLens names) are only recorded when a cache dict is passed down, which
+`run_with_cache` does; the training path pays one `is None` check per hook.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from codonlm.config import ModelConfig
+from codonlm.data.codons import BOS, loss_mask
+
+ROPE_THETA = 10000.0
+RMS_NORM_EPS = 1e-6
+INIT_STD = 0.02
+BACKENDS = ("sdpa", "flex", "math")
+
+Cache = dict[str, Tensor]
+NamesFilter = None | str | Iterable[str] | Callable[[str], bool]
+
+
+def mlp_hidden_size(n_embd: int) -> int:
+    """SwiGLU hidden width: nearest multiple of 64 to 8/3 * n_embd (keeps MLP params near 8 d^2, GEMM-friendly)."""
+    return max(64, 64 * round(8 * n_embd / 3 / 64))
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm: normalise in float32, cast back, then scale (same order as Hugging Face)."""
+
+    def __init__(self, dim: int, eps: float = RMS_NORM_EPS):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = ROPE_THETA) -> tuple[Tensor, Tensor]:
+    """cos, sin [..., T, head_dim] for integer positions, computed in float32 like Llama's rotary embedding."""
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    )
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """Llama's rotation partner: [x1, x2] -> [-x2, x1] on split halves (reference; see apply_rope)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """Llama's x * cos + rotate_half(x) * sin, computed as x * cos + swap_halves(x) * sin_signed
+    with sin_signed = [-sin, sin] (halves), which saves the negation pass. cos/sin broadcast
+    against x and are already in x's dtype (no float32 promotion under autocast)."""
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+    return x * cos + swapped * sin_signed
+
+
+def _keep(names_filter: NamesFilter) -> Callable[[str], bool]:
+    if names_filter is None:
+        return lambda _name: True
+    if callable(names_filter):
+        return names_filter
+    if isinstance(names_filter, str):
+        return lambda name: name == names_filter
+    wanted = set(names_filter)
+    return lambda name: name in wanted
+
+
+class HookCache(dict):
+    """Activation store for the analysis path: `hook(name, x)` records x (detached) if the filter keeps it."""
+
+    def __init__(self, names_filter: NamesFilter = None):
+        super().__init__()
+        self.keep = _keep(names_filter)
+
+    def hook(self, name: str, x: Tensor) -> None:
+        if self.keep(name):
+            self[name] = x.detach()
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.dropout = cfg.dropout
+        self.name = f"blocks.{layer}.attn"
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str, cache: HookCache | None
+    ) -> Tensor:
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+        if cache is not None:
+            for i, name in enumerate("qkv"):
+                cache.hook(f"{self.name}.hook_{name}", qkv[:, :, i])  # [B, T, H, D]
+        q, k = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)  # q and k rotated in one pass
+        if cache is not None:
+            cache.hook(f"{self.name}.hook_rot_q", q)
+            cache.hook(f"{self.name}.hook_rot_k", k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # [B, H, T, D]
+        p_drop = self.dropout if self.training else 0.0
+        if backend == "math":
+            y = self._math(q, k, v, mask, p_drop, cache)
+        elif backend == "flex":
+            from torch.nn.attention.flex_attention import flex_attention
+
+            y = flex_attention(q, k, v, block_mask=mask)
+        elif mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
+        y = y.transpose(1, 2)  # [B, T, H, D]
+        if cache is not None:
+            cache.hook(f"{self.name}.hook_z", y)
+        return self.proj(y.reshape(B, T, C))
+
+    def _math(
+        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, p_drop: float, cache: HookCache | None
+    ) -> Tensor:
+        """Explicit attention with an additive mask: softmax(q k^T / sqrt(D) + bias) v."""
+        # Scale q [B,H,T,D] rather than the scores [B,H,T,T]: same result, a quarter of the work at
+        # T=256, D=64 (exact in bf16 when D is a power of 4). The bias is added in place: matmul
+        # does not keep its output for backward.
+        scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
+        pattern = scores.add_(bias).softmax(dim=-1)
+        if cache is not None:
+            cache.hook(f"{self.name}.hook_pattern", pattern.float())
+        return F.dropout(pattern, p_drop, self.training) @ v
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate and up share one matmul."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.hidden = mlp_hidden_size(cfg.n_embd)
+        self.gate_up = nn.Linear(cfg.n_embd, 2 * self.hidden, bias=False)
+        self.down = nn.Linear(self.hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.name = f"blocks.{layer}"
+        self.ln_1 = RMSNorm(cfg.n_embd)
+        self.attn = Attention(cfg, layer)
+        self.ln_2 = RMSNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str, cache: HookCache | None = None
+    ) -> Tensor:
+        if cache is None:
+            x = x + self.drop(self.attn(self.ln_1(x), cos, sin, mask, backend, None))
+            return x + self.drop(self.mlp(self.ln_2(x)))
+        cache.hook(f"{self.name}.hook_resid_pre", x)
+        attn_out = self.drop(self.attn(self.ln_1(x), cos, sin, mask, backend, cache))
+        cache.hook(f"{self.name}.hook_attn_out", attn_out)
+        x = x + attn_out
+        cache.hook(f"{self.name}.hook_resid_mid", x)
+        mlp_out = self.drop(self.mlp(self.ln_2(x)))
+        cache.hook(f"{self.name}.hook_mlp_out", mlp_out)
+        x = x + mlp_out
+        cache.hook(f"{self.name}.hook_resid_post", x)
+        return x
+
+
+class TinyGPT(nn.Module):
+    """Llama-style decoder over codon tokens with a per-CDS (block-diagonal causal) attention mask.
+
+    Flags the trainer may set: `gradient_checkpointing` (recompute each block in backward),
+    `use_flex` (FlexAttention on CUDA; set when compiling), `attn_backend` (force one of
+    BACKENDS, None = choose by device).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = RMSNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as in nanoGPT / tie_word_embeddings
+        self.gradient_checkpointing = False
+        self.use_flex = False
+        self.attn_backend: str | None = None
+        self.apply(self._init_weights)
+        # nanoGPT: residual-branch output projections scaled by 1/sqrt(2 * n_layer).
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+            nn.init.normal_(block.mlp.down.weight, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+
+    # ---- sizes ---------------------------------------------------------------------------------
+
+    def num_params(self) -> int:
+        """Parameter count, the tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT estimate_mfu:
+
+            6 * N  +  12 * n_layer * n_embd * T
+
+        N counts every weight matrix once (the tied embedding as the lm_head matmul, norms are
+        negligible); the second term is the QK^T and PV matmuls at full T x T, so the causal and
+        per-CDS masks (which skip work) are not credited. T defaults to block_size.
+        """
+        T = seq_len or self.cfg.block_size
+        return 6.0 * self.num_params() + 12.0 * self.cfg.n_layer * self.cfg.n_embd * T
+
+    # ---- backends and masks --------------------------------------------------------------------
+
+    def set_attn_backend(self, backend: str | None) -> None:
+        """Force "sdpa", "flex" or "math" (tests compare them); None restores the choice by device."""
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+        self.attn_backend = backend
+
+    def _backend(self, device: torch.device, dtype: torch.dtype, T: int) -> str:
+        """Forced backend, else: CUDA -> flex if use_flex else sdpa; CPU -> math for bf16/fp16 at
+        T <= 1024 (about 2x faster than the CPU flash kernel there; keeps [B,H,T,T] probabilities
+        for backward, hence the cap), sdpa otherwise (fp32 flash is as fast as math and lighter)."""
+        if self.attn_backend is not None:
+            return self.attn_backend
+        if device.type == "cuda":
+            return "flex" if self.use_flex else "sdpa"
+        if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16) and T <= 1024:
+            return "math"
+        return "sdpa"
+
+    def _mask(self, idx: Tensor, segment_ids: Tensor | None, backend: str, dtype: torch.dtype) -> object:
+        """What the backend takes: sdpa a bool [B,1,T,T] mask (True = attend) or None (plain causal);
+        math an additive 0/-inf bias in the compute dtype; flex a document-causal BlockMask."""
+        B, T = idx.shape
+        if not self.cfg.sep_mask_enabled:
+            if backend == "sdpa":
+                return None
+            segment_ids = torch.zeros_like(idx)
+        elif segment_ids is None:
+            segment_ids = torch.cumsum(idx == BOS, dim=1)
+        if backend == "flex":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            seg = segment_ids
+
+            def document_causal(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+                return (kv <= q) & (seg[b, q] == seg[b, kv])
+
+            return create_block_mask(document_causal, B, None, T, T, device=idx.device)
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+        allowed = (causal & (segment_ids[:, :, None] == segment_ids[:, None, :])).unsqueeze(1)
+        if backend == "math":
+            return torch.zeros(allowed.shape, dtype=dtype, device=idx.device).masked_fill_(
+                ~allowed, float("-inf")
+            )
+        return allowed
+
+    def _rope(self, idx: Tensor, positions: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and signed sin (see apply_rope), shaped [T,1,1,D] or [B,T,1,1,D] to broadcast over
+        the (q|k, head) dims of the [B,T,2,H,D] q/k slice."""
+        T, half = idx.shape[1], self.head_dim // 2
+        if positions is None or not self.cfg.sep_mask_enabled:
+            positions = torch.arange(T, device=idx.device)
+        cos, sin = rope_cos_sin(positions, self.head_dim)
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return cos[..., None, None, :].to(dtype), sin[..., None, None, :].to(dtype)
+
+    # ---- forward -------------------------------------------------------------------------------
+
+    def _hidden(
+        self, idx: Tensor, segment_ids: Tensor | None, positions: Tensor | None, cache: HookCache | None
+    ) -> Tensor:
+        if idx.dtype != torch.long:
+            idx = idx.long()
+        x = self.wte(idx)
+        if cache is not None:
+            cache.hook("hook_embed", x)
+        x = self.drop(x)
+        # q/k/v leave a Linear, so under autocast they are in the autocast dtype: mask and cos/sin match it.
+        on = torch.is_autocast_enabled(idx.device.type)
+        dtype = torch.get_autocast_dtype(idx.device.type) if on else x.dtype
+        backend = "math" if cache is not None else self._backend(idx.device, dtype, idx.shape[1])
+        mask = self._mask(idx, segment_ids, backend, dtype)
+        cos, sin = self._rope(idx, positions, dtype)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        for block in self.blocks:
+            if ckpt:
+                x = checkpoint(block, x, cos, sin, mask, backend, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, backend, cache)
+        x = self.ln_f(x)
+        if cache is not None:
+            cache.hook("ln_final.hook_normalized", x)
+        return x
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        positions: Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx [B, T] token ids -> (logits [B, T, vocab], mean loss over scored targets or None).
+
+        segment_ids [B, T] (default: cumsum of <BOS_CDS>) drive the per-CDS mask; positions
+        [B, T] (per-CDS, from the NPZ) drive RoPE when the mask is on, else arange(T).
+        """
+        logits = self.lm_head(self._hidden(idx, segment_ids, positions, None))
+        if targets is None:
+            return logits, None
+        return logits, self.loss(logits, targets, label_smoothing)
+
+    @staticmethod
+    def loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """Float32 cross entropy over codon and <EOS_CDS> targets only, mean over counted targets.
+
+        Sum / count rather than ignore_index + mean, so a batch with no scored target gives 0
+        (not NaN) and nothing forces a device sync.
+        """
+        targets = targets.long()
+        keep = loss_mask(targets)
+        total = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)),
+            targets.masked_fill(~keep, -100).view(-1),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        return total / keep.sum().clamp(min=1)
+
+    # ---- analysis ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def run_with_cache(
+        self,
+        idx: Tensor,
+        segment_ids: Tensor | None = None,
+        names_filter: NamesFilter = None,
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, Cache]:
+        """Eager forward that also returns activations by TransformerLens hook name.
+
+        Names: hook_embed; blocks.{i}.hook_resid_pre / hook_attn_out / hook_resid_mid /
+        hook_mlp_out / hook_resid_post [B,T,C]; blocks.{i}.attn.hook_q / hook_k / hook_v /
+        hook_rot_q / hook_rot_k / hook_z [B,T,H,D] (rot_ = after RoPE);
+        blocks.{i}.attn.hook_pattern [B,H,T,T] float32 softmax probabilities;
+        ln_final.hook_normalized [B,T,C] (after the final norm's weight: the lm_head input).
+        names_filter: None (all), a name, a list of names, or a predicate.
+        """
+        cache = HookCache(names_filter)
+        logits = self.lm_head(self._hidden(idx, segment_ids, positions, cache))
+        return logits, dict(cache)
+
+    def hook_names(self) -> list[str]:
+        """Every name run_with_cache can record, in forward order."""
+        attn = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_pattern", "hook_z")
+        names = ["hook_embed"]
+        for i in range(self.cfg.n_layer):
+            names += [f"blocks.{i}.hook_resid_pre"] + [f"blocks.{i}.attn.{n}" for n in attn]
+            names += [
+                f"blocks.{i}.{n}"
+                for n in ("hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+            ]
+        return names + ["ln_final.hook_normalized"]
