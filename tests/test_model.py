@@ -326,3 +326,18 @@ def test_hf_export_matches(tmp_path) -> None:
         ours, _ = model(g)
         theirs = hf(g).logits
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sep_mask", [True, False])
+def test_kv_cache_extend_matches_forward(sep_mask):
+    torch.manual_seed(0)
+    model = TinyGPT(ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=32, sep_mask_enabled=sep_mask)).eval()
+    seq = torch.randint(4, 68, (2, 30))
+    seq[:, 0] = 1
+    with torch.no_grad():
+        full, _ = model(seq)
+    logits, past = model.extend(seq[:, :5], None, 0)
+    torch.testing.assert_close(logits, full[:, 4], atol=1e-5, rtol=1e-4)
+    for t in range(5, 30):
+        logits, past = model.extend(seq[:, t : t + 1], past, t)
+        torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-4)

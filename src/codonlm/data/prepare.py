@@ -6,6 +6,8 @@ finished files replace the old ones only when everything succeeded (nothing half
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import os
 import shutil
@@ -247,6 +249,28 @@ def _dataset_inputs(spec: DatasetSpec) -> list[dict]:
     return out
 
 
+def _cyclic_gc_paused(fn):
+    """Run fn with Python's cyclic garbage collector paused, and restored after.
+
+    prepare allocates a few small containers per CDS and per window piece (hundreds of thousands
+    in all) and builds no reference cycles, so the collector's passes over them are pure overhead
+    (about 5% of prepare). Reference counting still frees everything as usual.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper
+
+
+@_cyclic_gc_paused
 def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_progress: bool = True) -> dict:
     """Run data prep; returns the pipeline_prepare.json content. Raises UserError on bad input."""
     t0 = time.perf_counter()
@@ -276,15 +300,15 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
                             leave=False)
             for path in spec.files:
                 for batch in extract_file_records(path, spec.min_len, spec.transl_table, stats):  # one record
-                    by_split: dict[str, tuple[list, list]] = {s: ([], []) for s in SPLITS}
+                    genes = [batch.ids[a:b] for a, b in zip(batch.offsets, batch.offsets[1:], strict=False)]
+                    gene_names = [f"{batch.record_id}|{name}" for name in batch.names]
+                    by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
                     for i, protein in enumerate(batch.proteins()):
                         split = split_of(protein, cfg.outputs.seed, data.val_frac, data.test_frac)
                         proteins[split].add(hashlib.blake2b(protein.encode(), digest_size=8).digest())
-                        genes, gene_names = by_split[split]
-                        genes.append(batch.gene(i))
-                        gene_names.append(f"{batch.record_id}|{batch.names[i]}")
-                    for split, (genes, gene_names) in by_split.items():
-                        split_sinks[split].add_genes(genes, gene_names)
+                        by_split[split].append(i)
+                    for split, members in by_split.items():
+                        split_sinks[split].add_genes([genes[i] for i in members], [gene_names[i] for i in members])
                     progress.update(len(batch))
             progress.close()
             for w in stats.warnings:

@@ -41,12 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from codonlm.data.codons import BOS, CODON_OFFSET, EOS, ITOS, genetic_code
+from codonlm.data.codons import BOS, CODON_OFFSET, EOS, genetic_code
 from codonlm.errors import UserError
-from codonlm.evaluate.sampling import filter_logits
+from codonlm.evaluate.sampling import generate
 from codonlm.evaluate.seqmetrics import (
     CAIReference,
     ProteinIndex,
@@ -62,7 +60,6 @@ from codonlm.evaluate.seqmetrics import (
     to_dna,
     translate,
 )
-from codonlm.model.tinygpt import apply_rope, rope_cos_sin
 
 DEFAULT_TEMPERATURES = (0.7, 1.0, 1.3)
 SPLITS = ("val", "test")
@@ -80,119 +77,6 @@ SUMMARY_COLUMNS = [
     "gc_mean", "gc3_mean", "cai_mean", "enc_mean", "nearest_identity_mean", "nearest_identity_max",
     "frac_identity_ge_0.9", "codon_kl", "codon_js", "codon_js_floor", "aa_js", "aa_js_floor",
 ]  # fmt: skip
-
-
-# --------------------------------------------------------------------------- cached sampling
-
-
-def _rope(model: torch.nn.Module, start: int, length: int, device: torch.device, dtype: torch.dtype):
-    """cos and signed sin [T,1,1,D] for positions start..start+length-1, as TinyGPT._rope builds them."""
-    half = model.head_dim // 2
-    cos, sin = rope_cos_sin(torch.arange(start, start + length, device=device), model.head_dim)
-    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-    return cos[:, None, None, :].to(dtype), sin[:, None, None, :].to(dtype)
-
-
-def extend(
-    model: torch.nn.Module,
-    idx: torch.Tensor,
-    past: list[tuple[torch.Tensor, torch.Tensor]] | None,
-    start: int,
-) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Logits of the last token of idx [B, T] and the updated key/value cache.
-
-    With past None, idx is a whole context (one CDS, positions from `start`); otherwise idx is one
-    new token per row at position `start`, attending to every cached token. Runs TinyGPT's own
-    modules in eval mode, so logits equal `model(idx)` (tested) without recomputing the prefix.
-    """
-    if past is not None and idx.shape[1] != 1:
-        raise ValueError("with a cache, extend one token at a time")
-    x = model.wte(idx.long())
-    B, T, C = x.shape
-    cos, sin = _rope(model, start, T, x.device, x.dtype)
-    new_past = []
-    for i, block in enumerate(model.blocks):
-        attn = block.attn
-        qkv = attn.qkv(block.ln_1(x)).view(B, T, 3, attn.n_head, attn.head_dim)
-        q, k = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-        if past is not None:
-            k, v = torch.cat((past[i][0], k), dim=2), torch.cat((past[i][1], v), dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and T > 1)
-        x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
-        x = x + block.mlp(block.ln_2(x))
-        new_past.append((k, v))
-    return model.lm_head(model.ln_f(x[:, -1])), new_past
-
-
-@torch.no_grad()
-def sample_with_cache(
-    model: torch.nn.Module,
-    prompts: Sequence[np.ndarray],
-    max_new: Sequence[int],
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
-    stop_codons: np.ndarray | None = None,
-    device: str | torch.device = "cpu",
-) -> list[np.ndarray]:
-    """Extend equal-length prompts (<BOS> + codons) until <EOS_CDS>, a stop codon in `stop_codons`
-    (a bool mask over token ids; kept), or each row's own `max_new` new tokens.
-
-    Sampling matches `sampling.generate` (codons and <EOS_CDS> only; temperature, top-k, top-p;
-    one multinomial draw per active row per step from a seeded CPU generator), so the two agree
-    token for token while a gene fits in block_size. Past block_size the cache is rebuilt from the
-    last block_size // 2 tokens, so each prediction sees between half and a whole block of context,
-    as tokens inside training chunks do (`generate` recomputes the last block_size every step).
-    """
-    if not prompts:
-        return []
-    lengths = {len(p) for p in prompts}
-    block = model.cfg.block_size
-    if len(lengths) != 1 or next(iter(lengths)) >= block:
-        raise ValueError(f"prompts must share one length below block_size ({block})")
-    device = torch.device(device)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    allowed = torch.zeros(len(ITOS), dtype=torch.bool)
-    allowed[CODON_OFFSET:] = True
-    allowed[EOS] = True
-    stop = torch.zeros(len(ITOS), dtype=torch.bool) if stop_codons is None else torch.from_numpy(stop_codons)
-    outs = [list(map(int, p)) for p in prompts]
-    budget = [int(m) for m in max_new]
-    active = [i for i in range(len(outs)) if budget[i] > 0]
-    if not active:
-        return [np.array(o, dtype=np.uint8) for o in outs]
-    ctx = torch.tensor([outs[i] for i in active], dtype=torch.long, device=device)
-    logits, past = extend(model, ctx, None, 0)
-    ctx_len = ctx.shape[1]
-    while True:
-        logits = logits.float().cpu().masked_fill(~allowed, float("-inf"))
-        picks = torch.multinomial(filter_logits(logits, temperature, top_k, top_p), 1, generator=gen).squeeze(
-            1
-        )
-        keep = []
-        for row, i in enumerate(active):
-            tok = int(picks[row])
-            outs[i].append(tok)
-            budget[i] -= 1
-            if not (tok == EOS or bool(stop[tok]) or budget[i] <= 0):
-                keep.append(row)
-        if not keep:
-            break
-        if len(keep) < len(active):
-            rows = torch.tensor(keep, device=device)
-            past = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in past]
-            picks = picks[torch.tensor(keep)]
-            active = [active[r] for r in keep]
-        if ctx_len >= block:  # full: rebuild from the last half block
-            ctx = torch.tensor([outs[i][-(block // 2) :] for i in active], dtype=torch.long, device=device)
-            logits, past = extend(model, ctx, None, 0)
-            ctx_len = ctx.shape[1]
-        else:
-            logits, past = extend(model, picks[:, None].to(device), past, ctx_len)
-            ctx_len += 1
-    return [np.array(o, dtype=np.uint8) for o in outs]
 
 
 # --------------------------------------------------------------------------- references per genome
@@ -548,7 +432,7 @@ def run_prefix_generation(
             )
             for gi, rows in enumerate(g for g in groups if g):
                 seed_i = int(np.random.SeedSequence([seed, ti, bi, gi]).generate_state(1)[0])
-                toks = sample_with_cache(
+                toks = generate(
                     model,
                     [np.concatenate([[BOS], p["real"][:prompt_codons]]).astype(np.uint8)
                      for p in (prompts[i] for i in rows)],

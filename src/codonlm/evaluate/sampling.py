@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,52 +96,68 @@ def filter_logits(
 
 
 @torch.no_grad()
-def generate(
-    model,
-    prompts: list[np.ndarray],
-    max_codons: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
-    stop_codons: np.ndarray | None = None,
-    device: str | torch.device = "cpu",
-) -> list[np.ndarray]:
-    """Extend each prompt (<BOS> + codons) until <EOS_CDS>, a stop codon (kept), or max_codons new codons.
+def generate(model, prompts: Sequence[np.ndarray], max_new: int | Sequence[int], temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             stop_codons: np.ndarray | None = None, device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """Extend prompts (<BOS> + codons) until <EOS_CDS>, a stop codon in `stop_codons` (a bool mask
+    over token ids; kept), or `max_new` new tokens (one budget, or one per prompt).
 
-    Only codons and <EOS_CDS> can be sampled. The context is the last block_size tokens, which the
-    per-CDS rotary positions make equivalent to the model's training context.
+    Only codons and <EOS_CDS> are sampled: temperature, then top-k, then top-p; one draw per
+    active row per step from a seeded CPU generator. A key/value cache (TinyGPT.extend) makes each
+    step cost one token. Past block_size the cache is rebuilt from the last block_size // 2
+    tokens, so each prediction sees between half and a whole block of context, as tokens inside
+    training chunks do. Prompts of different lengths are run in groups of equal length.
     """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    budgets = [int(max_new)] * len(prompts) if isinstance(max_new, int) else [int(m) for m in max_new]
+    outs: list[np.ndarray | None] = [None] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    for group_no, rows in enumerate(by_length.values()):
+        group_seed = seed if group_no == 0 else int(np.random.SeedSequence([seed, group_no]).generate_state(1)[0])
+        done = _generate_equal_length(model, [prompts[i] for i in rows], [budgets[i] for i in rows], temperature,
+                                      top_k, top_p, group_seed, stop_codons, torch.device(device))
+        for i, o in zip(rows, done, strict=True):
+            outs[i] = o
+    return outs  # type: ignore[return-value]
+
+
+def _generate_equal_length(model, prompts, budget, temperature, top_k, top_p, seed, stop_codons, device):
     block = model.cfg.block_size
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
     allowed = torch.zeros(len(ITOS), dtype=torch.bool)
     allowed[CODON_OFFSET:] = True
     allowed[EOS] = True
-    stop_mask = (
-        torch.from_numpy(stop_codons) if stop_codons is not None else torch.zeros(len(ITOS), dtype=torch.bool)
-    )
+    stop = torch.zeros(len(ITOS), dtype=torch.bool) if stop_codons is None else torch.from_numpy(stop_codons)
     outs = [list(map(int, p)) for p in prompts]
-    done = [False] * len(outs)
-    for _ in range(max_codons):
-        active = [i for i, d in enumerate(done) if not d]
-        if not active:
-            break
-        ctx_len = min(block, max(len(outs[i]) for i in active))
-        batch = torch.zeros(len(active), ctx_len, dtype=torch.long)
-        last = []
-        for row, i in enumerate(active):
-            seq = outs[i][-ctx_len:]
-            batch[row, : len(seq)] = torch.tensor(seq)
-            last.append(len(seq) - 1)
-        segments = torch.ones_like(batch)
-        logits, _ = model(batch.to(device), segment_ids=segments.to(device))
-        logits = logits[torch.arange(len(active)), torch.tensor(last)].float().cpu()
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        probs = filter_logits(logits, temperature, top_k, top_p)
-        picks = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    active = [i for i in range(len(outs)) if budget[i] > 0]
+    if not active:
+        return [np.array(o, dtype=np.uint8) for o in outs]
+    ctx = torch.tensor([outs[i][-block:] for i in active], dtype=torch.long, device=device)
+    logits, past = model.extend(ctx, None, 0)
+    ctx_len = ctx.shape[1]
+    while True:
+        logits = logits.float().cpu().masked_fill(~allowed, float("-inf"))
+        picks = torch.multinomial(filter_logits(logits, temperature, top_k, top_p), 1, generator=gen).squeeze(1)
+        keep = []
         for row, i in enumerate(active):
             tok = int(picks[row])
             outs[i].append(tok)
-            if tok == EOS or bool(stop_mask[tok]):
-                done[i] = True
+            budget[i] -= 1
+            if not (tok == EOS or bool(stop[tok]) or budget[i] <= 0):
+                keep.append(row)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            rows = torch.tensor(keep, device=device)
+            past = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in past]
+            picks = picks[torch.tensor(keep)]
+            active = [active[r] for r in keep]
+        if ctx_len >= block:  # full: rebuild from the last half block
+            ctx = torch.tensor([outs[i][-(block // 2) :] for i in active], dtype=torch.long, device=device)
+            logits, past = model.extend(ctx, None, 0)
+            ctx_len = ctx.shape[1]
+        else:
+            logits, past = model.extend(picks[:, None].to(device), past, ctx_len)
+            ctx_len += 1
     return [np.array(o, dtype=np.uint8) for o in outs]

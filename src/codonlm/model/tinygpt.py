@@ -313,9 +313,12 @@ class TinyGPT(nn.Module):
     def _rope(self, idx: Tensor, positions: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos and signed sin (see apply_rope), shaped [T,1,1,D] or [B,T,1,1,D] to broadcast over
         the (q|k, head) dims of the [B,T,2,H,D] q/k slice."""
-        T, half = idx.shape[1], self.head_dim // 2
         if positions is None or not self.cfg.sep_mask_enabled:
-            positions = torch.arange(T, device=idx.device)
+            positions = torch.arange(idx.shape[1], device=idx.device)
+        return self._rope_tables(positions, dtype)
+
+    def _rope_tables(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        half = self.head_dim // 2
         cos, sin = rope_cos_sin(positions, self.head_dim)
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         return cos[..., None, None, :].to(dtype), sin[..., None, None, :].to(dtype)
@@ -383,6 +386,37 @@ class TinyGPT(nn.Module):
             label_smoothing=label_smoothing,
         )
         return total / keep.sum().clamp(min=1)
+
+    # ---- incremental decoding -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def extend(
+        self, idx: Tensor, past: list[tuple[Tensor, Tensor]] | None, start: int
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Logits of the last token of idx [B, T] and the updated key/value cache (eval only).
+
+        With past None, idx is a whole context (one CDS, positions from `start`); otherwise idx is
+        one new token per row at position `start`, attending to every cached token. Same modules
+        as forward, so logits equal `model(idx)` (tested) without recomputing the prefix.
+        """
+        if past is not None and idx.shape[1] != 1:
+            raise ValueError("with a cache, extend one token at a time")
+        x = self.wte(idx.long())
+        B, T, C = x.shape
+        cos, sin = self._rope_tables(torch.arange(start, start + T, device=idx.device), x.dtype)
+        new_past = []
+        for i, block in enumerate(self.blocks):
+            attn = block.attn
+            qkv = attn.qkv(block.ln_1(x)).view(B, T, 3, attn.n_head, attn.head_dim)
+            q, k = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+            if past is not None:
+                k, v = torch.cat((past[i][0], k), dim=2), torch.cat((past[i][1], v), dim=2)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and T > 1)
+            x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
+            x = x + block.mlp(block.ln_2(x))
+            new_past.append((k, v))
+        return self.lm_head(self.ln_f(x[:, -1])), new_past
 
     # ---- analysis ------------------------------------------------------------------------------
 
