@@ -48,4 +48,7 @@ if [ -z "$RESUME" ]; then
 else
   stage train $CODONLM train -c "$CONFIG" --resume "$RESUME"
 fi
+CKPTS=$(.venv/bin/python -c "from codonlm.config import load_config; print(load_config('$CONFIG').outputs.out_dir)")
+stage evaluate $CODONLM evaluate "$RUN_ID" --checkpoints-dir "$CKPTS"
+stage generate-prefix $CODONLM generate-prefix "$RUN_ID" --checkpoints-dir "$CKPTS" --quiet
 echo "=== all stages finished in $((SECONDS - T0))s; outputs in runs/$RUN_ID"

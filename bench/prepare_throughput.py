@@ -188,6 +188,14 @@ def main() -> None:
         print(f"peak RSS prepare {args.scale}x ({args.scale} datasets x {len(all_files)} files, {smb:.0f} MB):  "
               f"{scaled['peak_rss_mb']:.0f} MB = {scaled['peak_rss_mb'] / prep['peak_rss_mb']:.2f}x the 1x peak | "
               f"cpu {scaled['cpu_s']:.1f} s = {smb / scaled['cpu_s']:.1f} MB/s per core")
+    goals = [f"{mb / prep['cpu_s']:.0f} MB/s per core (goal >= 50)"]
+    if "biopython" in results:
+        goals.append(f"{results['biopython']['cpu_s'] / prep['cpu_s']:.1f}x biopython (goal >= 5)")
+    goals.append(f"peak RSS {prep['peak_rss_mb']:.0f} MB (goal < 2048)")
+    if "streaming" in results:
+        goals.append(f"{args.scale}x corpus peak RSS {results['streaming']['peak_rss_mb'] / prep['peak_rss_mb']:.2f}x "
+                     "(goal: about flat)")
+    print("goals: " + "; ".join(goals))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

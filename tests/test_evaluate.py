@@ -137,3 +137,18 @@ def test_query_cli_json_and_bad_dna(trained, capsys):
     assert main([*args, "--mode", "score", "--dna", "ATGXAATAA"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "position 4" in err[0]
+
+
+def test_export_hf_cli_loads_with_transformers(trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "hf"
+    assert main(["export-hf", "ev", str(out), "--checkpoints-dir", trained.outputs.out_dir]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    model, _, _ = load_model("ev", trained.outputs.out_dir)
+    gene = torch.tensor([[1, 18, 4, 30, 60, 2]])
+    with torch.no_grad():
+        ours, _ = model(gene)
+        theirs = hf(gene).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert json.loads((out / "itos.json").read_text())[1] == "<BOS_CDS>"

@@ -148,3 +148,29 @@ def test_prepare_real_corpus(tmp_path, raw_corpus):
     assert report["splits"]["test"]["genes"] > 1000
     z = np.load(tmp_path / "processed" / "all" / "test.npz")
     assert len(z["dataset_names"]) == 7 and set(np.unique(z["window_dataset"])) == set(range(7))
+
+
+def test_integrity_failure_stops_unless_forced(tmp_path, monkeypatch):
+    from codonlm.data import prepare as prep
+    from codonlm.errors import UserError
+
+    files, _ = make_corpus(tmp_path)
+    cfg = make_config(tmp_path, files)
+    prepare(cfg, show_progress=False)
+    before = _digest(tmp_path / "processed")
+    real = prep._integrity
+
+    def failing(splits):
+        report = real(splits)
+        report.update(pad_only_windows=3, ok=False)
+        return report
+
+    monkeypatch.setattr(prep, "_integrity", failing)
+    cfg.outputs.seed = 5  # would change every output
+    with pytest.raises(UserError, match="--force") as exc:
+        prepare(cfg, run_dir=tmp_path / "run", show_progress=False)
+    assert "block_size" in str(exc.value) and "windows_per_seq" in str(exc.value)
+    assert _digest(tmp_path / "processed") == before  # nothing replaced
+    assert json.loads((tmp_path / "run" / "integrity.json").read_text())["pad_only_windows"] == 3
+    prepare(cfg, run_dir=tmp_path / "run", force=True, show_progress=False)
+    assert _digest(tmp_path / "processed") != before

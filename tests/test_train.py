@@ -160,7 +160,7 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           port, "-m", "codonlm.train_codon_lm", "-c", str(two), "--run-id", "ddp"],
                          env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, res.stderr[-6000:]
     assert main(["train", "-c", str(one), "--run-id", "single"]) == 0
     cfg = parse_config(base)
     a, b = _curves(cfg, "ddp"), _curves(cfg, "single")

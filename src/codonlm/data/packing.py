@@ -17,8 +17,6 @@ import numpy as np
 
 from codonlm.data.codons import BOS, EOS, PAD, SEP
 
-_SEP = np.array([SEP], dtype=np.uint8)
-
 
 class Piece(NamedTuple):  # a NamedTuple: cheap to build, one or more per gene
     tokens: np.ndarray  # uint8

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 _FLUSH_BYTES = 32 << 20
-_CHUNK_BYTES = 16 << 20  # what NpzReader.chunks reads at a time
+_CHUNK_BYTES = 16 << 20  # at most this much is read back from disk at a time
 
 
 class Spill:
@@ -62,9 +62,9 @@ class Spill:
             yield from self._buffer  # never spilled: the column is still in memory
             return
         self.flush()
-        data = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
-        for i in range(0, self.rows, rows_per_chunk):
-            yield np.asarray(data[i : i + rows_per_chunk])
+        row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        rows_per_chunk = min(rows_per_chunk, max(1, _CHUNK_BYTES // max(row_bytes, 1)))
+        yield from _read_rows(self.path, 0, self.dtype, self.shape, rows_per_chunk)
 
     def release(self) -> None:
         """Drop the rows (memory and file); the row count stays."""
@@ -145,11 +145,24 @@ def whole(arr: np.ndarray) -> tuple[np.dtype, tuple[int, ...], list[np.ndarray]]
     return arr.dtype, arr.shape, [arr] if arr.ndim else [arr.reshape(1)]
 
 
-class NpzReader:
-    """Arrays of an uncompressed .npz (as write_npz_streaming writes), memory-mapped and read chunk by chunk.
+def _read_rows(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], rows_per_chunk: int):
+    """Rows of a raw C-order array stored at `offset` in a file, read `rows_per_chunk` at a time."""
+    row_items = int(np.prod(shape[1:], dtype=np.int64))
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for start in range(0, shape[0], rows_per_chunk):
+            rows = min(rows_per_chunk, shape[0] - start)
+            chunk = np.fromfile(fh, dtype=dtype, count=rows * row_items)
+            if chunk.size != rows * row_items:
+                raise EOFError(f"{path}: ends inside an array")
+            yield chunk.reshape(rows, *shape[1:])
 
-    np.load reads a whole array into memory; this maps the member's bytes in place instead, so a
-    large array is never in memory whole (and the zip layer's CRC pass on read is skipped).
+
+class NpzReader:
+    """Arrays of an uncompressed .npz (as write_npz_streaming writes), read chunk by chunk.
+
+    np.load reads a whole array into memory; this reads the member's bytes in place, a chunk at
+    a time, so a large array is never in memory whole (and the zip layer's CRC pass is skipped).
     """
 
     def __init__(self, path: Path):
@@ -163,12 +176,8 @@ class NpzReader:
 
     def chunks(self, name: str) -> Iterator[np.ndarray]:
         dtype, shape, offset = self._locate(name)
-        if shape[0] == 0:
-            return
-        data = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
-        rows_per_chunk = max(1, _CHUNK_BYTES // max(data[0].nbytes, 1))
-        for start in range(0, shape[0], rows_per_chunk):
-            yield np.asarray(data[start : start + rows_per_chunk])
+        row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        yield from _read_rows(self.path, offset, dtype, shape, max(1, _CHUNK_BYTES // max(row_bytes, 1)))
 
     def _locate(self, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
         """dtype, shape and file offset of the array data of member name.npy."""

@@ -43,5 +43,8 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Barrier first: rank 0 hosts the rendezvous store, and a rank still talking to it when rank 0
+    exits is aborted by gloo (seen as a flaky SIGABRT of rank 1)."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
