@@ -106,10 +106,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         run_id = load_checkpoint(args.resume)["run_id"]  # a resumed run keeps its run id
     run_id, directory = _resolve_run(cfg, run_id)
-    tee_to_run_log(directory)
-    if not args.resume:
-        snapshot(cfg, directory, args.config)
-    with timed_stage(directory, "train"):
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run folder
+    if is_main:
+        tee_to_run_log(directory)
+        if not args.resume:
+            snapshot(cfg, directory, args.config)
+    with timed_stage(directory if is_main else None, "train"):
         train(cfg, run_id, resume=args.resume)
 
 
