@@ -83,7 +83,8 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
 
 
 def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", split: str = "test",
-                 device: str = "cpu", out_dir: str | Path | None = None, kn_orders=(3, 5)) -> dict:
+                 device: str = "cpu", out_dir: str | Path | None = None, kn_orders=(3, 5),
+                 stride: int | None = None, amp: bool = False) -> dict:
     t0 = time.perf_counter()
     model, cfg, state = load_model(run_id, checkpoints_dir, device)
     run_id = state.get("run_id", run_id)
@@ -98,7 +99,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
     if not test_genes:
         raise UserError(f"{test_path} holds no genes; set data.test_frac > 0 and re-run prepare")
 
-    scores = score_genes(model, test_genes, device=device)
+    scores = score_genes(model, test_genes, device=device, stride=stride, amp=amp)
     model_logp = [s.logp for s in scores]
     base = _baselines(train_genes, train_groups, test_genes, test_groups, kn_orders)
     all_logp = {"model": model_logp, **base}
@@ -162,21 +163,23 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
         "beats_baselines": {k: model_ppl < v for k, v in baseline_ppl.items()},
         "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
         "seconds": round(time.perf_counter() - t0, 1),
-        "note": "perplexity over whole genes (codons + <EOS_CDS>), each codon with up to block_size tokens "
-                "of left context; the model's probability is its full softmax (no renormalisation).",
+        "stride": stride or model.cfg.block_size // 4, "amp": amp,
+        "note": "perplexity over whole genes (codons + <EOS_CDS>); genes longer than block_size are scored "
+                "with windows advancing by `stride`, so every codon has at least block_size - stride + 1 "
+                "tokens of context; the model's probability is its full softmax (no renormalisation).",
     }
     write_json_atomic(folder / "metrics.json", metrics)
     return metrics
 
 
 def score_fasta(run_id: str, records: list[tuple[str, str]], checkpoints_dir: str = "outputs/checkpoints",
-                device: str = "cpu") -> pd.DataFrame:
+                device: str = "cpu", stride: int | None = None, amp: bool = False) -> pd.DataFrame:
     """One row per sequence: codons, total log-likelihood, mean NLL and perplexity (each CDS + <EOS_CDS>)."""
     from codonlm.evaluate.sampling import dna_to_tokens
 
     model, _, _ = load_model(run_id, checkpoints_dir, device)
     genes = [dna_to_tokens(dna, add_bos=True, add_eos=True) for _, dna in records]
-    scores = score_genes(model, genes, device=device)
+    scores = score_genes(model, genes, device=device, stride=stride, amp=amp)
     return pd.DataFrame([
         {"id": name, "n_codons": len(dna) // 3, "log_likelihood": float(s.logp.sum()), "nll": s.nll,
          "perplexity": _ppl(s.nll)}

@@ -6,6 +6,11 @@ previous one did not, so every codon is scored once, with at least block_size - 
 tokens of context (stride 1: exactly block_size). Genes are never cut at arbitrary window
 boundaries. (A single pass with a banded mask is not equivalent: stacked layers widen the
 receptive field beyond the band.)
+
+Default stride block_size // 4: on 150 long test genes (tiny_cpu run) perplexity was 39.919 at
+stride 32, 39.921 at 64, 39.926 at 128 and 40.072 with non-overlapping windows (256), so
+context past 3/4 of the window changes nothing visible, while each halving of the stride doubles
+the cost.
 """
 
 from __future__ import annotations
@@ -50,17 +55,19 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
                 max_tokens: int = 32768, amp: bool = False, table_id: int = 11) -> list[GeneScore]:
     """Score genes given as `<BOS> c1..cn <EOS>` token arrays (the NPZ `gene_tokens` layout).
 
-    stride defaults to block_size // 8 (context >= 7/8 of the window for every codon).
+    stride defaults to block_size // 4 (context >= 3/4 of the window for every codon).
     """
     model.eval()
     device = torch.device(device)
     aa = torch.from_numpy(_aa_for(table_id)).to(device)
     T = model.cfg.block_size
-    stride = max(1, min(stride or T // 8, T))
-    # every window of every gene: (gene, input start, first target, last target)
+    stride = max(1, min(stride or T // 4, T))
+    # every window of every gene: (gene, input start, first target, last target), shortest first
+    # so that a batch pads little
     rows = [(g, a, lo, hi) for g, gene in enumerate(genes) for a, lo, hi in gene_windows(gene.size - 1, T, stride)]
+    rows.sort(key=lambda r: min(T, genes[r[0]].size - 1 - r[1]))
     per_batch = max(1, max_tokens // T)
-    cols: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in genes] for k in _COLUMNS}
+    cols: dict[str, list[list[tuple[int, np.ndarray]]]] = {k: [[] for _ in genes] for k in _COLUMNS}
     for b0 in range(0, len(rows), per_batch):
         batch = rows[b0 : b0 + per_batch]
         width = max(min(T, genes[g].size - 1 - a) for g, a, _, _ in batch)
@@ -90,8 +97,9 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
         for r, (g, a, lo, hi) in enumerate(batch):
             # target t sits at column t - a - 1 of this window
             for k in _COLUMNS:
-                cols[k][g].append(values[k][r, lo - a - 1 : hi - a])
-    return [GeneScore(**{k: np.concatenate(cols[k][g]) for k in _COLUMNS}) for g in range(len(genes))]
+                cols[k][g].append((lo, values[k][r, lo - a - 1 : hi - a]))
+    return [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])
+                         for k in _COLUMNS}) for g in range(len(genes))]
 
 
 _COLUMNS = ("logp", "top1", "top5", "aa_correct", "synonymous_mass", "confidence")

@@ -38,16 +38,16 @@ def next_codons(model, dna: str, top_k: int = 10) -> list[dict]:
             for p, i in zip(top.values, top.indices, strict=True)]
 
 
-def score(model, records: list[tuple[str, str]], with_eos: bool = True) -> list[dict]:
+def score(model, records: list[tuple[str, str]], with_eos: bool = True, amp: bool = False) -> list[dict]:
     genes = [dna_to_tokens(dna, add_bos=True, add_eos=with_eos) for _, dna in records]
     out = []
-    for (name, dna), s in zip(records, score_genes(model, genes), strict=True):
+    for (name, dna), s in zip(records, score_genes(model, genes, amp=amp), strict=True):
         out.append({"id": name, "n_codons": len(dna) // 3, "log_likelihood": float(s.logp.sum()),
                     "per_codon_log_likelihood": [float(x) for x in s.logp], "perplexity": math.exp(s.nll)})
     return out
 
 
-def mutate(model, name: str, dna: str, table_id: int = 11) -> list[dict]:
+def mutate(model, name: str, dna: str, table_id: int = 11, amp: bool = False) -> list[dict]:
     """Every single-codon substitution scored as log-likelihood(mutant) - log-likelihood(wild type)."""
     code = genetic_code(table_id)
     wt = dna_to_tokens(dna, add_bos=True, add_eos=True)
@@ -64,7 +64,7 @@ def mutate(model, name: str, dna: str, table_id: int = 11) -> list[dict]:
             kind = "synonymous" if wt_aa == mt_aa else ("nonsense" if mt_aa == "*" else
                                                         ("stop_loss" if wt_aa == "*" else "missense"))
             labels.append((pos, ITOS[wt[pos]], codon, wt_aa, mt_aa, kind))
-    scores = score_genes(model, variants)
+    scores = score_genes(model, variants, amp=amp)
     wt_ll = float(scores[0].logp.sum())
     return [
         {"id": name, "codon_position": pos, "wt_codon": wc, "mut_codon": mc, "wt_aa": wa, "mut_aa": ma,
@@ -75,7 +75,7 @@ def mutate(model, name: str, dna: str, table_id: int = 11) -> list[dict]:
 
 def run_query(model, mode: str, records: list[tuple[str, str]], top_k: int = 10, temperature: float = 1.0,
               sample_top_k: int | None = None, top_p: float | None = None, seed: int = 0, max_codons: int = 500,
-              as_json: bool = False, out=None) -> list[dict]:
+              as_json: bool = False, out=None, amp: bool = False) -> list[dict]:
     out = out or sys.stdout
     if mode not in MODES:
         raise UserError(f"unknown --mode '{mode}'; choose one of {', '.join(MODES)}")
@@ -92,9 +92,9 @@ def run_query(model, mode: str, records: list[tuple[str, str]], top_k: int = 10,
             rows.append({"id": n, "prompt_codons": len(d) // 3, "dna": dna_out, "protein": protein,
                          "new_codons": len(dna_out) // 3 - len(d) // 3, "ended": ITOS[int(o[-1])]})
     elif mode == "score":
-        rows = score(model, records)
+        rows = score(model, records, amp=amp)
     else:
-        rows = [r for n, d in records for r in mutate(model, n, d)]
+        rows = [r for n, d in records for r in mutate(model, n, d, amp=amp)]
     if as_json:
         json.dump(rows, out, indent=1)
         out.write("\n")
