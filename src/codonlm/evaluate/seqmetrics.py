@@ -132,6 +132,15 @@ def _smoothed(x: np.ndarray, pseudocount: float) -> np.ndarray:
     return p / p.sum()
 
 
+def _pair(p, q, table_id: int, sense_only: bool, pseudocount: float) -> tuple[np.ndarray, np.ndarray]:
+    """Both usage vectors restricted (sense codons) and smoothed, as kl/js divergence use them."""
+    p = _smoothed(_restrict(np.asarray(p, dtype=np.float64), table_id, sense_only), pseudocount)
+    q = _smoothed(_restrict(np.asarray(q, dtype=np.float64), table_id, sense_only), pseudocount)
+    if p.shape != q.shape:
+        raise ValueError(f"usage vectors differ in length: {p.size} vs {q.size}")
+    return p, q
+
+
 def kl_divergence(
     p: np.ndarray,
     q: np.ndarray,
@@ -148,10 +157,7 @@ def kl_divergence(
     frequency and it is renormalised, so that a codon absent from q gives a large but finite value;
     working on frequencies makes counts and frequencies give the same answer.
     """
-    p = _smoothed(_restrict(np.asarray(p, dtype=np.float64), table_id, sense_only), pseudocount)
-    q = _smoothed(_restrict(np.asarray(q, dtype=np.float64), table_id, sense_only), pseudocount)
-    if p.shape != q.shape:
-        raise ValueError(f"usage vectors differ in length: {p.size} vs {q.size}")
+    p, q = _pair(p, q, table_id, sense_only, pseudocount)
     return float(np.sum(p * np.log(p / q)) / np.log(base))
 
 
@@ -168,10 +174,7 @@ def js_divergence(
 
     Same conventions as `kl_divergence`: JS = KL(p||m)/2 + KL(q||m)/2 with m = (p+q)/2.
     """
-    p = _smoothed(_restrict(np.asarray(p, dtype=np.float64), table_id, sense_only), pseudocount)
-    q = _smoothed(_restrict(np.asarray(q, dtype=np.float64), table_id, sense_only), pseudocount)
-    if p.shape != q.shape:
-        raise ValueError(f"usage vectors differ in length: {p.size} vs {q.size}")
+    p, q = _pair(p, q, table_id, sense_only, pseudocount)
     m = (p + q) / 2
     js = 0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m))
     return float(max(js, 0.0) / np.log(base))
