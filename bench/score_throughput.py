@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from codonlm.config import load_config
-from codonlm.evaluate.ngram import genes_from_npz
 from codonlm.evaluate.perplexity import gene_windows, score_genes
+from codonlm.io import read_split_genes
 from codonlm.model.load import load_model
 from codonlm.model.tinygpt import TinyGPT
 
@@ -52,8 +52,8 @@ def main() -> None:
         cfg = load_config(args.config)
         torch.manual_seed(0)
         model = TinyGPT(cfg.model).eval()
-    genes, _ = genes_from_npz(f"{cfg.data.processed_dir}/all/train.npz")
-    test, _ = genes_from_npz(f"{cfg.data.processed_dir}/all/test.npz")
+    genes = read_split_genes(f"{cfg.data.processed_dir}/all/train.npz").genes
+    test = read_split_genes(f"{cfg.data.processed_dir}/all/test.npz").genes
     genes = (test + genes)[: args.genes]
     codons = sum(g.size - 2 for g in genes)
     print(f"model: {model.num_params():,} params, block {cfg.model.block_size}; {len(genes):,} genes, "

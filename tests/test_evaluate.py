@@ -15,11 +15,12 @@ from test_train import _raw_config
 
 from codonlm.cli import main
 from codonlm.config import parse_config
+from codonlm.data.codons import clean_dna
 from codonlm.data.prepare import prepare
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows, score_genes
 from codonlm.evaluate.query import run_query
-from codonlm.evaluate.sampling import clean_dna, read_sequences
+from codonlm.io import read_dna_records
 from codonlm.model.load import load_model
 from codonlm.train import loop
 
@@ -108,7 +109,7 @@ def test_bad_dna_rejected(text, needle):
 
 def test_dna_cleaning_accepts_case_u_whitespace():
     assert clean_dna("aug aaa\nuaa\n") == "ATGAAATAA"
-    assert read_sequences(stdin_text="atgaaa\ntaa\n") == [("seq1", "ATGAAATAA")]
+    assert read_dna_records(stdin_text="atgaaa\ntaa\n") == [("seq1", "ATGAAATAA")]
 
 
 def test_query_modes(trained):

@@ -14,7 +14,6 @@ from codonlm.evaluate.ngram import (
     KneserNeyLM,
     PerGroupUnigramLM,
     UnigramLM,
-    genes_from_npz,
 )
 
 
@@ -218,17 +217,3 @@ def test_bad_genes_raise(bad):
     lm = KneserNeyLM(2).fit([_gene([4, 5])])
     with pytest.raises(ValueError):
         lm.log_probs(bad)
-
-
-def test_genes_from_npz(tmp_path):
-    genes = [_gene([4, 5]), _gene([6])]
-    path = tmp_path / "x.npz"
-    np.savez(
-        path,
-        gene_tokens=np.concatenate(genes),
-        gene_offsets=np.array([0, 4, 7], dtype=np.int64),
-        gene_dataset=np.array([0, 1], dtype=np.int16),
-    )
-    got, groups = genes_from_npz(path)
-    assert len(got) == 2 and all((x == y).all() for x, y in zip(got, genes, strict=True))
-    assert groups.tolist() == [0, 1]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codonlm.data.codons import BOS, EOS, PAD, SEP, loss_mask
-from codonlm.data.packing import WindowPacker, chunk_gene, gene_tokens, render
+from codonlm.data.codons import BOS, EOS, PAD, SEP, frame_gene, loss_mask
+from codonlm.data.packing import WindowPacker, chunk_gene, render
 
 
 def _genes(rng, n, lo=3, hi=60):
-    return [gene_tokens(rng.integers(4, 68, size=rng.integers(lo, hi), dtype=np.uint8)) for _ in range(n)]
+    return [frame_gene(rng.integers(4, 68, size=rng.integers(lo, hi), dtype=np.uint8)) for _ in range(n)]
 
 
 def _pack(genes, window, multi, max_chunks=None):
@@ -44,7 +44,7 @@ def test_each_target_exactly_once(multi):
 
 
 def test_layout_multi():
-    g1, g2 = gene_tokens(np.array([10, 11], np.uint8)), gene_tokens(np.array([20], np.uint8))
+    g1, g2 = frame_gene(np.array([10, 11], np.uint8)), frame_gene(np.array([20], np.uint8))
     batch, _ = _pack([g1, g2], 12, multi=True)
     assert batch.tokens.tolist() == [[BOS, 10, 11, EOS, SEP, BOS, 20, EOS, PAD, PAD, PAD, PAD]]
     assert batch.segment_ids.tolist() == [[1, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 0]]
@@ -52,8 +52,8 @@ def test_layout_multi():
 
 
 def test_long_gene_chunks_overlap_by_one_and_tail_opens_window():
-    g = gene_tokens(np.arange(4, 4 + 20, dtype=np.uint8))  # 22 tokens
-    short = gene_tokens(np.array([30], np.uint8))
+    g = frame_gene(np.arange(4, 4 + 20, dtype=np.uint8))  # 22 tokens
+    short = frame_gene(np.array([30], np.uint8))
     batch, _ = _pack([g, short], 8, multi=True)
     starts = [row[0] for row in batch.positions.tolist()]
     assert 0 in starts and 7 in starts and 14 in starts and 21 not in starts
@@ -63,6 +63,6 @@ def test_long_gene_chunks_overlap_by_one_and_tail_opens_window():
 
 
 def test_windows_per_seq_cap_reports_lost_targets():
-    g = gene_tokens(np.arange(4, 4 + 20, dtype=np.uint8))
+    g = frame_gene(np.arange(4, 4 + 20, dtype=np.uint8))
     _, lost = _pack([g], 8, multi=False, max_chunks=2)
     assert lost == 21 - 14

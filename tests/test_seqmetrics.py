@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from codonlm.data.codons import BOS, CODONS, EOS, STOI, genetic_code
+from codonlm.data.codons import BOS, CODONS, EOS, STOI, as_codon_ids, decode, genetic_code, translate
 from codonlm.evaluate.seqmetrics import (
     AMINO_ACIDS,
     CAIReference,
     ProteinIndex,
     aa_composition,
     aa_js_divergence,
-    as_codon_ids,
     codon_js_divergence,
     codon_usage,
     enc,
@@ -27,8 +26,6 @@ from codonlm.evaluate.seqmetrics import (
     protein_identity,
     sense_codons,
     split_half_floor,
-    to_dna,
-    translate,
 )
 
 
@@ -48,8 +45,8 @@ def _random_cds(rng, n_codons: int, code=None) -> str:
 def test_conversions_round_trip():
     dna = "ATGGCTAAATAA"
     tok = _tokens(dna)
-    assert to_dna(tok) == dna
-    assert to_dna(dna.lower()) == dna
+    assert decode(tok) == dna
+    assert decode(dna.lower()) == dna
     np.testing.assert_array_equal(as_codon_ids(dna), as_codon_ids(tok))
     assert translate(tok) == "MAK" and translate(dna, keep_stop=True) == "MAK*"
     assert translate("GTGAAA") == "MK"  # alternative start read as M

@@ -138,9 +138,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     from codonlm.evaluate.heldout import score_fasta
-    from codonlm.evaluate.sampling import read_sequences
+    from codonlm.io import read_dna_records
 
-    records = read_sequences(fasta=args.fasta)
+    records = read_dna_records(fasta=args.fasta)
     table = score_fasta(args.run_id, records, args.checkpoints_dir, args.device, stride=args.stride, amp=args.amp)
     if args.out:
         table.to_csv(args.out, index=False)
@@ -151,7 +151,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
 def cmd_query(args: argparse.Namespace) -> None:
     from codonlm.evaluate.query import run_query
-    from codonlm.evaluate.sampling import read_sequences
+    from codonlm.io import read_dna_records
     from codonlm.model.load import load_model
 
     stdin_text = None
@@ -159,7 +159,7 @@ def cmd_query(args: argparse.Namespace) -> None:
         if sys.stdin is None or sys.stdin.isatty():
             raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
         stdin_text = sys.stdin.read()
-    records = read_sequences(args.dna, args.fasta, stdin_text)
+    records = read_dna_records(args.dna, args.fasta, stdin_text)
     model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
     run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
               sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
@@ -181,6 +181,74 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="score/mutate under bf16 autocast (about 2x faster on CPU)")
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     p.add_argument("--device", default="cpu")
+
+
+def _temperatures(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.7,1.0,1.3, got '{text}'"
+        ) from None
+
+
+def add_generate_prefix_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of scripts/eval_generation_prefix.py (and `codonlm generate-prefix`)."""
+    p.add_argument("run_id", help="run id under --checkpoints-dir (best.pt, else last.pt) or a .pt path")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
+    p.add_argument(
+        "--split", default="test", choices=["test", "val"], help="held-out genes to prompt with (default: test)"
+    )
+    p.add_argument(
+        "--prompt-codons", type=int, default=10, help="codons of the real gene given (default: 10)"
+    )
+    p.add_argument("--per-genome", type=int, default=50, help="held-out genes per genome (default: 50)")
+    p.add_argument(
+        "--temperatures",
+        type=_temperatures,
+        default=[0.7, 1.0, 1.3],
+        help="sweep, comma-separated (default: 0.7,1.0,1.3)",
+    )
+    p.add_argument("--top-k", type=int, help="keep the k most likely tokens (default: off)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default: off)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-codons", type=int, default=1500, help="length cap in codons (default: 1500)")
+    p.add_argument(
+        "--length-factor", type=float, default=2.0, help="cap at this x the real length (default: 2)"
+    )
+    p.add_argument(
+        "--end-at-stop", action="store_true", help="end at the first stop codon, not only at <EOS_CDS>"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--out-dir", help="default: <outputs.scores_dir>/<RUN_ID>/gen_prefix")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_generate_prefix(args: argparse.Namespace) -> None:
+    """Prefix generation from parsed arguments; prints the 'all' rows."""
+    from codonlm.evaluate.generation import run_prefix_generation
+
+    result = run_prefix_generation(
+        args.run_id, checkpoints_dir=args.checkpoints_dir, processed_dir=args.processed_dir, split=args.split,
+        prompt_codons=args.prompt_codons, per_genome=args.per_genome, temperatures=args.temperatures,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, out_dir=args.out_dir, max_codons=args.max_codons,
+        length_factor=args.length_factor, end_at_stop=args.end_at_stop, batch_size=args.batch_size,
+        device=args.device, show_progress=not args.quiet,
+    )  # fmt: skip
+    for row in result["summary"]:
+        if row["genome"] == "all":
+            print(
+                f"[gen-prefix] T={row['temperature']}: valid ORF {row['frac_valid_orf']:.3f}, "
+                f"ends with stop {row['frac_ends_with_stop']:.3f}, length ratio (median) "
+                f"{row['length_ratio_median']:.2f}, codon JS {row['codon_js']:.4f} "
+                f"(floor {row['codon_js_floor']:.4f}), identity {row['nearest_identity_mean']:.3f}"
+            )
+    print(
+        f"[gen-prefix] wrote {Path(result['files']['summary.csv']).parent} "
+        f"in {result['timings_s']['total']:.0f} s"
+    )
 
 
 def _add_scoring(p: argparse.ArgumentParser) -> None:
@@ -251,11 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval_perplexity)
 
-    from codonlm.evaluate import generation
-
     p = sub.add_parser("generate-prefix", help="prefix generation + gene quality metrics (gen_prefix/)")
-    generation.add_arguments(p)
-    p.set_defaults(func=generation.run_from_args)
+    add_generate_prefix_arguments(p)
+    p.set_defaults(func=cmd_generate_prefix)
 
     p = sub.add_parser("query", help="next codons, generate, score or mutate a DNA sequence")
     add_query_arguments(p)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from codonlm.config import Config, config_sha256, config_to_yaml
+from codonlm.io import atomic_write, read_json, write_json
 
 
 def run_dir(cfg: Config, run_id: str) -> Path:
@@ -57,25 +58,17 @@ def hardware() -> dict:
     return info
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def snapshot(cfg: Config, directory: Path, config_path: str | None = None) -> str:
     """Write config.yaml, config.sha256 and provenance.json into a run folder; returns the sha256."""
     digest = config_sha256(cfg)
-    (directory / "config.yaml").write_text(config_to_yaml(cfg))
-    (directory / "config.sha256").write_text(digest + "\n")
+    atomic_write(directory / "config.yaml", config_to_yaml(cfg))
+    atomic_write(directory / "config.sha256", digest + "\n")
     prov_path = directory / "provenance.json"
-    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+    prov = read_json(prov_path, {})
     prov.update({"config_path": config_path, "config_sha256": digest, "git_commit": git_commit(),
                  "hardware": hardware(), "argv": sys.argv})
     prov.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    write_json_atomic(prov_path, prov)
+    write_json(prov_path, prov)
     return digest
 
 
@@ -89,6 +82,22 @@ def timed_stage(directory: Path | None, stage: str):
     print(f"[{stage}] done in {seconds:.1f}s", flush=True)
     if directory is not None:
         path = Path(directory) / "timings.json"
-        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings = read_json(path, {})
         timings[stage] = seconds
-        write_json_atomic(path, timings)
+        write_json(path, timings)
+
+
+def _stamp_path(directory: Path, stage: str) -> Path:
+    return Path(directory) / "stages" / f"{stage}.json"
+
+
+def stage_is_done(directory: Path, stage: str, inputs: dict) -> bool:
+    """True when `stage` finished in this run folder with exactly these inputs (checksums, settings)."""
+    stamp = read_json(_stamp_path(directory, stage))
+    return bool(stamp) and stamp.get("inputs") == json.loads(json.dumps(inputs, default=str))
+
+
+def mark_stage_done(directory: Path, stage: str, inputs: dict, outputs: dict | None = None) -> None:
+    """Write the stage's stamp: last, after every output is in place, so a killed stage has none."""
+    write_json(_stamp_path(directory, stage), {"stage": stage, "inputs": inputs, "outputs": outputs or {},
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

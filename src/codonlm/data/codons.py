@@ -1,17 +1,23 @@
-"""Vocabulary (fixed, see DESIGN.md) and genetic codes for codon tokens.
+"""THE tokenizer: the fixed vocabulary, DNA <-> codon ids <-> protein, and the genetic codes.
 
-Genetic codes come from Biopython's NCBI tables rather than a copy of our own.
+Every stage converts through this module, so a gene means the same ids everywhere. Genetic codes
+come from Biopython's NCBI tables rather than a copy of our own.
+
+A gene as the model sees it is `<BOS_CDS> c1 .. cn <EOS_CDS>` (`frame_gene`); the stop codon stays in.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from Bio.Data import CodonTable
+
+from codonlm.errors import UserError
 
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 SPECIALS = ["<PAD>", "<BOS_CDS>", "<EOS_CDS>", "<SEP>"]
@@ -77,6 +83,81 @@ def codon_tracks(seq: bytes) -> tuple[np.ndarray, np.ndarray]:
     return forward, reverse
 
 
+Gene = str | bytes | np.ndarray | Sequence[int]
+"""A gene as DNA (str/bytes, length a multiple of 3) or as token ids (specials are dropped)."""
+
+
+def clean_dna(text: str, source: str = "--dna") -> str:
+    """Upper-case, U->T, whitespace dropped; a non-ACGT character or a length not a multiple of 3 is a
+    UserError naming `source` and the 1-based position."""
+    seq = "".join(text.split()).upper().replace("U", "T")
+    if not seq:
+        raise UserError(f"{source}: empty DNA sequence; pass codons such as ATGAAATAA")
+    bad = first_bad_base(seq)
+    if bad is not None:
+        raise UserError(
+            f"{source}: character '{seq[bad]}' at position {bad + 1} is not A/C/G/T/U; "
+            "remove it or use an unambiguous sequence"
+        )
+    if len(seq) % 3:
+        raise UserError(
+            f"{source}: length {len(seq)} is not a multiple of 3 (the last codon is incomplete at "
+            f"position {len(seq) - len(seq) % 3 + 1}); trim or complete it"
+        )
+    return seq
+
+
+def as_codon_ids(seq: Gene) -> np.ndarray:
+    """Codon token ids (4..67, int64) of a DNA string or a token array (special tokens dropped).
+
+    Raises ValueError for DNA that is not A/C/G/T/U or not a multiple of 3 (use `clean_dna` first
+    for user input, which says where).
+    """
+    if isinstance(seq, str):
+        seq = seq.encode("ascii", "replace")
+    if isinstance(seq, bytes | bytearray):
+        seq = bytes(seq).strip()
+        if len(seq) % 3:
+            raise ValueError(f"DNA length {len(seq)} is not a multiple of 3")
+        ids = codon_ids(seq)
+        if ids is None:
+            raise ValueError("DNA contains a base other than A/C/G/T/U")
+        return ids.astype(np.int64)
+    ids = np.asarray(seq, dtype=np.int64)
+    if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE)):
+        raise ValueError("token ids must be a 1-D array of vocabulary ids (0..67)")
+    return ids[ids >= CODON_OFFSET]
+
+
+def frame_gene(codons: np.ndarray) -> np.ndarray:
+    """`<BOS_CDS> c1 .. cn <EOS_CDS>` as uint8: how every gene is stored and scored."""
+    out = np.empty(len(codons) + 2, dtype=np.uint8)
+    out[0], out[-1] = BOS, EOS
+    out[1:-1] = codons
+    return out
+
+
+def encode(dna: str, add_bos: bool = True, add_eos: bool = False) -> np.ndarray:
+    """Token ids (uint8) of clean DNA, `<BOS_CDS>` first (the model expects it), `<EOS_CDS>` optional."""
+    ids = as_codon_ids(dna).astype(np.uint8)
+    parts = [np.array([BOS], np.uint8)] if add_bos else []
+    parts.append(ids)
+    if add_eos:
+        parts.append(np.array([EOS], np.uint8))
+    return np.concatenate(parts)
+
+
+def decode(tokens: Gene) -> str:
+    """DNA of the codon tokens (specials dropped); DNA input comes back normalised."""
+    return "".join(CODONS[i - CODON_OFFSET] for i in as_codon_ids(tokens))
+
+
+def translate(seq: Gene, table_id: int = 11, keep_stop: bool = False) -> str:
+    """Protein of a gene (start codon read as M); the terminal stop is dropped unless keep_stop."""
+    protein = genetic_code(table_id).translate(as_codon_ids(seq).astype(np.uint8))
+    return protein if keep_stop or not protein.endswith("*") else protein[:-1]
+
+
 def first_bad_base(seq: str) -> int | None:
     """0-based index of the first character that is not A/C/G/T/U, or None."""
     codes = _BASE_CODE[np.frombuffer(seq.encode("ascii", "replace"), dtype=np.uint8)]
@@ -124,18 +205,9 @@ def genetic_code(table_id: int) -> GeneticCode:
 
 
 def save_itos(path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(ITOS, indent=0))
-    tmp.replace(path)
+    from codonlm.io import atomic_write
 
-
-def load_itos(path: str | Path) -> list[str]:
-    itos = json.loads(Path(path).read_text())
-    if itos != ITOS:
-        raise ValueError(f"{path}: vocabulary differs from codonlm's fixed vocabulary; re-run prepare")
-    return itos
+    atomic_write(path, json.dumps(ITOS, indent=0))
 
 
 def loss_mask(targets):

@@ -11,8 +11,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from codonlm.data.prepare import file_sha256
 from codonlm.errors import UserError
+from codonlm.io import atomic_write, sha256_file, write_json
 
 PACKAGE = "cct-examples"
 _EX = "usr/share/doc/cct/examples/sample_projects"
@@ -84,15 +84,11 @@ def fetch_default_corpus(dest: str | Path = "data/raw", verify: bool = False) ->
             src = unpacked / inner
             if not src.is_file():
                 raise UserError(f"{PACKAGE} {version} lacks {inner}; the package layout changed, please report it")
-            tmp_dest = dest / (name + ".part")
-            shutil.copyfile(src, tmp_dest)
-            tmp_dest.replace(dest / name)
-            files[name] = {"sha256": file_sha256(dest / name), "bytes": (dest / name).stat().st_size,
+            atomic_write(dest / name, src.read_bytes())
+            files[name] = {"sha256": sha256_file(dest / name), "bytes": (dest / name).stat().st_size,
                            "source": f"{PACKAGE} {version}: /{inner}"}
     manifest = {"package": PACKAGE, "version": version, "files": files}
-    tmp_manifest = dest / (MANIFEST + ".part")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp_manifest.replace(dest / MANIFEST)
+    write_json(dest / MANIFEST, manifest)
     print(f"[fetch-data] wrote {len(files)} genomes from {PACKAGE} {version} to {dest}")
     return manifest
 

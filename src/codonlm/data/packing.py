@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from codonlm.data.codons import BOS, EOS, PAD, SEP
+from codonlm.data.codons import PAD, SEP
 
 
 class Piece(NamedTuple):  # a NamedTuple: cheap to build, one or more per gene
@@ -29,13 +29,6 @@ class WindowBatch:
     tokens: np.ndarray  # uint8 [n, W]
     segment_ids: np.ndarray  # int16 [n, W]
     positions: np.ndarray  # int32 [n, W]
-
-
-def gene_tokens(codon_ids: np.ndarray) -> np.ndarray:
-    out = np.empty(codon_ids.size + 2, dtype=np.uint8)
-    out[0], out[-1] = BOS, EOS
-    out[1:-1] = codon_ids
-    return out
 
 
 def chunk_gene(tokens: np.ndarray, window: int, max_chunks: int | None) -> tuple[list[Piece], int]:

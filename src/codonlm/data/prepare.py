@@ -20,16 +20,15 @@ import numpy as np
 from tqdm import tqdm
 
 from codonlm.config import Config, DatasetSpec, config_sha256
-from codonlm.data.codons import BOS, EOS, PAD, VOCAB_SIZE, loss_mask, save_itos
+from codonlm.data.codons import PAD, VOCAB_SIZE, frame_gene, loss_mask, save_itos
 from codonlm.data.genbank import ExtractionStats, check_genbank_path, extract_file_records
 from codonlm.data.packing import Piece, WindowPacker, chunk_gene, render
 from codonlm.data.store import NpzReader, Spill, TextSpill, whole, write_npz_streaming
 from codonlm.errors import UserError
-from codonlm.provenance import write_json_atomic
+from codonlm.io import sha256_file, write_json
 
 SPLITS = ("train", "val", "test")
 _RENDER_EVERY = 2048  # windows
-_BOS, _EOS = np.array([BOS], dtype=np.uint8), np.array([EOS], dtype=np.uint8)
 
 
 def split_of(protein: str, seed: int, val_frac: float, test_frac: float) -> str:
@@ -41,11 +40,6 @@ def split_of(protein: str, seed: int, val_frac: float, test_frac: float) -> str:
     if u < test_frac + val_frac:
         return "val"
     return "train"
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def uncompressed_size(path: Path) -> int:
@@ -93,7 +87,7 @@ class SplitSink:
         if not genes:
             return
         lengths = [g.size + 2 for g in genes]
-        flat = np.concatenate([part for g in genes for part in (_BOS, g, _EOS)])  # each as gene_tokens
+        flat = np.concatenate([frame_gene(g) for g in genes])
         self.genes += len(genes)
         self.target_tokens += flat.size - len(genes)
         self.gene_flat.append(flat)
@@ -243,7 +237,7 @@ def _dataset_inputs(spec: DatasetSpec) -> list[dict]:
     for f in spec.files:
         path = check_genbank_path(f)
         out.append(
-            {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size,
+            {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
              "uncompressed_bytes": uncompressed_size(path)}
         )
     return out
@@ -372,7 +366,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
         report["input_uncompressed_bytes"] = sum(i["uncompressed_bytes"] for v in inputs.values() for i in v)
         integrity = _integrity(totals)
         if run_dir is not None:
-            write_json_atomic(Path(run_dir) / "integrity.json", integrity)
+            write_json(Path(run_dir) / "integrity.json", integrity)
         if not integrity["ok"] and not force:
             raise UserError(
                 f"integrity check failed: {integrity['pad_only_windows']} pad-only windows, "
@@ -393,17 +387,17 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
             "vocab_size": VOCAB_SIZE,
             "inputs": inputs,
             "outputs": {
-                str(out_root / sub / f"{s}.npz"): file_sha256(out_root / sub / f"{s}.npz")
+                str(out_root / sub / f"{s}.npz"): sha256_file(out_root / sub / f"{s}.npz")
                 for sub in [*names, "all"] for s in SPLITS
             },
         }
-        write_json_atomic(out_root / "manifest.json", manifest)
+        write_json(out_root / "manifest.json", manifest)
         report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
         mb = report["input_uncompressed_bytes"] / 1e6
         report["throughput_mb_per_s"] = round(mb / report["timings_s"]["total"], 2)
         if run_dir is not None:
-            write_json_atomic(Path(run_dir) / "pipeline_prepare.json", report)
-            write_json_atomic(Path(run_dir) / "dataset_manifest.json", manifest)
+            write_json(Path(run_dir) / "pipeline_prepare.json", report)
+            write_json(Path(run_dir) / "dataset_manifest.json", manifest)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+from codonlm.io import atomic_path
 
 _FLUSH_BYTES = 32 << 20
 _CHUNK_BYTES = 16 << 20  # at most this much is read back from disk at a time
@@ -117,9 +118,7 @@ def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int
 
     `columns` maps name -> (dtype, full shape, iterable of row chunks). np.load reads the result.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, (dtype, shape, chunks) in columns.items():
                 dtype = np.dtype(dtype)
@@ -134,10 +133,6 @@ def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int
                     expected = shape[0] if shape else 1
                     if written != expected:
                         raise RuntimeError(f"{name}: wrote {written} rows, header says {expected}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def whole(arr: np.ndarray) -> tuple[np.dtype, tuple[int, ...], list[np.ndarray]]:

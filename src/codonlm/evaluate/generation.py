@@ -33,7 +33,6 @@ lets the default sweep (7 genomes x 50 genes x 3 temperatures) run in minutes on
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codonlm.data.codons import BOS, CODON_OFFSET, EOS, genetic_code
+from codonlm.data.codons import BOS, CODON_OFFSET, EOS, decode, genetic_code, translate
 from codonlm.errors import UserError
 from codonlm.evaluate.sampling import generate
 from codonlm.evaluate.seqmetrics import (
@@ -57,9 +56,8 @@ from codonlm.evaluate.seqmetrics import (
     kl_divergence,
     orf_report,
     split_half_floor,
-    to_dna,
-    translate,
 )
+from codonlm.io import atomic_path, read_split_genes, save_figure, write_json
 
 DEFAULT_TEMPERATURES = (0.7, 1.0, 1.3)
 SPLITS = ("val", "test")
@@ -99,32 +97,6 @@ class GenomeReference:
 
 def _codons(tokens: np.ndarray) -> np.ndarray:
     return tokens[tokens >= CODON_OFFSET]
-
-
-def _load_split(processed: Path, split: str) -> dict[str, np.ndarray]:
-    path = processed / "all" / f"{split}.npz"
-    if not path.is_file():
-        raise UserError(
-            f"prepared data not found: {path}; run 'codonlm prepare' with the run's config "
-            "or pass --processed-dir"
-        )
-    with np.load(path, allow_pickle=False) as data:
-        missing = [
-            k
-            for k in ("gene_tokens", "gene_offsets", "gene_dataset", "gene_names", "dataset_names")
-            if k not in data
-        ]
-        if missing:
-            raise UserError(
-                f"{path}: no '{missing[0]}' array (prepared by an older version); "
-                "re-run 'codonlm prepare --force'"
-            )
-        out = {
-            k: data[k] for k in ("gene_tokens", "gene_offsets", "gene_dataset", "gene_names", "dataset_names")
-        }
-    off = out["gene_offsets"]
-    out["genes"] = [_codons(out["gene_tokens"][off[g] : off[g + 1]]) for g in range(len(off) - 1)]
-    return out
 
 
 def build_reference(
@@ -209,12 +181,6 @@ def _group_summary(rows, genes: list[np.ndarray], ref: GenomeReference | None) -
 # --------------------------------------------------------------------------- output helpers
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def _plot(summary, temperatures: Sequence[float], path: Path) -> None:
     """Temperature trade-off: validity and length against codon-usage fidelity and memorisation."""
     import matplotlib
@@ -262,7 +228,7 @@ def _plot(summary, temperatures: Sequence[float], path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.suptitle("Prefix generation: temperature trade-off (thick: all genomes)")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
-    _atomic(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -366,9 +332,10 @@ def run_prefix_generation(
     if prompt_codons + 2 > block:
         raise UserError(f"prompt codons ({prompt_codons}) must be below block_size - 1 ({block - 1})")
     processed = Path(processed_dir or cfg.data.processed_dir)
-    train, held = _load_split(processed, "train"), _load_split(processed, split)
-    names = [str(n) for n in held["dataset_names"]]
-    if [str(n) for n in train["dataset_names"]] != names:
+    train = read_split_genes(processed / "all" / "train.npz")
+    held = read_split_genes(processed / "all" / f"{split}.npz")
+    names = held.dataset_names
+    if train.dataset_names != names:
         raise UserError(
             f"{processed}: train and {split} list different datasets; re-run 'codonlm prepare --force'"
         )
@@ -383,10 +350,8 @@ def run_prefix_generation(
     for d, name in enumerate(names):
         spec = specs.get(name)
         table_id, min_len = (spec.transl_table, spec.min_len) if spec else (11, 1)
-        train_idx = np.flatnonzero(train["gene_dataset"] == d)
-        eligible = [
-            g for g in np.flatnonzero(held["gene_dataset"] == d) if len(held["genes"][g]) > prompt_codons + 1
-        ]
+        train_idx = train.of_dataset(d)
+        eligible = [g for g in held.of_dataset(d) if len(held.codons(g)) > prompt_codons + 1]
         if len(train_idx) < 2 or not eligible:
             log(
                 f"[gen-prefix] {name}: skipped ({len(train_idx)} training genes, {len(eligible)} held-out "
@@ -395,14 +360,14 @@ def run_prefix_generation(
             continue
         refs[name] = build_reference(
             name,
-            [train["genes"][g] for g in train_idx],
-            [str(train["gene_names"][g]) for g in train_idx],
+            [train.codons(g) for g in train_idx],
+            [train.names[g] for g in train_idx],
             table_id,
             min_len,
         )
         pick = sorted(rng.choice(eligible, size=min(per_genome, len(eligible)), replace=False))
         prompts += [
-            {"genome": name, "gene": str(held["gene_names"][g]), "sample": s, "real": held["genes"][g]}
+            {"genome": name, "gene": held.names[g], "sample": s, "real": held.codons(g)}
             for s, g in enumerate(pick)
         ]
     if not prompts:
@@ -467,7 +432,7 @@ def run_prefix_generation(
             sample_rows.append({
                 "genome": p["genome"], "gene": p["gene"], "sample": p["sample"], "temperature": temp,
                 "prompt_codons": prompt_codons, "real_codons": len(p["real"]),
-                "length_ratio": m["gen_codons"] / len(p["real"]), "ended_by": ended, **m, "dna": to_dna(ids),
+                "length_ratio": m["gen_codons"] / len(p["real"]), "ended_by": ended, **m, "dna": decode(ids),
             })  # fmt: skip
             pooled.setdefault((p["genome"], str(temp)), []).append(ids)
     samples = pd.DataFrame(sample_rows)[SAMPLE_COLUMNS]
@@ -495,8 +460,9 @@ def run_prefix_generation(
     summary = pd.DataFrame(summary_rows)[SUMMARY_COLUMNS]
     t_sum = time.perf_counter()
 
-    _atomic(out / "samples.csv", lambda p: samples.to_csv(p, index=False, float_format="%.6g"))
-    _atomic(out / "summary.csv", lambda p: summary.to_csv(p, index=False, float_format="%.6g"))
+    for name, df in (("samples.csv", samples), ("summary.csv", summary)):
+        with atomic_path(out / name) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
     _plot(summary, temperatures, out / "temperature_tradeoff.png")
     result = {
         "run_id": run_name,
@@ -516,78 +482,9 @@ def run_prefix_generation(
         "summary": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                     for r in summary.to_dict("records")],
     }  # fmt: skip
-    from codonlm.provenance import write_json_atomic
 
-    write_json_atomic(out / "summary.json", result)
+    write_json(out / "summary.json", result)
     return result
 
 
 # --------------------------------------------------------------------------- command line
-
-
-def _temperatures(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0.7,1.0,1.3, got '{text}'"
-        ) from None
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of scripts/eval_generation_prefix.py (and `codonlm generate-prefix`)."""
-    p.add_argument("run_id", help="run id under --checkpoints-dir (best.pt, else last.pt) or a .pt path")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
-    p.add_argument(
-        "--split", default="test", choices=SPLITS, help="held-out genes to prompt with (default: test)"
-    )
-    p.add_argument(
-        "--prompt-codons", type=int, default=10, help="codons of the real gene given (default: 10)"
-    )
-    p.add_argument("--per-genome", type=int, default=50, help="held-out genes per genome (default: 50)")
-    p.add_argument(
-        "--temperatures",
-        type=_temperatures,
-        default=list(DEFAULT_TEMPERATURES),
-        help="sweep, comma-separated (default: 0.7,1.0,1.3)",
-    )
-    p.add_argument("--top-k", type=int, help="keep the k most likely tokens (default: off)")
-    p.add_argument("--top-p", type=float, help="nucleus sampling mass (default: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-codons", type=int, default=1500, help="length cap in codons (default: 1500)")
-    p.add_argument(
-        "--length-factor", type=float, default=2.0, help="cap at this x the real length (default: 2)"
-    )
-    p.add_argument(
-        "--end-at-stop", action="store_true", help="end at the first stop codon, not only at <EOS_CDS>"
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--out-dir", help="default: <outputs.scores_dir>/<RUN_ID>/gen_prefix")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_from_args(args: argparse.Namespace) -> dict:
-    """Run the evaluation from parsed `add_arguments` arguments and print the 'all' rows."""
-    result = run_prefix_generation(
-        args.run_id, checkpoints_dir=args.checkpoints_dir, processed_dir=args.processed_dir, split=args.split,
-        prompt_codons=args.prompt_codons, per_genome=args.per_genome, temperatures=args.temperatures,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, out_dir=args.out_dir, max_codons=args.max_codons,
-        length_factor=args.length_factor, end_at_stop=args.end_at_stop, batch_size=args.batch_size,
-        device=args.device, show_progress=not args.quiet,
-    )  # fmt: skip
-    for row in result["summary"]:
-        if row["genome"] == "all":
-            print(
-                f"[gen-prefix] T={row['temperature']}: valid ORF {row['frac_valid_orf']:.3f}, "
-                f"ends with stop {row['frac_ends_with_stop']:.3f}, length ratio (median) "
-                f"{row['length_ratio_median']:.2f}, codon JS {row['codon_js']:.4f} "
-                f"(floor {row['codon_js_floor']:.4f}), identity {row['nearest_identity_mean']:.3f}"
-            )
-    print(
-        f"[gen-prefix] wrote {Path(result['files']['summary.csv']).parent} "
-        f"in {result['timings_s']['total']:.0f} s"
-    )
-    return result
-

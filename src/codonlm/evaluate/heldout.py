@@ -14,18 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from codonlm.data.codons import encode
 from codonlm.data.loader import split_path
 from codonlm.errors import UserError
-from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM, genes_from_npz
+from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM
 from codonlm.evaluate.perplexity import POSITION_BINS, ece, position_bins, score_genes
+from codonlm.io import read_split_genes, save_figure, write_csv, write_json
 from codonlm.model.load import load_model
-from codonlm.provenance import write_json_atomic
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
 
 
 def _ppl(nll: float) -> float:
@@ -60,7 +55,7 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
     ax.legend(fontsize=8)
     ax.set_title("Perplexity by position in the gene (test split)")
     fig.tight_layout()
-    fig.savefig(folder / "by_position.png", dpi=120)
+    save_figure(fig, folder / "by_position.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -70,7 +65,7 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
     ax.set_ylabel("top-1 accuracy")
     ax.set_title("Calibration (test split)")
     fig.tight_layout()
-    fig.savefig(folder / "calibration.png", dpi=120)
+    save_figure(fig, folder / "calibration.png")
     plt.close(fig)
 
     wide = per_ds.pivot(index="dataset", columns="model", values="perplexity")
@@ -78,7 +73,7 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
     ax.set_ylabel("perplexity")
     ax.set_title("Per-genome perplexity (test split)")
     ax.figure.tight_layout()
-    ax.figure.savefig(folder / "per_dataset.png", dpi=120)
+    save_figure(ax.figure, folder / "per_dataset.png")
     plt.close(ax.figure)
 
 
@@ -92,10 +87,9 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
     for p in (test_path, train_path):
         if not p.is_file():
             raise UserError(f"prepared data not found: {p}; run 'codonlm prepare -c CONFIG' for this run's config")
-    with np.load(test_path) as z:
-        names = [str(n) for n in z["dataset_names"]]
-    test_genes, test_groups = genes_from_npz(test_path)
-    train_genes, train_groups = genes_from_npz(train_path)
+    test, train = read_split_genes(test_path), read_split_genes(train_path)
+    names = test.dataset_names
+    test_genes, test_groups, train_genes, train_groups = test.genes, test.groups, train.genes, train.groups
     if not test_genes:
         raise UserError(f"{test_path} holds no genes; set data.test_frac > 0 and re-run prepare")
 
@@ -150,10 +144,10 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
 
     folder = Path(out_dir) if out_dir else Path(cfg.outputs.runs_dir) / run_id / "evaluate"
     folder.mkdir(parents=True, exist_ok=True)
-    _write_csv(summary, folder / "summary.csv")
-    _write_csv(per_ds, folder / "per_dataset.csv")
-    _write_csv(by_pos, folder / "by_position.csv")
-    _write_csv(pd.DataFrame(calib_rows), folder / "calibration.csv")
+    write_csv(summary, folder / "summary.csv")
+    write_csv(per_ds, folder / "per_dataset.csv")
+    write_csv(by_pos, folder / "by_position.csv")
+    write_csv(pd.DataFrame(calib_rows), folder / "calibration.csv")
     _plot(by_pos, calib_rows, per_ds, folder)
     model_ppl = float(summary.loc[summary.model == "model", "perplexity"].iloc[0])
     baseline_ppl = {r["model"]: r["perplexity"] for r in summary_rows if r["model"] != "model"}
@@ -168,17 +162,16 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
                 "with windows advancing by `stride`, so every codon has at least block_size - stride + 1 "
                 "tokens of context; the model's probability is its full softmax (no renormalisation).",
     }
-    write_json_atomic(folder / "metrics.json", metrics)
+    write_json(folder / "metrics.json", metrics)
     return metrics
 
 
 def score_fasta(run_id: str, records: list[tuple[str, str]], checkpoints_dir: str = "outputs/checkpoints",
                 device: str = "cpu", stride: int | None = None, amp: bool = False) -> pd.DataFrame:
     """One row per sequence: codons, total log-likelihood, mean NLL and perplexity (each CDS + <EOS_CDS>)."""
-    from codonlm.evaluate.sampling import dna_to_tokens
 
     model, _, _ = load_model(run_id, checkpoints_dir, device)
-    genes = [dna_to_tokens(dna, add_bos=True, add_eos=True) for _, dna in records]
+    genes = [encode(dna, add_bos=True, add_eos=True) for _, dna in records]
     scores = score_genes(model, genes, device=device, stride=stride, amp=amp)
     return pd.DataFrame([
         {"id": name, "n_codons": len(dna) // 3, "log_likelihood": float(s.logp.sum()), "nll": s.nll,

@@ -14,7 +14,6 @@ returns `self`; nothing is global.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -34,16 +33,6 @@ MAX_ORDER = 10
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def genes_from_npz(npz: Any) -> tuple[list[np.ndarray], np.ndarray]:
-    """Split a prepared NPZ (path or loaded mapping) into its genes and their dataset indices."""
-    if not hasattr(npz, "__getitem__") or isinstance(npz, str | bytes):
-        with np.load(npz, allow_pickle=False) as data:
-            return genes_from_npz({k: data[k] for k in ("gene_tokens", "gene_offsets", "gene_dataset")})
-    tokens, offsets = npz["gene_tokens"], npz["gene_offsets"]
-    genes = [tokens[offsets[g] : offsets[g + 1]] for g in range(len(offsets) - 1)]
-    return genes, np.asarray(npz["gene_dataset"])
 
 
 def _check_gene(gene: np.ndarray) -> np.ndarray:

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import torch
 
-from codonlm.data.codons import CODON_OFFSET, CODONS, EOS, ITOS, STOI, genetic_code
+from codonlm.data.codons import CODON_OFFSET, CODONS, EOS, ITOS, STOI, decode, encode, genetic_code
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import score_genes
-from codonlm.evaluate.sampling import dna_to_tokens, generate, tokens_to_dna
+from codonlm.evaluate.sampling import generate
 
 MODES = ("next", "generate", "score", "mutate")
 
@@ -30,7 +30,7 @@ def _aa(token: int, table_id: int = 11) -> str:
 
 @torch.no_grad()
 def next_codons(model, dna: str, top_k: int = 10) -> list[dict]:
-    tokens = torch.from_numpy(dna_to_tokens(dna).astype(np.int64))[None, -model.cfg.block_size:]
+    tokens = torch.from_numpy(encode(dna).astype(np.int64))[None, -model.cfg.block_size:]
     logits, _ = model(tokens, segment_ids=torch.ones_like(tokens))
     probs = torch.softmax(logits[0, -1].float(), dim=-1)
     top = torch.topk(probs, top_k)
@@ -39,7 +39,7 @@ def next_codons(model, dna: str, top_k: int = 10) -> list[dict]:
 
 
 def score(model, records: list[tuple[str, str]], with_eos: bool = True, amp: bool = False) -> list[dict]:
-    genes = [dna_to_tokens(dna, add_bos=True, add_eos=with_eos) for _, dna in records]
+    genes = [encode(dna, add_bos=True, add_eos=with_eos) for _, dna in records]
     out = []
     for (name, dna), s in zip(records, score_genes(model, genes, amp=amp), strict=True):
         out.append({"id": name, "n_codons": len(dna) // 3, "log_likelihood": float(s.logp.sum()),
@@ -50,7 +50,7 @@ def score(model, records: list[tuple[str, str]], with_eos: bool = True, amp: boo
 def mutate(model, name: str, dna: str, table_id: int = 11, amp: bool = False) -> list[dict]:
     """Every single-codon substitution scored as log-likelihood(mutant) - log-likelihood(wild type)."""
     code = genetic_code(table_id)
-    wt = dna_to_tokens(dna, add_bos=True, add_eos=True)
+    wt = encode(dna, add_bos=True, add_eos=True)
     variants, labels = [wt], [None]
     for pos in range(1, wt.size - 1):
         for codon in CODONS:
@@ -82,12 +82,12 @@ def run_query(model, mode: str, records: list[tuple[str, str]], top_k: int = 10,
     if mode == "next":
         rows = [{"id": n, "next": next_codons(model, d, top_k)} for n, d in records]
     elif mode == "generate":
-        prompts = [dna_to_tokens(d) for _, d in records]
+        prompts = [encode(d) for _, d in records]
         outs = generate(model, prompts, max_codons, temperature, sample_top_k, top_p, seed,
                         stop_codons=genetic_code(11).is_stop)
         rows = []
         for (n, d), o in zip(records, outs, strict=True):
-            dna_out = tokens_to_dna(o)
+            dna_out = decode(o)
             protein = genetic_code(11).translate(o[o >= CODON_OFFSET])
             rows.append({"id": n, "prompt_codons": len(d) // 3, "dna": dna_out, "protein": protein,
                          "new_codons": len(dna_out) // 3 - len(d) // 3, "ended": ITOS[int(o[-1])]})

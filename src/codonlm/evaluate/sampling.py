@@ -1,80 +1,13 @@
-"""DNA input parsing and codon generation shared by `codonlm query` and prefix-generation evaluation."""
+"""Codon sampling with a key/value cache, shared by `codonlm query` and prefix-generation evaluation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from codonlm.data.codons import BOS, CODON_OFFSET, EOS, ITOS, codon_ids, first_bad_base
-from codonlm.errors import UserError
-
-
-def clean_dna(text: str, source: str = "--dna") -> str:
-    """Upper-case, U->T, whitespace dropped; a non-ACGT character or a length not a multiple of 3 is an error."""
-    seq = "".join(text.split()).upper().replace("U", "T")
-    if not seq:
-        raise UserError(f"{source}: empty DNA sequence; pass codons such as ATGAAATAA")
-    bad = first_bad_base(seq)
-    if bad is not None:
-        raise UserError(
-            f"{source}: character '{seq[bad]}' at position {bad + 1} is not A/C/G/T/U; "
-            "remove it or use an unambiguous sequence"
-        )
-    if len(seq) % 3:
-        raise UserError(
-            f"{source}: length {len(seq)} is not a multiple of 3 (the last codon is incomplete at "
-            f"position {len(seq) - len(seq) % 3 + 1}); trim or complete it"
-        )
-    return seq
-
-
-def read_sequences(
-    dna: str | None = None, fasta: str | None = None, stdin_text: str | None = None
-) -> list[tuple[str, str]]:
-    """(name, DNA) pairs from a --dna string, a FASTA file, or text read from stdin (FASTA or bare DNA)."""
-    if dna is not None:
-        return [("seq1", clean_dna(dna))]
-    if fasta is not None:
-        path = Path(fasta)
-        if not path.is_file():
-            raise UserError(f"FASTA file not found: {path}; check the path")
-        text, source = path.read_text(errors="replace"), str(path)
-    elif stdin_text is not None:
-        text, source = stdin_text, "stdin"
-    else:
-        raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
-    if not text.lstrip().startswith(">"):
-        return [("seq1", clean_dna(text, source))]
-    records: list[tuple[str, str]] = []
-    name, chunks = None, []
-    for line in text.splitlines():
-        if line.startswith(">"):
-            if name is not None:
-                records.append((name, clean_dna("".join(chunks), f"{source} record '{name}'")))
-            name, chunks = (line[1:].split() or [f"seq{len(records) + 1}"])[0], []
-        else:
-            chunks.append(line)
-    if name is not None:
-        records.append((name, clean_dna("".join(chunks), f"{source} record '{name}'")))
-    if not records:
-        raise UserError(f"{source}: no sequences found")
-    return records
-
-
-def dna_to_tokens(dna: str, add_bos: bool = True, add_eos: bool = False) -> np.ndarray:
-    ids = codon_ids(dna.encode())
-    parts = [np.array([BOS], np.uint8)] if add_bos else []
-    parts.append(ids)
-    if add_eos:
-        parts.append(np.array([EOS], np.uint8))
-    return np.concatenate(parts)
-
-
-def tokens_to_dna(tokens) -> str:
-    return "".join(ITOS[int(t)] for t in tokens if int(t) >= CODON_OFFSET)
+from codonlm.data.codons import CODON_OFFSET, EOS, ITOS
 
 
 def filter_logits(

@@ -19,48 +19,13 @@ from functools import cache
 
 import numpy as np
 
-from codonlm.data.codons import CODON_OFFSET, CODONS, codon_ids, genetic_code
+from codonlm.data.codons import CODON_OFFSET, CODONS, Gene, as_codon_ids, genetic_code
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 """The 20 standard amino acids, in the order `aa_composition` counts them."""
 
-Gene = str | bytes | np.ndarray | Sequence[int]
-
 _CODON_BASES = np.array([[b"ACGT".index(x.encode()) for x in c] for c in CODONS], dtype=np.int64)  # [64, 3]
 _IS_GC_BASE = np.array([False, True, True, False])  # A C G T
-
-
-# --------------------------------------------------------------------------- conversions
-
-
-def as_codon_ids(seq: Gene) -> np.ndarray:
-    """Codon token ids (4..67) of a DNA string or a token array (special tokens dropped)."""
-    if isinstance(seq, str):
-        seq = seq.encode("ascii", "replace")
-    if isinstance(seq, bytes | bytearray):
-        seq = bytes(seq).strip()
-        if len(seq) % 3:
-            raise ValueError(f"DNA length {len(seq)} is not a multiple of 3")
-        ids = codon_ids(seq)
-        if ids is None:
-            raise ValueError("DNA contains a base other than A/C/G/T/U")
-        return ids.astype(np.int64)
-    ids = np.asarray(seq, dtype=np.int64)
-    if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= CODON_OFFSET + 64)):
-        raise ValueError("token ids must be a 1-D array of vocabulary ids (0..67)")
-    return ids[ids >= CODON_OFFSET]
-
-
-def to_dna(seq: Gene) -> str:
-    """DNA string of a gene given as tokens (or DNA, normalised to upper-case ACGT)."""
-    return "".join(CODONS[i - CODON_OFFSET] for i in as_codon_ids(seq))
-
-
-def translate(seq: Gene, table_id: int = 11, keep_stop: bool = False) -> str:
-    """Protein of a gene (start codon read as M); the terminal stop is dropped unless keep_stop."""
-    ids = as_codon_ids(seq).astype(np.uint8)
-    protein = genetic_code(table_id).translate(ids)
-    return protein if keep_stop or not protein.endswith("*") else protein[:-1]
 
 
 # --------------------------------------------------------------------------- composition

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import torch
 
 from codonlm.errors import UserError
+from codonlm.io import atomic_path
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """temp file + rename: a crash mid-write never leaves a half-written best.pt/last.pt."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -19,6 +19,7 @@ from codonlm.config import Config, config_to_yaml, parse_config
 from codonlm.data.codons import ITOS, loss_mask
 from codonlm.data.loader import EpochSampler, WindowDataset, make_loader, split_path
 from codonlm.errors import UserError
+from codonlm.io import atomic_path
 from codonlm.model.tinygpt import TinyGPT
 from codonlm.train.checkpoint import load_checkpoint, save_checkpoint
 from codonlm.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
@@ -114,12 +115,10 @@ def _write_curve_row(path: Path, row: dict, last_step: int | None = None) -> Non
         with open(path) as fh:
             rows = [r for r in csv.DictReader(fh) if last_step is None or int(r["step"]) <= last_step]
     rows.append({k: row[k] for k in CURVE_COLUMNS})
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def train(cfg: Config, run_id: str, resume: str | Path | None = None, log=print) -> dict:

@@ -1,0 +1,186 @@
+"""The one home of file I/O: atomic writes, JSON, sha256, FASTA (Bio.SeqIO), a prepared split's genes.
+
+Everything a stage writes goes through `atomic_path`/`atomic_write`: the data lands in a temporary
+file beside the target (same folder, so the rename is atomic) and replaces the target only when
+complete. An interrupted stage therefore never leaves a half-written file, and a re-run overwrites
+cleanly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codonlm.errors import UserError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    The temporary name keeps the target's suffix (``.x.tmp123.png``), so writers that pick a format
+    from the suffix (matplotlib, numpy) still do the right thing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """The parsed file, or `default` when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text())
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_csv(df, path: str | Path) -> None:
+    """A pandas DataFrame as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def sha256_file(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+# --------------------------------------------------------------------------- FASTA
+
+
+def read_fasta_text(text: str, source: str) -> list[tuple[str, str]]:
+    """(id, sequence) pairs of FASTA text, parsed by Biopython's SeqIO (sequences as written)."""
+    from Bio import SeqIO
+
+    return [(rec.id or f"seq{i + 1}", str(rec.seq)) for i, rec in enumerate(SeqIO.parse(_io.StringIO(text), "fasta"))]
+
+
+def read_fasta(path: str | Path) -> list[tuple[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"FASTA file not found: {path}; check the path")
+    return read_fasta_text(path.read_text(errors="replace"), str(path))
+
+
+def write_fasta(path: str | Path, records: Iterable[tuple[str, str]], descriptions: Iterable[str] | None = None) -> int:
+    """Write (id, sequence) pairs as FASTA (60 columns, Biopython's writer), atomically; returns the count."""
+    from Bio import SeqIO
+    from Bio.Seq import Seq
+    from Bio.SeqRecord import SeqRecord
+
+    descs = iter(descriptions) if descriptions is not None else None
+    recs = (SeqRecord(Seq(seq), id=name, description=next(descs) if descs else "") for name, seq in records)
+    with atomic_path(path) as tmp:
+        return SeqIO.write(recs, tmp, "fasta")
+
+
+def read_dna_records(
+    dna: str | None = None, fasta: str | Path | None = None, stdin_text: str | None = None
+) -> list[tuple[str, str]]:
+    """(name, clean DNA) pairs from a --dna string, a FASTA file, or stdin text (FASTA or bare DNA).
+
+    Every sequence is checked with the one tokenizer's `clean_dna`: a non-ACGT character or a length
+    that is not a multiple of 3 is a UserError naming the record and position.
+    """
+    from codonlm.data.codons import clean_dna
+
+    if dna is not None:
+        return [("seq1", clean_dna(dna))]
+    if fasta is not None:
+        path = Path(fasta)
+        if not path.is_file():
+            raise UserError(f"FASTA file not found: {path}; check the path")
+        text, source = path.read_text(errors="replace"), str(path)
+    elif stdin_text is not None:
+        text, source = stdin_text, "stdin"
+    else:
+        raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
+    if not text.lstrip().startswith(">"):
+        return [("seq1", clean_dna(text, source))]
+    records = [(name, clean_dna(seq, f"{source} record '{name}'")) for name, seq in read_fasta_text(text, source)]
+    if not records:
+        raise UserError(f"{source}: no sequences found")
+    return records
+
+
+# --------------------------------------------------------------------------- prepared splits
+
+SPLIT_GENE_ARRAYS = ("gene_tokens", "gene_offsets", "gene_dataset", "gene_names", "dataset_names")
+
+
+@dataclass
+class SplitGenes:
+    """The whole genes of one prepared split (see docs/data_format.md)."""
+
+    path: Path
+    genes: list[np.ndarray]  # each <BOS_CDS> c1 .. cn <EOS_CDS>, uint8
+    groups: np.ndarray  # dataset index of each gene
+    names: list[str]  # record_id|locus_tag
+    dataset_names: list[str]
+
+    def codons(self, g: int) -> np.ndarray:
+        """Codon ids of gene g (the framing tokens dropped)."""
+        return self.genes[g][1:-1]
+
+    def of_dataset(self, d: int) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.groups == d)]
+
+
+def read_split_genes(path: str | Path) -> SplitGenes:
+    """The genes of a prepared split NPZ; one line naming the file and what to run when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prepared data not found: {path}; run 'codonlm prepare -c CONFIG' for this run's config")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in SPLIT_GENE_ARRAYS if k not in data]
+            if missing:
+                raise UserError(f"{path}: no '{missing[0]}' array (prepared by an older version); "
+                                "re-run 'codonlm prepare --force'")
+            arrays = {k: data[k] for k in SPLIT_GENE_ARRAYS}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: unreadable prepared data ({str(exc)[:100]}); re-run 'codonlm prepare'") from None
+    tokens, offsets = arrays["gene_tokens"], arrays["gene_offsets"]
+    genes = [tokens[offsets[g] : offsets[g + 1]] for g in range(len(offsets) - 1)]
+    return SplitGenes(path=path, genes=genes, groups=np.asarray(arrays["gene_dataset"]),
+                      names=[str(n) for n in arrays["gene_names"]],
+                      dataset_names=[str(n) for n in arrays["dataset_names"]])
