@@ -1,0 +1,103 @@
+"""What every analysis step gets: the run, its config, the trained model, a random-init twin, its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codonlm.config import Config
+from codonlm.errors import UserError
+from codonlm.io import SplitGenes, read_split_genes
+from codonlm.model.tinygpt import TinyGPT
+
+
+@dataclass
+class AnalysisContext:
+    """A loaded run. Steps read from it and write only into `out_dir(step)`."""
+
+    run_id: str
+    run_dir: Path
+    cfg: Config
+    model: TinyGPT  # trained, eval mode
+    checkpoint: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    quiet: bool = False
+    _splits: dict[str, SplitGenes] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def random_model(self) -> TinyGPT:
+        """The same architecture with a seeded random initialisation: the 'what is free' control."""
+        torch.manual_seed(self.seed)
+        model = TinyGPT(self.cfg.model).to(self.device).eval()
+        return model
+
+    def models(self) -> dict[str, TinyGPT]:
+        """{'trained': ..., 'random_init': ...}: loop over this to report both."""
+        return {"trained": self.model, "random_init": self.random_model}
+
+    def split(self, name: str) -> SplitGenes:
+        """The genes of the run's prepared split ('train', 'val', 'test')."""
+        if name not in self._splits:
+            from codonlm.data.loader import split_path
+
+            self._splits[name] = read_split_genes(split_path(self.cfg, name))
+        return self._splits[name]
+
+    def out_dir(self, step: str) -> Path:
+        path = self.run_dir / "analysis" / step
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def table_id(self, dataset: str) -> int:
+        """The genetic code of a dataset (its config's transl_table; 11 when unknown)."""
+        for spec in self.cfg.data.datasets:
+            if spec.name == dataset:
+                return spec.transl_table
+        return 11
+
+    def sample_genes(self, split: str, per_dataset: int, max_codons: int | None = None,
+                     salt: int = 0) -> list[int]:
+        """A seeded draw of up to `per_dataset` gene indices of each dataset (sorted), optionally
+        only genes of at most `max_codons` codons; the same call gives the same genes."""
+        genes = self.split(split)
+        rng = np.random.default_rng([self.seed, salt])
+        picked: list[int] = []
+        for d in range(len(genes.dataset_names)):
+            idx = genes.of_dataset(d)
+            if max_codons is not None:
+                idx = [g for g in idx if len(genes.genes[g]) - 2 <= max_codons]
+            if len(idx) > per_dataset:
+                idx = sorted(rng.choice(idx, size=per_dataset, replace=False).tolist())
+            picked += idx
+        return picked
+
+
+def list_runs(runs_dir: str | Path = "runs") -> list[str]:
+    runs = Path(runs_dir)
+    return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+
+
+def load_context(run_id: str, checkpoints_dir: str = "outputs/checkpoints", runs_dir: str | Path | None = None,
+                 device: str = "cpu", seed: int = 0, quiet: bool = False) -> AnalysisContext:
+    """Load a finished run for analysis; one-line UserErrors for an unknown run or a run without best.pt."""
+    from codonlm.model.load import load_model
+
+    folder = Path(checkpoints_dir) / run_id
+    if not folder.is_dir():
+        known = list_runs(runs_dir or "runs")
+        listing = ", ".join(known) if known else "none yet (run ./main.sh)"
+        raise UserError(f"unknown run id '{run_id}' (no {folder}); runs that exist: {listing}")
+    best = folder / "best.pt"
+    if not best.is_file():
+        raise UserError(f"run '{run_id}' has no best.pt in {folder}; finish training first "
+                        f"('codonlm train -c CONFIG --run-id {run_id}' or ./main.sh)")
+    model, cfg, state = load_model(str(best), checkpoints_dir, device)
+    run_dir = Path(runs_dir or cfg.outputs.runs_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return AnalysisContext(run_id=run_id, run_dir=run_dir, cfg=cfg, model=model, checkpoint=best,
+                           device=torch.device(device), seed=seed, quiet=quiet)
