@@ -296,11 +296,29 @@ def test_sizes() -> None:
     assert mlp_hidden_size(256) == 704 and mlp_hidden_size(768) == 2048
     assert all(mlp_hidden_size(d) % 64 == 0 for d in (8, 64, 96, 256, 512))
     model = make_model()
-    n = sum(p.numel() for p in model.parameters())
-    assert model.num_params() == n
     assert model.lm_head.weight is model.wte.weight
-    L, C, T = CFG["n_layer"], CFG["n_embd"], CFG["block_size"]
-    assert model.flops_per_token() == 6 * n + 12 * L * C * T
+    # parameter count: the same architecture built by transformers (an independent implementation)
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlamaConfig(vocab_size=68, hidden_size=64, intermediate_size=mlp_hidden_size(64),
+                                  num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=True)
+    assert model.num_params() == transformers.LlamaForCausalLM(hf).num_parameters()
+
+
+def test_flops_per_token_matches_counted_matmuls() -> None:
+    """6N + 12 L C T against torch's FlopCounterMode on a real forward (x3 for forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_model()
+    model.set_attn_backend("math")  # explicit matmuls, full T x T scores as the estimate assumes
+    T = CFG["block_size"]
+    idx = torch.randint(4, 68, (1, T))
+    with FlopCounterMode(display=False) as counter:
+        model(idx)
+    counted = 3 * counter.get_total_flops() / T
+    # 6N counts the norm weights too (a negligible 6 FLOPs each); the counter sees matmuls only
+    norms = sum(p.numel() for n, p in model.named_parameters() if "ln" in n)
+    assert norms > 0
+    assert counted == pytest.approx(model.flops_per_token(T) - 6 * norms, rel=1e-9)
 
 
 # ---- Hugging Face export -------------------------------------------------------------------------
@@ -326,6 +344,19 @@ def test_hf_export_matches(tmp_path) -> None:
         ours, _ = model(g)
         theirs = hf(g).logits
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_rope_matches_llama_reference() -> None:
+    """apply_rope (halves swapped, sign folded into sin) equals transformers' Llama rotate_half formula."""
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    from codonlm.model.tinygpt import apply_rope, rope_cos_sin
+
+    x = torch.randn(2, 5, 3, 16)
+    cos, sin = rope_cos_sin(torch.arange(5)[None], 16)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    sin_signed = torch.cat((-sin[..., :8], sin[..., 8:]), dim=-1)
+    expected = x * cos + llama.rotate_half(x) * sin
+    torch.testing.assert_close(apply_rope(x, cos, sin_signed), expected)
 
 
 @pytest.mark.parametrize("sep_mask", [True, False])

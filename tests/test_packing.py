@@ -57,9 +57,17 @@ def test_long_gene_chunks_overlap_by_one_and_tail_opens_window():
     batch, _ = _pack([g, short], 8, multi=True)
     starts = [row[0] for row in batch.positions.tolist()]
     assert 0 in starts and 7 in starts and 14 in starts and 21 not in starts
-    for row in batch.tokens.tolist():
-        if row[0] not in (BOS,):
-            assert row[0] != SEP  # a continuation chunk sits at position 0
+    # a window that does not open with <BOS_CDS> opens with a continuation chunk of g: the gene's own
+    # tokens from the chunk's start, at window position 0
+    continuations = 0
+    for tokens, positions, segments in zip(batch.tokens, batch.positions, batch.segment_ids, strict=True):
+        if tokens[0] == BOS:
+            continue
+        start, n = int(positions[0]), int((segments == segments[0]).sum())
+        assert start in (7, 14)
+        assert tokens[:n].tolist() == g[start : start + n].tolist()
+        continuations += 1
+    assert continuations == 2
 
 
 def test_windows_per_seq_cap_reports_lost_targets():

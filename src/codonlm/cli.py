@@ -46,15 +46,15 @@ def _resolve_run(cfg, run_id: str | None):
 
 
 def cmd_fetch_data(args: argparse.Namespace) -> None:
+    from codonlm.config import load_config
     from codonlm.data.fetch import fetch_default_corpus, missing_default_files
 
-    if args.if_needed:
-        from codonlm.config import load_config
-
-        if not missing_default_files(load_config(args.config), args.dest):
-            print("[fetch-data] every GenBank file the config names is present; nothing to fetch")
-            return
-    fetch_default_corpus(args.dest)
+    cfg = load_config(args.config)
+    dest = args.dest or cfg.data.raw_dir  # the config's data.raw_dir unless --dest says otherwise
+    if args.if_needed and not missing_default_files(cfg, dest):
+        print("[fetch-data] every GenBank file the config names is present; nothing to fetch")
+        return
+    fetch_default_corpus(dest)
 
 
 def cmd_make_run_id(args: argparse.Namespace) -> None:
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("fetch-data", help="fetch the default real corpus (Debian cct-examples) into data/raw")
-    p.add_argument("--dest", default="data/raw")
+    p.add_argument("--dest", help="destination folder (default: the config's data.raw_dir, data/raw)")
     p.add_argument("--if-needed", action="store_true", help="only when a file the config names is missing")
     _add_config(p)
     p.set_defaults(func=cmd_fetch_data)

@@ -54,10 +54,10 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
-def fetch_default_corpus(dest: str | Path = "data/raw", verify: bool = False) -> dict:
+def fetch_default_corpus(dest: str | Path = "data/raw") -> dict:
     """Copy the default genomes into dest and write dest/manifest.json; a no-op when already there."""
     dest = Path(dest)
-    if _manifest_ok(dest) and not verify:
+    if _manifest_ok(dest):
         print(f"[fetch-data] default corpus already in {dest} ({len(GENOMES)} genomes); nothing to do")
         return json.loads((dest / MANIFEST).read_text())
     for tool in ("apt-get", "dpkg-deb"):

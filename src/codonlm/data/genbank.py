@@ -24,8 +24,6 @@ from Bio.SeqUtils import seq1
 from codonlm.data.codons import NOT_A_CODON, VOCAB_SIZE, codon_tracks, genetic_code, reverse_complement
 from codonlm.errors import UserError
 
-GENBANK_SUFFIXES = (".gb", ".gbk", ".gbff", ".genbank")
-
 DROP_REASONS = (
     "pseudo",  # /pseudo or /pseudogene
     "partial",  # < or > on the 5' or 3' end
@@ -128,13 +126,6 @@ def _format_location(segs: list[Segment]) -> str:
     parts = [f"{s.start + 1}..{s.end}" for s in segs]
     body = parts[0] if len(parts) == 1 else f"join({','.join(parts)})"
     return body
-
-
-def _qualifiers(feature) -> dict[str, list[str | None]]:
-    out: dict[str, list[str | None]] = {}
-    for q in feature.qualifiers:
-        out.setdefault(q.key, []).append(q.value)
-    return out
 
 
 _USED_QUALIFIERS = frozenset(
@@ -463,13 +454,6 @@ def _keep(record_id: str, candidates: list[_Candidate], min_len: int, stats: Ext
         not genetic_code(t).is_start[first] for t, first in zip(batch.transl_tables, first_codons, strict=True)
     )
     return batch
-
-
-def extract_record(record, min_len: int, default_table: int, stats: ExtractionStats, source: str) -> Iterator[CDS]:
-    """Yield kept CDS of one gb-io record; count every drop in stats."""
-    batch = extract_record_cds(record, min_len, default_table, stats, source)
-    for i in range(len(batch)):
-        yield batch.cds(i)
 
 
 def _open_binary(path: Path):

@@ -26,20 +26,22 @@ codons (a model that never ends cannot run away). Generation ends at `<EOS_CDS>`
 at the first stop codon, so in-frame stops the model writes and then runs past are counted
 (`end_at_stop=True` ends at the first stop instead, as `codonlm query` does).
 
-Generation uses a key/value cache (`sample_with_cache`), the same sampling as
-`codonlm.evaluate.sampling.generate` but linear rather than quadratic in gene length: that is what
-lets the default sweep (7 genomes x 50 genes x 3 temperatures) run in minutes on a laptop CPU.
+Generation is `codonlm.evaluate.sampling.generate`, which keeps a key/value cache (`TinyGPT.extend`):
+linear rather than quadratic in gene length, which is what lets the default sweep (7 genomes x 50
+genes x 3 temperatures) run in minutes on a laptop CPU.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from codonlm.data.codons import BOS, CODON_OFFSET, EOS, decode, genetic_code, translate
 from codonlm.errors import UserError
@@ -57,10 +59,10 @@ from codonlm.evaluate.seqmetrics import (
     orf_report,
     split_half_floor,
 )
-from codonlm.io import atomic_path, read_split_genes, save_figure, write_json
+from codonlm.io import SplitGenes, atomic_path, read_split_genes, save_figure, write_json
+from codonlm.log import log, progress
 
 DEFAULT_TEMPERATURES = (0.7, 1.0, 1.3)
-SPLITS = ("val", "test")
 FLOOR_REPEATS = 5
 """Random split-halves averaged per floor value."""
 
@@ -229,223 +231,172 @@ def _plot(summary, temperatures: Sequence[float], path: Path) -> None:
     fig.suptitle("Prefix generation: temperature trade-off (thick: all genomes)")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
-# --------------------------------------------------------------------------- the evaluation
+# --------------------------------------------------------------------------- settings
 
 
-def _check_args(
-    prompt_codons: int,
-    per_genome: int,
-    temperatures: Sequence[float],
-    top_k,
-    top_p,
-    split: str,
-    batch_size: int,
-    max_codons: int,
-    length_factor: float,
-    n_align: int,
-) -> None:
-    if split not in SPLITS:
-        raise UserError(f"split '{split}' is not held out; use one of {', '.join(SPLITS)}")
-    if prompt_codons < 1:
-        raise UserError(f"prompt codons must be >= 1 (got {prompt_codons})")
-    if per_genome < 1:
-        raise UserError(f"per-genome must be >= 1 (got {per_genome})")
-    if not temperatures or any(not (t > 0 and math.isfinite(t)) for t in temperatures):
-        raise UserError(f"temperatures must be positive numbers (got {list(temperatures)})")
-    if len(set(temperatures)) != len(temperatures):
-        raise UserError(f"temperatures repeat (got {list(temperatures)})")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top-k must be >= 1 (got {top_k})")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"top-p must be in (0, 1] (got {top_p})")
-    if batch_size < 1 or n_align < 1:
-        raise UserError("batch size and n_align must be >= 1")
-    if max_codons <= prompt_codons or length_factor <= 0:
-        raise UserError(
-            f"max codons ({max_codons}) must exceed prompt codons ({prompt_codons}) "
-            f"and length factor ({length_factor}) be positive"
-        )
+class PrefixSettings(BaseModel):
+    """What a prefix-generation evaluation does (defaults and why: see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: Literal["val", "test"] = "test"
+    prompt_codons: int = Field(10, ge=1)
+    per_genome: int = Field(50, ge=1)
+    temperatures: list[float] = Field(default_factory=lambda: list(DEFAULT_TEMPERATURES), min_length=1)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int = 0
+    max_codons: int = Field(1500, ge=2)
+    length_factor: float = Field(2.0, gt=0.0)
+    end_at_stop: bool = False
+    batch_size: int = Field(64, ge=1)
+    n_align: int = Field(3, ge=1)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive_distinct(cls, temps: list[float]) -> list[float]:
+        if any(not (t > 0 and math.isfinite(t)) for t in temps):
+            raise ValueError(f"temperatures must be positive numbers (got {temps})")
+        if len(set(temps)) != len(temps):
+            raise ValueError(f"temperatures repeat (got {temps})")
+        return [float(t) for t in temps]
+
+    @model_validator(mode="after")
+    def _cap_above_prompt(self) -> PrefixSettings:
+        if self.max_codons <= self.prompt_codons:
+            raise ValueError(f"max codons ({self.max_codons}) must exceed prompt codons ({self.prompt_codons})")
+        return self
+
+    @classmethod
+    def parse(cls, **values) -> PrefixSettings:
+        from codonlm.config import format_validation_error
+
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            raise UserError(format_validation_error(err, "generate-prefix")) from None
 
 
-def run_prefix_generation(
-    run_id: str,
-    checkpoints_dir: str = "outputs/checkpoints",
-    processed_dir: str | None = None,
-    split: str = "test",
-    prompt_codons: int = 10,
-    per_genome: int = 50,
-    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
-    out_dir: str | None = None,
-    max_codons: int = 1500,
-    length_factor: float = 2.0,
-    end_at_stop: bool = False,
-    batch_size: int = 64,
-    n_align: int = 3,
-    device: str = "cpu",
-    show_progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Prompt a trained run with the first codons of held-out genes and score what it writes.
+@dataclass
+class Prompt:
+    genome: str
+    gene: str
+    sample: int
+    real: np.ndarray  # codon ids of the real held-out gene
 
-    run_id: a run under `checkpoints_dir` (best.pt, else last.pt) or a .pt path. processed_dir:
-    default the run config's data.processed_dir. split: "test" (default) or "val". prompt_codons
-    (10): codons of the real gene given as prompt (genes not longer than prompt + 1 are skipped).
-    per_genome (50): held-out genes drawn per genome with `seed`. temperatures (0.7, 1.0, 1.3): the
-    sweep; top_k / top_p: optional filters (off). A gene is capped at min(length_factor (2.0) x the
-    real length, max_codons (1500)) codons. end_at_stop (False): end at <EOS_CDS> only, so internal
-    stops can be seen. batch_size (64): genes generated together. n_align (3): candidates aligned
-    per nearest-identity look-up. out_dir: default <outputs.scores_dir>/<RUN_ID>/gen_prefix.
 
-    Writes samples.csv (one row per gene and temperature, "real" rows for the held-out genes
-    themselves), summary.csv (per genome and "all", per temperature and "real"), summary.json
-    (settings, timings, summary) and temperature_tradeoff.png; returns the summary.json content.
-    Same arguments and seed give identical files.
-    """
-    import pandas as pd
+# --------------------------------------------------------------------------- the stages
 
+
+def _load_run(run_id: str, checkpoints_dir: str, processed_dir: str | None, s: PrefixSettings, device: str):
+    """The model and the run's train / held-out genes."""
     from codonlm.model.load import checkpoint_path, load_model
 
-    temperatures = [float(t) for t in temperatures]
-    _check_args(
-        prompt_codons,
-        per_genome,
-        temperatures,
-        top_k,
-        top_p,
-        split,
-        batch_size,
-        max_codons,
-        length_factor,
-        n_align,
-    )
-    t0 = time.perf_counter()
     ckpt = checkpoint_path(run_id, checkpoints_dir)
     model, cfg, state = load_model(str(ckpt), checkpoints_dir, device=device)
-    run_name = str(state.get("run_id") or Path(run_id).stem)
-    block = cfg.model.block_size
-    if prompt_codons + 2 > block:
-        raise UserError(f"prompt codons ({prompt_codons}) must be below block_size - 1 ({block - 1})")
+    if s.prompt_codons + 2 > cfg.model.block_size:
+        raise UserError(f"prompt codons ({s.prompt_codons}) must be below block_size - 1 ({cfg.model.block_size - 1})")
     processed = Path(processed_dir or cfg.data.processed_dir)
     train = read_split_genes(processed / "all" / "train.npz")
-    held = read_split_genes(processed / "all" / f"{split}.npz")
-    names = held.dataset_names
-    if train.dataset_names != names:
-        raise UserError(
-            f"{processed}: train and {split} list different datasets; re-run 'codonlm prepare --force'"
-        )
-    specs = {d.name: d for d in cfg.data.datasets}
-    out = Path(out_dir) if out_dir else Path(cfg.outputs.scores_dir) / run_name / "gen_prefix"
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    held = read_split_genes(processed / "all" / f"{s.split}.npz")
+    if train.dataset_names != held.dataset_names:
+        raise UserError(f"{processed}: train and {s.split} list different datasets; re-run 'codonlm prepare --force'")
+    run_name = str(state.get("run_id") or Path(run_id).stem)
+    return model, cfg, run_name, ckpt, processed, train, held
 
-    # references and prompts, per genome
+
+def _pick_prompts(cfg, train: SplitGenes, held: SplitGenes, s: PrefixSettings, rng: np.random.Generator):
+    """Per genome: its reference (training genes) and a seeded draw of held-out genes to prompt with."""
+    specs = {d.name: d for d in cfg.data.datasets}
     refs: dict[str, GenomeReference] = {}
-    prompts: list[dict] = []  # genome, gene, sample, real (codon ids)
-    for d, name in enumerate(names):
+    prompts: list[Prompt] = []
+    for d, name in enumerate(held.dataset_names):
         spec = specs.get(name)
         table_id, min_len = (spec.transl_table, spec.min_len) if spec else (11, 1)
         train_idx = train.of_dataset(d)
-        eligible = [g for g in held.of_dataset(d) if len(held.codons(g)) > prompt_codons + 1]
+        eligible = [g for g in held.of_dataset(d) if len(held.codons(g)) > s.prompt_codons + 1]
         if len(train_idx) < 2 or not eligible:
-            log(
-                f"[gen-prefix] {name}: skipped ({len(train_idx)} training genes, {len(eligible)} held-out "
-                f"genes longer than {prompt_codons + 1} codons)"
-            )
+            log(f"[gen-prefix] {name}: skipped ({len(train_idx)} training genes, {len(eligible)} held-out "
+                f"genes longer than {s.prompt_codons + 1} codons)")
             continue
-        refs[name] = build_reference(
-            name,
-            [train.codons(g) for g in train_idx],
-            [train.names[g] for g in train_idx],
-            table_id,
-            min_len,
-        )
-        pick = sorted(rng.choice(eligible, size=min(per_genome, len(eligible)), replace=False))
-        prompts += [
-            {"genome": name, "gene": held.names[g], "sample": s, "real": held.codons(g)}
-            for s, g in enumerate(pick)
-        ]
-    if not prompts:
-        raise UserError(f"no held-out {split} gene longer than {prompt_codons + 1} codons in {processed}")
-    t_ref = time.perf_counter()
+        refs[name] = build_reference(name, [train.codons(g) for g in train_idx], [train.names[g] for g in train_idx],
+                                     table_id, min_len)
+        pick = sorted(rng.choice(eligible, size=min(s.per_genome, len(eligible)), replace=False))
+        prompts += [Prompt(name, held.names[g], i, held.codons(g)) for i, g in enumerate(pick)]
+    return refs, prompts
 
-    # generation: similar caps batched together, one seed per (temperature, batch)
-    caps = [
-        max(prompt_codons + 1, min(max_codons, math.ceil(length_factor * len(p["real"])))) for p in prompts
-    ]
+
+def _generate_all(model, prompts: list[Prompt], refs: dict[str, GenomeReference], s: PrefixSettings,
+                  device: str, show_progress: bool) -> dict[tuple[float, int], np.ndarray]:
+    """Generated tokens per (temperature, prompt): similar caps batched, one seed per (temperature, batch)."""
+    caps = [max(s.prompt_codons + 1, min(s.max_codons, math.ceil(s.length_factor * len(p.real)))) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (caps[i], i))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
     stop_mask = {n: genetic_code(r.table_id).is_stop for n, r in refs.items()}
     generated: dict[tuple[float, int], np.ndarray] = {}
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(temperatures) * len(prompts), desc="generate", unit="gene", disable=not show_progress
-    )
-    for ti, temp in enumerate(temperatures):
+    bar = progress(total=len(s.temperatures) * len(prompts), desc="generate", unit="gene", disable=not show_progress)
+    for ti, temp in enumerate(s.temperatures):
         for bi, batch in enumerate(batches):
             # rows of one batch share a stop mask only when ending at stops; group by genome then
-            groups = (
-                [batch]
-                if not end_at_stop
-                else [[i for i in batch if prompts[i]["genome"] == n] for n in refs]
-            )
+            groups = [batch] if not s.end_at_stop else [[i for i in batch if prompts[i].genome == n] for n in refs]
             for gi, rows in enumerate(g for g in groups if g):
-                seed_i = int(np.random.SeedSequence([seed, ti, bi, gi]).generate_state(1)[0])
+                seed_i = int(np.random.SeedSequence([s.seed, ti, bi, gi]).generate_state(1)[0])
                 toks = generate(
-                    model,
-                    [np.concatenate([[BOS], p["real"][:prompt_codons]]).astype(np.uint8)
-                     for p in (prompts[i] for i in rows)],
-                    [caps[i] - prompt_codons for i in rows], temp, top_k, top_p, seed_i,
-                    stop_mask[prompts[rows[0]]["genome"]] if end_at_stop else None, device,
+                    model, [np.concatenate([[BOS], prompts[i].real[: s.prompt_codons]]).astype(np.uint8) for i in rows],
+                    [caps[i] - s.prompt_codons for i in rows], temp, s.top_k, s.top_p, seed_i,
+                    stop_mask[prompts[rows[0]].genome] if s.end_at_stop else None, device,
                 )  # fmt: skip
                 for i, t in zip(rows, toks, strict=True):
                     generated[(temp, i)] = t
                 bar.update(len(rows))
     bar.close()
-    t_gen = time.perf_counter()
+    return generated
 
-    # per-gene metrics
-    sample_rows: list[dict] = []
+
+def _ended_by(toks: np.ndarray, stop_mask: np.ndarray, end_at_stop: bool) -> str:
+    if toks[-1] == EOS:
+        return "eos"
+    return "stop" if end_at_stop and stop_mask[toks[-1]] else "cap"
+
+
+def _score(prompts: list[Prompt], refs: dict[str, GenomeReference], generated, s: PrefixSettings):
+    """One row of gene metrics per (temperature, prompt), "real" rows for the held-out genes themselves."""
+    import pandas as pd
+
+    stop_mask = {n: genetic_code(r.table_id).is_stop for n, r in refs.items()}
+    rows: list[dict] = []
     pooled: dict[tuple[str, str], list[np.ndarray]] = {}
-    for temp in ["real", *temperatures]:
+    for temp in ["real", *s.temperatures]:
         for i, p in enumerate(prompts):
-            ref = refs[p["genome"]]
             if temp == "real":
-                ids, ended = p["real"], "real"
+                ids, ended = p.real, "real"
             else:
                 toks = generated[(temp, i)]
-                ended = (
-                    "eos"
-                    if toks[-1] == EOS
-                    else "stop"
-                    if end_at_stop and stop_mask[p["genome"]][toks[-1]]
-                    else "cap"
-                )
-                ids = _codons(toks)
-            m = gene_metrics(ids, ref, n_align)
-            sample_rows.append({
-                "genome": p["genome"], "gene": p["gene"], "sample": p["sample"], "temperature": temp,
-                "prompt_codons": prompt_codons, "real_codons": len(p["real"]),
-                "length_ratio": m["gen_codons"] / len(p["real"]), "ended_by": ended, **m, "dna": decode(ids),
+                ids, ended = _codons(toks), _ended_by(toks, stop_mask[p.genome], s.end_at_stop)
+            m = gene_metrics(ids, refs[p.genome], s.n_align)
+            rows.append({
+                "genome": p.genome, "gene": p.gene, "sample": p.sample, "temperature": temp,
+                "prompt_codons": s.prompt_codons, "real_codons": len(p.real),
+                "length_ratio": m["gen_codons"] / len(p.real), "ended_by": ended, **m, "dna": decode(ids),
             })  # fmt: skip
-            pooled.setdefault((p["genome"], str(temp)), []).append(ids)
-    samples = pd.DataFrame(sample_rows)[SAMPLE_COLUMNS]
-    t_metrics = time.perf_counter()
+            pooled.setdefault((p.genome, str(temp)), []).append(ids)
+    return pd.DataFrame(rows)[SAMPLE_COLUMNS], pooled
 
-    # summary: per genome and temperature, then "all" (divergences: mean over genomes)
+
+def _summarise(samples, pooled, refs: dict[str, GenomeReference], prompts: list[Prompt], s: PrefixSettings,
+               rng: np.random.Generator):
+    """Per genome and temperature, then "all" (divergences: mean over genomes), with the real-vs-real floors."""
+    import pandas as pd
+
     floors = {}
     for name, ref in refs.items():
-        n = sum(p["genome"] == name for p in prompts)
+        n = sum(p.genome == name for p in prompts)
         floors[name] = (_floor(ref, n, "codon", rng), _floor(ref, n, "aa", rng))
-    summary_rows = []
+    rows: list[dict] = []
     for genome in [*refs, "all"]:
-        for temp in ["real", *temperatures]:
+        for temp in ["real", *s.temperatures]:
             sel = samples[(samples["temperature"].astype(str) == str(temp))]
             if genome != "all":
                 sel = sel[sel["genome"] == genome]
@@ -453,38 +404,64 @@ def run_prefix_generation(
                 row["codon_js_floor"], row["aa_js_floor"] = floors[genome]
             else:
                 row = _group_summary(sel.to_dict("records"), [], None)
-                per = [r for r in summary_rows if r["temperature"] == temp]
+                per = [r for r in rows if r["temperature"] == temp]
                 for col in ("codon_kl", "codon_js", "codon_js_floor", "aa_js", "aa_js_floor"):
                     row[col] = float(np.mean([r[col] for r in per]))
-            summary_rows.append({"genome": genome, "temperature": temp, **row})
-    summary = pd.DataFrame(summary_rows)[SUMMARY_COLUMNS]
-    t_sum = time.perf_counter()
+            rows.append({"genome": genome, "temperature": temp, **row})
+    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
 
+
+def _write(out: Path, samples, summary, result: dict) -> dict:
     for name, df in (("samples.csv", samples), ("summary.csv", summary)):
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
-    _plot(summary, temperatures, out / "temperature_tradeoff.png")
+    _plot(summary, result["settings"]["temperatures"], out / "temperature_tradeoff.png")
+    result["files"] = {k: str(out / k) for k in ("samples.csv", "summary.csv", "summary.json", "temperature_tradeoff.png")}
+    result["summary"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                         for r in summary.to_dict("records")]
+    write_json(out / "summary.json", result)  # last: its presence means the folder is complete
+    return result
+
+
+def run_prefix_generation(run_id: str, checkpoints_dir: str = "outputs/checkpoints", processed_dir: str | None = None,
+                          out_dir: str | None = None, device: str = "cpu", show_progress: bool = True,
+                          **settings) -> dict:
+    """Prompt a trained run with the first codons of held-out genes and score what it writes.
+
+    run_id: a run under `checkpoints_dir` (best.pt, else last.pt) or a .pt path. processed_dir:
+    default the run config's data.processed_dir. `settings` are PrefixSettings fields (split,
+    prompt_codons, per_genome, temperatures, top_k, top_p, seed, max_codons, length_factor,
+    end_at_stop, batch_size, n_align). out_dir: default <outputs.scores_dir>/<RUN_ID>/gen_prefix.
+
+    Writes samples.csv (one row per gene and temperature, "real" rows for the held-out genes
+    themselves), summary.csv (per genome and "all", per temperature and "real"), summary.json
+    (settings, timings, summary) and temperature_tradeoff.png; returns the summary.json content.
+    Same arguments and seed give identical files.
+    """
+    s = PrefixSettings.parse(**settings)
+    t0 = time.perf_counter()
+    model, cfg, run_name, ckpt, processed, train, held = _load_run(run_id, checkpoints_dir, processed_dir, s, device)
+    out = Path(out_dir) if out_dir else Path(cfg.outputs.scores_dir) / run_name / "gen_prefix"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(s.seed)
+    refs, prompts = _pick_prompts(cfg, train, held, s, rng)
+    if not prompts:
+        raise UserError(f"no held-out {s.split} gene longer than {s.prompt_codons + 1} codons in {processed}")
+    t_ref = time.perf_counter()
+    generated = _generate_all(model, prompts, refs, s, device, show_progress)
+    t_gen = time.perf_counter()
+    samples, pooled = _score(prompts, refs, generated, s)
+    t_metrics = time.perf_counter()
+    summary = _summarise(samples, pooled, refs, prompts, s, rng)
+    t_sum = time.perf_counter()
     result = {
         "run_id": run_name,
-        "settings": {
-            "checkpoint": str(ckpt), "processed_dir": str(processed), "split": split,
-            "prompt_codons": prompt_codons, "per_genome": per_genome, "temperatures": temperatures,
-            "top_k": top_k, "top_p": top_p, "seed": seed, "max_codons": max_codons,
-            "length_factor": length_factor, "end_at_stop": end_at_stop, "batch_size": batch_size,
-            "n_align": n_align, "device": device, "floor_repeats": FLOOR_REPEATS,
-        },
+        "settings": {"checkpoint": str(ckpt), "processed_dir": str(processed), **s.model_dump(),
+                     "device": device, "floor_repeats": FLOOR_REPEATS},
         "n_prompts": len(prompts),
         "genomes": list(refs),
         "timings_s": {"references": round(t_ref - t0, 2), "generation": round(t_gen - t_ref, 2),
                       "metrics": round(t_metrics - t_gen, 2), "summary": round(t_sum - t_metrics, 2),
                       "total": round(time.perf_counter() - t0, 2)},
-        "files": {k: str(out / k) for k in ("samples.csv", "summary.csv", "summary.json", "temperature_tradeoff.png")},
-        "summary": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                    for r in summary.to_dict("records")],
-    }  # fmt: skip
-
-    write_json(out / "summary.json", result)
-    return result
-
-
-# --------------------------------------------------------------------------- command line
+    }
+    return _write(out, samples, summary, result)

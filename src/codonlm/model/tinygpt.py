@@ -81,12 +81,6 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float = ROPE_THETA) ->
     return emb.cos(), emb.sin()
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """Llama's rotation partner: [x1, x2] -> [-x2, x1] on split halves (reference; see apply_rope)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
     """Llama's x * cos + rotate_half(x) * sin, computed as x * cos + swap_halves(x) * sin_signed
     with sin_signed = [-sin, sin] (halves), which saves the negation pass. cos/sin broadcast
