@@ -77,6 +77,58 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
     plt.close(ax.figure)
 
 
+def _totals(logps: list[np.ndarray]) -> dict:
+    flat = np.concatenate(logps)
+    nll = float(-flat.mean())
+    return {"loss": nll, "perplexity": _ppl(nll), "n_targets": int(flat.size)}
+
+
+def _summary_rows(all_logp: dict[str, list[np.ndarray]], scores) -> tuple[list[dict], list[dict]]:
+    """One row per model (the model's own row with accuracy and calibration), and the calibration bins."""
+    cat = {k: np.concatenate([getattr(s, k) for s in scores]) for k in
+           ("top1", "top5", "aa_correct", "synonymous_mass", "confidence")}
+    calib_err, calib_rows = ece(cat["confidence"], cat["top1"])
+    rows = []
+    for name, logps in all_logp.items():
+        row = {"model": name, **_totals(logps)}
+        if name == "model":
+            row.update({"top1_accuracy": float(cat["top1"].mean()), "top5_accuracy": float(cat["top5"].mean()),
+                        "aa_accuracy": float(cat["aa_correct"].mean()),
+                        "synonymous_mass": float(cat["synonymous_mass"].mean()), "ece": calib_err})
+        rows.append(row)
+    return rows, calib_rows
+
+
+def _per_dataset_table(all_logp: dict[str, list[np.ndarray]], scores, groups, names: list[str]) -> pd.DataFrame:
+    rows = []
+    groups = np.asarray(groups)
+    for d, dname in enumerate(names):
+        sel = np.flatnonzero(groups == d)
+        if sel.size == 0:
+            continue
+        for name, logps in all_logp.items():
+            row = {"dataset": dname, "model": name, "genes": int(sel.size), **_totals([logps[i] for i in sel])}
+            if name == "model":
+                row["top1_accuracy"] = float(np.concatenate([scores[i].top1 for i in sel]).mean())
+                row["aa_accuracy"] = float(np.concatenate([scores[i].aa_correct for i in sel]).mean())
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _by_position_table(all_logp: dict[str, list[np.ndarray]]) -> pd.DataFrame:
+    rows = []
+    bins = np.concatenate([position_bins(len(lp)) for lp in all_logp["model"]])
+    for name, logps in all_logp.items():
+        flat = np.concatenate(logps)
+        for b in range(len(POSITION_BINS) - 1):
+            sel = bins == b
+            if sel.any():
+                nll = float(-flat[sel].mean())
+                rows.append({"model": name, "bin": POSITION_BINS[b], "bin_end": POSITION_BINS[b + 1] - 1,
+                             "n_targets": int(sel.sum()), "loss": nll, "perplexity": _ppl(nll)})
+    return pd.DataFrame(rows)
+
+
 def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", split: str = "test",
                  device: str = "cpu", out_dir: str | Path | None = None, kn_orders=(3, 5),
                  stride: int | None = None, amp: bool = False) -> dict:
@@ -94,53 +146,12 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
         raise UserError(f"{test_path} holds no genes; set data.test_frac > 0 and re-run prepare")
 
     scores = score_genes(model, test_genes, device=device, stride=stride, amp=amp)
-    model_logp = [s.logp for s in scores]
-    base = _baselines(train_genes, train_groups, test_genes, test_groups, kn_orders)
-    all_logp = {"model": model_logp, **base}
-
-    def summarise(logps: list[np.ndarray]) -> dict:
-        flat = np.concatenate(logps)
-        nll = float(-flat.mean())
-        return {"loss": nll, "perplexity": _ppl(nll), "n_targets": int(flat.size)}
-
-    cat = {k: np.concatenate([getattr(s, k) for s in scores]) for k in
-           ("top1", "top5", "aa_correct", "synonymous_mass", "confidence")}
-    calib_err, calib_rows = ece(cat["confidence"], cat["top1"])
-    summary_rows = []
-    for name, logps in all_logp.items():
-        row = {"model": name, **summarise(logps)}
-        if name == "model":
-            row.update({"top1_accuracy": float(cat["top1"].mean()), "top5_accuracy": float(cat["top5"].mean()),
-                        "aa_accuracy": float(cat["aa_correct"].mean()),
-                        "synonymous_mass": float(cat["synonymous_mass"].mean()), "ece": calib_err})
-        summary_rows.append(row)
+    all_logp = {"model": [s.logp for s in scores], **_baselines(train_genes, train_groups, test_genes, test_groups,
+                                                                kn_orders)}
+    summary_rows, calib_rows = _summary_rows(all_logp, scores)
     summary = pd.DataFrame(summary_rows)
-
-    per_ds_rows = []
-    groups = np.asarray(test_groups)
-    for d, dname in enumerate(names):
-        sel = np.flatnonzero(groups == d)
-        if sel.size == 0:
-            continue
-        for name, logps in all_logp.items():
-            row = {"dataset": dname, "model": name, "genes": int(sel.size), **summarise([logps[i] for i in sel])}
-            if name == "model":
-                row["top1_accuracy"] = float(np.concatenate([scores[i].top1 for i in sel]).mean())
-                row["aa_accuracy"] = float(np.concatenate([scores[i].aa_correct for i in sel]).mean())
-            per_ds_rows.append(row)
-    per_ds = pd.DataFrame(per_ds_rows)
-
-    pos_rows = []
-    bins = [position_bins(len(lp)) for lp in model_logp]
-    for name, logps in all_logp.items():
-        flat, fbins = np.concatenate(logps), np.concatenate(bins)
-        for b in range(len(POSITION_BINS) - 1):
-            sel = fbins == b
-            if sel.any():
-                nll = float(-flat[sel].mean())
-                pos_rows.append({"model": name, "bin": POSITION_BINS[b], "bin_end": POSITION_BINS[b + 1] - 1,
-                                 "n_targets": int(sel.sum()), "loss": nll, "perplexity": _ppl(nll)})
-    by_pos = pd.DataFrame(pos_rows)
+    per_ds = _per_dataset_table(all_logp, scores, test_groups, names)
+    by_pos = _by_position_table(all_logp)
 
     folder = Path(out_dir) if out_dir else Path(cfg.outputs.runs_dir) / run_id / "evaluate"
     folder.mkdir(parents=True, exist_ok=True)
