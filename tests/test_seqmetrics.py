@@ -100,6 +100,18 @@ def test_divergences_symmetric_zero_and_positive():
     assert np.isfinite(kl_divergence(a, b))
 
 
+def test_divergences_hand_values():
+    # p = (3/4, 1/4), q = (1/4, 3/4), m = (1/2, 1/2); no pseudocount
+    p, q = np.array([3, 1]), np.array([1, 3])
+    assert kl_divergence(p, q, pseudocount=0) == pytest.approx(0.5 * math.log2(3))
+    js = 0.75 * math.log2(1.5) + 0.25 * math.log2(0.5)  # KL(p||m) = KL(q||m)
+    assert js_divergence(p, q, pseudocount=0) == pytest.approx(js)
+    assert js_divergence(p, q, pseudocount=0, base=math.e) == pytest.approx(js * math.log(2))
+    # near-equal vectors: rounding must not turn the tiny divergence into nan
+    near = np.array([1.0, 1.0 + 1e-15])
+    assert js_divergence(near, np.array([1.0, 1.0]), pseudocount=0) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_split_half_floor_is_small_compared_with_a_shifted_set():
     rng = np.random.default_rng(1)
     real = [_random_cds(rng, 100) for _ in range(200)]

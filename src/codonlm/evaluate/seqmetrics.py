@@ -14,10 +14,12 @@ means token id - 4, the position in the 64-vector `codon_usage` returns (AAA, AA
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 
 import numpy as np
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy
 
 from codonlm.data.codons import CODON_OFFSET, CODONS, Gene, as_codon_ids, genetic_code
 
@@ -123,7 +125,7 @@ def kl_divergence(
     working on frequencies makes counts and frequencies give the same answer.
     """
     p, q = _pair(p, q, table_id, sense_only, pseudocount)
-    return float(np.sum(p * np.log(p / q)) / np.log(base))
+    return float(entropy(p, q, base=base))
 
 
 def js_divergence(
@@ -137,12 +139,13 @@ def js_divergence(
 ) -> float:
     """Jensen-Shannon divergence (Lin 1991): symmetric, 0 for identical usage, at most 1 bit.
 
-    Same conventions as `kl_divergence`: JS = KL(p||m)/2 + KL(q||m)/2 with m = (p+q)/2.
+    Same conventions as `kl_divergence`: JS = KL(p||m)/2 + KL(q||m)/2 with m = (p+q)/2, the
+    square of scipy's Jensen-Shannon distance.
     """
     p, q = _pair(p, q, table_id, sense_only, pseudocount)
-    m = (p + q) / 2
-    js = 0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m))
-    return float(max(js, 0.0) / np.log(base))
+    with np.errstate(invalid="ignore"):  # a sum rounded below 0 for near-equal p, q: sqrt gives nan
+        distance = jensenshannon(p, q, base=base)
+    return 0.0 if np.isnan(distance) else float(distance) ** 2
 
 
 def codon_js_divergence(genes_a: Iterable[Gene], genes_b: Iterable[Gene], table_id: int = 11) -> float:
@@ -183,17 +186,22 @@ def split_half_floor(
 # --------------------------------------------------------------------------- CAI and ENC
 
 
-def _synonymous_families(table_id: int, split_boxes: bool) -> list[np.ndarray]:
-    """Codon indices of each amino acid's synonymous family (split by first two bases if asked)."""
+def _synonymous_families(table_id: int, split_boxes: bool, stops: bool = False) -> list[np.ndarray]:
+    """Codon indices of each amino acid's synonymous family (split by first two bases if asked);
+    with `stops`, the stop codons as one more family."""
     code = genetic_code(table_id)
     fams: dict[tuple[str, str], list[int]] = {}
     for i, c in enumerate(CODONS):
         tid = i + CODON_OFFSET
-        if code.is_stop[tid]:
+        if code.is_stop[tid] and not stops:
             continue
         key = (chr(code.aa[tid]), c[:2] if split_boxes else "")
         fams.setdefault(key, []).append(i)
     return [np.array(v) for v in fams.values()]
+
+
+CAI_CONVENTIONS = ("sharp-li", "biopython", "codonbias")
+"""`CAIReference(convention=...)`: Sharp & Li 1987 (ours), Biopython 1.88, codon-bias 0.5."""
 
 
 class CAIReference:
@@ -201,28 +209,73 @@ class CAIReference:
 
     `fit` takes reference genes (classically highly expressed ones; any real set gives a
     "similarity to host usage" score) and sets the relative adaptiveness of each codon,
-    w = x_codon / x_most-used-synonym. Codons of single-codon amino acids (Met ATG, Trp TGG in the
-    standard code) and stops are left out, as Sharp & Li did; a codon absent from the reference
-    gets count 0.5 (their suggestion) so one rare codon does not zero a gene's CAI.
-    `cai(gene)` is the geometric mean of w over the gene's countable codons.
+    w = x_codon / x_most-used-synonym. `cai(gene)` is the geometric mean of w over the gene's
+    countable codons (the start codon counts as the amino acid it codes elsewhere, e.g. GTG as Val).
+
+    `convention` chooses what the tools users compare with do; all three agree on everything else:
+
+    - "sharp-li" (default, as the paper): a codon absent from the reference gets count
+      `pseudocount` (default 0.5, their suggestion) so one rare codon does not zero a gene's CAI;
+      codons of single-codon amino acids (Met ATG, Trp TGG in the standard code) and stops are
+      left out of the mean, their w being 1 by construction.
+    - "biopython": Biopython 1.88's `Bio.SeqUtils.CodonAdaptationIndex`. Same weights, but the
+      stop codons form one more family (w = count / count of the most used stop) and
+      `calculate` keeps a gene's stop codon in the mean: it skips only ATG and TGG (so this
+      matches it for codes whose single-codon amino acids are those two, e.g. 1 and 11). One
+      rare stop (TAG: w about 0.1 on E. coli genes) lowers a 100-codon gene's CAI by about 2%.
+    - "codonbias": codon-bias 0.5's `codonbias.scores.CodonAdaptationIndex`. `pseudocount`
+      (default 1) is added to every codon's count, not only to absent ones, and Met and Trp
+      (w = 1) stay in the mean, so log CAI shrinks by their share of the gene's codons.
     """
 
-    def __init__(self, pseudocount: float = 0.5):
+    def __init__(self, pseudocount: float | None = None, convention: str = "sharp-li"):
+        if convention not in CAI_CONVENTIONS:
+            raise ValueError(f"convention must be one of {CAI_CONVENTIONS}, not {convention!r}")
+        self.convention = convention
         self.pseudocount = pseudocount
+
+    def _counted(self, table_id: int) -> np.ndarray:
+        """Mask of the 64 codons whose w enters the geometric mean under the convention."""
+        sense = sense_codons(table_id)
+        if self.convention == "codonbias":
+            return sense
+        single = np.zeros(64, dtype=bool)
+        for fam in _synonymous_families(table_id, split_boxes=False):
+            single[fam] = fam.size == 1
+        return ~single if self.convention == "biopython" else sense & ~single
 
     def fit(self, reference_genes: Iterable[Gene], table_id: int = 11) -> CAIReference:
         self.table_id_ = table_id
         self.counts_ = codon_usage(reference_genes)
         x = self.counts_.astype(np.float64)
-        x[x == 0] = self.pseudocount
-        self.weights_ = np.full(64, np.nan)  # nan: codon not counted in CAI
-        for fam in _synonymous_families(table_id, split_boxes=False):
-            if fam.size > 1:
-                self.weights_[fam] = x[fam] / x[fam].max()
+        if self.convention == "codonbias":
+            x += 1.0 if self.pseudocount is None else self.pseudocount
+        else:
+            x[x == 0] = 0.5 if self.pseudocount is None else self.pseudocount
+        w = np.empty(64)
+        for fam in _synonymous_families(table_id, split_boxes=False, stops=True):
+            w[fam] = x[fam] / x[fam].max()
+        self.weights_ = np.where(self._counted(table_id), w, np.nan)  # nan: codon not counted in CAI
         return self
 
+    @classmethod
+    def from_weights(
+        cls, weights: Mapping[str, float], table_id: int = 11, convention: str = "sharp-li"
+    ) -> CAIReference:
+        """A reference from a published table of w by codon (e.g. Sharp & Li 1987, Table 1).
+
+        Codons the table lacks, or that the convention does not count, get no weight.
+        """
+        ref = cls(convention=convention)
+        ref.table_id_ = table_id
+        w = np.full(64, np.nan)
+        for codon, value in weights.items():
+            w[CODONS.index(codon.upper().replace("U", "T"))] = value
+        ref.weights_ = np.where(ref._counted(table_id), w, np.nan)
+        return ref
+
     def cai(self, gene: Gene) -> float:
-        """Geometric mean of w over the gene's codons from multi-codon families (nan if none)."""
+        """Geometric mean of w over the gene's counted codons (nan if none, where Biopython divides by 0)."""
         w = self.weights_[as_codon_ids(gene) - CODON_OFFSET]
         w = w[~np.isnan(w)]
         return float(np.exp(np.log(w).mean())) if w.size else float("nan")
@@ -231,14 +284,18 @@ class CAIReference:
         return np.array([self.cai(g) for g in genes])
 
 
-def enc(gene: Gene, table_id: int = 11, split_sixfold: bool = False) -> float:
+ENC_CONVENTIONS = ("sun", "codonbias")
+"""`enc(convention=...)`: Sun, Yang & Xia 2013 as published (ours), codon-bias 0.5."""
+
+
+def enc(gene: Gene, table_id: int = 11, split_sixfold: bool = False, convention: str = "sun") -> float:
     """Effective number of codons with the estimator of Sun, Yang & Xia 2013 (Mol Biol Evol 30:191).
 
     Why Sun et al. and not Wright's 1990 original: Wright's per-family homozygosity is undefined
     when an amino acid is missing or seen once and his Nc can exceed 61 on short genes, both
     common in generated genes. Per synonymous family of m codons seen n times in all,
     F = sum_i ((n_i + 1) / (n + m))^2 (one pseudocount per codon); per degeneracy class k the
-    n-weighted mean F_k; ENC = sum_k K_k / F_k with K_k families in class k.
+    mean F_k weighted by each family's n; ENC = sum_k K_k / F_k with K_k families in class k.
 
     Families are Wright's (the six-fold Leu, Ser, Arg kept whole), so the standard code gives the
     familiar range: 61 for uniform synonym use, 20 as the limit of one codon per amino acid (the
@@ -246,7 +303,15 @@ def enc(gene: Gene, table_id: int = 11, split_sixfold: bool = False) -> float:
     `split_sixfold=True` splits them into their two- and four-codon boxes as Sun et al. propose;
     the floor is then 23. A class with no codon in the gene takes F = 1/k, its pseudocount-only
     value (our choice for a case Sun et al. leave open). Stops are ignored; nan with no sense codon.
+
+    `convention="codonbias"` gives codon-bias 0.5's `EffectiveNumberOfCodons()` (its defaults:
+    robust, pseudocount 1, mean="weighted"): the same F, but it weights each family by its
+    pseudocounted total n + m, not by n (Sun et al.'s eq. 5). So an amino acid absent from the
+    gene still enters its class's mean, with F = 1/m and weight m, which pulls ENC of short genes
+    up (by up to about 4 on E. coli genes).
     """
+    if convention not in ENC_CONVENTIONS:
+        raise ValueError(f"convention must be one of {ENC_CONVENTIONS}, not {convention!r}")
     counts = np.bincount(as_codon_ids(gene) - CODON_OFFSET, minlength=64).astype(np.float64)
     if counts[sense_codons(table_id)].sum() == 0:
         return float("nan")
@@ -255,7 +320,7 @@ def enc(gene: Gene, table_id: int = 11, split_sixfold: bool = False) -> float:
         m, c = fam.size, counts[fam]
         n = c.sum()
         f = 1.0 if m == 1 else float(np.sum(((c + 1) / (n + m)) ** 2))
-        by_class.setdefault(m, []).append((n, f))
+        by_class.setdefault(m, []).append((n + m if convention == "codonbias" else n, f))
     total = 0.0
     for fams in by_class.values():
         n = np.array([x[0] for x in fams])
