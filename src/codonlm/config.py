@@ -5,12 +5,22 @@ from __future__ import annotations
 import difflib
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from codonlm.errors import UserError
+
+
+def _at_least_one(v: int | str) -> int | str:
+    if isinstance(v, int) and v < 1:
+        raise ValueError("must be >= 1 or 'auto'")
+    return v
+
+
+PositiveIntOrAuto = Annotated[int | Literal["auto"], AfterValidator(_at_least_one)]
+"""A count the program may derive itself ('auto'), else at least 1."""
 
 # A codon window needs room for <BOS_CDS>, at least one codon, <EOS_CDS> and one target.
 MIN_BLOCK_SIZE = 8
@@ -51,19 +61,12 @@ class DatasetSpec(_Section):
 
 class DataConfig(_Section):
     datasets: list[DatasetSpec] = Field(min_length=1)
-    windows_per_seq: int | Literal["auto"] = "auto"
+    windows_per_seq: PositiveIntOrAuto = "auto"
     val_frac: float = Field(0.05, ge=0.0, lt=1.0)
     test_frac: float = Field(0.05, ge=0.0, lt=1.0)
     pack_mode: Literal["multi", "single"] = "multi"
     raw_dir: str = "data/raw"
     processed_dir: str = "data/processed"
-
-    @field_validator("windows_per_seq")
-    @classmethod
-    def _positive_windows(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("windows_per_seq must be >= 1 or 'auto'")
-        return v
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -81,7 +84,7 @@ class TrainConfig(_Section):
     grad_accum_steps: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0.0)
     weight_decay: float = Field(0.1, ge=0.0)
-    epochs: int | Literal["auto"] = 5
+    epochs: PositiveIntOrAuto = 5
     tokens_per_param: float = Field(20.0, gt=0.0, description="used when epochs is 'auto'")
     max_steps: int | None = Field(None, ge=1, description="optional hard cap on optimizer steps")
     optimizer: Literal["adamw", "adafactor"] = "adamw"
@@ -92,13 +95,6 @@ class TrainConfig(_Section):
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before stopping")
     checkpoint_every: int = Field(200, ge=0, description="optimizer steps between mid-epoch last.pt (0: epoch ends only)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-
-    @field_validator("epochs")
-    @classmethod
-    def _positive_epochs(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("epochs must be >= 1 or 'auto'")
-        return v
 
 
 class ScheduleConfig(_Section):
@@ -170,7 +166,9 @@ def _section_for(loc: tuple) -> type[BaseModel]:
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line: the first problem, where it is, and the nearest valid key for typos."""
     first = err.errors()[0]
-    loc = tuple(first["loc"])
+    # drop the union-member parts pydantic appends (e.g. 'int', "literal['auto']"): not config keys
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p in ("int", "str", "float", "bool")
+                                                                          or "[" in p or "-" in p)))
     where = ".".join(str(p) for p in loc) or "<top level>"
     if first["type"] == "extra_forbidden":
         section = _section_for(loc)

@@ -108,15 +108,8 @@ def _pair(p, q, table_id: int, sense_only: bool, pseudocount: float) -> tuple[np
     return p, q
 
 
-def kl_divergence(
-    p: np.ndarray,
-    q: np.ndarray,
-    *,
-    table_id: int = 11,
-    sense_only: bool = True,
-    pseudocount: float = 1e-4,
-    base: float = 2.0,
-) -> float:
+def kl_divergence(p: np.ndarray, q: np.ndarray, *, table_id: int = 11, sense_only: bool = True,
+                  pseudocount: float = 1e-4, base: float = 2.0) -> float:
     """KL(p || q) between two usage vectors (counts or frequencies), in bits by default.
 
     A 64-vector is restricted to the sense codons of `table_id` (stop usage is one per gene and
@@ -128,15 +121,8 @@ def kl_divergence(
     return float(entropy(p, q, base=base))
 
 
-def js_divergence(
-    p: np.ndarray,
-    q: np.ndarray,
-    *,
-    table_id: int = 11,
-    sense_only: bool = True,
-    pseudocount: float = 1e-4,
-    base: float = 2.0,
-) -> float:
+def js_divergence(p: np.ndarray, q: np.ndarray, *, table_id: int = 11, sense_only: bool = True,
+                  pseudocount: float = 1e-4, base: float = 2.0) -> float:
     """Jensen-Shannon divergence (Lin 1991): symmetric, 0 for identical usage, at most 1 bit.
 
     Same conventions as `kl_divergence`: JS = KL(p||m)/2 + KL(q||m)/2 with m = (p+q)/2, the
