@@ -209,3 +209,43 @@ def config_to_yaml(cfg: Config) -> str:
 def config_sha256(cfg: Config) -> str:
     """Hash of the resolved config (defaults filled in), so equal settings hash equal."""
     return hashlib.sha256(config_to_yaml(cfg).encode()).hexdigest()
+
+
+def _type_name(annotation) -> str:
+    """'int', 'int or null', "'multi' or 'single'", "int >= 1 or 'auto'" for the reference table."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return "int >= 1 or 'auto'" if annotation is PositiveIntOrAuto else _type_name(args[0])
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_reference_markdown() -> str:
+    """The config reference table (README) generated from the schema, so the docs cannot drift."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    sections = [("", Config)] + [(name, f.annotation) for name, f in Config.model_fields.items()
+                                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
+    for prefix, model in sections:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if not prefix and isinstance(ann, type) and issubclass(ann, BaseModel):
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            if key == "data.datasets":
+                key, ann = "data.datasets[]", "list of {name, gbff, min_len, transl_table}"
+            default = "required" if field.is_required() else field.get_default(call_default_factory=True)
+            meaning = (field.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {_type_name(ann)} | `{default}` | {meaning} |")
+    for name, field in DatasetSpec.model_fields.items():
+        default = "required" if field.is_required() else field.get_default()
+        lines.append(f"| `data.datasets[].{name}` | {_type_name(field.annotation)} | `{default}` | "
+                     f"{field.description or ''} |")
+    return "\n".join(lines) + "\n"
