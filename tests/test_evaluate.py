@@ -123,11 +123,12 @@ def test_query_modes(trained):
     sc = run_query(model, "score", rec, out=io.StringIO())[0]
     assert len(sc["per_codon_log_likelihood"]) == 6  # 5 codons + EOS
     assert math.isclose(sc["log_likelihood"], sum(sc["per_codon_log_likelihood"]), rel_tol=1e-5)
-    mut = run_query(model, "mutate", [("g", "ATGAAATAA")], out=io.StringIO())
-    assert len(mut) == 3 * 63
-    kinds = {r["kind"] for r in mut}
-    assert {"synonymous", "missense", "nonsense"} <= kinds
-    assert all(r["kind"] == "synonymous" for r in mut if r["wt_codon"] == "AAA" and r["mut_codon"] == "AAG")
+    table = io.StringIO()
+    summary = run_query(model, "mutate", [("g", "ATGAAATAA")], out=table)
+    mut = pd.read_csv(io.StringIO(table.getvalue()), sep="\t")
+    assert len(mut) == 3 * 63 == summary["variants"]
+    assert {"synonymous", "missense", "nonsense", "stop_loss"} == set(mut["kind"])
+    assert (mut[(mut.wt_codon == "AAA") & (mut.mut_codon == "AAG")]["kind"] == "synonymous").all()
 
 
 def test_query_cli_json_and_bad_dna(trained, capsys):

@@ -116,13 +116,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export_hf(args: argparse.Namespace) -> None:
-    from codonlm.model.hf_export import export_hf
-    from codonlm.model.load import load_model
+    from codonlm.model.hf_export import export_run
 
-    model, _, state = load_model(args.run_id, args.checkpoints_dir)
-    export_hf(model, args.out_dir, state.get("itos"))
-    print(f"[export-hf] wrote a LlamaForCausalLM export of {args.run_id} to {args.out_dir} "
-          "(load with transformers.AutoModelForCausalLM.from_pretrained)")
+    out = export_run(args.run_id, args.out_dir, args.checkpoints_dir, args.runs_dir)
+    print(f"[export-hf] wrote {args.run_id} to {out}: LlamaForCausalLM, tokenizer and model card "
+          "(AutoModelForCausalLM / AutoTokenizer / pipeline('text-generation') .from_pretrained(OUT_DIR))")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -137,13 +135,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
-    from codonlm.evaluate.heldout import score_fasta
-    from codonlm.io import read_dna_records
+    import pandas as pd
+
+    from codonlm.evaluate.query import score
+    from codonlm.io import read_dna_records, write_csv
+    from codonlm.model.load import load_model
 
     records = read_dna_records(fasta=args.fasta)
-    table = score_fasta(args.run_id, records, args.checkpoints_dir, args.device, stride=args.stride, amp=args.amp)
+    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
+    rows = score(model, records, stride=args.stride, amp=args.amp)
+    table = pd.DataFrame(rows).drop(columns="per_codon_log_likelihood")
     if args.out:
-        table.to_csv(args.out, index=False)
+        write_csv(table, args.out)
         print(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
     else:
         print(table.to_csv(index=False), end="")
@@ -151,9 +154,13 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
 def cmd_query(args: argparse.Namespace) -> None:
     from codonlm.evaluate.query import run_query
+    from codonlm.evaluate.variant_table import parse_region, table_format
     from codonlm.io import read_dna_records
     from codonlm.model.load import load_model
 
+    region = parse_region(args.region)  # check cheap arguments before reading input or loading the model
+    if args.out:
+        table_format(args.out)
     stdin_text = None
     if args.dna is None and args.fasta is None:
         if sys.stdin is None or sys.stdin.isatty():
@@ -161,9 +168,21 @@ def cmd_query(args: argparse.Namespace) -> None:
         stdin_text = sys.stdin.read()
     records = read_dna_records(args.dna, args.fasta, stdin_text)
     model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
+    scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
+            "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
               sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
-              as_json=args.json, amp=args.amp)
+              as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
+
+
+def _kinds(text: str) -> list[str]:
+    from codonlm.evaluate.variants import KINDS
+
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(f"'{text}': expected a comma-separated subset of {', '.join(KINDS)}")
+    return kinds
 
 
 def add_query_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,8 +196,20 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", "--top_p", dest="top_p", type=float, default=None, help="generate: nucleus sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-codons", "--max_codons", dest="max_codons", type=int, default=500)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--amp", action="store_true", help="score/mutate under bf16 autocast (about 2x faster on CPU)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (mutate: JSON lines, streamed)")
+    p.add_argument("--transl-table", type=int, default=11, help="NCBI genetic code (default: %(default)s)")
+    p.add_argument("--stride", type=int, help="score/mutate: window advance for genes longer than block_size "
+                   "(default block_size/4, as evaluate)")
+    p.add_argument("--amp", action="store_true", help="score under bf16 autocast (faster where bf16 is native)")
+    m = p.add_argument_group("mutate (every single-codon substitution)")
+    m.add_argument("--llr", choices=["exact", "local"], default="exact",
+                   help="exact: whole mutant gene vs wild type; local: only the mutated codon's own term (fast)")
+    m.add_argument("--region", help="codon positions START-END to scan (1-based, inclusive; END optional)")
+    m.add_argument("--only", type=_kinds, help="comma-separated kinds: synonymous, missense, nonsense, stop_loss")
+    m.add_argument("--out", help="table file (.csv, .tsv, .jsonl), written with <stem>.summary.json and "
+                   "<stem>.<gene>.png heatmaps beside it (default: TSV on stdout)")
+    m.add_argument("--heatmaps", type=int, default=20, help="heatmaps for the first N genes (default: %(default)s)")
+    m.add_argument("--batch-tokens", type=int, default=8192, help="suffix tokens per batch (bounds memory)")
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     p.add_argument("--device", default="cpu")
 
@@ -295,10 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--resume", help="continue from outputs/checkpoints/<RUN_ID>/last.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export-hf", help="export a run's model as a Hugging Face LlamaForCausalLM")
+    p = sub.add_parser("export-hf", help="export a run as a Hugging Face LlamaForCausalLM + tokenizer + card")
     p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
     p.add_argument("out_dir")
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--runs-dir", help="run folders, for the model card (default: the run config's outputs.runs_dir)")
     p.set_defaults(func=cmd_export_hf)
 
     p = sub.add_parser("evaluate", help="held-out metrics + baselines into runs/<RUN_ID>/evaluate/")

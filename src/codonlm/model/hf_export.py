@@ -1,8 +1,15 @@
-"""Export TinyGPT as a Hugging Face `LlamaForCausalLM` (safetensors + itos.json + model card).
+"""Export TinyGPT as a Hugging Face `LlamaForCausalLM` with its tokenizer and a model card.
 
 TinyGPT uses Llama's conventions (RMSNorm in float32 then weight, rotate_half RoPE on split
 halves, SwiGLU, no biases, tied embeddings), so the export only splits the fused q/k/v and
 gate/up matrices; no permutation is needed and logits match to float tolerance.
+
+The tokenizer is a `tokenizers` word-level vocabulary of our 68 tokens (ids as `codons.ITOS`)
+behind a normaliser (whitespace dropped, upper case, U -> T) and a pre-tokeniser that cuts DNA
+into codons; it prepends `<BOS_CDS>` as the model expects and pads with `<PAD>`. It has no
+unknown token on purpose: a base other than A/C/G/T/U or a length that is not a multiple of 3
+raises instead of giving silent `<unk>` ids. Files: config.json, generation_config.json,
+model.safetensors, tokenizer.json (+ tokenizer_config.json), itos.json, README.md.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from codonlm.data.codons import BOS, EOS, PAD
+from codonlm.data.codons import BOS, EOS, ITOS, PAD, SEP, STOI
+from codonlm.errors import UserError
+from codonlm.model.model_card import model_card, run_facts
 from codonlm.model.tinygpt import RMS_NORM_EPS, ROPE_THETA, TinyGPT
 
 
@@ -93,64 +102,60 @@ def to_hf_llama(model: TinyGPT):
     return hf
 
 
-_CARD = """---
-library_name: transformers
-tags: [codon, genomics, llama]
----
-# {name}
 
-A small codon-level language model trained with `codonlm` (TinyGPT), exported as
-`LlamaForCausalLM`: {n_layer} layers, {n_head} heads, width {n_embd}, SwiGLU hidden
-{hidden}, context {block_size} tokens, {params:,} parameters, tied embeddings.
+def codon_tokenizer(block_size: int):
+    """A `PreTrainedTokenizerFast` that gives the ids of `codons.encode(dna)` (`<BOS_CDS>` + codons)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
-**Tokens.** One token per codon; vocabulary in `itos.json` (68 tokens):
-`0 <PAD>  1 <BOS_CDS>  2 <EOS_CDS>  3 <SEP>  4..67 AAA, AAC, ..., TTT`.
-A protein-coding gene is `<BOS_CDS> c1 ... cn <EOS_CDS>` (stop codon included).
-
-**Use.** Feed one gene per sequence, starting with `<BOS_CDS>` (positions from 0):
-
-```python
-import json, torch
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained("{out_dir}")
-itos = json.load(open("{out_dir}/itos.json")); stoi = {{t: i for i, t in enumerate(itos)}}
-ids = [stoi["<BOS_CDS>"]] + [stoi[c] for c in ["ATG", "AAA", "GCT"]]
-logits = model(torch.tensor([ids])).logits
-```
-
-Training packed several genes per window with a per-gene (block-diagonal causal) attention
-mask and per-gene positions, so a single gene per sequence reproduces training exactly;
-Hugging Face's plain causal mask would let packed genes see each other.
-"""
+    # unk_token names no vocabulary entry: an unknown piece (a bad base, a leftover 1-2 bases) raises
+    tok = Tokenizer(models.WordLevel(vocab=dict(STOI), unk_token="[UNK]"))
+    upper = [normalizers.Replace(c, c.upper()) for c in "acgt"]
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Replace(Regex(r"\s+"), ""), *upper, normalizers.Replace("u", "T"), normalizers.Replace("U", "T")]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(".{1,3}"), behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{ITOS[BOS]} $A", pair=f"{ITOS[BOS]} $A {ITOS[BOS]} $B", special_tokens=[(ITOS[BOS], BOS)]
+    )
+    tok.decoder = decoders.Fuse()  # codons joined with no spaces: DNA back
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=ITOS[BOS], eos_token=ITOS[EOS], pad_token=ITOS[PAD], sep_token=ITOS[SEP],
+        model_max_length=block_size, padding_side="left", clean_up_tokenization_spaces=False,
+    )
 
 
-def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str], name: str = "codonlm TinyGPT") -> Path:
-    """Write `save_pretrained` output (config.json, model.safetensors), itos.json and README.md to out_dir.
+def generation_config():
+    """Generation stops at `<EOS_CDS>` and samples only codons and `<EOS_CDS>` (as `codonlm query`)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, suppress_tokens=[PAD, BOS, SEP])
+
+
+def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str] | None = None, card: str | None = None) -> Path:
+    """Write the model (`save_pretrained`), its tokenizer, itos.json and README.md (`card`, else a
+    minimal one from the model alone) to out_dir.
 
     Files are written into a temporary folder beside out_dir and moved in one by one, so an
     interrupted export does not leave half-written files.
     """
+    if itos is not None and list(itos) != ITOS:
+        raise UserError("the checkpoint's vocabulary (itos) differs from codonlm's 68 tokens; "
+                        "export a checkpoint trained by this version of codonlm")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     hf = to_hf_llama(model)
-    cfg = model.cfg
+    hf.generation_config = generation_config()
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp") as tmp:
         tmp_dir = Path(tmp)
         hf.save_pretrained(tmp_dir)
-        (tmp_dir / "itos.json").write_text(json.dumps(list(itos), indent=0))
-        (tmp_dir / "README.md").write_text(
-            _CARD.format(
-                name=name,
-                n_layer=cfg.n_layer,
-                n_head=cfg.n_head,
-                n_embd=cfg.n_embd,
-                hidden=model.blocks[0].mlp.hidden,
-                block_size=cfg.block_size,
-                params=model.num_params(),
-                out_dir=out_dir,
-            )
-        )
+        codon_tokenizer(model.cfg.block_size).save_pretrained(tmp_dir)
+        tok_cfg = json.loads((tmp_dir / "tokenizer_config.json").read_text())
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 names it TokenizersBackend; 4.x knows this name
+        (tmp_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+        (tmp_dir / "itos.json").write_text(json.dumps(ITOS, indent=0))
+        (tmp_dir / "README.md").write_text(card or model_card(model, out_dir.name))
         out_dir.mkdir(parents=True, exist_ok=True)
         for f in sorted(tmp_dir.iterdir()):
             if f.is_dir():
@@ -159,3 +164,14 @@ def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str], name: str = 
             else:
                 os.replace(f, out_dir / f.name)
     return out_dir
+
+
+def export_run(run_id: str, out_dir: str | Path, checkpoints_dir: str = "outputs/checkpoints",
+               runs_dir: str | None = None) -> Path:
+    """`codonlm export-hf`: a run's checkpoint with a card built from its run folder."""
+    from codonlm.model.load import load_model
+
+    model, cfg, state = load_model(run_id, checkpoints_dir)
+    run_id = state.get("run_id", run_id)
+    card = model_card(model, Path(out_dir).name, run_facts(cfg, run_id, state, runs_dir))
+    return export_hf(model, out_dir, state.get("itos"), card=card)

@@ -385,19 +385,24 @@ class TinyGPT(nn.Module):
 
     @torch.no_grad()
     def extend(
-        self, idx: Tensor, past: list[tuple[Tensor, Tensor]] | None, start: int
+        self, idx: Tensor, past: list[tuple[Tensor, Tensor]] | None, start: int, all_logits: bool = False
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """Logits of the last token of idx [B, T] and the updated key/value cache (eval only).
+        """Logits of idx [B, T] and the updated key/value cache (eval only).
 
-        With past None, idx is a whole context (one CDS, positions from `start`); otherwise idx is
-        one new token per row at position `start`, attending to every cached token. Same modules
-        as forward, so logits equal `model(idx)` (tested) without recomputing the prefix.
+        With past None, idx is a whole context (one CDS, positions from `start`). Otherwise idx
+        continues the cached tokens at positions `start`..: each new token attends to every cached
+        token and, causally, to the new ones before it. A cache of one row is shared by all B rows
+        (one wild-type prefix under many variant suffixes). Returns the last token's logits [B, V],
+        or every token's [B, T, V] with all_logits. Same modules as forward, so logits equal
+        `model(idx)` (tested) without recomputing the prefix.
         """
-        if past is not None and idx.shape[1] != 1:
-            raise ValueError("with a cache, extend one token at a time")
         x = self.wte(idx.long())
         B, T, C = x.shape
         cos, sin = self._rope_tables(torch.arange(start, start + T, device=idx.device), x.dtype)
+        mask = None
+        if past is not None and T > 1:  # query j (after P cached keys) sees keys 0 .. P + j
+            P = past[0][0].shape[2]
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P)
         new_past = []
         for i, block in enumerate(self.blocks):
             attn = block.attn
@@ -405,12 +410,13 @@ class TinyGPT(nn.Module):
             q, k = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
             if past is not None:
-                k, v = torch.cat((past[i][0], k), dim=2), torch.cat((past[i][1], v), dim=2)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and T > 1)
+                pk, pv = (t.expand(B, -1, -1, -1) for t in past[i])
+                k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past is None and T > 1)
             x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
             x = x + block.mlp(block.ln_2(x))
             new_past.append((k, v))
-        return self.lm_head(self.ln_f(x[:, -1])), new_past
+        return self.lm_head(self.ln_f(x if all_logits else x[:, -1])), new_past
 
     # ---- analysis ------------------------------------------------------------------------------
 

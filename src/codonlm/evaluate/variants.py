@@ -1,0 +1,179 @@
+"""Single-codon variant scans: the log-likelihood ratio of every substitution, exact or local, streamed.
+
+Exact (`llr="exact"`): LLR = LL(mutant gene) - LL(wild type), each LL being what `score_genes`
+gives for the whole gene (`<BOS_CDS> c1..cn <EOS_CDS>`, same windows for genes longer than
+block_size), so it equals rescoring every mutant from scratch (tested) at a fraction of the cost:
+
+- In a window, targets before the mutated codon are unchanged and cancel. The mutated codon's own
+  term comes from the wild type's logits. Only the codons after it need new forward passes: their
+  inputs continue the wild type's prefix, whose key/value cache (`TinyGPT.extend`) is computed once
+  per window and shared by every alternative, and the alternatives' suffixes run as one batch.
+- Windows that start after the mutation do not see it and contribute nothing.
+- Batches hold at most `max_tokens` suffix tokens (several positions share a batch when suffixes
+  are short), and results stream out position by position, so memory does not grow with the gene.
+
+Cost: about 63 x (suffix length) tokens per position, i.e. 63 n^2 / 2 for a gene of n codons within
+the window; a gene longer than the window costs that for each window (block_size / stride windows
+see each codon; `stride=block_size` roughly quarters it, changing what "whole gene" means as it does
+for `score_genes`).
+
+Local (`llr="local"`): log p(mut_i | wild-type prefix) - log p(wt_i | same prefix), from one forward
+pass of the wild type (per window). It leaves out the mutation's effect on every downstream codon
+(how well the next codons fit after it, including the stop and `<EOS_CDS>`), so a nonsense variant
+is judged only by how likely a stop is at that position, not by the truncated gene that follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from codonlm.data.codons import CODON_OFFSET, CODONS, frame_gene, genetic_code
+from codonlm.evaluate.perplexity import gene_windows
+
+KINDS = ("synonymous", "missense", "nonsense", "stop_loss")
+LLR_METHODS = ("exact", "local")
+CODON_IDS = np.arange(CODON_OFFSET, CODON_OFFSET + len(CODONS))
+
+
+def variant_kinds(wt: int, table_id: int = 11) -> np.ndarray:
+    """Kind (an index into KINDS) of substituting each of the 64 codons for token `wt`."""
+    code = genetic_code(table_id)
+    wt_aa, mut_aa = code.aa[wt], code.aa[CODON_IDS]
+    kinds = np.where(mut_aa == wt_aa, 0, 1)
+    kinds[(mut_aa == ord("*")) & (wt_aa != ord("*"))] = 2
+    kinds[(wt_aa == ord("*")) & (mut_aa != ord("*"))] = 3
+    return kinds
+
+
+@dataclass
+class PositionScan:
+    """The scanned substitutions at one codon position (1-based, as in `<BOS_CDS> c1 .. cn`)."""
+
+    position: int
+    wt: int  # token id of the wild-type codon
+    alts: np.ndarray  # token ids of the alternative codons
+    kinds: np.ndarray  # index into KINDS, per alternative
+    llr: np.ndarray  # natural-log likelihood ratio mutant / wild type, per alternative
+
+
+@dataclass
+class _Window:
+    start: int  # input start in the gene's tokens
+    first: int  # first scored target
+    last: int  # last scored target
+    logp: torch.Tensor | None = None  # [width, V] wild-type log-probabilities at each input
+    past: list | None = None  # wild-type key/value cache of the window's inputs (one row)
+
+
+class VariantScanner:
+    """Scan one gene at a time: `scan(codons)` yields a PositionScan per position, in order.
+
+    llr: "exact" or "local"; positions: 1-based codon positions to scan (default all);
+    kinds: subset of KINDS to keep; stride: window advance for long genes (default block_size // 4,
+    as score_genes); max_tokens: suffix tokens per batch (bounds memory).
+    """
+
+    def __init__(self, model, llr: str = "exact", kinds: Iterable[str] | None = None, stride: int | None = None,
+                 max_tokens: int = 8192, table_id: int = 11, chunk_positions: int = 32):
+        if llr not in LLR_METHODS:
+            raise ValueError(f"llr must be one of {LLR_METHODS}, got {llr!r}")
+        self.model, self.llr, self.table_id = model.eval(), llr, table_id
+        self.keep = np.array([k in set(kinds or KINDS) for k in KINDS])
+        T = model.cfg.block_size
+        self.block, self.stride = T, max(1, min(stride or T // 4, T))
+        self.max_tokens, self.chunk_positions = max_tokens, chunk_positions
+        self.device = next(model.parameters()).device
+        self.batch_shapes: list[tuple[int, int]] = []  # (rows, suffix length) of every batch run (tests)
+
+    def alternatives(self, wt: int) -> tuple[np.ndarray, np.ndarray]:
+        kinds = variant_kinds(wt, self.table_id)
+        sel = (CODON_IDS != wt) & self.keep[kinds]
+        return CODON_IDS[sel], kinds[sel]
+
+    @torch.no_grad()
+    def scan(self, codons: np.ndarray, positions: Iterable[int] | None = None) -> Iterator[PositionScan]:
+        gene = frame_gene(np.asarray(codons, dtype=np.uint8))
+        tokens = torch.from_numpy(gene.astype(np.int64)).to(self.device)
+        n = gene.size - 2
+        positions = sorted(set(range(1, n + 1) if positions is None else positions))
+        windows = [_Window(a, lo, hi) for a, lo, hi in gene_windows(gene.size - 1, self.block, self.stride)]
+        for c0 in range(0, len(positions), self.chunk_positions):
+            chunk = positions[c0 : c0 + self.chunk_positions]
+            alts = {p: self.alternatives(int(gene[p])) for p in chunk}
+            llr = {p: np.zeros(alts[p][0].size) for p in chunk}
+            for w in windows:
+                if w.last < chunk[0]:
+                    w.logp = w.past = None  # no later position needs this window: free it
+                    continue
+                inside = [p for p in chunk if w.start <= p <= w.last and alts[p][0].size]
+                if inside:
+                    self._add_window(tokens, w, inside, alts, llr)
+            for p in chunk:
+                yield PositionScan(p, int(gene[p]), alts[p][0], alts[p][1], llr[p])
+
+    def _wild_type(self, tokens: torch.Tensor, w: _Window) -> None:
+        if w.logp is None:
+            width = min(self.block, tokens.numel() - 1 - w.start)
+            logits, w.past = self.model.extend(tokens[None, w.start : w.start + width], None, 0, all_logits=True)
+            w.logp = torch.log_softmax(logits[0].float(), dim=-1)
+
+    def _add_window(self, tokens, w: _Window, positions: list[int], alts: dict, llr: dict) -> None:
+        """Add window w's share of the LLR of every alternative at `positions` (all inside w)."""
+        self._wild_type(tokens, w)
+        for p in positions:
+            if w.first <= p:  # the mutated codon is one of w's targets: its own term
+                row = w.logp[p - 1 - w.start]
+                llr[p] += (row[torch.from_numpy(alts[p][0])] - row[tokens[p]]).cpu().numpy()
+        if self.llr == "exact":
+            downstream = [p for p in positions if p < w.last]
+            for group in self._groups(downstream, alts, w.last):
+                self._add_suffixes(tokens, w, group, alts, llr)
+
+    def _groups(self, positions: list[int], alts: dict, last: int) -> Iterator[list[int]]:
+        """Consecutive positions whose suffixes (from the group's first position to target `last`)
+        fit max_tokens together; a single position always forms a group."""
+        group: list[int] = []
+        rows = 0
+        for p in positions:
+            k = alts[p][0].size
+            if group and (rows + k) * (last - group[0]) > self.max_tokens:
+                yield group
+                group, rows = [], 0
+            group.append(p)
+            rows += k
+        if group:
+            yield group
+
+    def _add_suffixes(self, tokens, w: _Window, group: list[int], alts: dict, llr: dict) -> None:
+        """One batch: every alternative at every position of `group`, continuing w's wild-type prefix.
+
+        Inputs run from the group's first position s0 to target w.last - 1 (rows whose mutation
+        sits later recompute a few wild-type tokens); only targets after each row's mutation and
+        inside w's scored range count.
+        """
+        s0, a = group[0], w.start
+        suffix = tokens[s0 : w.last]  # inputs s0 .. last-1 predict targets s0+1 .. last
+        alt_ids = np.concatenate([alts[p][0] for p in group])
+        rows = suffix.repeat(alt_ids.size, 1)
+        mut_at = torch.from_numpy(np.repeat([p - s0 for p in group], [alts[p][0].size for p in group]))
+        mut_at = mut_at.to(self.device)
+        rows[torch.arange(alt_ids.size, device=self.device), mut_at] = torch.from_numpy(alt_ids).to(self.device)
+        prefix = [(k[:, :, : s0 - a], v[:, :, : s0 - a]) for k, v in w.past]
+        self.batch_shapes.append(tuple(rows.shape))
+        logits, _ = self.model.extend(rows, prefix, s0 - a, all_logits=True)
+        targets = tokens[s0 + 1 : w.last + 1]
+        mut_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.expand(rows.shape[0], -1)[..., None])
+        wt_lp = w.logp[s0 - a : w.last - a].gather(-1, targets[:, None]).squeeze(-1)
+        diff = mut_lp.squeeze(-1) - wt_lp  # [rows, L]: column c is target s0 + 1 + c
+        target = torch.arange(s0 + 1, w.last + 1, device=self.device)
+        counted = (target[None] > (mut_at + s0)[:, None]) & (target[None] >= w.first)
+        per_row = (diff * counted).sum(-1).cpu().numpy()
+        r = 0
+        for p in group:
+            k = alts[p][0].size
+            llr[p] += per_row[r : r + k]
+            r += k
