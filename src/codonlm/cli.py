@@ -292,6 +292,95 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default="configs/tiny_cpu.yaml", help="YAML config (default: %(default)s)")
 
 
+# --------------------------------------------------------------------------- stage 2: sequence classifiers
+
+
+def cmd_extract_embeddings(args: argparse.Namespace) -> None:
+    from codonlm.stage2.embeddings import embed_file
+
+    embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
+               layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, device=args.device,
+               stride=args.stride, max_tokens=args.batch_tokens, show_progress=not args.quiet)
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> None:
+    from codonlm.stage2.config import load_classifier_config
+    from codonlm.stage2.train import train_from_config
+
+    train_from_config(load_classifier_config(args.config), run_id=args.run_id, show_progress=not args.quiet)
+
+
+def cmd_eval_classifier(args: argparse.Namespace) -> None:
+    from codonlm.stage2.train import evaluate_saved
+
+    evaluate_saved(args.kind, args.model, args.labels, args.out, embeddings=args.embeddings, seqs=args.seqs,
+                   vectorizer=args.vectorizer, label_column=args.label_column, id_column=args.id_column,
+                   bootstrap=args.bootstrap, seed=args.seed)
+
+
+def cmd_stage2(args: argparse.Namespace) -> None:
+    from codonlm.stage2.pipeline import run_stage2
+
+    run_stage2(args.run_id, configs_dir=args.configs_dir, checkpoints_dir=args.checkpoints_dir,
+               processed_dir=args.processed_dir, tasks=args.tasks.split(",") if args.tasks else None,
+               show_progress=not args.quiet)
+
+
+def add_stage2_commands(sub) -> None:
+    """extract-embeddings, train-classifier, eval-classifier (the manual's scripts.*) and stage2."""
+    p = sub.add_parser("extract-embeddings", help="pooled hidden states of a run for FASTA/CSV genes -> NPZ "
+                       "(= python -m scripts.extract_embeddings)")
+    p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3)")
+    source.add_argument("--csv", help="CSV with a 'seq' column (and 'id' when present)")
+    p.add_argument("--out", required=True, help="output NPZ (ids, embeddings, run_id, layer, pool)")
+    p.add_argument("--layer", default="final", help="final (LM-head input, default), all, or a block index")
+    p.add_argument("--pool", default="mean", choices=["mean", "last", "max", "per-codon"],
+                   help="over the gene's codons, PADs and <BOS_CDS> excluded (default: mean)")
+    p.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
+                   help="skip and count bad records instead of stopping")
+    p.add_argument("--stride", type=int, help="window advance for genes longer than block_size (default block/2)")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract_embeddings)
+
+    p = sub.add_parser("train-classifier", help="probes and k-mer baselines from a classifier YAML "
+                       "(= python -m scripts.train_classifier)")
+    p.add_argument("--config", required=True, help="e.g. configs/classifier/probe_aa.yaml")
+    p.add_argument("--run_id", "--run-id", dest="run_id", help="fills {run_id} (default: the config's run_id)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("eval-classifier", help="score a saved classifier on labelled data "
+                       "(= python -m scripts.eval_classifier)")
+    p.add_argument("--kind", required=True, help="probe (embeddings) or kmer (sequences)")
+    p.add_argument("--model", required=True, help="model.skops / <model>.skops / kmer_xgb.json "
+                   "(the manual's model.pkl resolves to model.skops; pickles are never loaded)")
+    p.add_argument("--labels", required=True, help="CSV with a label column (and 'id' to match features)")
+    p.add_argument("--embeddings", help="NPZ from extract_embeddings (--kind probe)")
+    p.add_argument("--seqs", help="FASTA or CSV with 'seq' (--kind kmer; default: the labels' seq column)")
+    p.add_argument("--vectorizer", help="vectorizer.skops beside a k-mer model (--kind kmer)")
+    p.add_argument("--out", required=True, help="folder for eval_metrics.json, eval_confusion.png, eval_calibration.png")
+    p.add_argument("--label-column", "--label_column", dest="label_column", default="label")
+    p.add_argument("--id-column", "--id_column", dest="id_column", default="id")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval_classifier)
+
+    p = sub.add_parser("stage2", help="the ready stage-2 classifier tasks for a run -> "
+                       "outputs/reports/<RUN_ID>/stage2/ (summary.json, compare.csv/png)")
+    p.add_argument("run_id")
+    p.add_argument("--configs-dir", default="configs/classifier")
+    p.add_argument("--tasks", help="comma-separated subset (default: all ready tasks)")
+    p.add_argument("--checkpoints-dir", help="default: each config's (outputs/checkpoints)")
+    p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_stage2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codonlm", description="Codon-level GPT for prokaryotic CDS.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -359,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_query_arguments(p)
     p.set_defaults(func=cmd_query)
 
+    add_stage2_commands(sub)
     return parser
 
 

@@ -148,8 +148,8 @@ def _closest(key: str, valid: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
-def _section_for(loc: tuple) -> type[BaseModel]:
-    model: type[BaseModel] = Config
+def _section_for(loc: tuple, root: type[BaseModel]) -> type[BaseModel]:
+    model = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -163,15 +163,16 @@ def _section_for(loc: tuple) -> type[BaseModel]:
     return model
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line: the first problem, where it is, and the nearest valid key for typos."""
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """One line: the first problem, where it is, and the nearest valid key for typos (keys of `root`,
+    default the run config)."""
     first = err.errors()[0]
     # drop the union-member parts pydantic appends (e.g. 'int', "literal['auto']"): not config keys
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p in ("int", "str", "float", "bool")
                                                                           or "[" in p or "-" in p)))
     where = ".".join(str(p) for p in loc) or "<top level>"
     if first["type"] == "extra_forbidden":
-        section = _section_for(loc)
+        section = _section_for(loc, root or Config)
         hint = _closest(str(loc[-1]), list(section.model_fields))
         return f"{source}: unknown config key '{where}'{hint}"
     msg = first["msg"].removeprefix("Value error, ")
@@ -180,10 +181,11 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{where}': {msg}{got_txt}"
 
 
-def load_config(path: str | Path) -> Config:
+def read_yaml_mapping(path: str | Path, missing_hint: str, expected: str) -> dict:
+    """The YAML mapping in `path`; one-line UserErrors for a missing file, bad syntax or a non-mapping."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path} (pass -c configs/tiny_cpu.yaml or another YAML)")
+        raise UserError(f"config file not found: {path} ({missing_hint})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -191,7 +193,13 @@ def load_config(path: str | Path) -> Config:
         line = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}:{line} is not valid YAML; fix the syntax and retry") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of config sections (model, data, train, ...)")
+        raise UserError(f"{path}: expected a mapping of {expected}")
+    return raw
+
+
+def load_config(path: str | Path) -> Config:
+    raw = read_yaml_mapping(path, "pass -c configs/tiny_cpu.yaml or another YAML",
+                            "config sections (model, data, train, ...)")
     return parse_config(raw, source=str(path))
 
 

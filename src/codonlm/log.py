@@ -29,8 +29,8 @@ def log(message: str) -> None:
     """One progress or result line, e.g. log("[evaluate] perplexity 40.5")."""
     logger = _logger()
     for handler in logger.handlers:  # follow sys.stdout when a caller swapped it (tee, pytest capture)
-        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stdout:
-            handler.setStream(sys.stdout)
+        if type(handler) is logging.StreamHandler and handler.stream is not sys.stdout:  # ours, not pytest's
+            handler.stream = sys.stdout  # not setStream: it flushes the old stream, which may be closed
     logger.info(message)
 
 

@@ -1,0 +1,127 @@
+"""The classifier config (configs/classifier/*.yaml): which files, which models, where the results go.
+
+Paths may hold `{run_id}` and `{data_dir}`; `run_id: latest` means the newest trained run under
+`checkpoints_dir`. With `train_*` only, one seeded stratified split (`test_size`, `seed`) serves every model;
+with `test_*` the declared files are the test set (TSTR: train_* synthetic, test_* real; TRTS the reverse).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from codonlm.config import format_validation_error, read_yaml_mapping
+from codonlm.errors import UserError
+from codonlm.stage2.classifiers import KMER_MODELS, MODELS, PROBE_MODELS
+
+ModelName = Literal["probe_logreg", "probe_svm", "mlp", "kmer_logreg", "kmer_svm", "kmer_xgb"]
+Paths = str | list[str]
+PATH_KEYS = ("train_labels", "train_embeddings", "train_seqs", "test_labels", "test_embeddings", "test_seqs",
+             "out_dir", "data_dir", "samples", "processed_dir")
+
+
+class ClassifierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    run_id: str = Field("latest", description="run whose model and data the paths refer to; latest = newest")
+    checkpoints_dir: str = "outputs/checkpoints"
+    # ready tasks: build the labelled held-out genes (and generated genes) of the run into data_dir first
+    build_from_run: list[Literal["heldout", "generated"]] = []
+    data_dir: str = "outputs/reports/{run_id}/stage2/data"
+    processed_dir: str | None = None  # default: the run config's data.processed_dir
+    samples: str = "outputs/scores/{run_id}/gen_prefix/samples.csv"
+    temperature: float = Field(1.0, gt=0, description="generated genes of this sampling temperature")
+    layer: str = "final"
+    pool: Literal["mean", "last", "max"] = "mean"
+
+    train_labels: Paths
+    train_embeddings: Paths | None = None
+    train_seqs: Paths | None = None  # default: train_labels when it has a 'seq' column
+    test_labels: Paths | None = None
+    test_embeddings: Paths | None = None
+    test_seqs: Paths | None = None
+    label_column: str = "label"
+    id_column: str = "id"
+
+    models: list[ModelName] = Field(default_factory=lambda: list(MODELS), min_length=1)
+    kmer_k: int = Field(4, ge=1, le=8)
+    test_size: float = Field(0.25, gt=0, lt=1)
+    max_per_class: int | None = Field(None, ge=2, description="seeded draw of at most this many per class")
+    seed: int = 0
+    bootstrap: int = Field(1000, ge=0)
+    out_dir: str
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a model is listed twice")
+        return v
+
+    @property
+    def probes(self) -> list[str]:
+        return [m for m in self.models if m in PROBE_MODELS]
+
+    @property
+    def kmers(self) -> list[str]:
+        return [m for m in self.models if m in KMER_MODELS]
+
+    def as_list(self, key: str) -> list[str]:
+        value = getattr(self, key)
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def parse_classifier_config(raw: dict, source: str = "<classifier config>") -> ClassifierConfig:
+    try:
+        cfg = ClassifierConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source, root=ClassifierConfig)) from None
+    if cfg.probes and not cfg.train_embeddings:
+        raise UserError(f"{source}: models {', '.join(cfg.probes)} read embeddings; set train_embeddings")
+    if cfg.test_labels is None and (cfg.test_embeddings or cfg.test_seqs):
+        raise UserError(f"{source}: test_embeddings/test_seqs need test_labels")
+    if cfg.test_labels is not None and cfg.probes and not cfg.test_embeddings:
+        raise UserError(f"{source}: models {', '.join(cfg.probes)} read embeddings; set test_embeddings")
+    return cfg
+
+
+def load_classifier_config(path: str | Path) -> ClassifierConfig:
+    raw = read_yaml_mapping(path, "pass --config configs/classifier/probe_aa.yaml or another classifier YAML",
+                            "classifier settings (train_labels, models, out_dir, ...)")
+    return parse_classifier_config(raw, source=str(path))
+
+
+def latest_run(checkpoints_dir: str | Path) -> str:
+    """The run under checkpoints_dir whose newest checkpoint is the most recent."""
+    folder = Path(checkpoints_dir)
+    stamps = {}
+    if folder.is_dir():
+        for run in folder.iterdir():
+            times = [p.stat().st_mtime for p in (run / "best.pt", run / "last.pt") if p.is_file()]
+            if times:
+                stamps[run.name] = max(times)
+    if not stamps:
+        raise UserError(f"run_id: latest, but no trained run under {folder}; train one first or set run_id")
+    return max(stamps, key=stamps.get)
+
+
+def resolve_paths(cfg: ClassifierConfig, run_id: str | None = None) -> ClassifierConfig:
+    """A copy with `{run_id}` and `{data_dir}` filled in (run_id: the argument, else the config's; latest
+    resolved only when a path or build_from_run needs it)."""
+    run = run_id or cfg.run_id
+    templated = [p for k in PATH_KEYS if k not in ("data_dir", "samples") for p in cfg.as_list(k)]
+    needs_run = bool(cfg.build_from_run) or any("{run_id}" in p or "{data_dir}" in p for p in templated)
+    if needs_run and run == "latest":
+        run = latest_run(cfg.checkpoints_dir)
+    data_dir = cfg.data_dir.replace("{run_id}", run)
+    updates: dict = {"run_id": run, "data_dir": data_dir}
+    for key in PATH_KEYS:
+        value = getattr(cfg, key)
+        if key == "data_dir" or value is None:
+            continue
+        fill = [p.replace("{run_id}", run).replace("{data_dir}", data_dir) for p in cfg.as_list(key)]
+        updates[key] = fill[0] if isinstance(value, str) else fill
+    return cfg.model_copy(update=updates)

@@ -1,0 +1,242 @@
+"""Gene embeddings: hidden states of a trained run, pooled over each gene's codons.
+
+A gene is tokenised by the one tokenizer as `<BOS_CDS> c1 .. cn`; the hidden state at codon i has read
+codons 1..i. Pooling runs over the codon positions only: never the `<BOS_CDS>` (it has seen nothing of
+the gene) and never padding.
+
+    mean       average over codons (the manual's default)
+    max        element-wise maximum over codons
+    last       the state at the last codon, the only one that has read the whole gene
+    per-codon  every codon's state (NPZ: `embeddings` [total codons, ...] and `offsets`)
+
+Layers: `final` (default) is the input of the LM head (`ln_final.hook_normalized`), an integer i is the
+residual stream after block i (`blocks.{i}.hook_resid_post`), `all` stacks every block and the final one.
+
+Genes longer than the model's window are read with overlapping windows advancing by `stride` (default
+block_size // 2), the layout of whole-gene scoring (`codonlm.evaluate.perplexity.gene_windows`): each codon's
+state comes from the first window that holds it with at least block_size - stride tokens of context (or its
+whole prefix), so every codon is counted once. Windows of all genes are sorted by width and batched by a
+token budget, so a batch pads little.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from codonlm.data.codons import PAD, encode
+from codonlm.errors import UserError
+from codonlm.evaluate.perplexity import gene_windows
+from codonlm.io import atomic_path, sha256_file
+from codonlm.log import log as default_log
+from codonlm.log import progress
+
+POOLS = ("mean", "last", "max", "per-codon")
+FINAL = "ln_final.hook_normalized"
+NPZ_KEYS = ("ids", "embeddings", "run_id", "layer", "pool", "layers")
+
+
+def hook_names(n_layer: int, layer: str) -> list[str]:
+    """run_with_cache names for --layer: final, all, or a block index (negative counts from the end)."""
+    if layer == "final":
+        return [FINAL]
+    if layer == "all":
+        return [f"blocks.{i}.hook_resid_post" for i in range(n_layer)] + [FINAL]
+    try:
+        index = int(layer)
+    except ValueError:
+        index = None
+    if index is None or not -n_layer <= index < n_layer:
+        raise UserError(f"--layer {layer}: this model has blocks 0..{n_layer - 1}; use final, all, or 0..{n_layer - 1}")
+    return [f"blocks.{index % n_layer}.hook_resid_post"]
+
+
+def codon_windows(n_codons: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """(first token, first codon position, last codon position) per window; positions are token indices
+    of `<BOS_CDS> c1..cn`, so codon i sits at i. The state at token p is what predicts token p + 1, so the
+    positions a window owns are the scoring windows' targets minus one (BOS excluded)."""
+    return [(a, max(lo - 1, 1), hi - 1) for a, lo, hi in gene_windows(n_codons + 1, block_size, stride)]
+
+
+@dataclass
+class _Pooler:
+    """Per-gene accumulators for one pooling mode."""
+
+    pool: str
+    n_genes: int
+    shape: tuple[int, ...]  # (layers, channels)
+    sums: np.ndarray = field(init=False)
+    pieces: list[list[tuple[int, np.ndarray]]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        fill = -np.inf if self.pool == "max" else 0.0
+        self.sums = np.full((self.n_genes, *self.shape), fill, dtype=np.float64)
+        self.pieces = [[] for _ in range(self.n_genes)] if self.pool == "per-codon" else []
+
+    def add(self, gene: int, first: int, states: np.ndarray, is_last: bool) -> None:
+        """states [positions, layers, channels] for codon positions first..first+len-1 of gene."""
+        if self.pool == "mean":
+            self.sums[gene] += states.sum(axis=0)
+        elif self.pool == "max":
+            np.maximum(self.sums[gene], states.max(axis=0), out=self.sums[gene])
+        elif self.pool == "last" and is_last:
+            self.sums[gene] = states[-1]
+        elif self.pool == "per-codon":
+            self.pieces[gene].append((first, states.astype(np.float32)))
+
+    def result(self, n_codons: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.pool == "per-codon":
+            genes = [np.concatenate([p for _, p in sorted(parts, key=lambda t: t[0])]) for parts in self.pieces]
+            offsets = np.concatenate([[0], np.cumsum([len(g) for g in genes])]).astype(np.int64)
+            return np.concatenate(genes).astype(np.float32), offsets
+        if self.pool == "mean":
+            return (self.sums / n_codons.reshape(-1, 1, 1)).astype(np.float32), None
+        return self.sums.astype(np.float32), None
+
+
+def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
+                max_tokens: int = 16384, show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Pooled hidden states of clean DNA sequences: (embeddings, offsets for per-codon else None, layer names).
+
+    embeddings is [genes, channels] for one layer, [genes, layers, channels] for `all`.
+    """
+    import torch
+
+    if pool not in POOLS:
+        raise UserError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
+    names = hook_names(model.cfg.n_layer, layer)
+    T = model.cfg.block_size
+    stride = max(1, min(stride or T // 2, T))
+    tokens = [encode(s) for s in seqs]  # <BOS_CDS> c1..cn
+    n_codons = np.array([t.size - 1 for t in tokens], dtype=np.int64)
+    rows = [(g, a, lo, hi) for g, t in enumerate(tokens) for a, lo, hi in codon_windows(t.size - 1, T, stride)]
+    rows.sort(key=lambda r: r[3] + 1 - r[1])  # by window width
+    pooler = _Pooler(pool, len(seqs), (len(names), model.cfg.n_embd))
+    model.eval()
+    device = next(model.parameters()).device
+    bar = progress(total=int(n_codons.sum()), desc="embed", unit="codon", disable=not show_progress)
+    start = 0
+    while start < len(rows):
+        batch = _next_batch(rows, start, max_tokens)
+        width = batch[-1][3] + 1 - batch[-1][1]
+        idx = torch.full((len(batch), width), PAD, dtype=torch.long)
+        for r, (g, a, _, hi) in enumerate(batch):
+            idx[r, : hi + 1 - a] = torch.from_numpy(tokens[g][a : hi + 1].astype(np.int64))
+        idx = idx.to(device)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(idx, segment_ids=torch.ones_like(idx), names_filter=names)
+        states = torch.stack([cache[n] for n in names], dim=2).float().cpu().numpy()  # [B, W, layers, C]
+        for r, (g, a, lo, hi) in enumerate(batch):
+            pooler.add(g, lo, states[r, lo - a : hi + 1 - a], is_last=hi == n_codons[g])
+            bar.update(hi + 1 - lo)
+        start += len(batch)
+    bar.close()
+    vectors, offsets = pooler.result(n_codons)
+    if len(names) == 1:
+        vectors = vectors[:, 0]
+    return vectors, offsets, ["final" if n == FINAL else n.split(".")[1] for n in names]
+
+
+def _next_batch(rows: list[tuple[int, int, int, int]], start: int, max_tokens: int) -> list:
+    """Rows from `start` while rows x widest width stays within the token budget (at least one row)."""
+    end = start + 1
+    while end < len(rows) and (end + 1 - start) * (rows[end][3] + 1 - rows[end][1]) <= max_tokens:
+        end += 1
+    return rows[start:end]
+
+
+# --------------------------------------------------------------------------- NPZ files
+
+
+@dataclass
+class EmbeddingFile:
+    """The content of an embeddings NPZ."""
+
+    path: Path
+    ids: list[str]
+    embeddings: np.ndarray
+    run_id: str
+    layer: str
+    pool: str
+    layers: list[str]
+    offsets: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)  # checkpoint_sha256, seconds, n_skipped, ...
+
+
+def save_embeddings(path: str | Path, emb: EmbeddingFile) -> None:
+    arrays = {
+        "ids": np.array(emb.ids, dtype=str), "embeddings": emb.embeddings, "run_id": np.array(emb.run_id),
+        "layer": np.array(emb.layer), "pool": np.array(emb.pool), "layers": np.array(emb.layers, dtype=str),
+    }  # fmt: skip
+    if emb.offsets is not None:
+        arrays["offsets"] = emb.offsets
+    arrays.update({f"meta_{k}": np.array(v) for k, v in emb.meta.items()})
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_embeddings(path: str | Path) -> EmbeddingFile:
+    """An embeddings NPZ written by extract_embeddings (read without pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"embeddings not found: {path}; make them with 'python -m scripts.extract_embeddings'")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in NPZ_KEYS if k not in data]
+            if missing:
+                raise UserError(f"{path}: no '{missing[0]}' array; not an embeddings file from extract_embeddings")
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: unreadable NPZ ({str(exc)[:100]}); re-run extract_embeddings") from None
+    return EmbeddingFile(
+        path=path, ids=[str(i) for i in arrays["ids"]], embeddings=arrays["embeddings"],
+        run_id=str(arrays["run_id"]), layer=str(arrays["layer"]), pool=str(arrays["pool"]),
+        layers=[str(x) for x in arrays["layers"]], offsets=arrays.get("offsets"),
+        meta={k.removeprefix("meta_"): arrays[k].item() for k in arrays if k.startswith("meta_")},
+    )  # fmt: skip
+
+
+def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[str], layer: str = "final",
+                       pool: str = "mean", checkpoints_dir: str = "outputs/checkpoints", device: str = "cpu",
+                       stride: int | None = None, max_tokens: int = 16384, n_skipped: int = 0,
+                       show_progress: bool = True, log: Callable[[str], None] = default_log) -> EmbeddingFile:
+    """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling)."""
+    from codonlm.model.load import checkpoint_path, load_model
+
+    if pool not in POOLS:
+        raise UserError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
+    ckpt = checkpoint_path(run_id, checkpoints_dir)
+    model, _, state = load_model(str(ckpt), checkpoints_dir, device=device)
+    hook_names(model.cfg.n_layer, layer)  # a bad --layer fails before any work
+    t0 = time.perf_counter()
+    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, show_progress)
+    seconds = time.perf_counter() - t0
+    n_codons = sum(len(s) // 3 for s in seqs)
+    emb = EmbeddingFile(
+        path=Path(out), ids=list(ids), embeddings=vectors, run_id=str(state.get("run_id") or run_id), layer=layer,
+        pool=pool, layers=layers, offsets=offsets,
+        meta={"checkpoint_sha256": sha256_file(ckpt), "seconds": round(seconds, 3), "n_skipped": n_skipped,
+              "n_codons": n_codons, "embeddings_per_s": round(len(seqs) / max(seconds, 1e-9), 2),
+              "codons_per_s": round(n_codons / max(seconds, 1e-9), 1)},
+    )  # fmt: skip
+    save_embeddings(out, emb)
+    log(f"[embeddings] {len(ids)} genes ({n_codons} codons) -> {out}: shape {list(vectors.shape)}, layer {layer}, "
+        f"pool {pool}; {seconds:.1f} s ({emb.meta['embeddings_per_s']:.1f} genes/s, "
+        f"{emb.meta['codons_per_s']:.0f} codons/s)" + (f"; skipped {n_skipped} invalid" if n_skipped else ""))
+    return emb
+
+
+def embed_file(run_id: str, out: str | Path, fasta: str | None = None, csv: str | None = None,
+               skip_invalid: bool = False, log: Callable[[str], None] = default_log, **options) -> EmbeddingFile:
+    """extract_embeddings for a FASTA file or a CSV with a `seq` column; bad records fail (or are skipped)."""
+    from codonlm.stage2.inputs import clean_sequences, read_sequences
+
+    ids, seqs, source = read_sequences(fasta=fasta, csv=csv)
+    ids, seqs, skipped = clean_sequences(ids, seqs, source, skip_invalid)
+    if skipped:
+        log(f"[embeddings] skipped {len(skipped)} invalid record(s) of {source} (first: '{skipped[0]}')")
+    return extract_embeddings(run_id, out, ids, seqs, n_skipped=len(skipped), log=log, **options)

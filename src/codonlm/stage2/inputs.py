@@ -1,0 +1,100 @@
+"""Reading what a user hands stage 2: sequences (FASTA or CSV) and label tables, checked with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from codonlm.data.codons import clean_dna
+from codonlm.errors import UserError
+from codonlm.io import read_fasta
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """A CSV as strings (no NA guessing: a gene called 'NA' stays 'NA')."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}; check the path")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:100]}); fix the file") from None
+    if table.empty:
+        raise UserError(f"{path}: no rows; the {what} needs at least one row")
+    return table
+
+
+def table_ids(table: pd.DataFrame, path: str | Path, id_column: str = "id") -> list[str] | None:
+    """The id column (unique, non-empty), or None when the table has none (rows then match by order)."""
+    if id_column not in table.columns:
+        return None
+    ids = table[id_column].tolist()
+    empty = [i for i, v in enumerate(ids) if not v]
+    if empty:
+        raise UserError(f"{path}: row {empty[0] + 2} has an empty '{id_column}'; give every row an id")
+    duplicate = first_duplicate(ids)
+    if duplicate is not None:
+        raise UserError(f"{path}: id '{duplicate}' appears twice; ids must be unique")
+    return ids
+
+
+def first_duplicate(values: list[str]) -> str | None:
+    seen: set[str] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
+def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = None,
+                   id_column: str = "id") -> tuple[list[str], list[str], str]:
+    """(ids, raw sequences, source) from a FASTA file or a CSV with a `seq` column (and `id` when present)."""
+    if (fasta is None) == (csv is None):
+        raise UserError("give exactly one of --fasta FILE or --csv FILE")
+    if fasta is not None:
+        records = read_fasta(fasta)
+        if not records:
+            raise UserError(f"{fasta}: no sequences found (empty FASTA); give a file with '>' records")
+        ids = [name for name, _ in records]
+        duplicate = first_duplicate(ids)
+        if duplicate is not None:
+            raise UserError(f"{fasta}: record id '{duplicate}' appears twice; ids must be unique")
+        return ids, [seq for _, seq in records], str(fasta)
+    table = read_table(csv, "sequence CSV")
+    if "seq" not in table.columns:
+        raise UserError(f"{csv}: no 'seq' column (columns: {', '.join(table.columns)}); name the DNA column 'seq'")
+    ids = table_ids(table, csv, id_column) or [f"row{i + 1}" for i in range(len(table))]
+    return ids, table["seq"].tolist(), str(csv)
+
+
+def clean_sequences(ids: list[str], seqs: list[str], source: str,
+                    skip_invalid: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """(kept ids, clean DNA, skipped ids). A bad record (non-ACGT, length not a multiple of 3) is a UserError
+    naming the record and position, unless skip_invalid, which drops and counts it."""
+    kept_ids, kept, skipped = [], [], []
+    for name, seq in zip(ids, seqs, strict=True):
+        try:
+            kept.append(clean_dna(seq, f"{source} record '{name}'"))
+            kept_ids.append(name)
+        except UserError as exc:
+            if not skip_invalid:
+                raise UserError(f"{exc} (or pass --skip-invalid to skip bad records)") from None
+            skipped.append(name)
+    if not kept:
+        raise UserError(f"{source}: every record is invalid ({len(skipped)} skipped); nothing to embed")
+    return kept_ids, kept, skipped
+
+
+def align(wanted: list[str], have: list[str], wanted_src: str, have_src: str) -> np.ndarray:
+    """Row index in `have` of each id in `wanted`; one line naming the first missing id."""
+    index = {v: i for i, v in enumerate(have)}
+    missing = [v for v in wanted if v not in index]
+    if missing:
+        raise UserError(
+            f"{len(missing)} id(s) of {wanted_src} are missing from {have_src} (first: '{missing[0]}'); "
+            "embed or list those sequences too, or drop them from the labels"
+        )
+    return np.array([index[v] for v in wanted], dtype=np.int64)

@@ -1,0 +1,179 @@
+"""Classifier metrics with bootstrap confidence intervals, and the figures people read them from.
+
+Accuracy, macro-F1 (every class weighs the same, whatever its size) and ROC-AUC (binary: of the second
+class; multiclass: one-vs-rest, macro over the classes present) are computed by one vectorised function, on the test
+set itself for the point value and on `n_boot` resamples of it (seeded) for the percentile 95% interval.
+The interval is the test-set sampling noise only, not the variance of refitting the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from codonlm.evaluate.perplexity import ece
+from codonlm.io import save_figure
+
+HEADLINE = ("accuracy", "macro_f1", "roc_auc")
+
+
+def _scores(true: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """accuracy, macro_f1, roc_auc of each resample (rows of idx); true holds class indices 0..K-1."""
+    from scipy.stats import rankdata
+
+    K = proba.shape[1]
+    t, p = true[idx], proba[idx]  # [B, n], [B, n, K]
+    pred = p.argmax(-1)
+    f1 = []
+    for k in range(K):
+        tp = ((t == k) & (pred == k)).sum(1)
+        fp = ((t != k) & (pred == k)).sum(1)
+        fn = ((t == k) & (pred != k)).sum(1)
+        denom = 2 * tp + fp + fn
+        f1.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+    aucs = []
+    for k in [1] if K == 2 else range(K):
+        pos = t == k
+        n_pos, n_neg = pos.sum(1), (~pos).sum(1)
+        ranks = rankdata(p[..., k], axis=1)
+        u = (ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2
+        aucs.append(np.where((n_pos > 0) & (n_neg > 0), u / np.maximum(n_pos * n_neg, 1), np.nan))
+    aucs = np.array(aucs)  # [classes scored, B]; NaN where a resample lacks positives or negatives
+    scored = ~np.isnan(aucs)
+    roc = np.where(scored.any(0), np.nansum(aucs, 0) / np.maximum(scored.sum(0), 1), np.nan)
+    return {"accuracy": (pred == t).mean(1), "macro_f1": np.mean(f1, axis=0), "roc_auc": roc}
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str], n_boot: int = 1000,
+                           seed: int = 0) -> dict:
+    """Headline metrics with 95% bootstrap intervals, per-class precision/recall/F1, confusion, calibration.
+
+    proba [n, K] columns follow `classes`; y_true holds class names (each one of `classes`).
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    classes = [str(c) for c in classes]
+    index = {c: i for i, c in enumerate(classes)}
+    true = np.array([index[str(v)] for v in y_true], dtype=np.int64)
+    n = len(true)
+    point = {k: float(v[0]) for k, v in _scores(true, proba, np.arange(n)[None]).items()}
+    out: dict = {}
+    rng = np.random.default_rng(seed)
+    boot = _scores(true, proba, rng.integers(0, n, size=(n_boot, n))) if n_boot else None
+    for k in HEADLINE:
+        value = point[k]
+        out[k] = None if np.isnan(value) else value
+        ci = None
+        if boot is not None and out[k] is not None:
+            ci = [float(x) for x in np.nanpercentile(boot[k], [2.5, 97.5])]
+        out[f"{k}_ci"] = ci
+    pred = proba.argmax(1)
+    prec, rec, f1, support = precision_recall_fscore_support(true, pred, labels=range(len(classes)), zero_division=0)
+    out["per_class"] = {c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                            "support": int(support[i])} for i, c in enumerate(classes)}
+    out["confusion"] = confusion_matrix(true, pred, labels=range(len(classes))).tolist()
+    err, bins = ece(proba.max(1), pred == true, n_bins=10)
+    out["ece"] = float(err)
+    out["reliability"] = bins
+    out["n_test"] = int(n)
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _grid(n: int, size: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def plot_confusions(results: dict[str, dict], classes: list[str], title: str, path: Path) -> None:
+    """One row-normalised confusion matrix per model, counts written in the cells."""
+    fig, axes = _grid(len(results), 4.2 if len(classes) <= 4 else 5.2)
+    short = [c if len(c) <= 14 else c[:13] + "." for c in classes]
+    for ax, (name, m) in zip(axes, results.items(), strict=False):
+        counts = np.array(m["confusion"], dtype=float)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(classes)), short, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(classes)), short, fontsize=7)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{name} (accuracy {m['accuracy']:.2f})", fontsize=9)
+    fig.suptitle(f"{title}: confusion matrices on the test set (colour: share of the true class)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
+    """Reliability diagram: top-1 confidence against accuracy per confidence bin, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    for name, m in results.items():
+        bins = m["reliability"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+                label=f"{name} (ECE {m['ece']:.3f})")
+    ax.set_xlabel("top-1 predicted probability (bin mean)")
+    ax.set_ylabel("fraction correct in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+    ax.set_title(f"{title}: calibration on the test set (10 bins)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def compare_rows(task: str, results: dict[str, dict]) -> list[dict]:
+    """Long table rows: task, model, metric, value, ci_low, ci_high."""
+    rows = []
+    for name, m in results.items():
+        for k in HEADLINE:
+            ci = m.get(f"{k}_ci") or [None, None]
+            rows.append({"task": task, "model": name, "metric": k, "value": m.get(k), "ci_low": ci[0],
+                         "ci_high": ci[1]})
+    return rows
+
+
+def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_f1") -> None:
+    """Every model of every task side by side: `metric` with its 95% interval, one panel per task."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    df = df[df["metric"] == metric]
+    tasks = list(dict.fromkeys(df["task"]))
+    fig, axes = _grid(len(tasks), 4.0)
+    for ax, task in zip(axes, tasks, strict=False):
+        part = df[df["task"] == task]
+        y = np.arange(len(part))
+        value = part["value"].astype(float).to_numpy()
+        low = value - part["ci_low"].astype(float).fillna(part["value"].astype(float)).to_numpy()
+        high = part["ci_high"].astype(float).fillna(part["value"].astype(float)).to_numpy() - value
+        colors = ["tab:blue" if m.startswith(("probe", "mlp")) else "tab:orange" for m in part["model"]]
+        ax.barh(y, value, xerr=[low, high], color=colors, capsize=3)
+        ax.set_yticks(y, part["model"], fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"{metric.replace('_', '-')} (95% bootstrap CI)")
+        ax.set_title(task, fontsize=10)
+        ax.invert_yaxis()
+    fig.suptitle(f"{title}: embedding probes (blue) vs k-mer baselines (orange)")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,183 @@
+"""The ready tasks' labelled genes, built from a run: only genes the language model never trained on.
+
+The LM saw the training split; a probe scored on genes it memorised would flatter its embeddings. Every
+real gene here therefore comes from the run's held-out splits (val and test, `codonlm.io.read_split_genes`),
+and the generated genes from prefix generation (`gen_prefix/samples.csv`), prompted with held-out genes.
+
+Files written to `data_dir` (a folder of the run's stage-2 reports):
+
+    heldout.csv   id, seq, genome, domain, gravy, hydropathy, split: every val and test gene
+                  - genome: the dataset the gene came from (7 genomes in the default corpus)
+                  - domain: Bacteria or Archaea, read from the GenBank lineage (ORGANISM) of the genome
+                  - hydropathy: Kyte-Doolittle GRAVY of the encoded protein in tertiles over these genes
+                    (hydrophilic < q1 <= intermediate < q2 <= hydrophobic); the hydrophobic third holds most
+                    membrane proteins. A property of the protein, not of codon choice.
+    heldout.npz   their embeddings (layer and pooling from the config)
+    generated.csv id, seq, genome, domain, label=generated, prompt_gene: generated genes at one temperature
+    generated.npz their embeddings
+    real_vs_generated.csv  the real genes that served as prompts (label real) beside their generated genes
+    real_train.csv  held-out genes of the split that gave no prompts (TRTR / TRTS training set)
+    real_test.csv   genes of the prompt split that were not prompts (TRTR / TSTR test set: no gene here
+                    shares a prompt with a generated gene)
+    tasks.json    thresholds, domains, counts, sources
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from codonlm.data.codons import decode, translate
+from codonlm.errors import UserError
+from codonlm.io import read_json, read_split_genes, sha256_file, write_csv, write_json
+from codonlm.log import log as default_log
+from codonlm.stage2.config import ClassifierConfig
+from codonlm.stage2.embeddings import EmbeddingFile, extract_embeddings, load_embeddings
+from codonlm.stage2.inputs import read_table
+
+STANDARD_AA = frozenset("ACDEFGHIKLMNPQRSTVWY")
+HYDROPATHY_CLASSES = ("hydrophilic", "intermediate", "hydrophobic")
+
+
+def gravy(codons: np.ndarray, table_id: int) -> float:
+    """Kyte-Doolittle grand average of hydropathy of the protein (Biopython), standard residues only."""
+    from Bio.SeqUtils.ProtParam import ProteinAnalysis
+
+    protein = "".join(a for a in translate(codons, table_id) if a in STANDARD_AA)
+    return float(ProteinAnalysis(protein).gravy()) if protein else float("nan")
+
+
+def genome_domain(gbff: str | list[str]) -> str:
+    """'Bacteria', 'Archaea', ... : the first word of the lineage in the first record's ORGANISM block."""
+    from codonlm.data.genbank import iter_records
+
+    path = gbff if isinstance(gbff, str) else gbff[0]
+    record = next(iter(iter_records(path)), None)
+    organism = (record.source.organism or "") if record is not None and record.source else ""
+    lines = organism.splitlines()
+    first = lines[1].split(";")[0].strip().rstrip(".") if len(lines) > 1 else ""
+    return first or "unknown"
+
+
+def _run_context(cfg: ClassifierConfig):
+    """The run's checkpoint path, its config and the prepared-data folder."""
+    from codonlm.config import parse_config
+    from codonlm.model.load import checkpoint_path
+    from codonlm.train.checkpoint import load_checkpoint
+
+    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)
+    run_cfg = parse_config(load_checkpoint(ckpt)["config"], source=str(ckpt))
+    return ckpt, run_cfg, Path(cfg.processed_dir or run_cfg.data.processed_dir)
+
+
+def heldout_table(run_cfg, processed: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
+    """Every val and test gene with its genome, domain and hydropathy class."""
+    specs = {d.name: d for d in run_cfg.data.datasets}
+    domains: dict[str, str] = {}
+    for name, spec in specs.items():
+        try:
+            domains[name] = genome_domain(spec.gbff)
+        except UserError as exc:
+            log(f"[stage2] domain of {name} unknown ({exc})")
+            domains[name] = "unknown"
+    rows = []
+    for split in ("val", "test"):
+        genes = read_split_genes(processed / "all" / f"{split}.npz")
+        for g in range(len(genes.genes)):
+            genome = genes.dataset_names[genes.groups[g]]
+            codons = genes.codons(g)
+            table = specs[genome].transl_table if genome in specs else 11
+            rows.append({"id": genes.names[g], "seq": decode(codons), "genome": genome,
+                         "domain": domains.get(genome, "unknown"), "gravy": gravy(codons, table), "split": split})
+    table = pd.DataFrame(rows)
+    if table["id"].duplicated().any():
+        table["id"] = table["id"] + "#" + table.groupby("id").cumcount().astype(str)
+    q1, q2 = np.nanquantile(table["gravy"], [1 / 3, 2 / 3])
+    table["hydropathy"] = np.where(table["gravy"] < q1, HYDROPATHY_CLASSES[0],
+                                   np.where(table["gravy"] < q2, HYDROPATHY_CLASSES[1], HYDROPATHY_CLASSES[2]))
+    table["gravy"] = table["gravy"].round(4)
+    info = {"hydropathy_thresholds": [round(float(q1), 4), round(float(q2), 4)], "domains": domains}
+    return table[["id", "seq", "genome", "domain", "gravy", "hydropathy", "split"]], info
+
+
+def generated_tables(cfg: ClassifierConfig, heldout: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict]:
+    """generated.csv, real_vs_generated.csv, real_train.csv, real_test.csv from gen_prefix samples."""
+    path = Path(cfg.samples)
+    if not path.is_file():
+        raise UserError(f"generated genes not found: {path}; run 'codonlm generate-prefix {cfg.run_id}' first")
+    samples = read_table(path, "generated samples")
+    missing = [c for c in ("genome", "gene", "temperature", "dna") if c not in samples.columns]
+    if missing:
+        raise UserError(f"{path}: no '{missing[0]}' column; expected prefix-generation samples.csv")
+    temps = pd.to_numeric(samples["temperature"], errors="coerce")
+    gen = samples[np.isclose(temps, cfg.temperature)]
+    if gen.empty:
+        have = sorted(set(temps.dropna()))
+        raise UserError(f"{path}: no genes at temperature {cfg.temperature} (have {have}); set 'temperature'")
+    settings = (read_json(path.parent / "summary.json", {}) or {}).get("settings", {})
+    prompt_split = settings.get("split", "test")
+    domain = dict(zip(heldout["genome"], heldout["domain"], strict=False))
+    generated = pd.DataFrame({
+        "id": [f"generated_T{cfg.temperature:g}|{g}" for g in gen["gene"]], "seq": gen["dna"].tolist(),
+        "genome": gen["genome"].tolist(), "domain": [domain.get(g, "unknown") for g in gen["genome"]],
+        "label": "generated", "prompt_gene": gen["gene"].tolist(),
+    })  # fmt: skip
+    prompts = set(gen["gene"])
+    real_prompts = heldout[heldout["id"].isin(prompts)].assign(label="real")
+    if len(real_prompts) < len(prompts):
+        raise UserError(f"{path}: {len(prompts) - len(real_prompts)} prompt genes are not held-out genes of this "
+                        "run's prepared data; re-run 'codonlm generate-prefix' for this run")
+    cols = ["id", "seq", "genome", "domain", "label"]
+    tables = {
+        "generated": generated,
+        "real_vs_generated": pd.concat([real_prompts[cols], generated[cols]], ignore_index=True),
+        "real_train": heldout[heldout["split"] != prompt_split][["id", "seq", "genome", "domain"]],
+        "real_test": heldout[(heldout["split"] == prompt_split) & ~heldout["id"].isin(prompts)][
+            ["id", "seq", "genome", "domain"]],
+    }  # fmt: skip
+    return tables, {"samples": str(path), "temperature": cfg.temperature, "prompt_split": prompt_split,
+                    "n_generated": len(generated)}
+
+
+def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckpt: Path, show_progress: bool,
+                      log: Callable[[str], None]) -> EmbeddingFile:
+    """Embeddings of the table's genes at `out`, reused when ids, run, checkpoint, layer and pooling match."""
+    sha = sha256_file(ckpt)
+    if out.is_file():
+        old = load_embeddings(out)
+        if (old.ids == table["id"].tolist() and old.meta.get("checkpoint_sha256") == sha
+                and (old.layer, old.pool) == (cfg.layer, cfg.pool)):
+            log(f"[stage2] reusing {out} ({len(old.ids)} genes, layer {old.layer}, pool {old.pool})")
+            return old
+    return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=cfg.layer,
+                              pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress,
+                              log=log)
+
+
+def build_run_data(cfg: ClassifierConfig, show_progress: bool = True,
+                   log: Callable[[str], None] = default_log) -> dict:
+    """Write the ready tasks' CSVs and embeddings into cfg.data_dir (paths resolved); returns tasks.json."""
+    folder = Path(cfg.data_dir)
+    ckpt, run_cfg, processed = _run_context(cfg)
+    heldout, info = heldout_table(run_cfg, processed, log)
+    tables = {"heldout": heldout}
+    if "generated" in cfg.build_from_run:
+        generated, gen_info = generated_tables(cfg, heldout)
+        tables.update(generated)
+        info.update(gen_info)
+    for name, table in tables.items():
+        write_csv(table, folder / f"{name}.csv")
+    embeddings = {name: ensure_embeddings(cfg, tables[name], folder / f"{name}.npz", ckpt, show_progress, log)
+                  for name in ("heldout", "generated") if name in tables}
+    info.update({
+        "run_id": cfg.run_id, "checkpoint": str(ckpt), "processed_dir": str(processed),
+        "counts": {name: len(t) for name, t in tables.items()},
+        "embedding": {name: {"layer": e.layer, "pool": e.pool, **e.meta} for name, e in embeddings.items()},
+    })  # fmt: skip
+    old = read_json(folder / "tasks.json", {}) or {}
+    write_json(folder / "tasks.json", {**old, **info})
+    log(f"[stage2] task data for {cfg.run_id} in {folder}: " + ", ".join(f"{k} {len(t)}" for k, t in tables.items()))
+    return info

@@ -1,0 +1,327 @@
+"""Train every model of a classifier config on one split, and evaluate a saved model on new data.
+
+Everything a user can get wrong (missing ids, one class, mismatched counts, bad DNA) is checked while
+loading, before anything is written; results are written atomically, so out_dir never holds half a run.
+
+out_dir after train_from_config:
+    metrics.json       per model: accuracy, macro-F1, ROC-AUC with 95% bootstrap intervals, per-class
+                       precision/recall/F1, confusion matrix, ECE; the split and any subsampling
+    confusion.png, calibration.png, compare.csv, compare.png
+    <model>.skops      each scikit-learn model (kmer_xgb.json for xgboost), vectorizer.skops for k-mer models
+    model.skops        the first model of the config (the manual's `model.pkl` resolves to it)
+    split.csv          id, set (train/test), label: the split every model used
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from codonlm.errors import UserError
+from codonlm.io import write_csv, write_json
+from codonlm.log import log as default_log
+from codonlm.stage2.classifiers import (
+    copy_estimator,
+    estimator_suffix,
+    feature_kind,
+    load_estimator,
+    make_classifier,
+    save_estimator,
+)
+from codonlm.stage2.config import ClassifierConfig, resolve_paths
+from codonlm.stage2.embeddings import load_embeddings
+from codonlm.stage2.inputs import align, clean_sequences, read_sequences, read_table, table_ids
+from codonlm.stage2.kmer import kmer_features, kmer_vectorizer
+from codonlm.stage2.metrics import (
+    classification_metrics,
+    compare_rows,
+    plot_calibration,
+    plot_compare,
+    plot_confusions,
+)
+
+
+@dataclass
+class LabelledSet:
+    """Genes with labels and the features the models need (embeddings and/or clean DNA)."""
+
+    ids: list[str]
+    labels: np.ndarray  # str
+    embeddings: np.ndarray | None
+    seqs: list[str] | None
+    source: str
+
+    def take(self, rows: np.ndarray) -> LabelledSet:
+        return LabelledSet([self.ids[i] for i in rows], self.labels[rows],
+                           None if self.embeddings is None else self.embeddings[rows],
+                           None if self.seqs is None else [self.seqs[i] for i in rows], self.source)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_labels(paths: list[str], label_column: str, id_column: str) -> tuple[list[str] | None, np.ndarray, list]:
+    """(ids or None, labels, tables) of one or more label CSVs."""
+    tables, ids, labels = [], [], []
+    for path in paths:
+        table = read_table(path, "label CSV")
+        if label_column not in table.columns:
+            raise UserError(f"{path}: no '{label_column}' column (columns: {', '.join(table.columns)}); "
+                            "set label_column in the config or --label-column")
+        empty = np.flatnonzero(table[label_column].to_numpy() == "")
+        if empty.size:
+            raise UserError(f"{path}: row {empty[0] + 2} has an empty '{label_column}'; label every row")
+        row_ids = table_ids(table, path, id_column)
+        if row_ids is None and len(paths) > 1:
+            raise UserError(f"{path}: no '{id_column}' column; several label files need ids to match features")
+        tables.append(table)
+        ids += row_ids or []
+        labels += table[label_column].tolist()
+    return (ids or None), np.array(labels, dtype=str), tables
+
+
+def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src: str) -> np.ndarray:
+    files = [load_embeddings(p) for p in paths]
+    for f in files:
+        if f.offsets is not None:
+            raise UserError(f"{f.path}: per-codon embeddings; extract with --pool mean, last or max for a classifier")
+        if f.embeddings.ndim != 2:
+            raise UserError(f"{f.path}: holds every layer; extract one (--layer final or an index) for a classifier")
+    if len({f.embeddings.shape[1] for f in files}) > 1:
+        raise UserError(f"{', '.join(paths)}: embeddings of different widths; extract them with the same run")
+    matrix = np.concatenate([f.embeddings for f in files])
+    if ids is None:
+        if len(files) > 1 or matrix.shape[0] != n:
+            raise UserError(f"{labels_src} has {n} rows but {paths[0]} holds {matrix.shape[0]} embeddings; give "
+                            "the labels an 'id' column or the same rows in the same order")
+        return matrix
+    return matrix[align(ids, [i for f in files for i in f.ids], labels_src, ", ".join(paths))]
+
+
+def _seqs_for(ids: list[str] | None, n: int, paths: list[str], tables: list, labels_src: str,
+              id_column: str) -> list[str]:
+    if paths:
+        have_ids, raw = [], []
+        for path in paths:
+            fasta = Path(path).suffix.lower() not in (".csv", ".tsv")
+            i, s, _ = read_sequences(fasta=path if fasta else None, csv=None if fasta else path, id_column=id_column)
+            have_ids += i
+            raw += s
+        source = ", ".join(paths)
+    elif all("seq" in t.columns for t in tables):
+        raw = [s for t in tables for s in t["seq"]]
+        have_ids, source = list(ids or []), labels_src
+    else:
+        raise UserError(f"{labels_src}: k-mer models need sequences; add a 'seq' column or set *_seqs / --seqs")
+    if ids is None:
+        if len(raw) != n:
+            raise UserError(f"{labels_src} has {n} rows but {source} holds {len(raw)} sequences; give the labels "
+                            "an 'id' column or the same rows in the same order")
+        chosen = raw
+    else:
+        chosen = [raw[i] for i in align(ids, have_ids, labels_src, source)] if have_ids else raw
+    return clean_sequences(ids or [f"row{i + 1}" for i in range(n)], chosen, source)[1]
+
+
+def load_set(labels: list[str], embeddings: list[str], seqs: list[str], need_embeddings: bool, need_seqs: bool,
+             label_column: str = "label", id_column: str = "id") -> LabelledSet:
+    ids, y, tables = read_labels(labels, label_column, id_column)
+    src = ", ".join(labels)
+    emb = _embeddings_for(ids, len(y), embeddings, src) if need_embeddings else None
+    dna = _seqs_for(ids, len(y), seqs, tables, src, id_column) if need_seqs else None
+    return LabelledSet(ids or [f"row{i + 1}" for i in range(len(y))], y, emb, dna, src)
+
+
+def subsample(data: LabelledSet, max_per_class: int | None, seed: int) -> tuple[LabelledSet, dict]:
+    """At most max_per_class genes per class, a seeded draw (the same set gives the same draw)."""
+    if max_per_class is None:
+        return data, {}
+    rng = np.random.default_rng(seed)
+    keep, counts = [], {}
+    for label in sorted(set(data.labels)):
+        rows = np.flatnonzero(data.labels == label)
+        counts[label] = [len(rows), min(len(rows), max_per_class)]
+        keep.append(np.sort(rng.choice(rows, size=min(len(rows), max_per_class), replace=False)))
+    return data.take(np.sort(np.concatenate(keep))), counts
+
+
+def _check_classes(train: LabelledSet, test: LabelledSet) -> list[str]:
+    classes = sorted(set(train.labels))
+    if len(classes) < 2:
+        raise UserError(f"{train.source}: only one class ('{classes[0]}') in the training labels; a classifier "
+                        "needs at least two")
+    unseen = sorted(set(test.labels) - set(classes))
+    if unseen:
+        raise UserError(f"{test.source}: test class '{unseen[0]}' never occurs in the training labels "
+                        f"({train.source}); train on every class you test")
+    return classes
+
+
+def split_sets(cfg: ClassifierConfig, log: Callable[[str], None]) -> tuple[LabelledSet, LabelledSet, dict]:
+    """(train, test, split info): the config's test files, else one seeded stratified split."""
+    from sklearn.model_selection import train_test_split
+
+    need = {"need_embeddings": bool(cfg.probes), "need_seqs": bool(cfg.kmers),
+            "label_column": cfg.label_column, "id_column": cfg.id_column}
+    train = load_set(cfg.as_list("train_labels"), cfg.as_list("train_embeddings"), cfg.as_list("train_seqs"), **need)
+    train, drawn = subsample(train, cfg.max_per_class, cfg.seed)
+    info: dict = {"seed": cfg.seed, "max_per_class": cfg.max_per_class}
+    if cfg.test_labels is None:
+        if len(set(train.labels)) < 2:
+            _check_classes(train, train)
+        counts = pd.Series(train.labels).value_counts()
+        if counts.min() < 2:
+            raise UserError(f"{train.source}: class '{counts.idxmin()}' has one gene; a stratified split needs at "
+                            "least two per class (add genes or drop the class)")
+        try:
+            tr, te = train_test_split(np.arange(len(train.labels)), test_size=cfg.test_size, random_state=cfg.seed,
+                                      stratify=train.labels)
+        except ValueError as exc:
+            raise UserError(f"{train.source}: cannot split {len(train.labels)} genes ({exc})") from None
+        train, test = train.take(np.sort(tr)), train.take(np.sort(te))
+        info.update(kind="seeded stratified split", test_size=cfg.test_size, subsampled=drawn)
+    else:
+        test = load_set(cfg.as_list("test_labels"), cfg.as_list("test_embeddings"), cfg.as_list("test_seqs"), **need)
+        test, drawn_test = subsample(test, cfg.max_per_class, cfg.seed)
+        info.update(kind="declared train/test files", subsampled={"train": drawn, "test": drawn_test})
+    if cfg.max_per_class is not None:
+        log(f"[classifier] subsampled to at most {cfg.max_per_class} genes per class (seed {cfg.seed})")
+    return train, test, info
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _features(model: str, data: LabelledSet, vectorizer) -> np.ndarray:
+    return kmer_features(vectorizer, data.seqs) if feature_kind(model) == "kmer" else data.embeddings
+
+
+def fit_models(cfg: ClassifierConfig, train: LabelledSet, test: LabelledSet,
+               log: Callable[[str], None]) -> tuple[dict, dict, object]:
+    """(fitted estimators, metrics per model, vectorizer or None)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    vectorizer = kmer_vectorizer(cfg.kmer_k).fit(train.seqs) if cfg.kmers else None
+    fitted, results = {}, {}
+    for name in cfg.models:
+        t0 = time.perf_counter()
+        estimator = make_classifier(name, cfg.seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            try:
+                estimator.fit(_features(name, train, vectorizer), train.labels)
+            except ValueError as exc:
+                raise UserError(f"{name} cannot be fitted on {len(train.labels)} genes of {train.source} "
+                                f"({str(exc).splitlines()[0][:120]}); give it more genes per class") from None
+        proba = estimator.predict_proba(_features(name, test, vectorizer))
+        metrics = classification_metrics(test.labels, proba, list(estimator.classes_), cfg.bootstrap, cfg.seed)
+        metrics["fit_seconds"] = round(time.perf_counter() - t0, 2)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            metrics["note"] = "did not fully converge"
+        fitted[name], results[name] = estimator, metrics
+        log(f"[classifier] {name}: accuracy {metrics['accuracy']:.3f} {_ci(metrics['accuracy_ci'])}, macro-F1 "
+            f"{metrics['macro_f1']:.3f} {_ci(metrics['macro_f1_ci'])}, ROC-AUC "
+            + (f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "n/a")
+            + f" ({metrics['fit_seconds']:.1f} s)")
+    return fitted, results, vectorizer
+
+
+def _ci(ci: list[float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def write_results(out: Path, title: str, classes: list[str], results: dict, prefix: str = "") -> list[dict]:
+    """metrics figures and the compare table of one task; returns the compare rows."""
+    plot_confusions(results, classes, title, out / f"{prefix}confusion.png")
+    plot_calibration(results, title, out / f"{prefix}calibration.png")
+    rows = compare_rows(title, results)
+    if not prefix:
+        write_csv(pd.DataFrame(rows), out / "compare.csv")
+        plot_compare(rows, title, out / "compare.png")
+    return rows
+
+
+def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: str | None = None,
+                      show_progress: bool = True, log: Callable[[str], None] = default_log) -> dict:
+    """Build the ready data when asked, fit every model on one split, write out_dir; returns metrics.json."""
+    cfg = resolve_paths(cfg, run_id)
+    if cfg.build_from_run:
+        from codonlm.stage2.tasks import build_run_data
+
+        build_run_data(cfg, show_progress=show_progress, log=log)
+    train, test, split = split_sets(cfg, log)
+    classes = _check_classes(train, test)
+    log(f"[classifier] {task or cfg.out_dir}: {len(train.labels)} training and {len(test.labels)} test genes, "
+        f"{len(classes)} classes; models {', '.join(cfg.models)}")
+    fitted, results, vectorizer = fit_models(cfg, train, test, log)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: save_estimator(est, out / f"{name}{estimator_suffix(est)}") for name, est in fitted.items()}
+    primary = files[cfg.models[0]]
+    copy_estimator(primary, out / f"model{primary.suffix}")
+    if vectorizer is not None:
+        save_estimator(vectorizer, out / "vectorizer.skops")
+    write_csv(pd.DataFrame({"id": train.ids + test.ids, "set": ["train"] * len(train.ids) + ["test"] * len(test.ids),
+                            "label": list(train.labels) + list(test.labels)}), out / "split.csv")
+    title = task or Path(cfg.out_dir).name
+    write_results(out, title, classes, results)
+    metrics = {
+        "task": title, "description": cfg.description, "run_id": cfg.run_id, "out_dir": str(out), "classes": classes,
+        "n_train": len(train.labels), "n_test": len(test.labels), "split": split,
+        "train_sources": train.source, "test_sources": test.source, "kmer_k": cfg.kmer_k,
+        "embedding": {"layer": cfg.layer, "pool": cfg.pool}, "bootstrap": cfg.bootstrap,
+        "models": results, "files": {k: str(v) for k, v in files.items()}, "primary_model": cfg.models[0],
+    }  # fmt: skip
+    write_json(out / "metrics.json", metrics)
+    log(f"[classifier] wrote {out}/metrics.json, confusion.png, calibration.png, compare.csv/png and the models")
+    return metrics
+
+
+# --------------------------------------------------------------------------- a saved model on new data
+
+
+def evaluate_saved(kind: str, model_path: str, labels: str, out: str, embeddings: str | None = None,
+                   seqs: str | None = None, vectorizer: str | None = None, label_column: str = "label",
+                   id_column: str = "id", bootstrap: int = 1000, seed: int = 0,
+                   log: Callable[[str], None] = default_log) -> dict:
+    """Score a model train_classifier saved on labelled data: eval_metrics.json, eval_confusion.png and
+    eval_calibration.png in `out` (prefixed, so the training metrics in the same folder stay)."""
+    if kind not in ("probe", "kmer"):
+        raise UserError(f"--kind {kind}: choose probe (embeddings) or kmer (sequences)")
+    if kind == "probe" and not embeddings:
+        raise UserError("--kind probe needs --embeddings NPZ")
+    if kind == "kmer" and not vectorizer:
+        raise UserError("--kind kmer needs --vectorizer (vectorizer.skops beside the model) and --seqs or a "
+                        "'seq' column in --labels")
+    estimator = load_estimator(model_path)
+    vec = load_estimator(vectorizer, "vectorizer") if kind == "kmer" else None
+    data = load_set([labels], [embeddings] if embeddings else [], [seqs] if seqs else [], kind == "probe",
+                    kind == "kmer", label_column, id_column)
+    classes = [str(c) for c in estimator.classes_]
+    unseen = sorted(set(data.labels) - set(classes))
+    if unseen:
+        raise UserError(f"{labels}: class '{unseen[0]}' is unknown to the model (it knows {', '.join(classes)})")
+    X = kmer_features(vec, data.seqs) if kind == "kmer" else data.embeddings
+    try:
+        proba = estimator.predict_proba(X)
+    except ValueError as exc:
+        raise UserError(f"{model_path} does not fit these features ({str(exc).splitlines()[0][:120]}); "
+                        "use the embeddings/vectorizer of the run it was trained on") from None
+    metrics = classification_metrics(data.labels, proba, classes, bootstrap, seed)
+    name = Path(model_path).stem
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_results(folder, f"{name} on {Path(labels).name}", classes, {name: metrics}, prefix="eval_")
+    result = {"model": str(model_path), "kind": kind, "labels": labels, "classes": classes,
+              "n_test": len(data.labels), "models": {name: metrics}}
+    write_json(folder / "eval_metrics.json", result)
+    log(f"[eval-classifier] {name} on {len(data.labels)} genes: accuracy {metrics['accuracy']:.3f} "
+        f"{_ci(metrics['accuracy_ci'])}, macro-F1 {metrics['macro_f1']:.3f} {_ci(metrics['macro_f1_ci'])} "
+        f"-> {folder}/eval_metrics.json")
+    return result

@@ -1,0 +1,325 @@
+"""Stage-2 classifiers end to end on a tiny model trained here: embeddings, probes vs k-mer baselines,
+TSTR/TRTS on generated genes, the bad-input cases and refusing untrusted model files."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from genbank_fixtures import genbank_text, write_genbank
+from test_prepare import SYN
+from test_train import _raw_config
+
+from codonlm.cli import main
+from codonlm.config import parse_config
+from codonlm.data.codons import decode, encode
+from codonlm.data.prepare import prepare
+from codonlm.errors import UserError
+from codonlm.evaluate.generation import run_prefix_generation
+from codonlm.model.load import load_model
+from codonlm.stage2.classifiers import MODELS, load_estimator, save_estimator
+from codonlm.stage2.embeddings import embed_genes, load_embeddings
+from codonlm.train.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "s2"
+AAS = [a for a in SYN if a != "*"]
+
+
+def biased_gene(rng: random.Random, gc_rich: bool) -> str:
+    """A random protein written with GC-ending (or AT-ending) synonymous codons where the code allows."""
+    codons = []
+    for aa in (rng.choice(AAS) for _ in range(rng.randint(30, 110))):
+        pool = [c for c in SYN[aa] if (c[2] in "GC") == gc_rich] or SYN[aa]
+        codons.append(rng.choice(pool))
+    return "ATG" + "".join(codons) + "TAA"
+
+
+def two_genomes(tmp: Path, n_genes: int = 44) -> list[Path]:
+    """A GC3-rich bacterium and an AT3-rich archaeon (lineage in the ORGANISM block)."""
+    rng = random.Random(5)
+    files = []
+    for f, (gc_rich, lineage) in enumerate([(True, "Bacteria; Pseudomonadota."), (False, "Archaea; Euryarchaeota.")]):
+        seq, feats = "", []
+        for i in range(n_genes):
+            g = biased_gene(rng, gc_rich)
+            seq += "ACGTACGTAC"
+            feats.append((f"{len(seq) + 1}..{len(seq) + len(g)}", {"locus_tag": f"g{f}_{i}"}))
+            seq += g
+        text = genbank_text(f"REC{f}", seq + "ACGTACGTAC", feats).replace("            Bacteria.", f"            {lineage}")
+        files.append(write_genbank(tmp / f"genome{f}.gbk.gz", [text], gz=True))
+    return files
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Prepared data, a 1-layer model trained for a few steps, and its prefix generations (a few seconds)."""
+    tmp = tmp_path_factory.mktemp("stage2")
+    raw = _raw_config(tmp, two_genomes(tmp), epochs=1, max_steps=8)
+    raw["data"].update(val_frac=0.3, test_frac=0.3)
+    raw["model"].update(n_layer=2, dropout=0.0, block_size=48)  # genes are longer: embeddings must slide
+    cfg = parse_config(raw)
+    prepare(cfg, show_progress=False)
+    train(cfg, RUN, log=lambda _msg: None)
+    run_prefix_generation(RUN, checkpoints_dir=cfg.outputs.out_dir, prompt_codons=5, per_genome=8,
+                          temperatures=(1.0,), max_codons=60, show_progress=False,
+                          out_dir=str(tmp / "outputs" / "scores" / RUN / "gen_prefix"), log=lambda _m: None)
+    return tmp, cfg
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def test_pooling_equals_a_hand_computation(run):
+    tmp, cfg = run
+    model, _, _ = load_model(RUN, cfg.outputs.out_dir)
+    rng = random.Random(1)
+    seqs = [biased_gene(rng, True)[:60], biased_gene(rng, False)[:99], "ATG" * 30 + biased_gene(rng, True)]
+    T = cfg.model.block_size
+    assert len(seqs[2]) // 3 > 2 * T  # read with several windows
+    mean, _, layers = embed_genes(model, seqs, pool="mean", show_progress=False)
+    per, offsets, _ = embed_genes(model, seqs, pool="per-codon", show_progress=False)
+    last, _, _ = embed_genes(model, seqs, pool="last", show_progress=False)
+    biggest, _, _ = embed_genes(model, seqs, pool="max", show_progress=False)
+    assert layers == ["final"] and mean.shape == (3, cfg.model.n_embd)
+    for g, dna in enumerate(seqs):
+        tokens = torch.from_numpy(encode(dna).astype(np.int64))[None]
+        n = tokens.shape[1] - 1
+        head = tokens[:, : min(n + 1, T)]  # one unpadded window from <BOS_CDS>, alone in its batch
+        _, cache = model.run_with_cache(head, names_filter="ln_final.hook_normalized")
+        states = cache["ln_final.hook_normalized"][0].numpy()
+        rows = per[offsets[g] : offsets[g + 1]]
+        assert rows.shape == (n, cfg.model.n_embd)
+        np.testing.assert_allclose(rows[: head.shape[1] - 1], states[1:], atol=1e-5)  # BOS excluded
+        np.testing.assert_allclose(mean[g], rows.mean(0), atol=1e-5)
+        np.testing.assert_allclose(biggest[g], rows.max(0), atol=1e-6)
+        if n < T:  # the whole gene in one window: mean over non-PAD codon positions by hand
+            np.testing.assert_allclose(mean[g], states[1:].mean(0), atol=1e-5)
+        tail = tokens[:, max(0, n + 1 - T) :]  # the window that ends at the last codon
+        _, cache = model.run_with_cache(tail, names_filter="ln_final.hook_normalized")
+        np.testing.assert_allclose(last[g], cache["ln_final.hook_normalized"][0, -1].numpy(), atol=1e-5)
+        np.testing.assert_allclose(last[g], rows[-1], atol=1e-6)
+
+
+def test_extract_embeddings_command_writes_ids_run_layer_and_pool(run, capsys):
+    tmp, cfg = run
+    rng = random.Random(2)
+    fasta = tmp / "mine.fasta"
+    fasta.write_text("".join(f">gene{i} some description\n{biased_gene(rng, i % 2 == 0)}\n" for i in range(5)))
+    out = tmp / "e1" / "emb.npz"
+    code, err = _cli(["extract-embeddings", "--run_id", RUN, "--fasta", str(fasta), "--out", str(out),
+                      "--checkpoints-dir", cfg.outputs.out_dir, "--quiet"], capsys)
+    assert code == 0, err
+    emb = load_embeddings(out)
+    assert emb.ids == [f"gene{i}" for i in range(5)] and emb.embeddings.shape == (5, cfg.model.n_embd)
+    assert (emb.run_id, emb.layer, emb.pool) == (RUN, "final", "mean")
+    pd.DataFrame({"seq": [s for s in fasta.read_text().split("\n") if s and not s.startswith(">")]}).to_csv(
+        tmp / "mine.csv", index=False)
+    code, err = _cli(["extract-embeddings", "--run_id", RUN, "--csv", str(tmp / "mine.csv"), "--out",
+                      str(tmp / "all.npz"), "--layer", "all", "--pool", "max", "--checkpoints-dir",
+                      cfg.outputs.out_dir, "--quiet"], capsys)
+    assert code == 0, err
+    every = load_embeddings(tmp / "all.npz")
+    assert every.ids == [f"row{i + 1}" for i in range(5)] and every.layers == ["0", "1", "final"]
+    assert every.embeddings.shape == (5, 3, cfg.model.n_embd) and every.pool == "max"
+
+
+@pytest.mark.parametrize("record, where", [("ATGAAANAATAA", "position 7"), ("ATGAAAATAA", "length 10")])
+def test_a_bad_record_is_named_and_skip_invalid_counts_it(run, capsys, tmp_path, record, where):
+    _, cfg = run
+    fasta = tmp_path / "bad.fasta"
+    fasta.write_text(f">ok\nATGAAATAA\n>broken\n{record}\n")
+    out = tmp_path / "bad.npz"
+    args = ["extract-embeddings", "--run_id", RUN, "--fasta", str(fasta), "--out", str(out),
+            "--checkpoints-dir", cfg.outputs.out_dir, "--quiet"]
+    code, err = _cli(args, capsys)
+    assert code == 2 and "'broken'" in err and where in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    code, err = _cli([*args, "--skip-invalid"], capsys)
+    assert code == 0, err
+    emb = load_embeddings(out)
+    assert emb.ids == ["ok"] and emb.meta["n_skipped"] == 1
+
+
+def test_empty_fasta_and_bad_layer_fail_in_one_line(run, capsys):
+    tmp, cfg = run
+    (tmp / "empty.fasta").write_text("")
+    base = ["extract-embeddings", "--run_id", RUN, "--out", str(tmp / "x.npz"), "--checkpoints-dir",
+            cfg.outputs.out_dir, "--quiet"]
+    code, err = _cli([*base, "--fasta", str(tmp / "empty.fasta")], capsys)
+    assert code == 2 and "no sequences" in err and len(err.strip().splitlines()) == 1
+    (tmp / "one.fasta").write_text(">a\nATGAAATAA\n")
+    code, err = _cli([*base, "--fasta", str(tmp / "one.fasta"), "--layer", "7"], capsys)
+    assert code == 2 and "blocks 0..1" in err and not (tmp / "x.npz").exists()
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+@pytest.fixture(scope="module")
+def labelled(run):
+    """Held-out genes of the run labelled by genome (GC3-rich vs AT3-rich), with their embeddings."""
+    from codonlm.io import read_split_genes
+
+    tmp, cfg = run
+    rows = []
+    for split in ("val", "test"):
+        genes = read_split_genes(Path(cfg.data.processed_dir) / "all" / f"{split}.npz")
+        rows += [{"id": genes.names[g], "seq": decode(genes.codons(g)),
+                  "label": genes.dataset_names[genes.groups[g]]} for g in range(len(genes.genes))]
+    table = pd.DataFrame(rows)
+    table.to_csv(tmp / "labels.csv", index=False)
+    assert main(["extract-embeddings", "--run_id", RUN, "--csv", str(tmp / "labels.csv"), "--out",
+                 str(tmp / "labels.npz"), "--checkpoints-dir", cfg.outputs.out_dir, "--quiet"]) == 0
+    return tmp, table
+
+
+def _config(tmp: Path, name: str, **keys) -> Path:
+    raw = {"train_labels": str(tmp / "labels.csv"), "train_embeddings": str(tmp / "labels.npz"),
+           "out_dir": str(tmp / "reports" / name), "bootstrap": 200, **keys}
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps(raw))  # JSON is YAML
+    return path
+
+
+def test_probes_and_kmer_baselines_share_one_split_and_learn_the_genome(labelled, capsys):
+    tmp, table = labelled
+    code, err = _cli(["train-classifier", "--config", str(_config(tmp, "genome")), "--quiet"], capsys)
+    assert code == 0, err
+    out = tmp / "reports" / "genome"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == set(MODELS) and metrics["classes"] == ["ds0", "ds1"]
+    assert metrics["n_train"] + metrics["n_test"] == len(table)
+    for name, m in metrics["models"].items():
+        for key in ("accuracy", "macro_f1", "roc_auc"):
+            lo, hi = m[f"{key}_ci"]
+            assert 0 <= lo <= m[key] <= hi <= 1, (name, key)
+        assert sum(c["support"] for c in m["per_class"].values()) == metrics["n_test"]
+        assert np.array(m["confusion"]).sum() == metrics["n_test"]
+    # codon choice separates the genomes: the k-mer baseline and a probe on the same split both see it
+    assert metrics["models"]["kmer_logreg"]["accuracy"] >= 0.9
+    assert metrics["models"]["probe_logreg"]["accuracy"] >= 0.8
+    split = pd.read_csv(out / "split.csv")
+    assert set(split["set"]) == {"train", "test"} and (split["set"] == "test").sum() == metrics["n_test"]
+    for name in ("metrics.json", "confusion.png", "calibration.png", "compare.csv", "compare.png", "model.skops",
+                 "vectorizer.skops", "kmer_xgb.json", "probe_svm.skops", "mlp.skops"):
+        assert (out / name).stat().st_size > 0, name
+    compare = pd.read_csv(out / "compare.csv")
+    assert list(compare.columns) == ["task", "model", "metric", "value", "ci_low", "ci_high"]
+    assert len(compare) == 3 * len(MODELS)
+
+
+def test_eval_classifier_reproduces_the_test_metrics_from_the_manuals_model_pkl(labelled, capsys):
+    tmp, _ = labelled
+    out = tmp / "reports" / "genome"
+    assert not (out / "model.pkl").exists()  # the manual's name resolves to model.skops
+    test = pd.read_csv(out / "split.csv").query("set == 'test'")
+    test[["id", "label"]].to_csv(tmp / "test_labels.csv", index=False)
+    trained = json.loads((out / "metrics.json").read_text())["models"]
+    code, err = _cli(["eval-classifier", "--kind", "probe", "--model", str(out / "model.pkl"), "--embeddings",
+                      str(tmp / "labels.npz"), "--labels", str(tmp / "test_labels.csv"), "--out", str(tmp / "ev"),
+                      "--bootstrap", "200"], capsys)
+    assert code == 0, err
+    probe = json.loads((tmp / "ev" / "eval_metrics.json").read_text())["models"]["model"]
+    assert probe["accuracy"] == pytest.approx(trained["probe_logreg"]["accuracy"])
+    assert (tmp / "ev" / "eval_confusion.png").is_file() and (tmp / "ev" / "eval_calibration.png").is_file()
+    code, err = _cli(["eval-classifier", "--kind", "kmer", "--model", str(out / "kmer_xgb.json"), "--vectorizer",
+                      str(out / "vectorizer.pkl"), "--seqs", str(tmp / "labels.csv"), "--labels",
+                      str(tmp / "test_labels.csv"), "--out", str(tmp / "ev2"), "--bootstrap", "0"], capsys)
+    assert code == 0, err
+    xgb = json.loads((tmp / "ev2" / "eval_metrics.json").read_text())["models"]["kmer_xgb"]
+    assert xgb["accuracy"] == pytest.approx(trained["kmer_xgb"]["accuracy"])
+
+
+def test_untrusted_or_pickled_model_files_are_refused(tmp_path):
+    import os
+    import pickle
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    save_estimator(FunctionTransformer(func=os.system), tmp_path / "evil.skops")
+    with pytest.raises(UserError, match="refused.*posix.system|refused.*os.system|refused"):
+        load_estimator(tmp_path / "evil.skops")
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(UserError, match="pickles are never loaded"):
+        load_estimator(tmp_path / "model.pkl")
+
+
+def _fails(args: list[str], capsys, expect: str, out: Path) -> None:
+    before = sorted(p.name for p in out.iterdir()) if out.exists() else None
+    code, err = _cli(args, capsys)
+    assert code == 2 and expect in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before  # nothing written
+
+
+def test_bad_inputs_fail_in_one_line_and_write_nothing(labelled, capsys):
+    tmp, table = labelled
+    half = table.iloc[: len(table) // 2]
+    half.to_csv(tmp / "half.csv", index=False)
+    main(["extract-embeddings", "--run_id", RUN, "--csv", str(tmp / "half.csv"), "--out", str(tmp / "half.npz"),
+          "--checkpoints-dir", str(tmp / "ckpt"), "--quiet"])
+    out = tmp / "reports" / "bad"
+    cases = [
+        (dict(train_embeddings=str(tmp / "half.npz")), "missing from"),  # label ids not in the embeddings
+        (dict(train_labels=str(tmp / "one.csv")), "only one class"),
+        (dict(models=["probe_logreg", "probe_forest"]), "probe_forest"),
+    ]
+    table.assign(label="same").to_csv(tmp / "one.csv", index=False)
+    for keys, expect in cases:
+        _fails(["train-classifier", "--config", str(_config(tmp, "bad", **keys))], capsys, expect, out)
+    table[["label"]].to_csv(tmp / "noid.csv", index=False)  # no ids: rows must match the NPZ one to one
+    _fails(["train-classifier", "--config", str(_config(tmp, "bad", train_labels=str(tmp / "noid.csv"),
+                                                                train_embeddings=str(tmp / "half.npz")))],
+           capsys, "rows but", out)
+    _fails(["eval-classifier", "--kind", "forest", "--model", "m.skops", "--labels", str(tmp / "labels.csv"),
+            "--out", str(out)], capsys, "--kind forest", out)
+
+
+# --------------------------------------------------------------------------- codonlm stage2
+
+
+def test_stage2_runs_the_ready_tasks_with_protocols(run, capsys, monkeypatch):
+    tmp, cfg = run
+    monkeypatch.chdir(tmp)  # the ready configs write under outputs/ of the working directory
+    code, err = _cli(["stage2", RUN, "--configs-dir", str(REPO / "configs" / "classifier"), "--checkpoints-dir",
+                      cfg.outputs.out_dir, "--quiet"], capsys)
+    assert code == 0, err
+    root = tmp / "outputs" / "reports" / RUN / "stage2"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["run_id"] == RUN
+    assert set(summary["tasks"]) == {"probe_aa", "genome", "domain", "real_vs_generated"}
+    assert set(summary["protocols"]) == {"TRTR", "TSTR", "TRTS"} and not summary["skipped"]
+    for task in summary["tasks"].values():
+        assert task["n_train"] > 0 and task["n_test"] > 0 and len(task["classes"]) >= 2
+        assert set(task["models"]) == set(MODELS)
+        m = task["models"]["probe_logreg"]
+        assert 0 <= m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1] <= 1
+    assert summary["tasks"]["domain"]["classes"] == ["Archaea", "Bacteria"]
+    assert summary["tasks"]["probe_aa"]["classes"] == ["hydrophilic", "hydrophobic", "intermediate"]
+    assert set(summary["protocols"]["TSTR"]) == set(MODELS)
+    assert summary["embedding"]["layer"] == "final" and summary["embedding"]["embeddings_per_s"] > 0
+    data = root / "data"
+    heldout = pd.read_csv(data / "heldout.csv")
+    assert set(heldout["split"]) == {"val", "test"}  # only genes the LM never trained on
+    prompts = set(pd.read_csv(data / "generated.csv")["prompt_gene"])
+    assert not prompts & set(pd.read_csv(data / "real_test.csv")["id"])  # TSTR tests on genes that gave no prompt
+    assert set(pd.read_csv(data / "real_train.csv")["id"]) <= set(heldout.loc[heldout["split"] == "val", "id"])
+    compare = pd.read_csv(root / "compare.csv")
+    assert set(compare["task"]) == {"probe_aa", "genome", "domain", "real_vs_generated", "protocol_trtr",
+                                    "protocol_tstr", "protocol_trts"}
+    for task in ("probe_aa", "protocol_tstr"):
+        for name in ("metrics.json", "confusion.png", "calibration.png", "model.skops"):
+            assert (root / task / name).is_file()
+    assert (root / "compare.png").stat().st_size > 0
