@@ -57,12 +57,14 @@ class DataConfig(_Section):
     pack_mode: Literal["multi", "single"] = "multi"
     raw_dir: str = "data/raw"
     processed_dir: str = "data/processed"
+    prepare_workers: int | Literal["auto"] = Field("auto", description="processes parsing input files in prepare; "
+                                                   "auto = every core (one for small corpora)")
 
-    @field_validator("windows_per_seq")
+    @field_validator("windows_per_seq", "prepare_workers")
     @classmethod
-    def _positive_windows(cls, v: int | str) -> int | str:
+    def _positive_or_auto(cls, v: int | str, info) -> int | str:  # info: pydantic ValidationInfo
         if isinstance(v, int) and v < 1:
-            raise ValueError("windows_per_seq must be >= 1 or 'auto'")
+            raise ValueError(f"{info.field_name} must be >= 1 or 'auto'")
         return v
 
     @model_validator(mode="after")

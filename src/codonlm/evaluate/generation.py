@@ -309,6 +309,7 @@ def run_prefix_generation(
     """
     import pandas as pd
 
+    from codonlm.data.layout import run_split_path
     from codonlm.model.load import checkpoint_path, load_model
 
     temperatures = [float(t) for t in temperatures]
@@ -332,8 +333,8 @@ def run_prefix_generation(
     if prompt_codons + 2 > block:
         raise UserError(f"prompt codons ({prompt_codons}) must be below block_size - 1 ({block - 1})")
     processed = Path(processed_dir or cfg.data.processed_dir)
-    train = read_split_genes(processed / "all" / "train.npz")
-    held = read_split_genes(processed / "all" / f"{split}.npz")
+    train = read_split_genes(run_split_path(cfg, run_name, "train", processed_dir=processed))
+    held = read_split_genes(run_split_path(cfg, run_name, split, processed_dir=processed))
     names = held.dataset_names
     if train.dataset_names != names:
         raise UserError(
