@@ -141,12 +141,14 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
         reused = folder.exists()
         if reused:
             log(f"[prepare] {folder} is complete (key {key.key}): nothing to build")
+            report = read_json(folder / "report.json")
         else:
             with _parts_locked(root, plans, log):
                 build_parts(root, _missing_parts(root, plans, log), n_workers, show_progress, log)
-                _merge(root, key, plans, inputs, folder, force, n_workers, t0)
-    report = read_json(folder / "report.json")
+                report = _merge(root, key, plans, inputs, folder, force, n_workers, t0)
     if not report["integrity"]["ok"] and not force:
+        if run_dir is not None:
+            write_json(Path(run_dir) / "integrity.json", report["integrity"])
         raise UserError(_integrity_message(report["integrity"]))
     save_itos(cfg.outputs.itos_path)
     report.update({"config_sha256": config_sha256(cfg), "key": key.key, "processed": str(folder), "reused": reused,
@@ -201,8 +203,9 @@ def _missing_parts(root: Path, plans: list[PartPlan], log: Callable[[str], None]
 
 
 def _merge(root: Path, key: DataKey, plans: list[PartPlan], inputs: dict, folder: Path, force: bool,
-           workers: int, t0: float) -> None:
-    """Concatenate the parts into all/, link them as <dataset>/, write the reports; publish the folder."""
+           workers: int, t0: float) -> dict:
+    """Concatenate the parts into all/, link them as <dataset>/, write the reports; publish the folder
+    unless the integrity check failed without `force`. Returns the report."""
     staging = staging_dir(folder)
     try:
         t_concat = time.perf_counter()
@@ -228,13 +231,14 @@ def _merge(root: Path, key: DataKey, plans: list[PartPlan], inputs: dict, folder
         write_json(staging / "key.json", {"key": key.key, **key.description})
         save_itos(staging / "itos.json")
         if not report["integrity"]["ok"] and not force:
-            raise UserError(_integrity_message(report["integrity"]))
+            return report  # not published: the caller reports the failure
         write_manifest(staging, {"key": key.key}, known)
         total = time.perf_counter() - t0
         report["timings_s"].update({"concatenate": round(seconds_concat, 3), "total": round(total, 3)})
         report["throughput_mb_per_s"] = round(report["input_uncompressed_bytes"] / 1e6 / total, 2)
         write_json(staging / "report.json", report)
         publish_dir(staging, folder)
+        return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
