@@ -10,6 +10,7 @@ growing process; the kernel's page cache keeps hot rows in RAM either way.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class WindowDataset(Dataset):
             self._arrays = {name: reader.locate(name) for name in WINDOW_ARRAYS}  # dtype, shape, byte offset
             with np.load(self.path, allow_pickle=False) as z:
                 self.dataset_names = [str(n) for n in z["dataset_names"]]
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise UserError(f"{self.path}: unreadable prepared data ({str(exc)[:100]}); re-run 'codonlm prepare'") from None
         self.n, width = self._arrays["tokens"][1]
         self.block_size = width - 1
