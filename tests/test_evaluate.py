@@ -16,6 +16,7 @@ from test_train import _raw_config
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.data.codons import clean_dna
+from codonlm.data.layout import run_split_path
 from codonlm.data.prepare import prepare
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows, score_genes
@@ -41,7 +42,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("stride", [1, 8])
 def test_sliding_window_scoring_gives_each_codon_its_context(trained, stride):
     model, cfg, _ = load_model("ev", trained.outputs.out_dir)
-    z = np.load(f"{cfg.data.processed_dir}/all/test.npz")
+    z = np.load(run_split_path(cfg, "ev", "test"))
     off, toks = z["gene_offsets"], z["gene_tokens"]
     gene = toks[off[0] : off[1]]
     assert gene.size > 3 * cfg.model.block_size

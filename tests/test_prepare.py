@@ -1,4 +1,6 @@
-"""prepare on small GenBank fixtures: NPZ layout, leak-free splits, determinism, reports."""
+"""prepare on small GenBank fixtures: NPZ layout, leak-free splits, determinism, reports.
+
+The content-addressed layout, run records, parallel workers and faults: test_prepare_layout.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from genbank_fixtures import genbank_text, write_genbank
 
 from codonlm.config import parse_config
 from codonlm.data.codons import genetic_code
-from codonlm.data.prepare import SPLITS, prepare
+from codonlm.data.layout import SPLITS, data_key, key_dir
+from codonlm.data.prepare import prepare
 
 SYN = {}  # amino acid -> codons (table 11), to write synonymous copies of a protein
 for codon in (a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"):
@@ -64,18 +67,27 @@ def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.npz"))}
 
 
+def prepared(cfg) -> Path:
+    """data/processed/<key>/ of a config."""
+    return key_dir(cfg.data.processed_dir, data_key(cfg).key)
+
+
 def test_prepare_writes_documented_arrays(tmp_path):
     files, _ = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files)
     report = prepare(cfg, run_dir=tmp_path / "run", show_progress=False)
-    processed = tmp_path / "processed"
+    processed = prepared(cfg)
+    assert report["processed"] == str(processed) and not report["reused"]
     total_genes = 0
     for s in SPLITS:
         combined = np.load(processed / "all" / f"{s}.npz")
         assert combined["tokens"].shape[1] == 65 and combined["tokens"].dtype == np.uint8
         assert list(combined["dataset_names"]) == ["ds0", "ds1"]
         parts = [np.load(processed / f"ds{i}" / f"{s}.npz") for i in range(2)]
+        for i, p in enumerate(parts):  # each dataset's NPZ stands alone: its own name, index 0
+            assert list(p["dataset_names"]) == [f"ds{i}"] and not p["window_dataset"].any() and not p["gene_dataset"].any()
         assert np.array_equal(combined["tokens"], np.concatenate([p["tokens"] for p in parts]))
+        assert np.array_equal(combined["gene_tokens"], np.concatenate([p["gene_tokens"] for p in parts]))
         assert np.array_equal(combined["window_dataset"],
                               np.concatenate([np.full(len(p["tokens"]), i) for i, p in enumerate(parts)]))
         off = combined["gene_offsets"]
@@ -88,6 +100,7 @@ def test_prepare_writes_documented_arrays(tmp_path):
     assert saved["splits"]["train"]["coverage"] == 1.0
     assert set(saved["datasets"]["ds0"]["extraction"]["dropped"]) >= {"pseudo", "partial", "internal_stop"}
     assert json.loads((processed / "itos.json").read_text())[:4] == ["<PAD>", "<BOS_CDS>", "<EOS_CDS>", "<SEP>"]
+    assert (tmp_path / "processed" / "itos.json").read_text() == (processed / "itos.json").read_text()
 
 
 def test_identical_proteins_never_straddle_splits(tmp_path):
@@ -97,7 +110,7 @@ def test_identical_proteins_never_straddle_splits(tmp_path):
     code = genetic_code(11)
     seen: dict[str, str] = {}
     for s in SPLITS:
-        z = np.load(tmp_path / "processed" / "all" / f"{s}.npz")
+        z = np.load(prepared(cfg) / "all" / f"{s}.npz")
         off, toks = z["gene_offsets"], z["gene_tokens"]
         for g in range(len(off) - 1):
             protein = code.translate(toks[off[g] + 1 : off[g + 1] - 1])
@@ -109,19 +122,20 @@ def test_prepare_is_deterministic_and_seeded(tmp_path):
     files, _ = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files)
     prepare(cfg, show_progress=False)
-    first = _digest(tmp_path / "processed")
-    prepare(cfg, show_progress=False)
-    assert _digest(tmp_path / "processed") == first
+    first = _digest(prepared(cfg))
+    again = make_config(tmp_path / "again", files)  # a fresh processed folder: built again from scratch
+    prepare(again, show_progress=False)
+    assert _digest(prepared(again)) == first
     cfg.outputs.seed = 99
     prepare(cfg, show_progress=False)
-    assert _digest(tmp_path / "processed") != first
+    assert _digest(prepared(cfg)).keys() == first.keys() and _digest(prepared(cfg)) != first
 
 
 def test_single_pack_mode_one_gene_per_window(tmp_path):
     files, _ = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files, pack_mode="single")
     prepare(cfg, show_progress=False)
-    z = np.load(tmp_path / "processed" / "all" / "train.npz")
+    z = np.load(prepared(cfg) / "all" / "train.npz")
     assert z["segment_ids"].max() == 1
 
 
@@ -146,7 +160,7 @@ def test_prepare_real_corpus(tmp_path, raw_corpus):
     assert 26_000 < report["kept_cds"] < 28_000
     assert report["splits"]["train"]["coverage"] == 1.0
     assert report["splits"]["test"]["genes"] > 1000
-    z = np.load(tmp_path / "processed" / "all" / "test.npz")
+    z = np.load(prepared(cfg) / "all" / "test.npz")
     assert len(z["dataset_names"]) == 7 and set(np.unique(z["window_dataset"])) == set(range(7))
 
 
@@ -170,7 +184,11 @@ def test_integrity_failure_stops_unless_forced(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="--force") as exc:
         prepare(cfg, run_dir=tmp_path / "run", show_progress=False)
     assert "block_size" in str(exc.value) and "windows_per_seq" in str(exc.value)
-    assert _digest(tmp_path / "processed") == before  # nothing replaced
+    after = _digest(tmp_path / "processed")
+    assert {k: after[k] for k in before} == before  # nothing replaced (the new datasets' parts may stay)
+    assert not prepared(cfg).exists()  # and the failed key is not published
     assert json.loads((tmp_path / "run" / "integrity.json").read_text())["pad_only_windows"] == 3
     prepare(cfg, run_dir=tmp_path / "run", force=True, show_progress=False)
-    assert _digest(tmp_path / "processed") != before
+    assert (prepared(cfg) / "manifest.json").is_file()
+    with pytest.raises(UserError, match="--force"):  # a later prepare without --force still refuses
+        prepare(cfg, run_dir=tmp_path / "run", show_progress=False)

@@ -70,17 +70,22 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from codonlm.provenance import snapshot, timed_stage
 
     cfg = load_config(args.config)
+    if args.datasets:  # one machine's share: only these datasets' NPZs, no run
+        report = prepare(cfg, show_progress=not args.quiet, workers=args.workers, datasets=args.datasets)
+        print(f"[prepare] datasets ready: {', '.join(f'{k} ({v})' for k, v in report['parts'].items())}; once every "
+              f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
+        return
     run_id, directory = _resolve_run(cfg, args.run_id)
     tee_to_run_log(directory)
     snapshot(cfg, directory, args.config)
     print(f"[prepare] run {run_id}")
     with timed_stage(directory, "prepare"):
-        report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet)
+        report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet, workers=args.workers)
     s = report["splits"]
     print(
-        f"[prepare] kept {report['kept_cds']} CDS; windows train/val/test = "
-        f"{s['train']['windows']}/{s['val']['windows']}/{s['test']['windows']}; "
-        f"coverage {s['train']['coverage']:.4f}; {report['throughput_mb_per_s']} MB/s; "
+        f"[prepare] {report['processed']}{' (already prepared)' if report['reused'] else ''}: kept {report['kept_cds']} "
+        f"CDS; windows train/val/test = {s['train']['windows']}/{s['val']['windows']}/{s['test']['windows']}; "
+        f"coverage {s['train']['coverage']:.4f}; built at {report['throughput_mb_per_s']} MB/s; "
         f"report: {directory / 'pipeline_prepare.json'}"
     )
 
@@ -288,6 +293,12 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast: about 2x faster on CPU, slightly less exact")
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text if text == "auto" else int(text)
+    raise argparse.ArgumentTypeError(f"expected a number of processes >= 1 or 'auto', got '{text}'")
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default="configs/tiny_cpu.yaml", help="YAML config (default: %(default)s)")
 
@@ -400,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="write reports into runs/RUN_ID (default: from the config)")
     p.add_argument("--force", action="store_true", help="keep going when the integrity check fails")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=_workers, help="processes parsing input files (default: data.prepare_workers)")
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="prepare only these datasets (one machine's share); a plain prepare then merges them")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("extract-cds", help="write the kept CDS of GenBank files as FASTA (to audit extraction)")

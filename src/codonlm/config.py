@@ -67,6 +67,8 @@ class DataConfig(_Section):
     pack_mode: Literal["multi", "single"] = "multi"
     raw_dir: str = "data/raw"
     processed_dir: str = "data/processed"
+    prepare_workers: PositiveIntOrAuto = Field("auto", description="processes parsing input files in prepare; "
+                                                   "auto = every core (one for small corpora)")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:

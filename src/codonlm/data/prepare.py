@@ -1,45 +1,59 @@
-"""Config -> NPZ splits: extract CDS, split by protein, pack windows, write per-dataset and combined NPZs.
+"""Config -> prepared data: builds NPZs per dataset, then concatenates across datasets. Content-addressed.
 
-Streams one CDS at a time; windows and genes spill to disk in a staging folder, and the
-finished files replace the old ones only when everything succeeded (nothing half-written).
+prepare computes the key of the data the config asks for (codonlm.data.layout) and does nothing
+more when data/processed/<key>/ is complete and every file matches its manifest. Otherwise it
+builds the datasets' NPZs that are missing (codonlm.data.parts: input files parsed by parallel
+workers, written by this process in a fixed order), concatenates them into all/{train,val,test}.npz
+in a temporary folder, and renames that folder into place: an interrupted prepare never leaves a
+half dataset, and running it again finishes the job with the same bytes. A lock per key makes a
+second prepare of the same key wait for the first, then find it done.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
-import hashlib
 import os
 import shutil
 import struct
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from codonlm.config import Config, DatasetSpec, config_sha256
-from codonlm.data.codons import PAD, VOCAB_SIZE, frame_gene, loss_mask, save_itos
-from codonlm.data.genbank import ExtractionStats, check_genbank_path, extract_file_records
-from codonlm.data.packing import Piece, WindowPacker, chunk_gene, render
-from codonlm.data.store import NpzReader, Spill, TextSpill, whole, write_npz_streaming
+from codonlm.data.codons import VOCAB_SIZE, save_itos
+from codonlm.data.genbank import check_genbank_path
+from codonlm.data.layout import (
+    MANIFEST,
+    RUN_RECORD,
+    SPLITS,
+    DataKey,
+    data_key,
+    folder_problem,
+    key_dir,
+    lock_dir,
+    part_dir,
+    prepare_workers,
+    record_run_data,
+    recorded_key,
+    write_manifest,
+)
+from codonlm.data.parts import NpzSource, PartPlan, UnitSettings, build_parts, concatenate_npz, summarise
+from codonlm.data.store import (
+    discard_dir,
+    folder_lock,
+    link_or_copy,
+    publish_dir,
+    remove_stale_staging,
+    staging_dir,
+)
 from codonlm.errors import UserError
-from codonlm.io import sha256_file, write_json
+from codonlm.io import read_json, sha256_file, write_json
 
-SPLITS = ("train", "val", "test")
-_RENDER_EVERY = 2048  # windows
-
-
-def split_of(protein: str, seed: int, val_frac: float, test_frac: float) -> str:
-    """Split from a seeded hash of the protein: identical proteins always land together (no leak)."""
-    digest = hashlib.blake2b(f"{seed}:{protein}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "little") / 2**64
-    if u < test_frac:
-        return "test"
-    if u < test_frac + val_frac:
-        return "val"
-    return "train"
+# Below this much GenBank text to parse, 'auto' uses one process: starting workers costs more than it saves.
+_PARALLEL_MIN_BYTES = 32 << 20
 
 
 def uncompressed_size(path: Path) -> int:
@@ -51,196 +65,22 @@ def uncompressed_size(path: Path) -> int:
         return struct.unpack("<I", fh.read(4))[0]
 
 
-@dataclass
-class SplitSink:
-    """Windows and whole genes of one (dataset, split), spilled to the staging folder."""
-
-    folder: Path
-    window: int
-    multi: bool
-    max_chunks: int | None
-    packer: WindowPacker = field(init=False)
-    pending: list[list[Piece]] = field(default_factory=list)
-    genes: int = 0
-    target_tokens: int = 0  # scored targets in whole genes (codons + EOS)
-    covered_targets: int = 0  # scored targets that landed in some window
-    lost_targets: int = 0
-    pad_only_windows: int = 0
-    windows_without_targets: int = 0
-    pad_tokens: int = 0
-
-    def __post_init__(self) -> None:
-        w = self.window
-        self.packer = WindowPacker(w, self.multi)
-        self.tokens = Spill(self.folder / "tokens.bin", np.uint8, (w,))
-        self.segments = Spill(self.folder / "segments.bin", np.int16, (w,))
-        self.positions = Spill(self.folder / "positions.bin", np.int32, (w,))
-        self.gene_flat = Spill(self.folder / "gene_tokens.bin", np.uint8)
-        self.gene_lengths = Spill(self.folder / "gene_lengths.bin", np.int64)
-        self.names = TextSpill(self.folder / "gene_names.txt")
-
-    def add_gene(self, codon_ids: np.ndarray, name: str) -> None:
-        self.add_genes([codon_ids], [name])
-
-    def add_genes(self, genes: list[np.ndarray], names: list[str]) -> None:
-        """Add genes (codon ids each) in order: one spill append for all of them, then pack their pieces."""
-        if not genes:
-            return
-        lengths = [g.size + 2 for g in genes]
-        flat = np.concatenate([frame_gene(g) for g in genes])
-        self.genes += len(genes)
-        self.target_tokens += flat.size - len(genes)
-        self.gene_flat.append(flat)
-        self.gene_lengths.append(np.array(lengths, dtype=np.int64))
-        self.names.append(names)
-        start = 0
-        for size in lengths:
-            pieces, lost = chunk_gene(flat[start : start + size], self.window, self.max_chunks)
-            start += size
-            self.lost_targets += lost
-            for piece in pieces:
-                closed = self.packer.place(piece)
-                if closed is not None:
-                    self.pending.append(closed)
-        if len(self.pending) >= _RENDER_EVERY:
-            self._render()
-
-    def _render(self) -> None:
-        if not self.pending:
-            return
-        batch = render(self.pending, self.window)
-        self.pending = []
-        scored = loss_mask(batch.tokens[:, 1:])
-        self.covered_targets += int(scored.sum())
-        self.windows_without_targets += int((~scored.any(axis=1)).sum())
-        is_pad = batch.tokens == PAD
-        self.pad_only_windows += int(is_pad.all(axis=1).sum())
-        self.pad_tokens += int(is_pad.sum())
-        self.tokens.append(batch.tokens)
-        self.segments.append(batch.segment_ids)
-        self.positions.append(batch.positions)
-
-    def close(self) -> None:
-        self.pending.extend(self.packer.flush())
-        self._render()
-        for spill in (self.tokens, self.segments, self.positions, self.gene_flat, self.gene_lengths):
-            spill.flush()
-
-    def release(self) -> None:
-        """Drop the windows and genes once written (counts and summary stay)."""
-        for spill in (self.tokens, self.segments, self.positions, self.gene_flat, self.gene_lengths, self.names):
-            spill.release()
-
-    def summary(self) -> dict:
-        windows = self.tokens.rows
-        return {
-            "genes": self.genes,
-            "windows": windows,
-            "target_tokens": self.target_tokens,
-            "covered_targets": self.covered_targets,
-            "lost_targets": self.lost_targets,
-            "coverage": self.covered_targets / self.target_tokens if self.target_tokens else 1.0,
-            "pad_fraction": self.pad_tokens / (windows * self.window) if windows else 0.0,
-            "pad_only_windows": self.pad_only_windows,
-            "windows_without_targets": self.windows_without_targets,
-        }
-
-
-def _offsets(sinks: list[SplitSink]):
-    """gene_offsets chunks across sinks laid end to end."""
-    base = 0
-    yield np.zeros(1, dtype=np.int64)
-    for sink in sinks:
-        for lengths in sink.gene_lengths.chunks():
-            ends = base + np.cumsum(lengths)
-            if ends.size:
-                base = int(ends[-1])
-            yield ends
-
-
-def _write_split(path: Path, sinks: list[tuple[int, SplitSink]], dataset_names: list[str]) -> None:
-    """One NPZ from one or more (dataset index, sink) pairs, streamed chunk by chunk."""
-    only = [s for _, s in sinks]
-    n_windows = sum(s.tokens.rows for s in only)
-    n_genes = sum(s.genes for s in only)
-    n_gene_tokens = sum(s.gene_flat.rows for s in only)
-    w = only[0].window
-    names = np.concatenate([s.names.read() for s in only]) if n_genes else np.array([], dtype="<U1")
-    columns = {
-        "tokens": (np.uint8, (n_windows, w), (c for s in only for c in s.tokens.chunks())),
-        "segment_ids": (np.int16, (n_windows, w), (c for s in only for c in s.segments.chunks())),
-        "positions": (np.int32, (n_windows, w), (c for s in only for c in s.positions.chunks())),
-        "window_dataset": (
-            np.int16,
-            (n_windows,),
-            (np.full(s.tokens.rows, d, dtype=np.int16) for d, s in sinks),
-        ),
-        "dataset_names": whole(np.array(dataset_names, dtype=str)),
-        "gene_tokens": (np.uint8, (n_gene_tokens,), (c for s in only for c in s.gene_flat.chunks(1 << 24))),
-        "gene_offsets": (np.int64, (n_genes + 1,), _offsets(only)),
-        "gene_dataset": (np.int16, (n_genes,), (np.full(s.genes, d, dtype=np.int16) for d, s in sinks)),
-        "gene_names": whole(names),
-    }
-    write_npz_streaming(path, columns)
-
-
-def _write_combined(path: Path, parts: list[tuple[int, Path, SplitSink]], dataset_names: list[str]) -> None:
-    """One NPZ laying datasets' NPZs (written, their sinks released) end to end, streamed from those files."""
-    readers = [(d, NpzReader(npz), sink) for d, npz, sink in parts]
-    sinks = [sink for _, _, sink in parts]
-    n_windows = sum(s.tokens.rows for s in sinks)
-    n_genes = sum(s.genes for s in sinks)
-    w = sinks[0].window
-
-    def chained(name: str):
-        return (chunk for _, reader, _ in readers for chunk in reader.chunks(name))
-
-    def offsets():  # each dataset's gene_offsets less its leading 0, shifted past the datasets before it
-        yield np.zeros(1, dtype=np.int64)
-        base = 0
-        for _, reader, sink in readers:
-            skip = 1
-            for chunk in reader.chunks("gene_offsets"):
-                yield chunk[skip:] + base
-                skip = 0
-            base += sink.gene_flat.rows
-
-    columns = {
-        "tokens": (np.uint8, (n_windows, w), chained("tokens")),
-        "segment_ids": (np.int16, (n_windows, w), chained("segment_ids")),
-        "positions": (np.int32, (n_windows, w), chained("positions")),
-        "window_dataset": (np.int16, (n_windows,), (np.full(s.tokens.rows, d, dtype=np.int16) for d, _, s in parts)),
-        "dataset_names": whole(np.array(dataset_names, dtype=str)),
-        "gene_tokens": (np.uint8, (sum(s.gene_flat.rows for s in sinks),), chained("gene_tokens")),
-        "gene_offsets": (np.int64, (n_genes + 1,), offsets()),
-        "gene_dataset": (np.int16, (n_genes,), (np.full(s.genes, d, dtype=np.int16) for d, _, s in parts)),
-        # as np.concatenate of the datasets' names would: the widest string dtype
-        "gene_names": (np.result_type(*(r.header("gene_names")[0] for _, r, _ in readers)), (n_genes,),
-                       chained("gene_names")),
-    }
-    write_npz_streaming(path, columns)
-
-
-def _integrity(splits: dict[str, dict]) -> dict:
-    pad_only = sum(s["pad_only_windows"] for s in splits.values())
-    no_targets = sum(s["windows_without_targets"] for s in splits.values())
-    return {
-        "pad_only_windows": pad_only,
-        "windows_without_targets": no_targets,
-        "per_split": {k: {"pad_only_windows": v["pad_only_windows"], "windows": v["windows"]} for k, v in splits.items()},
-        "ok": pad_only == 0 and no_targets == 0,
-    }
-
-
 def _dataset_inputs(spec: DatasetSpec) -> list[dict]:
     out = []
     for f in spec.files:
         path = check_genbank_path(f)
-        out.append(
-            {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
-             "uncompressed_bytes": uncompressed_size(path)}
-        )
+        out.append({"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                    "uncompressed_bytes": uncompressed_size(path)})
     return out
+
+
+def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[PartPlan]:
+    d = cfg.data
+    max_chunks = None if d.windows_per_seq == "auto" else int(d.windows_per_seq)
+    return [PartPlan(part, spec, inputs[spec.name],
+                     UnitSettings(spec.min_len, spec.transl_table, cfg.model.block_size + 1, d.pack_mode == "multi",
+                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac))
+            for part, spec in zip(key.parts, d.datasets, strict=True)]
 
 
 def _cyclic_gc_paused(fn):
@@ -265,139 +105,197 @@ def _cyclic_gc_paused(fn):
 
 
 @_cyclic_gc_paused
-def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_progress: bool = True) -> dict:
-    """Run data prep; returns the pipeline_prepare.json content. Raises UserError on bad input."""
-    t0 = time.perf_counter()
-    data = cfg.data
-    out_root = Path(data.processed_dir)
-    window = cfg.model.block_size + 1
-    max_chunks = None if data.windows_per_seq == "auto" else int(data.windows_per_seq)
-    multi = data.pack_mode == "multi"
-    names = [d.name for d in data.datasets]
-    inputs = {d.name: _dataset_inputs(d) for d in data.datasets}  # fail fast on missing/empty files
+def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_progress: bool = True,
+            workers: int | str | None = None, datasets: list[str] | None = None,
+            log: Callable[[str], None] = print) -> dict:
+    """Prepare the config's data (a no-op when its key is complete); returns the pipeline_prepare.json content.
 
-    out_root.mkdir(parents=True, exist_ok=True)
-    staging = out_root / f".staging-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    report: dict = {"config_sha256": config_sha256(cfg), "block_size": cfg.model.block_size,
-                    "pack_mode": data.pack_mode, "windows_per_seq": data.windows_per_seq,
-                    "seed": cfg.outputs.seed, "datasets": {}, "timings_s": {}}
+    run_dir: also record the key, checksums and reports in this run folder. workers: processes
+    that parse input files (default data.prepare_workers; 'auto' = every core). datasets: build
+    only these datasets' NPZs (parts), for one machine's share of a corpus; a later prepare
+    without it merges them (same key, same bytes). Raises UserError on bad input.
+    """
+    t0 = time.perf_counter()
+    root = Path(cfg.data.processed_dir)
+    inputs = {spec.name: _dataset_inputs(spec) for spec in cfg.data.datasets}  # fail fast on missing/empty files
+    key = data_key(cfg, {name: [i["sha256"] for i in v] for name, v in inputs.items()})
+    plans = _plans(cfg, key, inputs)
+    setting = workers if workers is not None else cfg.data.prepare_workers
+    n_workers = prepare_workers(setting)
+    text_bytes = sum(i["uncompressed_bytes"] for v in inputs.values() for i in v)
+    if setting in (None, "auto") and text_bytes < _PARALLEL_MIN_BYTES:
+        n_workers = 1
+    if datasets is not None:
+        return _prepare_parts(root, plans, datasets, n_workers, show_progress, log)
+    if run_dir is not None:
+        _check_run_binding(Path(run_dir), key.key)
+
+    folder = key_dir(root, key.key)
+    with folder_lock(lock_dir(root, key.key),
+                     on_wait=lambda: log(f"[prepare] another prepare of key {key.key} is running; waiting for it")):
+        remove_stale_staging(folder)
+        problem = folder_problem(folder) if folder.exists() else None
+        if problem:
+            log(f"[prepare] {problem}: rebuilding {folder}")
+            discard_dir(folder)
+        reused = folder.exists()
+        if reused:
+            log(f"[prepare] {folder} is complete (key {key.key}): nothing to build")
+            report = read_json(folder / "report.json")
+        else:
+            with _parts_locked(root, plans, log):
+                build_parts(root, _missing_parts(root, plans, log), n_workers, show_progress, log)
+                report = _merge(root, key, plans, inputs, folder, force, n_workers, t0)
+    if not report["integrity"]["ok"] and not force:
+        if run_dir is not None:
+            write_json(Path(run_dir) / "integrity.json", report["integrity"])
+        raise UserError(_integrity_message(report["integrity"]))
+    save_itos(cfg.outputs.itos_path)
+    report.update({"config_sha256": config_sha256(cfg), "key": key.key, "processed": str(folder), "reused": reused,
+                   "seconds": round(time.perf_counter() - t0, 3)})
+    for name, v in inputs.items():  # this config's paths (the same content may have been built from others)
+        report["datasets"][name]["inputs"] = v
+    if run_dir is not None:
+        _record_run(Path(run_dir), key.key, folder, report, inputs)
+    return report
+
+
+def _prepare_parts(root: Path, plans: list[PartPlan], datasets: list[str], workers: int, show_progress: bool,
+                   log: Callable[[str], None]) -> dict:
+    """prepare --datasets: only these datasets' parts, for one machine's share of the work."""
+    known = [p.spec.name for p in plans]
+    unknown = [n for n in datasets if n not in known]
+    if unknown:
+        raise UserError(f"--datasets: no dataset named '{unknown[0]}' in the config; names: {', '.join(known)}")
+    chosen = [p for p in plans if p.spec.name in datasets]
+    with _parts_locked(root, chosen, log):
+        build_parts(root, _missing_parts(root, chosen, log), workers, show_progress, log)
+    return {"parts": {p.spec.name: str(part_dir(root, p.key.key)) for p in chosen}}
+
+
+@contextmanager
+def _parts_locked(root: Path, plans: list[PartPlan], log: Callable[[str], None]) -> Iterator[None]:
+    """Hold the lock of every plan's part (taken in key order, so two prepares never deadlock)."""
+    with ExitStack() as stack:
+        for plan in sorted(plans, key=lambda p: p.key.key):
+            stack.enter_context(folder_lock(
+                lock_dir(root, f"part-{plan.key.key}"),
+                on_wait=lambda plan=plan: log(f"[prepare] dataset {plan.spec.name} is being prepared by another "
+                                              "process; waiting for it")))
+        yield
+
+
+def _missing_parts(root: Path, plans: list[PartPlan], log: Callable[[str], None]) -> list[PartPlan]:
+    """The plans whose part is absent or damaged (a damaged one is removed); hold the parts' locks."""
+    missing = []
+    for plan in plans:
+        folder = part_dir(root, plan.key.key)
+        remove_stale_staging(folder)
+        if folder.exists():
+            problem = folder_problem(folder)
+            if problem is None:
+                log(f"[prepare] {plan.spec.name}: already prepared ({folder})")
+                continue
+            log(f"[prepare] {problem}: rebuilding dataset {plan.spec.name}")
+            discard_dir(folder)
+        missing.append(plan)
+    return missing
+
+
+def _merge(root: Path, key: DataKey, plans: list[PartPlan], inputs: dict, folder: Path, force: bool,
+           workers: int, t0: float) -> dict:
+    """Concatenate the parts into all/, link them as <dataset>/, write the reports; publish the folder
+    unless the integrity check failed without `force`. Returns the report."""
+    staging = staging_dir(folder)
     try:
-        written: dict[str, list[tuple[int, Path, SplitSink]]] = {s: [] for s in SPLITS}  # per dataset, for all/
-        for d_index, spec in enumerate(data.datasets):
-            t_ds = time.perf_counter()
-            stats = ExtractionStats()
-            split_sinks = {s: SplitSink(staging / "spill" / spec.name / s, window, multi, max_chunks) for s in SPLITS}
-            proteins: dict[str, set[str]] = {s: set() for s in SPLITS}
-            progress = tqdm(desc=f"prepare {spec.name}", unit=" CDS", disable=not show_progress, mininterval=2.0,
-                            leave=False)
-            for path in spec.files:
-                for batch in extract_file_records(path, spec.min_len, spec.transl_table, stats):  # one record
-                    genes = [batch.ids[a:b] for a, b in zip(batch.offsets, batch.offsets[1:], strict=False)]
-                    gene_names = [f"{batch.record_id}|{name}" for name in batch.names]
-                    by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
-                    for i, protein in enumerate(batch.proteins()):
-                        split = split_of(protein, cfg.outputs.seed, data.val_frac, data.test_frac)
-                        proteins[split].add(hashlib.blake2b(protein.encode(), digest_size=8).digest())
-                        by_split[split].append(i)
-                    for split, members in by_split.items():
-                        split_sinks[split].add_genes([genes[i] for i in members], [gene_names[i] for i in members])
-                    progress.update(len(batch))
-            progress.close()
-            for w in stats.warnings:
-                print(f"[prepare] warning: {w}", flush=True)
-            if stats.kept == 0:
-                raise UserError(
-                    f"dataset '{spec.name}': no CDS kept from {', '.join(spec.files)} "
-                    f"(dropped: {stats.as_dict()['dropped']}); check the files or lower min_len"
-                )
-            ds_dir = staging / spec.name
-            ds_dir.mkdir(parents=True, exist_ok=True)
-            split_summary = {}
-            for s in SPLITS:
-                sink = split_sinks[s]
-                sink.close()
-                _write_split(ds_dir / f"{s}.npz", [(d_index, sink)], names)
-                sink.release()  # all/ reads the dataset's NPZ back, so memory does not grow with datasets
-                written[s].append((d_index, ds_dir / f"{s}.npz", sink))
-                split_summary[s] = sink.summary()
-            report["datasets"][spec.name] = {
-                "inputs": inputs[spec.name],
-                "extraction": stats.as_dict(),
-                "unique_proteins": {s: len(v) for s, v in proteins.items()},
-                "splits": split_summary,
-            }
-            report["timings_s"][spec.name] = round(time.perf_counter() - t_ds, 3)
-            print(
-                f"[prepare] {spec.name}: kept {stats.kept} of {stats.cds_features} CDS "
-                f"(dropped {stats.as_dict()['dropped_total']}), "
-                + ", ".join(f"{s} {split_summary[s]['genes']} genes/{split_summary[s]['windows']} windows" for s in SPLITS),
-                flush=True,
-            )
         t_concat = time.perf_counter()
-        (staging / "all").mkdir(parents=True, exist_ok=True)
-        totals = {}
-        for s in SPLITS:
-            _write_combined(staging / "all" / f"{s}.npz", written[s], names)
-            per = [sink.summary() for _, _, sink in written[s]]
-            target = sum(p["target_tokens"] for p in per)
-            covered = sum(p["covered_targets"] for p in per)
-            windows = sum(p["windows"] for p in per)
-            totals[s] = {
-                "genes": sum(p["genes"] for p in per),
-                "windows": windows,
-                "target_tokens": target,
-                "covered_targets": covered,
-                "lost_targets": sum(p["lost_targets"] for p in per),
-                "coverage": covered / target if target else 1.0,
-                "pad_fraction": (sum(p["pad_fraction"] * p["windows"] for p in per) / windows) if windows else 0.0,
-                "pad_only_windows": sum(p["pad_only_windows"] for p in per),
-                "windows_without_targets": sum(p["windows_without_targets"] for p in per),
-            }
-        report["timings_s"]["concatenate"] = round(time.perf_counter() - t_concat, 3)
-        report["splits"] = totals
-        report["kept_cds"] = sum(v["extraction"]["kept"] for v in report["datasets"].values())
-        report["dropped_cds"] = {
-            r: sum(v["extraction"]["dropped"][r] for v in report["datasets"].values())
-            for r in next(iter(report["datasets"].values()))["extraction"]["dropped"]
-        }
-        report["input_bytes"] = sum(i["bytes"] for v in inputs.values() for i in v)
-        report["input_uncompressed_bytes"] = sum(i["uncompressed_bytes"] for v in inputs.values() for i in v)
-        integrity = _integrity(totals)
-        if run_dir is not None:
-            write_json(Path(run_dir) / "integrity.json", integrity)
-        if not integrity["ok"] and not force:
-            raise UserError(
-                f"integrity check failed: {integrity['pad_only_windows']} pad-only windows, "
-                f"{integrity['windows_without_targets']} windows without targets (see integrity.json); "
-                "re-run with --force to keep going, or adjust block_size / windows_per_seq"
-            )
-        # Everything is written: move it into place (old outputs stay intact until here).
-        for sub in [*names, "all"]:
-            dest = out_root / sub
-            dest.mkdir(parents=True, exist_ok=True)
-            for s in SPLITS:
-                os.replace(staging / sub / f"{s}.npz", dest / f"{s}.npz")
-        save_itos(cfg.outputs.itos_path)
-        if Path(cfg.outputs.itos_path).resolve() != (out_root / "itos.json").resolve():
-            save_itos(out_root / "itos.json")
-        manifest = {
-            "config_sha256": report["config_sha256"],
-            "vocab_size": VOCAB_SIZE,
-            "inputs": inputs,
-            "outputs": {
-                str(out_root / sub / f"{s}.npz"): sha256_file(out_root / sub / f"{s}.npz")
-                for sub in [*names, "all"] for s in SPLITS
-            },
-        }
-        write_json(out_root / "manifest.json", manifest)
-        report["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
-        mb = report["input_uncompressed_bytes"] / 1e6
-        report["throughput_mb_per_s"] = round(mb / report["timings_s"]["total"], 2)
-        if run_dir is not None:
-            write_json(Path(run_dir) / "pipeline_prepare.json", report)
-            write_json(Path(run_dir) / "dataset_manifest.json", manifest)
+        parts = [part_dir(root, p.key.key) for p in plans]
+        names = [p.spec.name for p in plans]
+        window = plans[0].settings.window
+
+        def concatenate(split: str) -> None:
+            sources = [NpzSource(p / f"{split}.npz") for p in parts]
+            concatenate_npz(staging / "all" / f"{split}.npz", sources, list(range(len(parts))), names, window)
+
+        (staging / "all").mkdir()
+        with ThreadPoolExecutor(max_workers=len(SPLITS)) as pool:  # file writes and CRCs release the GIL
+            list(pool.map(concatenate, SPLITS))
+        known = {}
+        for part, name in zip(parts, names, strict=True):
+            for rel, entry in read_json(part / MANIFEST)["files"].items():
+                link_or_copy(part / rel, staging / name / rel)
+                known[f"{name}/{rel}"] = entry
+        seconds_concat = time.perf_counter() - t_concat
+        part_reports = [read_json(p / "part.json")["report"] for p in parts]
+        report = _report(key, plans, part_reports, inputs, workers)
+        write_json(staging / "key.json", {"key": key.key, **key.description})
+        save_itos(staging / "itos.json")
+        if not report["integrity"]["ok"] and not force:
+            return report  # not published: the caller reports the failure
+        write_manifest(staging, {"key": key.key}, known)
+        total = time.perf_counter() - t0
+        report["timings_s"].update({"concatenate": round(seconds_concat, 3), "total": round(total, 3)})
+        report["throughput_mb_per_s"] = round(report["input_uncompressed_bytes"] / 1e6 / total, 2)
+        write_json(staging / "report.json", report)
+        publish_dir(staging, folder)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _report(key: DataKey, plans: list[PartPlan], part_reports: list[dict], inputs: dict, workers: int) -> dict:
+    """report.json of a key folder (and the run's pipeline_prepare.json): per dataset and totals."""
+    desc = plans[0].key.description
+    names = [p.spec.name for p in plans]
+    datasets = {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in zip(names, part_reports, strict=True)}
+    window = plans[0].settings.window
+    totals = {s: summarise([r["splits"][s] for r in part_reports], window) for s in SPLITS}
+    dropped = {reason: sum(r["extraction"]["dropped"][reason] for r in part_reports)
+               for reason in part_reports[0]["extraction"]["dropped"]}
+    return {
+        "key": key.key, "block_size": desc["block_size"], "pack_mode": desc["pack_mode"],
+        "windows_per_seq": desc["windows_per_seq"], "val_frac": desc["val_frac"], "test_frac": desc["test_frac"],
+        "seed": desc["seed"], "datasets": datasets, "splits": totals,
+        "kept_cds": sum(r["extraction"]["kept"] for r in part_reports), "dropped_cds": dropped,
+        "input_bytes": sum(i["bytes"] for v in inputs.values() for i in v),
+        "input_uncompressed_bytes": sum(i["uncompressed_bytes"] for v in inputs.values() for i in v),
+        "integrity": _integrity(totals), "workers": workers,
+        "timings_s": {name: r["seconds"] for name, r in zip(names, part_reports, strict=True)},
+    }  # fmt: skip
+
+
+def _integrity(splits: dict[str, dict]) -> dict:
+    pad_only = sum(s["pad_only_windows"] for s in splits.values())
+    no_targets = sum(s["windows_without_targets"] for s in splits.values())
+    return {
+        "pad_only_windows": pad_only,
+        "windows_without_targets": no_targets,
+        "per_split": {k: {"pad_only_windows": v["pad_only_windows"], "windows": v["windows"]} for k, v in splits.items()},
+        "ok": pad_only == 0 and no_targets == 0,
+    }
+
+
+def _integrity_message(integrity: dict) -> str:
+    return (f"integrity check failed: {integrity['pad_only_windows']} pad-only windows, "
+            f"{integrity['windows_without_targets']} windows without targets (see integrity.json); "
+            "re-run with --force to keep going, or adjust block_size / windows_per_seq")
+
+
+def _check_run_binding(run_directory: Path, key: str) -> None:
+    """A run uses one prepared dataset for its whole life: refuse to point it at another key."""
+    recorded = recorded_key(run_directory)
+    if recorded is not None and recorded != key:
+        raise UserError(f"run {run_directory.name} already uses prepared data {recorded} "
+                        f"({run_directory / RUN_RECORD}) and this config gives key {key}; start a new run "
+                        f"(--run-id NEW_ID), or delete that file if the run has not trained yet")
+
+
+def _record_run(run_directory: Path, key: str, folder: Path, report: dict, inputs: dict) -> None:
+    """runs/<RUN_ID>/: integrity.json, pipeline_prepare.json, dataset_manifest.json, prepared_data.json."""
+    write_json(run_directory / "integrity.json", report["integrity"])
+    write_json(run_directory / "pipeline_prepare.json", report)
+    manifest = read_json(folder / MANIFEST)
+    write_json(run_directory / "dataset_manifest.json", {
+        "key": key, "config_sha256": report["config_sha256"], "vocab_size": VOCAB_SIZE, "inputs": inputs,
+        "outputs": {str(folder / rel): entry["sha256"] for rel, entry in manifest["files"].items()}})
+    record_run_data(run_directory, key, folder)

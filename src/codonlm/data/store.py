@@ -1,10 +1,16 @@
-"""Disk-backed columns and a streaming NPZ writer: prepare's memory stays flat however big the corpus."""
+"""Disk mechanics of prepared data: disk-backed columns, a streaming NPZ writer and reader, folder locks
+and all-or-nothing publication of a folder. prepare's memory stays flat however big the corpus."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import socket
 import struct
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +60,11 @@ class Spill:
         if self._rows_on_disk and self._buffer:
             self._spill()
 
+    def persist(self) -> None:
+        """Everything on disk (even a small column), so another process can read it back."""
+        if self._buffer or not self._rows_on_disk:
+            self._spill()
+
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.rows, *self.row_shape)
@@ -94,15 +105,20 @@ class TextSpill:
 
     def _spill(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a" if self._on_disk else "w") as fh:
+        with open(self.path, "a" if self._on_disk else "w", encoding="utf-8") as fh:
             fh.write("".join(self._lines))
         self._on_disk = True
         self._lines, self._buffered = [], 0
 
+    def persist(self) -> None:
+        """Everything on disk, so another process can read it back."""
+        if self._lines or not self._on_disk:
+            self._spill()
+
     def read(self) -> np.ndarray:
         if self._on_disk:
             self._spill()
-            lines = self.path.read_text().splitlines()
+            lines = self.path.read_text(encoding="utf-8").splitlines()
         else:
             lines = "".join(self._lines).splitlines()  # as read back from the file
         return np.array(lines, dtype=str) if lines else np.array([], dtype="<U1")
@@ -166,16 +182,16 @@ class NpzReader:
             self._members = {info.filename: info for info in zf.infolist()}
 
     def header(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
-        dtype, shape, _ = self._locate(name)
+        dtype, shape, _ = self.locate(name)
         return dtype, shape
 
     def chunks(self, name: str) -> Iterator[np.ndarray]:
-        dtype, shape, offset = self._locate(name)
+        dtype, shape, offset = self.locate(name)
         row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
         yield from _read_rows(self.path, offset, dtype, shape, max(1, _CHUNK_BYTES // max(row_bytes, 1)))
 
-    def _locate(self, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
-        """dtype, shape and file offset of the array data of member name.npy."""
+    def locate(self, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
+        """dtype, shape and file offset of the array data of member name.npy (rows can be read in place)."""
         info = self._members[f"{name}.npy"]
         if info.compress_type != zipfile.ZIP_STORED:
             raise ValueError(f"{self.path}: {name} is compressed; NpzReader maps stored arrays only")
@@ -192,3 +208,76 @@ class NpzReader:
             if fortran_order or not shape:
                 raise ValueError(f"{self.path}: {name}: NpzReader reads C-order arrays of at least one dimension")
             return dtype, shape, fh.tell()
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@contextmanager
+def folder_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on the directory `path` (created if needed) for the block.
+
+    A directory rather than a lock file: it leaves no file behind. The kernel drops the lock when
+    the holder dies (even by SIGKILL), so a killed prepare never blocks the next one. `on_wait` is
+    called once if another process holds the lock and this one has to wait.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh temporary folder beside `final` (same file system, so publishing it is one rename)."""
+    path = final.parent / f".tmp-{final.name}-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def remove_stale_staging(final: Path) -> None:
+    """Delete temporary and half-deleted folders of `final` left by killed runs (hold final's lock)."""
+    for pattern in (f".tmp-{final.name}-*", f".trash-{final.name}-*"):
+        for stale in final.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def publish_dir(staging: Path, final: Path) -> bool:
+    """Rename a complete staging folder to `final`: readers see all of it or nothing.
+
+    Returns False (and removes the staging folder) when `final` already exists: another process
+    published the same content first.
+    """
+    try:
+        os.rename(staging, final)
+        return True
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+
+
+def discard_dir(path: Path) -> None:
+    """Remove a published folder: first renamed away (one step, readers never see half of it), then deleted."""
+    trash = path.parent / f".trash-{path.name}-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no extra disk), or a copy where the file system has none."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

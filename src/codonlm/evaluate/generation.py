@@ -292,6 +292,7 @@ class Prompt:
 
 def _load_run(run_id: str, checkpoints_dir: str, processed_dir: str | None, s: PrefixSettings, device: str):
     """The model and the run's train / held-out genes."""
+    from codonlm.data.layout import run_split_path
     from codonlm.model.load import checkpoint_path, load_model
 
     ckpt = checkpoint_path(run_id, checkpoints_dir)
@@ -299,11 +300,11 @@ def _load_run(run_id: str, checkpoints_dir: str, processed_dir: str | None, s: P
     if s.prompt_codons + 2 > cfg.model.block_size:
         raise UserError(f"prompt codons ({s.prompt_codons}) must be below block_size - 1 ({cfg.model.block_size - 1})")
     processed = Path(processed_dir or cfg.data.processed_dir)
-    train = read_split_genes(processed / "all" / "train.npz")
-    held = read_split_genes(processed / "all" / f"{s.split}.npz")
+    run_name = str(state.get("run_id") or Path(run_id).stem)
+    train = read_split_genes(run_split_path(cfg, run_name, "train", processed_dir=processed))
+    held = read_split_genes(run_split_path(cfg, run_name, s.split, processed_dir=processed))
     if train.dataset_names != held.dataset_names:
         raise UserError(f"{processed}: train and {s.split} list different datasets; re-run 'codonlm prepare --force'")
-    run_name = str(state.get("run_id") or Path(run_id).stem)
     return model, cfg, run_name, ckpt, processed, train, held
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from codonlm.data.codons import encode
-from codonlm.data.loader import split_path
+from codonlm.data.layout import run_split_path
 from codonlm.errors import UserError
 from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM
 from codonlm.evaluate.perplexity import POSITION_BINS, ece, position_bins, score_genes
@@ -135,7 +135,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
     t0 = time.perf_counter()
     model, cfg, state = load_model(run_id, checkpoints_dir, device)
     run_id = state.get("run_id", run_id)
-    test_path, train_path = split_path(cfg, split), split_path(cfg, "train")
+    test_path, train_path = run_split_path(cfg, run_id, split), run_split_path(cfg, run_id, "train")
     for p in (test_path, train_path):
         if not p.is_file():
             raise UserError(f"prepared data not found: {p}; run 'codonlm prepare -c CONFIG' for this run's config")

@@ -17,7 +17,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codonlm.config import Config, config_to_yaml, parse_config
 from codonlm.data.codons import ITOS, loss_mask
-from codonlm.data.loader import EpochSampler, WindowDataset, make_loader, split_path
+from codonlm.data.layout import run_split_path
+from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
 from codonlm.errors import UserError
 from codonlm.io import atomic_path
 from codonlm.model.tinygpt import TinyGPT
@@ -151,12 +152,12 @@ def train(cfg: Config, run_id: str, resume: str | Path | None = None, log=print)
         scores_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- data ----
-    train_ds, val_ds = WindowDataset(split_path(cfg, "train")), WindowDataset(split_path(cfg, "val"))
+    train_ds, val_ds = WindowDataset(run_split_path(cfg, run_id, "train")), WindowDataset(run_split_path(cfg, run_id, "val"))
     if train_ds.block_size != cfg.model.block_size:
-        raise UserError(f"{split_path(cfg, 'train')} was prepared with block_size {train_ds.block_size}, "
+        raise UserError(f"{run_split_path(cfg, run_id, 'train')} was prepared with block_size {train_ds.block_size}, "
                         f"config says {cfg.model.block_size}; re-run 'codonlm prepare'")
     if len(val_ds) == 0:
-        raise UserError(f"{split_path(cfg, 'val')} has no windows; set data.val_frac > 0 and re-run prepare")
+        raise UserError(f"{run_split_path(cfg, run_id, 'val')} has no windows; set data.val_frac > 0 and re-run prepare")
     sampler = EpochSampler(len(train_ds), cfg.outputs.seed, True, dist_info.rank, dist_info.world_size)
     val_sampler = EpochSampler(len(val_ds), cfg.outputs.seed, False, dist_info.rank, dist_info.world_size)
     train_loader = make_loader(train_ds, cfg, sampler, cfg.train.batch_size)

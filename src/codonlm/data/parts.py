@@ -1,0 +1,393 @@
+"""One config dataset's NPZs (a "part"), built from its input files by parallel worker processes.
+
+A unit of work is one input file: a worker extracts its CDS, gives each gene its split (a seeded
+hash of the protein), packs the split's windows and spills them to disk. One writer, the calling
+process, then lays a dataset's units end to end in file order into the part's
+{train,val,test}.npz. A unit's output depends only on its file and the settings, so the bytes are
+the same for 1 or N workers and whatever order the workers finish in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from codonlm.config import DatasetSpec
+from codonlm.data.codons import PAD, frame_gene, loss_mask
+from codonlm.data.genbank import ExtractionStats, extract_file_records
+from codonlm.data.layout import SPLITS, PartKey, part_dir, write_manifest
+from codonlm.data.packing import Piece, WindowPacker, chunk_gene, render
+from codonlm.data.store import (
+    NpzReader,
+    Spill,
+    TextSpill,
+    publish_dir,
+    staging_dir,
+    whole,
+    write_npz_streaming,
+)
+from codonlm.errors import UserError
+from codonlm.io import write_json
+
+_RENDER_EVERY = 2048  # windows
+_COUNTS = ("genes", "windows", "target_tokens", "covered_targets", "lost_targets", "pad_tokens", "pad_only_windows",
+           "windows_without_targets")
+
+
+def split_of(protein: str, seed: int, val_frac: float, test_frac: float) -> str:
+    """Split from a seeded hash of the protein: identical proteins always land together (no leak)."""
+    digest = hashlib.blake2b(f"{seed}:{protein}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "little") / 2**64
+    if u < test_frac:
+        return "test"
+    if u < test_frac + val_frac:
+        return "val"
+    return "train"
+
+
+def summarise(counts: list[dict], window: int) -> dict:
+    """Split summary (as in pipeline_prepare.json) of one or more sinks' counts laid end to end."""
+    total = {k: sum(c[k] for c in counts) for k in _COUNTS}
+    target, windows = total["target_tokens"], total["windows"]
+    return {
+        "genes": total["genes"], "windows": windows, "target_tokens": target,
+        "covered_targets": total["covered_targets"], "lost_targets": total["lost_targets"],
+        "coverage": total["covered_targets"] / target if target else 1.0,
+        "pad_fraction": total["pad_tokens"] / (windows * window) if windows else 0.0,
+        "pad_tokens": total["pad_tokens"], "pad_only_windows": total["pad_only_windows"],
+        "windows_without_targets": total["windows_without_targets"],
+    }  # fmt: skip
+
+
+@dataclass
+class SplitSink:
+    """Windows and whole genes of one (input file, split), spilled to disk."""
+
+    folder: Path
+    window: int
+    multi: bool
+    max_chunks: int | None
+    packer: WindowPacker = field(init=False)
+    pending: list[list[Piece]] = field(default_factory=list)
+    genes: int = 0
+    target_tokens: int = 0  # scored targets in whole genes (codons + EOS)
+    covered_targets: int = 0  # scored targets that landed in some window
+    lost_targets: int = 0
+    pad_only_windows: int = 0
+    windows_without_targets: int = 0
+    pad_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        w = self.window
+        self.packer = WindowPacker(w, self.multi)
+        self.tokens = Spill(self.folder / "tokens.bin", np.uint8, (w,))
+        self.segments = Spill(self.folder / "segments.bin", np.int16, (w,))
+        self.positions = Spill(self.folder / "positions.bin", np.int32, (w,))
+        self.gene_flat = Spill(self.folder / "gene_tokens.bin", np.uint8)
+        self.gene_lengths = Spill(self.folder / "gene_lengths.bin", np.int64)
+        self.names = TextSpill(self.folder / "gene_names.txt")
+
+    def add_genes(self, genes: list[np.ndarray], names: list[str]) -> None:
+        """Add genes (codon ids each) in order: one spill append for all of them, then pack their pieces."""
+        if not genes:
+            return
+        lengths = [g.size + 2 for g in genes]
+        flat = np.concatenate([frame_gene(g) for g in genes])
+        self.genes += len(genes)
+        self.target_tokens += flat.size - len(genes)
+        self.gene_flat.append(flat)
+        self.gene_lengths.append(np.array(lengths, dtype=np.int64))
+        self.names.append(names)
+        start = 0
+        for size in lengths:
+            pieces, lost = chunk_gene(flat[start : start + size], self.window, self.max_chunks)
+            start += size
+            self.lost_targets += lost
+            for piece in pieces:
+                closed = self.packer.place(piece)
+                if closed is not None:
+                    self.pending.append(closed)
+        if len(self.pending) >= _RENDER_EVERY:
+            self._render()
+
+    def _render(self) -> None:
+        if not self.pending:
+            return
+        batch = render(self.pending, self.window)
+        self.pending = []
+        scored = loss_mask(batch.tokens[:, 1:])
+        self.covered_targets += int(scored.sum())
+        self.windows_without_targets += int((~scored.any(axis=1)).sum())
+        is_pad = batch.tokens == PAD
+        self.pad_only_windows += int(is_pad.all(axis=1).sum())
+        self.pad_tokens += int(is_pad.sum())
+        self.tokens.append(batch.tokens)
+        self.segments.append(batch.segment_ids)
+        self.positions.append(batch.positions)
+
+    def close(self) -> None:
+        """Pack what is left and put every column on disk: the sink can then be read in another process."""
+        self.pending.extend(self.packer.flush())
+        self._render()
+        for spill in (self.tokens, self.segments, self.positions, self.gene_flat, self.gene_lengths, self.names):
+            spill.persist()
+
+    def counts(self) -> dict:
+        return {"genes": self.genes, "windows": self.tokens.rows, "target_tokens": self.target_tokens,
+                "covered_targets": self.covered_targets, "lost_targets": self.lost_targets,
+                "pad_tokens": self.pad_tokens, "pad_only_windows": self.pad_only_windows,
+                "windows_without_targets": self.windows_without_targets}
+
+
+# --------------------------------------------------------------------------- one writer for every NPZ
+
+
+class SinkSource:
+    """A closed SplitSink as rows to concatenate."""
+
+    def __init__(self, sink: SplitSink):
+        self.sink = sink
+        self.windows, self.genes, self.gene_token_count = sink.tokens.rows, sink.genes, sink.gene_flat.rows
+        self._names = sink.names.read()
+        self.names_dtype = self._names.dtype
+
+    def column(self, name: str) -> Iterator[np.ndarray]:
+        if name == "gene_names":
+            return iter([self._names])
+        spill = {"tokens": self.sink.tokens, "segment_ids": self.sink.segments, "positions": self.sink.positions,
+                 "gene_tokens": self.sink.gene_flat}[name]
+        return spill.chunks(1 << 24) if name == "gene_tokens" else spill.chunks()
+
+    def gene_ends(self) -> Iterator[np.ndarray]:
+        """End offset of each gene within this source's gene tokens."""
+        base = 0
+        for lengths in self.sink.gene_lengths.chunks():
+            ends = base + np.cumsum(lengths)
+            if ends.size:
+                base = int(ends[-1])
+            yield ends
+
+
+class NpzSource:
+    """A prepared NPZ (a part's split) as rows to concatenate, read chunk by chunk."""
+
+    def __init__(self, path: Path):
+        self.reader = NpzReader(path)
+        self.windows = self.reader.header("tokens")[1][0]
+        self.genes = self.reader.header("gene_offsets")[1][0] - 1
+        self.gene_token_count = self.reader.header("gene_tokens")[1][0]
+        self.names_dtype = self.reader.header("gene_names")[0]
+
+    def column(self, name: str) -> Iterator[np.ndarray]:
+        return self.reader.chunks(name)
+
+    def gene_ends(self) -> Iterator[np.ndarray]:
+        skip = 1  # the leading 0
+        for chunk in self.reader.chunks("gene_offsets"):
+            yield chunk[skip:]
+            skip = 0
+
+
+def concatenate_npz(path: Path, sources: list, dataset_of: list[int], dataset_names: list[str], window: int) -> None:
+    """One prepared NPZ (docs/data_format.md) laying `sources` end to end; source i belongs to dataset_of[i]."""
+    n_windows = sum(s.windows for s in sources)
+    n_genes = sum(s.genes for s in sources)
+
+    def chained(name: str) -> Iterator[np.ndarray]:
+        return (chunk for s in sources for chunk in s.column(name))
+
+    def offsets() -> Iterator[np.ndarray]:
+        yield np.zeros(1, dtype=np.int64)
+        base = 0
+        for s in sources:
+            for ends in s.gene_ends():
+                yield ends + base
+            base += s.gene_token_count
+
+    def per_source(count: str) -> Iterator[np.ndarray]:
+        return (np.full(getattr(s, count), d, dtype=np.int16) for s, d in zip(sources, dataset_of, strict=True))
+
+    # as np.concatenate of the sources' names would: the widest string dtype
+    names_dtype = np.result_type(*(s.names_dtype for s in sources)) if sources else np.dtype("<U1")
+    columns = {
+        "tokens": (np.uint8, (n_windows, window), chained("tokens")),
+        "segment_ids": (np.int16, (n_windows, window), chained("segment_ids")),
+        "positions": (np.int32, (n_windows, window), chained("positions")),
+        "window_dataset": (np.int16, (n_windows,), per_source("windows")),
+        "dataset_names": whole(np.array(dataset_names, dtype=str)),
+        "gene_tokens": (np.uint8, (sum(s.gene_token_count for s in sources),), chained("gene_tokens")),
+        "gene_offsets": (np.int64, (n_genes + 1,), offsets()),
+        "gene_dataset": (np.int16, (n_genes,), per_source("genes")),
+        "gene_names": (names_dtype, (n_genes,), chained("gene_names")),
+    }
+    write_npz_streaming(path, columns)
+
+
+# --------------------------------------------------------------------------- units (worker side)
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """What a worker needs to know besides its file."""
+
+    min_len: int
+    transl_table: int
+    window: int  # block_size + 1
+    multi: bool
+    max_chunks: int | None
+    seed: int
+    val_frac: float
+    test_frac: float
+
+
+@dataclass(frozen=True)
+class Unit:
+    path: str
+    folder: Path  # where its spills go
+    settings: UnitSettings
+    size: int  # uncompressed bytes: biggest first, and progress
+
+
+@dataclass
+class UnitResult:
+    stats: ExtractionStats
+    sinks: dict[str, SplitSink]  # closed: everything on disk
+    proteins: dict[str, np.ndarray]  # uint64 hash of each distinct protein, per split
+    seconds: float
+
+
+def build_unit(unit: Unit) -> UnitResult:
+    """Extract, split and pack one input file (runs in a worker process)."""
+    t0 = time.perf_counter()
+    s = unit.settings
+    stats = ExtractionStats()
+    sinks = {split: SplitSink(unit.folder / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
+    proteins: dict[str, list[int]] = {split: [] for split in SPLITS}
+    for batch in extract_file_records(unit.path, s.min_len, s.transl_table, stats):  # one record at a time
+        genes = [batch.ids[a:b] for a, b in zip(batch.offsets, batch.offsets[1:], strict=False)]
+        names = [f"{batch.record_id}|{name}" for name in batch.names]
+        by_split: dict[str, list[int]] = {split: [] for split in SPLITS}
+        for i, protein in enumerate(batch.proteins()):
+            split = split_of(protein, s.seed, s.val_frac, s.test_frac)
+            proteins[split].append(int.from_bytes(hashlib.blake2b(protein.encode(), digest_size=8).digest(), "little"))
+            by_split[split].append(i)
+        for split, members in by_split.items():
+            sinks[split].add_genes([genes[i] for i in members], [names[i] for i in members])
+    for sink in sinks.values():
+        sink.close()
+    distinct = {split: np.unique(np.array(h, dtype=np.uint64)) for split, h in proteins.items()}
+    return UnitResult(stats, sinks, distinct, time.perf_counter() - t0)
+
+
+def _pool_context():
+    """fork where it is safe, i.e. this process runs a single thread (cheapest: workers start with
+    everything imported); forkserver once any other thread runs (torch starts one on import), spawn
+    off Linux."""
+    if sys.platform != "linux":
+        return multiprocessing.get_context("spawn")
+    if len(os.listdir("/proc/self/task")) > 1:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("fork")
+
+
+@contextmanager
+def unit_results(units: list[Unit], workers: int) -> Iterator[Callable[[int], UnitResult]]:
+    """A function giving build_unit's result for units[i]; the units run in `workers` processes (1: here).
+
+    Leaving the block stops the pool, cancelling units not started (a dataset failed, or Ctrl-C).
+    """
+    if workers <= 1 or len(units) <= 1:
+        yield lambda i: build_unit(units[i])  # asked for in order: one unit at a time
+        return
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_pool_context())
+    try:
+        # biggest first: the last units to start are small ones, so the workers finish together
+        futures = {i: pool.submit(build_unit, units[i]) for i in sorted(range(len(units)), key=lambda i: -units[i].size)}
+        yield lambda i: futures[i].result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- parts (writer side)
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """A part to build: its key, its config dataset, its inputs (path, sha256, sizes) and settings."""
+
+    key: PartKey
+    spec: DatasetSpec
+    inputs: list[dict]
+    settings: UnitSettings
+
+
+def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: bool,
+                log: Callable[[str], None] = print) -> None:
+    """Build each plan's part folder under root/parts/: units in `workers` processes, written here in order.
+
+    Each part is written into a temporary folder and renamed into place when complete.
+    """
+    stagings = {plan.key.key: staging_dir(part_dir(root, plan.key.key)) for plan in plans}
+    units = [Unit(i["path"], stagings[plan.key.key] / "units" / str(j), plan.settings, i["uncompressed_bytes"])
+             for plan in plans for j, i in enumerate(plan.inputs)]
+    try:
+        with unit_results(units, workers) as result:  # the pool starts before the progress bar's thread
+            progress = tqdm(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,
+                            disable=not show_progress, mininterval=2.0, leave=False)
+            done = 0
+            for plan in plans:
+                part = []
+                for _ in plan.inputs:
+                    part.append(result(done))
+                    progress.update(units[done].size)
+                    done += 1
+                _write_part(stagings[plan.key.key], plan, part, log)
+                publish_dir(stagings[plan.key.key], part_dir(root, plan.key.key))
+            progress.close()
+    finally:
+        for staging in stagings.values():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_part(staging: Path, plan: PartPlan, results: list[UnitResult], log: Callable[[str], None]) -> None:
+    name = plan.spec.name
+    stats = ExtractionStats()
+    for r in results:
+        stats.merge(r.stats)
+    for w in stats.warnings:
+        log(f"[prepare] warning: {w}")
+    if stats.kept == 0:
+        raise UserError(f"dataset '{name}': no CDS kept from {', '.join(plan.spec.files)} "
+                        f"(dropped: {stats.as_dict()['dropped']}); check the files or lower min_len")
+    window = plan.settings.window
+    splits = {}
+    for split in SPLITS:
+        sinks = [r.sinks[split] for r in results]
+        concatenate_npz(staging / f"{split}.npz", [SinkSource(s) for s in sinks], [0] * len(sinks), [name], window)
+        splits[split] = summarise([s.counts() for s in sinks], window)
+    shutil.rmtree(staging / "units")
+    report = {
+        "inputs": plan.inputs,
+        "extraction": stats.as_dict(),
+        "unique_proteins": {s: int(np.unique(np.concatenate([r.proteins[s] for r in results])).size) for s in SPLITS},
+        "splits": splits,
+        "seconds": round(sum(r.seconds for r in results), 3),  # worker time, summed over its files
+    }
+    write_json(staging / "part.json", {"key": plan.key.key, "description": plan.key.description, "report": report})
+    write_manifest(staging, {"key": plan.key.key, "dataset": name})
+    log(f"[prepare] {name}: kept {stats.kept} of {stats.cds_features} CDS (dropped {stats.as_dict()['dropped_total']}), "
+        + ", ".join(f"{s} {splits[s]['genes']} genes/{splits[s]['windows']} windows" for s in SPLITS))
