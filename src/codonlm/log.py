@@ -26,12 +26,17 @@ def _logger() -> logging.Logger:
 
 
 def log(message: str) -> None:
-    """One progress or result line, e.g. log("[evaluate] perplexity 40.5")."""
+    """One progress or result line, e.g. log("[evaluate] perplexity 40.5").
+
+    Written between progress-bar redraws, so a line never lands in the middle of a bar."""
+    from tqdm import tqdm
+
     logger = _logger()
     for handler in logger.handlers:  # follow sys.stdout when a caller swapped it (tee, pytest capture)
         if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stdout:
             handler.setStream(sys.stdout)
-    logger.info(message)
+    with tqdm.external_write_mode(file=sys.stdout):
+        logger.info(message)
 
 
 def quiet() -> bool:
