@@ -14,10 +14,19 @@ from collections.abc import Iterable
 _LOGGER_NAME = "codonlm"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Our handler: writes to whatever sys.stdout is at the time (a tee, pytest's capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not sys.stdout:
+            self.setStream(sys.stdout)
+        super().emit(record)
+
+
 def _logger() -> logging.Logger:
     logger = logging.getLogger(_LOGGER_NAME)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -31,12 +40,8 @@ def log(message: str) -> None:
     Written between progress-bar redraws, so a line never lands in the middle of a bar."""
     from tqdm import tqdm
 
-    logger = _logger()
-    for handler in logger.handlers:  # follow sys.stdout when a caller swapped it (tee, pytest capture)
-        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stdout:
-            handler.setStream(sys.stdout)
     with tqdm.external_write_mode(file=sys.stdout):
-        logger.info(message)
+        _logger().info(message)
 
 
 def quiet() -> bool:

@@ -71,6 +71,7 @@ class Run:
     plan: Plan
     train_model: torch.nn.Module  # compiled and/or DDP-wrapped; state.model is the plain module
     autocast: object
+    peak: float  # measured matmul FLOP/s in the training dtype (the MFU denominator)
     ckpt_dir: Path
     curves_path: Path
     log: object
@@ -257,7 +258,7 @@ def record_row(run: Run, state: TrainState, meter: Meter, lr: float) -> None:
                 f"ETA {meter.eta(run.plan.total_steps - state.step)}")
 
 
-def end_epoch(run: Run, state: TrainState, meter: Meter, peak: float) -> bool:
+def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
     """Full validation, schedule, early stopping, curve row, best.pt/last.pt; True to stop early."""
     cfg, plan = run.cfg, run.plan
     if state.batch_in_epoch < plan.batches_per_epoch and state.step >= plan.total_steps:
@@ -275,7 +276,7 @@ def end_epoch(run: Run, state: TrainState, meter: Meter, peak: float) -> bool:
         since_row = state.row_loss[0] / state.row_loss[1] if state.row_loss[1] else math.nan
         state.curves.append(curve_row(state.step, since_row, lr, val_loss, "full"))
     train_loss = state.epoch_loss[0] / max(state.epoch_loss[1], 1)
-    mfu = meter.tokens_per_s * state.model.flops_per_token(cfg.model.block_size) / peak if peak else 0.0
+    mfu = meter.tokens_per_s * state.model.flops_per_token(cfg.model.block_size) / run.peak if run.peak else 0.0
     run.log(f"[train] epoch {state.epoch + 1}/{plan.epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
             f"ppl {math.exp(val_loss):.2f} | {meter.tokens_per_s:,.0f} tokens/s over {meter.seconds:.1f}s of "
             f"steps, MFU {100 * mfu:.1f}% of the measured {state.precision['dtype']} matmul peak"
@@ -349,15 +350,20 @@ def build(cfg: Config, run_id: str, payload: dict | None, log) -> tuple[Run, Tra
     state = TrainState(model, build_optimizer(model, cfg.train, device.type),
                        Plateau(cfg.train.lr, cfg.schedule.min_lr, cfg.schedule.plateau_patience),
                        run_id, cfg.model_dump(mode="json"))
-    if payload is not None:
-        state.load_state_dict(payload)
-    if not state.precision:  # chosen once per run; a resumed run keeps it
+    if payload is not None and payload.get("precision"):  # chosen once per run; a resumed run keeps it
+        state.precision = payload["precision"]
+    else:
         timer = None
         if cfg.train.amp == "auto" and device.type == "cpu":
             batch = tuple(t.to(device) for t in next(iter(data.train_loader)))
             timer = step_timer(model, lambda m: build_optimizer(m, cfg.train, device.type), batch, device,
                                single_step)
         state.precision = vars(choose_precision(cfg.train.amp, device, timer, log))
+    # Measured here, before a resumed state restores the RNG: the peak's random matrices draw from it,
+    # at the same point for fresh and resumed runs, so both see the same dropout masks afterwards.
+    peak = matmul_peak_flops(device, DTYPES[state.precision["dtype"]])
+    if payload is not None:
+        state.load_state_dict(payload)
     train_model: torch.nn.Module = model
     if cfg.system.compile:
         model.use_flex = device.type == "cuda"
@@ -365,7 +371,7 @@ def build(cfg: Config, run_id: str, payload: dict | None, log) -> tuple[Run, Tra
     if dist.enabled:
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     plan = plan_steps(cfg, data, state.n_params, log)
-    run = Run(cfg, device, dist, data, plan, train_model, Precision(**state.precision).autocast(device),
+    run = Run(cfg, device, dist, data, plan, train_model, Precision(**state.precision).autocast(device), peak,
               Path(cfg.outputs.out_dir) / run_id, Path(cfg.outputs.scores_dir) / run_id / cfg.outputs.log_csv, log)
     if dist.is_main:
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -381,13 +387,12 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
         payload, cfg, run_id = resumed_config(resume, cfg, log)
     run, state = build(cfg, run_id, payload, log)
     log, plan = run.log, run.plan
-    peak = matmul_peak_flops(run.device, DTYPES[state.precision["dtype"]])
     log(f"[train] run {run_id} on {run.device} x{run.dist.world_size}: {state.n_params:,} params, "
         f"{len(run.data.train):,} train windows, {plan.steps_per_epoch} steps/epoch x {plan.epochs} epochs "
         f"= {plan.total_steps} steps, global batch "
         f"{cfg.train.batch_size * cfg.train.grad_accum_steps * run.dist.world_size} windows")
     log(f"[train] precision {state.precision['dtype']}: {state.precision['reason']}; "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s in {state.precision['dtype']}")
+        f"matmul peak {run.peak / 1e9:.1f} GFLOP/s in {state.precision['dtype']}")
     if warning := adafactor_lr_warning(cfg.train):
         log(f"[train] warning: {warning}")
     if payload is not None:
@@ -397,13 +402,12 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
     if cfg.system.compile:
         log(f"[train] compiling the model (torch.compile, mode {cfg.system.compile_mode}) during the first step")
     meter, stopped_early, t_run = Meter(cfg.system.compile), False, time.perf_counter()
-    bar = progress(total=plan.total_steps, initial=state.step, desc="train", unit="step", leave=False,
-                   disable=not run.dist.is_main)
     state.model.train()
-    while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
-        run_epoch(run, state, meter, bar)
-        stopped_early = end_epoch(run, state, meter, peak)
-    bar.close()
+    with progress(total=plan.total_steps, initial=state.step, desc="train", unit="step", leave=False,
+                  disable=not run.dist.is_main) as bar:
+        while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
+            run_epoch(run, state, meter, bar)
+            stopped_early = end_epoch(run, state, meter)
     summary = {"run_id": run_id, "steps": state.step, "epochs_done": state.epoch, "best_val_loss": state.best_val,
                "best_perplexity": math.exp(state.best_val) if math.isfinite(state.best_val) else None,
                "n_params": state.n_params, "nonfinite_steps": state.nonfinite_total, "stopped_early": stopped_early,

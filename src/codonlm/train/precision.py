@@ -111,8 +111,7 @@ def step_timer(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module
             for i in range(steps + 1):
                 t0 = time.perf_counter()
                 tokens = run_step(clone, optimizer, batch, autocast)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                _sync(device)
                 if i:  # the first call warms up (allocations, kernel selection)
                     best = min(best, time.perf_counter() - t0)
         return tokens / best
@@ -121,15 +120,33 @@ def step_timer(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
-    """Measured dense matmul throughput in `dtype`, the denominator of MFU (no vendor peak to trust on CPU)."""
-    n = 1024 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+    """Measured dense matmul throughput in `dtype`, the denominator of MFU (no vendor peak to trust on CPU).
+
+    The square size grows from 256 while one product takes under 20 ms (up to 1024 on CPU, 8192 on
+    GPU): a CPU without fast bf16 runs a 1024^3 bf16 product for seconds. The matrices are drawn at
+    full size from the global RNG, as earlier versions did, so that the dropout masks of a run
+    (fresh or resumed) stay what they were.
+    """
+    n_max = 1024 if device.type == "cpu" else 8192
+    a_full = torch.randn(n_max, n_max, device=device, dtype=dtype)
+    b_full = torch.randn(n_max, n_max, device=device, dtype=dtype)
+    n = min(256, n_max)
+    while True:
+        a, b = a_full[:n, :n].contiguous(), b_full[:n, :n].contiguous()
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        if n >= n_max or time.perf_counter() - t0 > 0.02:
+            break
+        n *= 2
     reps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         reps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
