@@ -18,8 +18,7 @@ class _StdoutHandler(logging.StreamHandler):
     """Our handler: writes to whatever sys.stdout is at the time (a tee, pytest's capture)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.stream is not sys.stdout:
-            self.setStream(sys.stdout)
+        self.stream = sys.stdout  # not setStream(): it flushes the old stream, which may be closed by now
         super().emit(record)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from codonlm.config import Config, config_sha256, load_config, parse_config
 from codonlm.errors import UserError
 from codonlm.log import log
+from codonlm.log import quiet as log_quiet
 from codonlm.provenance import checksums, mark_stage_done, read_stamp, snapshot, stage_is_done
 
 
@@ -31,6 +32,7 @@ class RunContext:
     cfg: Config
     run_id: str
     prepare_force: bool = False
+    quiet: bool = False
 
     @property
     def run_dir(self) -> Path:
@@ -57,6 +59,10 @@ class RunContext:
 
         return [split_path(self.cfg, s) for s in ("train", "val", "test")]
 
+    def flags(self, **extra: bool) -> list[str]:
+        """--quiet (and the other given switches) when on."""
+        return [f"--{k}" for k, on in {"quiet": self.quiet, **extra}.items() if on]
+
     def train_command(self) -> list[str]:
         last = self.checkpoints / "last.pt"
         if last.is_file():  # an interrupted (or finished) training continues where it stopped
@@ -74,12 +80,13 @@ class Stage:
 
 STAGES = [
     Stage("fetch-data", lambda r: ["fetch-data", "--if-needed", "-c", r.config], RunContext.raw_files),
-    Stage("prepare", lambda r: ["prepare", "-c", r.config, "--run-id", r.run_id] + ["--force"] * r.prepare_force,
+    Stage("prepare", lambda r: ["prepare", "-c", r.config, "--run-id", r.run_id, *r.flags(force=r.prepare_force)],
           RunContext.prepared, lambda r: {"force": r.prepare_force}),
     Stage("train", RunContext.train_command, lambda r: [r.checkpoints, r.scores / r.cfg.outputs.log_csv]),
     Stage("evaluate", lambda r: ["evaluate", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir],
           lambda r: [r.run_dir / "evaluate"]),
-    Stage("generate-prefix", lambda r: ["generate-prefix", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir],
+    Stage("generate-prefix",
+          lambda r: ["generate-prefix", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
           lambda r: [r.scores / "gen_prefix"]),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
@@ -178,7 +185,7 @@ def run_pipeline(config_path: str | None = None, run_id: str | None = None, resu
     if quiet:
         os.environ["CODONLM_QUIET"] = "1"
     cfg, run_id = resolve_run(config_path, run_id, resume, fresh)
-    ctx = RunContext(cfg, run_id, prepare_force=force)
+    ctx = RunContext(cfg, run_id, prepare_force=force, quiet=quiet or log_quiet())
     t0 = time.perf_counter()
     with run_log(ctx.run_dir):
         log(f"=== codonlm run {run_id} (config {ctx.config}; outputs in {ctx.run_dir}, {ctx.checkpoints}, "

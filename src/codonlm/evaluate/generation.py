@@ -58,6 +58,7 @@ from codonlm.evaluate.seqmetrics import (
     split_half_floor,
 )
 from codonlm.io import atomic_path, read_split_genes, save_figure, write_json
+from codonlm.log import progress
 
 DEFAULT_TEMPERATURES = (0.7, 1.0, 1.3)
 SPLITS = ("val", "test")
@@ -382,9 +383,7 @@ def run_prefix_generation(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     stop_mask = {n: genetic_code(r.table_id).is_stop for n, r in refs.items()}
     generated: dict[tuple[float, int], np.ndarray] = {}
-    from tqdm import tqdm
-
-    bar = tqdm(
+    bar = progress(
         total=len(temperatures) * len(prompts), desc="generate", unit="gene", disable=not show_progress
     )
     for ti, temp in enumerate(temperatures):

@@ -412,6 +412,7 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
                "best_perplexity": math.exp(state.best_val) if math.isfinite(state.best_val) else None,
                "n_params": state.n_params, "nonfinite_steps": state.nonfinite_total, "stopped_early": stopped_early,
                "precision": state.precision["dtype"], "tokens_per_s": round(meter.tokens_per_s, 1),
+               "timed_steps": meter.steps,
                "seconds": round(time.perf_counter() - t_run, 1), "checkpoints": str(run.ckpt_dir),
                "curves": str(run.curves_path)}
     log(f"[train] done: {summary}")
