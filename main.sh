@@ -1,54 +1,36 @@
 #!/usr/bin/env bash
-# One-shot pipeline: ./main.sh [-c CONFIG] [-r CHECKPOINT]
-# Sets up .venv, fetches the default corpus when the config needs it, then runs each stage,
-# teeing all output into runs/<RUN_ID>/log.txt and timing every stage.
+# One-shot pipeline, idempotent like make: ./main.sh [-c CONFIG] [-r CHECKPOINT] [--run-id NAME] [--fresh]
+#   [--stages LIST] [--redo LIST] [--force] [-q]
+# Sets up .venv, then runs `codonlm pipeline` (the stages are listed in src/codonlm/pipeline.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-CONFIG=configs/tiny_cpu.yaml
-RESUME=""
-usage() { echo "usage: ./main.sh [-c CONFIG] [-r CHECKPOINT]" >&2; exit 2; }
-while getopts "c:r:h" opt; do
-  case $opt in
-    c) CONFIG=$OPTARG ;;
-    r) RESUME=$OPTARG ;;
-    *) usage ;;
-  esac
+usage() {
+  cat <<'USAGE'
+usage: ./main.sh [-c CONFIG] [-r CHECKPOINT] [--run-id NAME] [--fresh] [--stages LIST] [--redo LIST] [--force] [-q]
+
+Runs the stages of a run in order (STAGES in src/codonlm/pipeline.py: fetch-data, prepare, train,
+evaluate, generate-prefix, ...) for a config (default configs/tiny_cpu.yaml).
+Re-running the same command continues the same run: finished stages are skipped, an interrupted
+training resumes from its last.pt. A changed config starts a new run (a taken id gets a suffix -2, -3, ...).
+
+  -c, --config CONFIG      YAML config (default: configs/tiny_cpu.yaml; with -r: the checkpoint's)
+  -r, --resume CHECKPOINT  continue the run of outputs/checkpoints/<RUN_ID>/last.pt
+      --run-id NAME        name a new run, or continue the run of that name made with this config
+      --fresh              start a new run even if one with this config exists
+      --stages LIST        run only these stages, comma-separated (e.g. train,evaluate)
+      --redo LIST          run these stages again even if done
+      --force              prepare: keep going when the integrity check fails
+  -q, --quiet              no progress bars (for CI logs)
+  -h, --help               this help
+
+Log: runs/<RUN_ID>/log.txt; stage stamps: runs/<RUN_ID>/stages/; a summary names each stage as done,
+skipped or failed with its time.
+USAGE
+}
+for arg in "$@"; do
+  case $arg in -h|--help) usage; exit 0 ;; esac
 done
-[ -f "$CONFIG" ] || { echo "main.sh: error: config file not found: $CONFIG (try -c configs/tiny_cpu.yaml)" >&2; exit 2; }
-if [ -n "$RESUME" ] && [ ! -f "$RESUME" ]; then
-  echo "main.sh: error: checkpoint not found: $RESUME (expected outputs/checkpoints/<RUN_ID>/last.pt)" >&2; exit 2
-fi
 
 ./scripts/setup_env.sh
-CODONLM=.venv/bin/codonlm
-RUN_ID=$($CODONLM make-run-id -c "$CONFIG")
-if [ -n "$RESUME" ]; then
-  # resuming continues the run the checkpoint belongs to
-  RUN_ID=$(basename "$(dirname "$RESUME")")
-fi
-mkdir -p "runs/$RUN_ID"
-export CODONLM_TEED=1
-exec > >(tee -a "runs/$RUN_ID/log.txt") 2>&1
-
-stage() {
-  local name=$1; shift
-  local t0=$SECONDS
-  echo "=== [$name] $(date -u +%FT%TZ): $*"
-  "$@"
-  echo "=== [$name] finished in $((SECONDS - t0))s"
-}
-
-echo "=== codonlm run $RUN_ID, config $CONFIG, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
-T0=$SECONDS
-stage fetch-data $CODONLM fetch-data --if-needed -c "$CONFIG"
-if [ -z "$RESUME" ]; then
-  stage prepare $CODONLM prepare -c "$CONFIG" --run-id "$RUN_ID"
-  stage train $CODONLM train -c "$CONFIG" --run-id "$RUN_ID"
-else
-  stage train $CODONLM train -c "$CONFIG" --resume "$RESUME"
-fi
-CKPTS=$(.venv/bin/python -c "from codonlm.config import load_config; print(load_config('$CONFIG').outputs.out_dir)")
-stage evaluate $CODONLM evaluate "$RUN_ID" --checkpoints-dir "$CKPTS"
-stage generate-prefix $CODONLM generate-prefix "$RUN_ID" --checkpoints-dir "$CKPTS" --quiet
-echo "=== all stages finished in $((SECONDS - T0))s; outputs in runs/$RUN_ID"
+exec .venv/bin/codonlm pipeline "$@"

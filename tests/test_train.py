@@ -8,47 +8,38 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from test_prepare import make_corpus
+
+# Old name kept for test_evaluate.py and test_generation_prefix.py until they take the `tiny_config` fixture.
+from conftest import raw_config as _raw_config  # noqa: F401
 
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.data.prepare import prepare
-from codonlm.errors import UserError
+from codonlm.errors import TrainingDiverged, UserError
 from codonlm.train import loop
 from codonlm.train.checkpoint import load_checkpoint, save_checkpoint
 
 
-def _raw_config(tmp_path: Path, files, **train) -> dict:
-    return {
-        "name": "t",
-        "model": {"block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.1},
-        "data": {"datasets": [{"name": f"ds{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(files)],
-                 "val_frac": 0.2, "test_frac": 0.1, "processed_dir": str(tmp_path / "processed")},
-        "train": {"batch_size": 4, "epochs": 2, "lr": 3e-3, "amp": False, "checkpoint_every": 2, **train},
-        "schedule": {"warmup_steps": 2, "min_lr": 1e-4, "early_stop_patience": 5},
-        "system": {"num_threads": 1},
-        "outputs": {"itos_path": str(tmp_path / "processed" / "itos.json"), "runs_dir": str(tmp_path / "runs"),
-                    "out_dir": str(tmp_path / "ckpt"), "scores_dir": str(tmp_path / "scores"), "seed": 3},
-    }
-
-
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, make_corpus, tiny_config):
+    """(folder, files) of a prepared 2 x 40-gene corpus: 38 steps per epoch at batch 4."""
     tmp = tmp_path_factory.mktemp("corpus")
     files, _ = make_corpus(tmp, n_genes=40)
-    prepare(parse_config(_raw_config(tmp, files)), show_progress=False)
+    prepare(parse_config(tiny_config(tmp, files)), show_progress=False)
     return tmp, files
 
 
-def _cfg(corpus, **train):
-    tmp, files = corpus
-    return parse_config(_raw_config(tmp, files, **train))
+@pytest.fixture
+def cfg_for(corpus, tiny_config):
+    def make(**train):
+        return parse_config(tiny_config(*corpus, **train))
+
+    return make
 
 
 def _curves(cfg, run_id) -> list[dict]:
@@ -56,17 +47,34 @@ def _curves(cfg, run_id) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_train_writes_curves_and_safe_checkpoints(corpus):
-    cfg = _cfg(corpus)
+def test_train_writes_curves_and_safe_checkpoints(cfg_for):
+    cfg = cfg_for()  # 2 epochs of 38 steps; log_every 10, eval_every 50 (defaults)
     summary = loop.train(cfg, "plain")
     rows = _curves(cfg, "plain")
     assert list(rows[0]) == ["step", "train_loss", "val_loss", "perplexity", "lr"]
-    assert len(rows) == 2 and int(rows[-1]["step"]) == summary["steps"]
-    assert float(rows[1]["val_loss"]) < float(rows[0]["val_loss"]) < 4.3  # learning: below ln(68)
+    # a row every 10 steps, one at 50 with the validation subset, one at each epoch end (38, 76)
+    assert [int(r["step"]) for r in rows] == [10, 20, 30, 38, 40, 50, 60, 70, 76]
+    with_val = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    assert set(with_val) == {38, 50, 76}
+    assert with_val[76] < with_val[38] < 4.3  # learning: below ln(68)
+    assert with_val[76] == pytest.approx(summary["best_val_loss"], abs=1e-6)
+    for r in rows:
+        assert (r["perplexity"] == "") == (r["val_loss"] == "")
+        assert 0 < float(r["train_loss"]) < 4.3 and float(r["lr"]) > 0
+    assert (Path(cfg.outputs.scores_dir) / "plain" / "curves.png").stat().st_size > 10_000
     ckpt = Path(cfg.outputs.out_dir) / "plain"
     state = torch.load(ckpt / "last.pt", weights_only=True)
-    assert state["step"] == summary["steps"] and state["run_id"] == "plain"
+    assert state["step"] == summary["steps"] == 76 and state["run_id"] == "plain"
+    assert [r["step"] for r in state["curves"]] == [int(r["step"]) for r in rows]  # the checkpoint holds them
     assert load_checkpoint(ckpt / "best.pt")["best_val"] == pytest.approx(summary["best_val_loss"])
+
+
+def test_curve_rows_follow_log_every(cfg_for):
+    cfg = cfg_for(epochs=1, log_every=7, eval_every=0)
+    loop.train(cfg, "every7")
+    rows = _curves(cfg, "every7")
+    assert [int(r["step"]) for r in rows] == [7, 14, 21, 28, 35, 38]
+    assert [bool(r["val_loss"]) for r in rows] == [False] * 5 + [True]  # only the epoch end validates
 
 
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):
@@ -76,50 +84,59 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(corpus, tmp_path):
-    base = _raw_config(corpus[0], corpus[1], epochs=3)
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(base))
-    cfg = parse_config(base)
+def test_resume_after_sigkill_matches_uninterrupted_run(corpus, tiny_config, write_config, tmp_path):
+    """The trainer SIGKILLs itself right after step 51 (hook), between a checkpoint (48) and the next,
+    after a curves row (50) that the resumed run must drop and write again identically."""
+    raw = tiny_config(*corpus, epochs=3, checkpoint_every=4)
+    cfg_path = write_config(tmp_path / "cfg.yaml", raw)
+    cfg = parse_config(raw)
     loop.train(cfg, "straight")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "codonlm.cli", "train", "-c", str(cfg_path), "--run-id", "killed"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, loop.KILL_AT_STEP_ENV: "51", "CODONLM_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "codonlm.cli", "train", "-c", str(cfg_path), "--run-id", "killed"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     last = Path(cfg.outputs.out_dir) / "killed" / "last.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists():
-            state = torch.load(last, weights_only=True)
-            if state["batch_in_epoch"] > 0 and state["epoch"] >= 1:  # mid-epoch, after one full epoch
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "run finished before it could be killed mid-epoch"
-    assert main(["train", "-c", str(cfg_path), "--resume", str(last)]) == 0
-    a, b = _curves(cfg, "straight"), _curves(cfg, "killed")
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b, strict=True):
-        for key in ("train_loss", "val_loss"):
-            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-5), (ra, rb)
+    assert load_checkpoint(last)["step"] == 48
+    assert int(_curves(cfg, "killed")[-1]["step"]) == 50  # written after the checkpoint, then killed
+    assert main(["train", "--resume", str(last)]) == 0
+    straight = Path(cfg.outputs.scores_dir) / "straight" / "curves.csv"
+    assert (Path(cfg.outputs.scores_dir) / "killed" / "curves.csv").read_text() == straight.read_text()
     wa = torch.load(Path(cfg.outputs.out_dir) / "straight" / "last.pt", weights_only=True)["model"]
     wb = torch.load(last, weights_only=True)["model"]
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0)
 
 
-def test_nonfinite_losses_stop_with_advice(corpus, monkeypatch):
-    cfg = _cfg(corpus, max_nonfinite_steps=3)
+def _nan_loss(monkeypatch):
     real_loss = loop.TinyGPT.loss
     monkeypatch.setattr(loop.TinyGPT, "loss", staticmethod(lambda *a, **k: real_loss(*a, **k) * float("nan")))
-    with pytest.raises(loop.TrainingDiverged) as exc:
-        loop.train(cfg, "nan")
-    assert "3 steps in a row" in str(exc.value) and "amp: false" in str(exc.value)
-    assert not (Path(cfg.outputs.out_dir) / "nan" / "best.pt").exists()
 
 
-def test_early_stopping_and_best_only_on_improvement(corpus, monkeypatch):
-    cfg = _cfg(corpus, epochs=10)
+def test_nonfinite_losses_stop_with_advice(cfg_for, monkeypatch):
+    _nan_loss(monkeypatch)
+    with pytest.raises(TrainingDiverged) as exc:
+        loop.train(cfg_for(max_nonfinite_steps=3), "nan")
+    text = str(exc.value)
+    assert "3 steps in a row" in text and "lower train.lr (now 0.003)" in text
+    assert "amp: false" not in text  # amp is already off in this config
+    with pytest.raises(TrainingDiverged, match=r"set train.amp: false \(training runs in bfloat16\)"):
+        loop.train(cfg_for(max_nonfinite_steps=2, amp=True), "nan-bf16")
+    assert not (Path(cfg_for().outputs.out_dir) / "nan" / "best.pt").exists()
+    assert not issubclass(TrainingDiverged, UserError)  # a failed run, not a user mistake
+
+
+def test_diverged_training_is_one_line_exit_3(corpus, tiny_config, write_config, tmp_path, monkeypatch, capsys):
+    _nan_loss(monkeypatch)
+    monkeypatch.setenv("CODONLM_QUIET", "1")  # no progress bar on stderr
+    cfg_path = write_config(tmp_path / "cfg.yaml", tiny_config(*corpus, max_nonfinite_steps=2))
+    capsys.readouterr()
+    assert main(["train", "-c", str(cfg_path), "--run-id", "nan-cli"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("codonlm train: error: loss was non-finite"), err
+
+
+def test_early_stopping_and_best_only_on_improvement(cfg_for, monkeypatch):
+    cfg = cfg_for(epochs=10, eval_every=0)
     cfg.schedule.early_stop_patience = 2
     vals = iter([3.0, 3.5, 3.6, 3.7, 3.8])
     monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: next(vals))
@@ -129,24 +146,34 @@ def test_early_stopping_and_best_only_on_improvement(corpus, monkeypatch):
     assert best["epoch"] == 1 and best["best_val"] == 3.0  # saved after the first epoch completed
 
 
-def test_epochs_auto_prints_derivation(corpus):
-    cfg = _cfg(corpus, epochs="auto", tokens_per_param=0.5, max_steps=3)
+def test_epochs_auto_prints_derivation(cfg_for):
     lines = []
-    loop.train(cfg, "auto", log=lines.append)
+    loop.train(cfg_for(epochs="auto", tokens_per_param=0.5, max_steps=3), "auto", log=lines.append)
     assert any("epochs auto: tokens_per_param 0.5 x n_params" in line for line in lines)
 
 
 @pytest.mark.parametrize("optimizer,scheduler", [("adafactor", "plateau"), ("adamw", "cosine")])
-def test_optimizers_schedulers_and_bf16(corpus, optimizer, scheduler):
-    cfg = _cfg(corpus, optimizer=optimizer, amp=True, use_checkpoint=True, grad_accum_steps=2, epochs=1)
+def test_optimizers_schedulers_and_bf16(cfg_for, optimizer, scheduler):
+    cfg = cfg_for(optimizer=optimizer, amp=True, use_checkpoint=True, grad_accum_steps=2, epochs=1)
     cfg.schedule.scheduler = scheduler
-    summary = loop.train(cfg, f"{optimizer}-{scheduler}")
+    lines = []
+    summary = loop.train(cfg, f"{optimizer}-{scheduler}", log=lines.append)
     assert summary["nonfinite_steps"] == 0 and summary["best_val_loss"] < 4.3
+    assert summary["precision"] == "bfloat16"
+    warned = [line for line in lines if "warning: optimizer adafactor with lr 0.003" in line]
+    assert len(warned) == (optimizer == "adafactor")
+
+
+def test_adafactor_at_its_own_lr_is_not_warned(cfg_for):
+    from codonlm.train.optim import adafactor_lr_warning
+
+    assert adafactor_lr_warning(cfg_for(optimizer="adafactor", lr=1e-2).train) is None
+    assert "AdamW" in adafactor_lr_warning(cfg_for(optimizer="adafactor", lr=1e-3).train)
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one_process(corpus, tmp_path):
-    base = _raw_config(corpus[0], corpus[1], epochs=1, max_steps=6, batch_size=2)
+def test_ddp_two_processes_match_one_process(corpus, tiny_config, tmp_path):
+    base = tiny_config(*corpus, epochs=1, max_steps=6, batch_size=2)
     base["model"]["dropout"] = 0.0
     two = tmp_path / "two.yaml"
     two.write_text(yaml.safe_dump(base))
@@ -164,6 +191,6 @@ def test_ddp_two_processes_match_one_process(corpus, tmp_path):
     assert main(["train", "-c", str(one), "--run-id", "single"]) == 0
     cfg = parse_config(base)
     a, b = _curves(cfg, "ddp"), _curves(cfg, "single")
-    assert a[0]["step"] == b[0]["step"] == "6"
-    assert float(a[0]["train_loss"]) == pytest.approx(float(b[0]["train_loss"]), abs=1e-4)
-    assert float(a[0]["val_loss"]) == pytest.approx(float(b[0]["val_loss"]), abs=1e-4)
+    assert a[-1]["step"] == b[-1]["step"] == "6"
+    assert float(a[-1]["train_loss"]) == pytest.approx(float(b[-1]["train_loss"]), abs=1e-4)
+    assert float(a[-1]["val_loss"]) == pytest.approx(float(b[-1]["val_loss"]), abs=1e-4)

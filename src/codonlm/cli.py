@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
-from codonlm.errors import UserError
+from codonlm.errors import TrainingDiverged, UserError
+
+DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
 
 
 class _Tee:
-    """Copy a stream into runs/<RUN_ID>/log.txt (main.sh tees the shell itself and sets CODONLM_TEED)."""
+    """Copy a stream into runs/<RUN_ID>/log.txt.
 
-    def __init__(self, stream, log):
-        self._stream, self._log = stream, log
+    With `lines_only` (stderr) the log gets whole lines only, each as its last carriage-return
+    segment: a progress bar redraws itself with '\\r', so the terminal shows it live while log.txt
+    keeps clean lines instead of bar fragments.
+    """
+
+    def __init__(self, stream, log, lines_only: bool = False):
+        self._stream, self._log, self._lines_only, self._pending = stream, log, lines_only, ""
 
     def write(self, text: str) -> int:
-        self._log.write(text)
+        if not self._lines_only:
+            self._log.write(text)
+        else:
+            *lines, self._pending = (self._pending + text).split("\n")
+            for line in lines:
+                line = line.rsplit("\r", 1)[-1].rstrip()
+                if line:
+                    self._log.write(line + "\n")
         self._log.flush()
         return self._stream.write(text)
 
@@ -28,21 +43,36 @@ class _Tee:
         return getattr(self._stream, name)
 
 
-def tee_to_run_log(run_directory: Path) -> None:
+@contextlib.contextmanager
+def run_log(run_directory: Path):
+    """Tee stdout and stderr into runs/<RUN_ID>/log.txt while the block runs (once: nested calls,
+    such as the stages of `codonlm pipeline`, write through the outer tee)."""
     if os.environ.get("CODONLM_TEED"):
+        yield
         return
-    log = open(run_directory / "log.txt", "a", buffering=1)  # noqa: SIM115 - lives as long as the process
-    sys.stdout = _Tee(sys.stdout, log)
-    sys.stderr = _Tee(sys.stderr, log)
-    os.environ["CODONLM_TEED"] = "1"
+    Path(run_directory).mkdir(parents=True, exist_ok=True)
+    saved = sys.stdout, sys.stderr
+    with open(Path(run_directory) / "log.txt", "a", buffering=1) as log:
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log, lines_only=True)
+        os.environ["CODONLM_TEED"] = "1"
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stdout, sys.stderr = saved
+            del os.environ["CODONLM_TEED"]
 
 
-def _resolve_run(cfg, run_id: str | None):
-    from codonlm.provenance import run_dir
-    from codonlm.runid import make_run_id
+def _claim_run(cfg, run_id: str | None, config_path: str | None):
+    """(run id, run folder) of a command that starts or continues a run; a new run gets its snapshot."""
+    from codonlm.provenance import snapshot
+    from codonlm.runid import claim_run
 
-    run_id = run_id or make_run_id(cfg)
-    return run_id, run_dir(cfg, run_id)
+    run_id, new = claim_run(cfg, run_id)
+    directory = Path(cfg.outputs.runs_dir) / run_id
+    if new:
+        snapshot(cfg, directory, config_path)
+    return run_id, directory
 
 
 def cmd_fetch_data(args: argparse.Namespace) -> None:
@@ -59,15 +89,15 @@ def cmd_fetch_data(args: argparse.Namespace) -> None:
 
 def cmd_make_run_id(args: argparse.Namespace) -> None:
     from codonlm.config import load_config
-    from codonlm.runid import make_run_id
+    from codonlm.runid import next_free_run_id
 
-    print(make_run_id(load_config(args.config)))
+    print(next_free_run_id(load_config(args.config)))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from codonlm.config import load_config
     from codonlm.data.prepare import prepare
-    from codonlm.provenance import snapshot, timed_stage
+    from codonlm.provenance import timed_stage
 
     cfg = load_config(args.config)
     if args.datasets:  # one machine's share: only these datasets' NPZs, no run
@@ -75,19 +105,20 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(f"[prepare] datasets ready: {', '.join(f'{k} ({v})' for k, v in report['parts'].items())}; once every "
               f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
         return
-    run_id, directory = _resolve_run(cfg, args.run_id)
-    tee_to_run_log(directory)
-    snapshot(cfg, directory, args.config)
-    print(f"[prepare] run {run_id}")
-    with timed_stage(directory, "prepare"):
-        report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet, workers=args.workers)
-    s = report["splits"]
-    print(
-        f"[prepare] {report['processed']}{' (already prepared)' if report['reused'] else ''}: kept {report['kept_cds']} "
-        f"CDS; windows train/val/test = {s['train']['windows']}/{s['val']['windows']}/{s['test']['windows']}; "
-        f"coverage {s['train']['coverage']:.4f}; built at {report['throughput_mb_per_s']} MB/s; "
-        f"report: {directory / 'pipeline_prepare.json'}"
-    )
+    run_id, directory = _claim_run(cfg, args.run_id, args.config)
+    with run_log(directory):
+        print(f"[prepare] run {run_id}")
+        with timed_stage(directory, "prepare"):
+            report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet,
+                             workers=args.workers)
+        s = report["splits"]
+        print(
+            f"[prepare] {report['processed']}{' (already prepared)' if report['reused'] else ''}: kept "
+            f"{report['kept_cds']} CDS; windows train/val/test = "
+            f"{s['train']['windows']}/{s['val']['windows']}/{s['test']['windows']}; "
+            f"coverage {s['train']['coverage']:.4f}; built at {report['throughput_mb_per_s']} MB/s; "
+            f"report: {directory / 'pipeline_prepare.json'}"
+        )
 
 
 def cmd_extract_cds(args: argparse.Namespace) -> None:
@@ -101,23 +132,53 @@ def cmd_extract_cds(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from codonlm.config import load_config
-    from codonlm.provenance import snapshot, timed_stage
+    from codonlm.config import load_config, parse_config
+    from codonlm.provenance import timed_stage
     from codonlm.train.checkpoint import load_checkpoint
+    from codonlm.train.distributed import agree_on
     from codonlm.train.loop import train
+    from codonlm.train.precision import pick_device
 
-    cfg = load_config(args.config)
-    run_id = args.run_id
-    if args.resume:
-        run_id = load_checkpoint(args.resume)["run_id"]  # a resumed run keeps its run id
-    run_id, directory = _resolve_run(cfg, run_id)
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run folder
-    if is_main:
-        tee_to_run_log(directory)
-        if not args.resume:
-            snapshot(cfg, directory, args.config)
-    with timed_stage(directory if is_main else None, "train"):
-        train(cfg, run_id, resume=args.resume)
+    cfg = load_config(args.config) if args.config else None
+    if args.resume:  # the checkpoint's run, config and run folder: a resumed run is the same run
+        if args.run_id:
+            raise UserError("--run-id and --resume exclude each other: a resumed run keeps its checkpoint's id")
+        state = load_checkpoint(args.resume)
+        run_id = state["run_id"]
+        directory = Path(parse_config(state["config"], source=args.resume).outputs.runs_dir) / run_id
+    else:
+        cfg = cfg or load_config(DEFAULT_CONFIG)
+        run_id = agree_on(lambda: _claim_run(cfg, args.run_id, args.config or DEFAULT_CONFIG)[0],
+                          pick_device(cfg.train.device).type)
+        directory = Path(cfg.outputs.runs_dir) / run_id
+        last = Path(cfg.outputs.out_dir) / run_id / "last.pt"
+        if last.is_file():
+            raise UserError(f"run '{run_id}' already has checkpoints ({last.parent}); continue it with "
+                            f"-r {last}, or leave out --run-id to start a new run")
+    with run_log(directory) if is_main else contextlib.nullcontext():
+        with timed_stage(directory if is_main else None, "train"):
+            train(cfg, run_id, resume=args.resume)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from codonlm.pipeline import run_pipeline
+
+    return run_pipeline(args.config, run_id=args.run_id, resume=args.resume, fresh=args.fresh, stages=args.stages,
+                        redo=args.redo, force=args.force, quiet=args.quiet)
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ./main.sh (which passes them on to `codonlm pipeline`)."""
+    p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
+    p.add_argument("-r", "--resume", metavar="CHECKPOINT", help="continue the run of this last.pt")
+    p.add_argument("--run-id", help="name the run (new), or continue the run of that name made with this config")
+    p.add_argument("--fresh", action="store_true", help="start a new run even if one with this config exists")
+    p.add_argument("--stages", metavar="LIST", help="run only these stages (comma-separated)")
+    p.add_argument("--redo", metavar="LIST", help="run these stages again even if done (training continues from "
+                   "last.pt; start a new run with --fresh to train from scratch)")
+    p.add_argument("--force", action="store_true", help="prepare: keep going when the integrity check fails")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (for CI logs)")
 
 
 def cmd_export_hf(args: argparse.Namespace) -> None:
@@ -300,7 +361,7 @@ def _workers(text: str) -> int | str:
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", default="configs/tiny_cpu.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
 
 
 # --------------------------------------------------------------------------- stage 2: sequence classifiers
@@ -402,13 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(func=cmd_fetch_data)
 
-    p = sub.add_parser("make-run-id", help="print the run id for a config (YYYY-MM-DD_tiny_6L4H_d256_e5)")
+    p = sub.add_parser("make-run-id", help="print the id a new run of a config gets (YYYY-MM-DD_tiny_6L4H_d256_e5, "
+                       "with a suffix -2, -3, ... when taken)")
     _add_config(p)
     p.set_defaults(func=cmd_make_run_id)
 
     p = sub.add_parser("prepare", help="GenBank -> CDS -> tokens -> windows -> NPZ splits")
     _add_config(p)
-    p.add_argument("--run-id", help="write reports into runs/RUN_ID (default: from the config)")
+    p.add_argument("--run-id", help="write reports into runs/RUN_ID: a new run, or one this config started "
+                   "(default: a new run with a fresh id)")
     p.add_argument("--force", action="store_true", help="keep going when the integrity check fails")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--workers", type=_workers, help="processes parsing input files (default: data.prepare_workers)")
@@ -424,10 +487,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extract_cds)
 
     p = sub.add_parser("train", help="train TinyGPT on the prepared NPZ windows")
-    _add_config(p)
-    p.add_argument("--run-id", help="run id (default: from the config)")
-    p.add_argument("-r", "--resume", help="continue from outputs/checkpoints/<RUN_ID>/last.pt")
+    p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
+    p.add_argument("--run-id", help="name of a new run, or of a run this config started (default: a fresh "
+                   "id from the config, with a suffix when taken)")
+    p.add_argument("-r", "--resume", help="continue the run of outputs/checkpoints/<RUN_ID>/last.pt")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pipeline", help="every stage of a run, like make (what ./main.sh runs)",
+                       description="Runs the stages of a run in order (codonlm.pipeline.STAGES). The "
+                       "same config continues the same run: finished stages are skipped, an interrupted "
+                       "training resumes from last.pt; a changed config starts a new run.")
+    add_pipeline_arguments(p)
+    p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("export-hf", help="export a run as a Hugging Face LlamaForCausalLM + tokenizer + card")
     p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
@@ -469,14 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except UserError as exc:
+        code = args.func(args)
+    except (UserError, TrainingDiverged) as exc:
         print(f"codonlm {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"codonlm {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -90,12 +90,17 @@ class TrainConfig(_Section):
     tokens_per_param: float = Field(20.0, gt=0.0, description="used when epochs is 'auto'")
     max_steps: int | None = Field(None, ge=1, description="optional hard cap on optimizer steps")
     optimizer: Literal["adamw", "adafactor"] = "adamw"
-    amp: bool = True
+    amp: bool | Literal["auto"] = Field(
+        "auto", description="auto: CUDA bf16 where supported, CPU the faster of bf16/fp32 timed on this "
+        "model at start, MPS autocast with fallback; true/false force bf16 autocast on or off")
     use_checkpoint: bool = False
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float = Field(1.0, ge=0.0)
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before stopping")
     checkpoint_every: int = Field(200, ge=0, description="optimizer steps between mid-epoch last.pt (0: epoch ends only)")
+    log_every: int = Field(10, ge=1, description="optimizer steps between curves.csv rows (mean train loss since the last)")
+    eval_every: int = Field(50, ge=0, description="steps between validations on a fixed subset (0: epoch ends only)")
+    eval_windows: int = Field(256, ge=1, description="windows in that fixed validation subset")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 

@@ -5,3 +5,11 @@ class UserError(Exception):
     """Bad input, path or setting: the message says what, which file, and what to do."""
 
     exit_code = 2
+
+
+class TrainingDiverged(Exception):
+    """Training stopped because the loss stayed non-finite: not the user's input, but a run that failed.
+
+    The CLI prints it as one line (with the advice in the message) and exits 3."""
+
+    exit_code = 3

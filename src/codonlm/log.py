@@ -14,10 +14,18 @@ from collections.abc import Iterable
 _LOGGER_NAME = "codonlm"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Our handler: writes to whatever sys.stdout is at the time (a tee, pytest's capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout  # not setStream(): it flushes the old stream, which may be closed by now
+        super().emit(record)
+
+
 def _logger() -> logging.Logger:
     logger = logging.getLogger(_LOGGER_NAME)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -26,12 +34,13 @@ def _logger() -> logging.Logger:
 
 
 def log(message: str) -> None:
-    """One progress or result line, e.g. log("[evaluate] perplexity 40.5")."""
-    logger = _logger()
-    for handler in logger.handlers:  # follow sys.stdout when a caller swapped it (tee, pytest capture)
-        if type(handler) is logging.StreamHandler and handler.stream is not sys.stdout:  # ours, not pytest's
-            handler.stream = sys.stdout  # not setStream: it flushes the old stream, which may be closed
-    logger.info(message)
+    """One progress or result line, e.g. log("[evaluate] perplexity 40.5").
+
+    Written between progress-bar redraws, so a line never lands in the middle of a bar."""
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode(file=sys.stdout):
+        _logger().info(message)
 
 
 def quiet() -> bool:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from codonlm.config import Config, config_sha256, config_to_yaml
-from codonlm.io import atomic_write, read_json, write_json
+from codonlm.io import atomic_write, read_json, sha256_file, write_json
 
 
 def run_dir(cfg: Config, run_id: str) -> Path:
@@ -91,13 +91,33 @@ def _stamp_path(directory: Path, stage: str) -> Path:
     return Path(directory) / "stages" / f"{stage}.json"
 
 
-def stage_is_done(directory: Path, stage: str, inputs: dict) -> bool:
-    """True when `stage` finished in this run folder with exactly these inputs (checksums, settings)."""
+def checksums(paths: list[Path]) -> dict[str, str | None]:
+    """sha256 of every file under `paths` (folders recursively; temporary files left out), None if missing."""
+    out: dict[str, str | None] = {}
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if not f.name.startswith("."):
+                out[str(f)] = sha256_file(f) if f.is_file() else None
+    return out
+
+
+def stage_is_done(directory: Path, stage: str, inputs: dict, outputs: dict | None = None) -> bool:
+    """True when `stage` finished in this run folder with exactly these inputs (checksums, settings)
+    and, when `outputs` is given, its outputs are still exactly what it left."""
     stamp = read_json(_stamp_path(directory, stage))
-    return bool(stamp) and stamp.get("inputs") == json.loads(json.dumps(inputs, default=str))
+    if not stamp or stamp.get("inputs") != json.loads(json.dumps(inputs, default=str)):
+        return False
+    return outputs is None or stamp.get("outputs") == outputs
 
 
-def mark_stage_done(directory: Path, stage: str, inputs: dict, outputs: dict | None = None) -> None:
+def read_stamp(directory: Path, stage: str) -> dict | None:
+    return read_json(_stamp_path(directory, stage))
+
+
+def mark_stage_done(directory: Path, stage: str, inputs: dict, outputs: dict | None = None,
+                    seconds: float | None = None) -> None:
     """Write the stage's stamp: last, after every output is in place, so a killed stage has none."""
     write_json(_stamp_path(directory, stage), {"stage": stage, "inputs": inputs, "outputs": outputs or {},
+                                               "seconds": seconds,
                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

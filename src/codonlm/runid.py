@@ -1,14 +1,88 @@
-"""Run ids like 2026-11-24_tiny_6L4H_d256_e5 (the manual's format)."""
+"""Run ids like 2026-11-24_tiny_6L4H_d256_e5 (the manual's format), unique: a run never reuses another's.
+
+The manual's form is the stem; when a run with that id exists (its folder under runs/, checkpoints/
+or scores/), a new run gets the first free suffix: 2026-11-24_tiny_6L4H_d256_e5-2, -3, ...
+Continuing a run (resume, or ./main.sh re-run with the same config) is the only way back into one.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
-from codonlm.config import Config
+from codonlm.config import Config, config_sha256
+from codonlm.errors import UserError
 
 
 def make_run_id(cfg: Config, date: dt.date | None = None) -> str:
+    """The manual's id for a config: date, name, layers, heads, width, epochs."""
     date = date or dt.date.today()
     m = cfg.model
-    epochs = cfg.train.epochs
-    return f"{date.isoformat()}_{cfg.name}_{m.n_layer}L{m.n_head}H_d{m.n_embd}_e{epochs}"
+    return f"{date.isoformat()}_{cfg.name}_{m.n_layer}L{m.n_head}H_d{m.n_embd}_e{cfg.train.epochs}"
+
+
+def run_folders(cfg: Config, run_id: str) -> list[Path]:
+    """Every folder a run owns: its run folder, its checkpoints and its scores."""
+    o = cfg.outputs
+    return [Path(o.runs_dir) / run_id, Path(o.out_dir) / run_id, Path(o.scores_dir) / run_id]
+
+
+def is_taken(cfg: Config, run_id: str) -> bool:
+    return any(p.exists() for p in run_folders(cfg, run_id))
+
+
+def _candidates(stem: str):
+    yield stem
+    n = 2
+    while True:
+        yield f"{stem}-{n}"
+        n += 1
+
+
+def next_free_run_id(cfg: Config, date: dt.date | None = None) -> str:
+    """The id a new run of this config would get now (nothing is created)."""
+    return next(c for c in _candidates(make_run_id(cfg, date)) if not is_taken(cfg, c))
+
+
+def same_config(cfg: Config, run_id: str) -> bool:
+    """True when runs/<run_id> was made with exactly this config (resolved, defaults filled in)."""
+    digest = Path(cfg.outputs.runs_dir) / run_id / "config.sha256"
+    return digest.is_file() and digest.read_text().strip() == config_sha256(cfg)
+
+
+def claim_run(cfg: Config, run_id: str | None = None) -> tuple[str, bool]:
+    """The run a command writes into: (run id, whether it is new). The run folder exists afterwards.
+
+    No id: a new run under the first free id, claimed with an exclusive mkdir so two runs started at
+    once never share a folder. A given id: a new run of that name, or the same run continued when it
+    was made with this very config; a run made with another config is refused.
+    """
+    runs = Path(cfg.outputs.runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    if run_id is not None:
+        if not is_taken(cfg, run_id):
+            (runs / run_id).mkdir(parents=True, exist_ok=True)
+            return run_id, True
+        if same_config(cfg, run_id):
+            return run_id, False
+        raise UserError(f"run '{run_id}' exists and was made with another config ({runs / run_id}/config.yaml); "
+                        "pick a new --run-id, or leave it out to start a new run with a fresh id")
+    for candidate in _candidates(make_run_id(cfg)):
+        if is_taken(cfg, candidate):
+            continue
+        try:
+            (runs / candidate).mkdir()
+        except FileExistsError:  # another run claimed it a moment ago
+            continue
+        return candidate, True
+    raise AssertionError("unreachable")
+
+
+def find_run(cfg: Config) -> str | None:
+    """The newest run made with exactly this config, if any: the run ./main.sh continues."""
+    runs = Path(cfg.outputs.runs_dir)
+    if not runs.is_dir():
+        return None
+    digest = config_sha256(cfg)
+    matches = [p for p in runs.glob("*/config.sha256") if p.read_text().strip() == digest]
+    return max(matches, key=lambda p: (p.stat().st_mtime, p.parent.name)).parent.name if matches else None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from codonlm.data.codons import CODON_OFFSET, EOS, PAD, genetic_code
+from codonlm.log import progress
 
 
 @dataclass
@@ -68,7 +69,7 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
     rows.sort(key=lambda r: min(T, genes[r[0]].size - 1 - r[1]))
     per_batch = max(1, max_tokens // T)
     cols: dict[str, list[list[tuple[int, np.ndarray]]]] = {k: [[] for _ in genes] for k in _COLUMNS}
-    for b0 in range(0, len(rows), per_batch):
+    for b0 in progress(range(0, len(rows), per_batch), desc="score", unit="batch", leave=False):
         batch = rows[b0 : b0 + per_batch]
         width = max(min(T, genes[g].size - 1 - a) for g, a, _, _ in batch)
         idx = torch.full((len(batch), width + 1), PAD, dtype=torch.long)

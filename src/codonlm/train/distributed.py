@@ -48,3 +48,13 @@ def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def agree_on(make, device_type: str):
+    """The value rank 0 computes with `make()`, on every rank (e.g. the run id rank 0 claims)."""
+    info = init_distributed(device_type)
+    if not info.enabled:
+        return make()
+    box = [make() if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,105 +1,124 @@
-"""The training loop, readable top to bottom: data, model, optimizer, then epochs of steps.
+"""The training loop, readable top to bottom: data, model, optimizer, precision, then epochs of steps.
 
-Resume is exact: data order depends only on (seed, epoch), checkpoints carry the RNG state and
-the position within the epoch, so a resumed run repeats an uninterrupted one step for step.
+Resume is exact: data order depends only on (seed, epoch), and the checkpoint is the TrainState
+(model, optimizer, RNG, position within the epoch, curve rows), so a resumed run repeats an
+uninterrupted one step for step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
+import os
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codonlm.config import Config, config_to_yaml, parse_config
-from codonlm.data.codons import ITOS, loss_mask
+from codonlm.data.codons import loss_mask
 from codonlm.data.layout import run_split_path
 from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
-from codonlm.errors import UserError
-from codonlm.io import atomic_path
+from codonlm.errors import TrainingDiverged, UserError
+from codonlm.log import log as default_log
+from codonlm.log import progress
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.train.checkpoint import load_checkpoint, save_checkpoint
+from codonlm.train.checkpoint import load_checkpoint
+from codonlm.train.curves import curve_row, plot_curves, write_curves_csv
 from codonlm.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
-from codonlm.train.optim import build_optimizer
+from codonlm.train.optim import adafactor_lr_warning, build_optimizer
+from codonlm.train.precision import (
+    DTYPES,
+    Precision,
+    choose_precision,
+    matmul_peak_flops,
+    pick_device,
+    step_timer,
+)
 from codonlm.train.schedule import Plateau, cosine_lr
+from codonlm.train.state import TrainState
 
-CURVE_COLUMNS = ["step", "train_loss", "val_loss", "perplexity", "lr"]
-
-
-class TrainingDiverged(UserError):
-    exit_code = 3
+KILL_AT_STEP_ENV = "CODONLM_TEST_KILL_AT_STEP"  # tests: SIGKILL this process right after step k
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice != "auto":
-        if choice == "cuda" and not torch.cuda.is_available():
-            raise UserError("train.device is 'cuda' but no CUDA GPU is visible; set train.device: auto or cpu")
-        if choice == "mps" and not torch.backends.mps.is_available():
-            raise UserError("train.device is 'mps' but MPS is not available; set train.device: auto or cpu")
-        return torch.device(choice)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+@dataclass
+class Data:
+    train: WindowDataset
+    sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader  # the full validation split
+    val_subset_loader: torch.utils.data.DataLoader  # a fixed sample of it, for validation within an epoch
 
 
-def autocast_factory(device: torch.device, enabled: bool, log=print):
-    """bf16 autocast on CPU/CUDA; on MPS try fp16/bf16 and fall back to fp32 with a log line."""
-    if not enabled:
-        return contextlib.nullcontext
-    if device.type in ("cpu", "cuda"):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    for dtype in (torch.float16, torch.bfloat16):
-        try:
-            with torch.autocast("mps", dtype=dtype):
-                torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
-            log(f"[train] MPS autocast with {dtype}")
-            return lambda dtype=dtype: torch.autocast("mps", dtype=dtype)
-        except (RuntimeError, TypeError) as exc:
-            log(f"[train] MPS autocast with {dtype} unsupported ({str(exc)[:80]}); trying next")
-    log("[train] MPS autocast unsupported here: training in float32 (amp fallback)")
-    return contextlib.nullcontext
+@dataclass
+class Plan:
+    epochs: int
+    steps_per_epoch: int
+    batches_per_epoch: int
+    total_steps: int
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
-    """Measured dense matmul throughput, the denominator of MFU (no vendor peak to trust on CPU)."""
-    n = 1024 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+@dataclass
+class Run:
+    """What stays fixed while training: settings, where things go, the wrapped model."""
+
+    cfg: Config
+    device: torch.device
+    dist: DistInfo
+    data: Data
+    plan: Plan
+    train_model: torch.nn.Module  # compiled and/or DDP-wrapped; state.model is the plain module
+    autocast: object
+    peak: float  # measured matmul FLOP/s in the training dtype (the MFU denominator)
+    ckpt_dir: Path
+    curves_path: Path
+    log: object
 
 
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, loader, device: torch.device, autocast, dist_info: DistInfo) -> float:
-    """Mean loss over scored targets of a split (summed across ranks)."""
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for tokens, segments, positions in loader:
-        tokens, segments, positions = tokens.to(device), segments.to(device), positions.to(device)
-        targets = tokens[:, 1:]
-        with autocast():
-            logits, _ = model(tokens[:, :-1], segment_ids=segments[:, :-1], positions=positions[:, :-1])
-        n = loss_mask(targets).sum()
-        total[0] += TinyGPT.loss(logits, targets).double() * n
-        total[1] += n
-    all_reduce_sum(total, dist_info)
-    model.train()
-    return float(total[0] / total[1].clamp(min=1))
+class Meter:
+    """Training throughput: tokens over seconds spent in training steps (not validation, checkpoints
+    or the first step after compiling)."""
+
+    def __init__(self, compiling: bool) -> None:
+        self.tokens, self.seconds, self.t_start, self.steps = 0, 0.0, time.perf_counter(), 0
+        self.compiling = compiling  # the next step compiles the model
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens, self.seconds, self.steps = self.tokens + tokens, self.seconds + seconds, self.steps + 1
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def eta(self, steps_left: int) -> str:
+        if not self.steps:
+            return "?"
+        s = int((time.perf_counter() - self.t_start) / self.steps * steps_left)
+        return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def plan_epochs(cfg: Config, n_params: int, tokens_per_epoch: int, log=print) -> int:
+def load_data(cfg: Config, run_id: str, dist: DistInfo) -> Data:
+    """The run's own prepared windows (codonlm.data.layout.run_split_path checks them against its record)."""
+    train_path, val_path = run_split_path(cfg, run_id, "train"), run_split_path(cfg, run_id, "val")
+    train_ds, val_ds = WindowDataset(train_path), WindowDataset(val_path)
+    if train_ds.block_size != cfg.model.block_size:
+        raise UserError(f"{train_path} was prepared with block_size {train_ds.block_size}, "
+                        f"config says {cfg.model.block_size}; re-run 'codonlm prepare'")
+    if len(val_ds) == 0:
+        raise UserError(f"{val_path} has no windows; set data.val_frac > 0 and re-run prepare")
+    seed, batch = cfg.outputs.seed, cfg.train.batch_size
+    sampler = EpochSampler(len(train_ds), seed, True, dist.rank, dist.world_size)
+    pick = torch.randperm(len(val_ds), generator=torch.Generator().manual_seed(seed))[: cfg.train.eval_windows]
+    subset = torch.utils.data.Subset(val_ds, sorted(pick.tolist()))
+    return Data(train_ds, sampler, make_loader(train_ds, cfg, sampler, batch),
+                make_loader(val_ds, cfg, EpochSampler(len(val_ds), seed, False, dist.rank, dist.world_size), batch),
+                make_loader(subset, cfg, EpochSampler(len(subset), seed, False, dist.rank, dist.world_size), batch))
+
+
+def plan_epochs(cfg: Config, n_params: int, tokens_per_epoch: int, log=default_log) -> int:
     if cfg.train.epochs != "auto":
         return int(cfg.train.epochs)
     target = cfg.train.tokens_per_param * n_params
@@ -109,221 +128,296 @@ def plan_epochs(cfg: Config, n_params: int, tokens_per_epoch: int, log=print) ->
     return epochs
 
 
-def _write_curve_row(path: Path, row: dict, last_step: int | None = None) -> None:
-    """Append a row; on resume first drop rows past the checkpoint (written after it, then killed)."""
-    rows = []
-    if path.exists():
-        with open(path) as fh:
-            rows = [r for r in csv.DictReader(fh) if last_step is None or int(r["step"]) <= last_step]
-    rows.append({k: row[k] for k in CURVE_COLUMNS})
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CURVE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+def plan_steps(cfg: Config, data: Data, n_params: int, log) -> Plan:
+    batches = math.ceil(len(data.sampler) / cfg.train.batch_size)
+    steps_per_epoch = math.ceil(batches / cfg.train.grad_accum_steps)
+    epochs = plan_epochs(cfg, n_params, data.train.scored_targets(), log)
+    total = epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total = min(total, cfg.train.max_steps)
+    return Plan(epochs, steps_per_epoch, batches, total)
 
 
-def train(cfg: Config, run_id: str, resume: str | Path | None = None, log=print) -> dict:
-    """Train TinyGPT on data/processed/all/{train,val}.npz; returns a summary dict."""
-    # ---- resume: the checkpoint's config and run id win, so a resumed run is the same run ----
-    state = None
-    if resume is not None:
-        state = load_checkpoint(resume)
-        ckpt_cfg = parse_config(state["config"], source=str(resume))
-        if config_to_yaml(ckpt_cfg) != config_to_yaml(cfg):
-            log(f"[train] resuming with the config stored in {resume} (it differs from the one given)")
-        cfg, run_id = ckpt_cfg, state["run_id"]
+def lr_at(cfg: Config, state: TrainState, plan: Plan, step: int) -> float:
+    if cfg.schedule.scheduler == "plateau":
+        return state.plateau.lr_at(step, cfg.schedule.warmup_steps)
+    return cosine_lr(step, cfg.train.lr, cfg.schedule.min_lr, cfg.schedule.warmup_steps, plan.total_steps)
 
+
+def forward_loss(model: torch.nn.Module, tokens: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor,
+                 autocast, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token loss of one batch of windows (float32 loss, model under `autocast`)."""
+    with autocast():
+        logits, _ = model(tokens[:, :-1], segment_ids=segments[:, :-1], positions=positions[:, :-1])
+    return TinyGPT.loss(logits, tokens[:, 1:], label_smoothing)
+
+
+def single_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch, autocast) -> int:
+    """One plain optimizer step on one batch (what `amp: auto` times); returns the tokens processed."""
+    forward_loss(model, *batch, autocast).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return batch[0][:, 1:].numel()
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, loader, device: torch.device, autocast, dist_info: DistInfo) -> float:
+    """Mean loss over scored targets of a split (summed across ranks)."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for tokens, segments, positions in loader:
+        tokens, segments, positions = tokens.to(device), segments.to(device), positions.to(device)
+        n = loss_mask(tokens[:, 1:]).sum()
+        total[0] += forward_loss(model, tokens, segments, positions, autocast).double() * n
+        total[1] += n
+    all_reduce_sum(total, dist_info)
+    model.train()
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def accumulate(run: Run, state: TrainState, group: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward over the micro-batches of one optimizer step; token-weighted, so every
+    scored target in the global batch counts the same. Returns (summed loss, scored targets)."""
+    counts = torch.tensor([float(loss_mask(b[0][:, 1:]).sum()) for b in group], dtype=torch.float64)
+    global_count = all_reduce_sum(counts.sum().clone(), run.dist).clamp(min=1)
+    step_loss = torch.zeros((), dtype=torch.float64)
+    for i, batch in enumerate(group):
+        tokens, segments, positions = (t.to(run.device) for t in batch)
+        last = i == len(group) - 1 or not run.dist.enabled
+        with contextlib.nullcontext() if last else run.train_model.no_sync():
+            loss = forward_loss(run.train_model, tokens, segments, positions, run.autocast,
+                                run.cfg.train.label_smoothing)
+            (loss * (counts[i] / global_count * run.dist.world_size).to(loss.dtype)).backward()
+        step_loss += loss.detach().double().cpu() * counts[i]
+    return all_reduce_sum(step_loss, run.dist), global_count
+
+
+def skip_nonfinite(run: Run, state: TrainState) -> None:
+    """Drop the step's gradients; after `max_nonfinite_steps` in a row, save last.pt and stop."""
+    state.optimizer.zero_grad(set_to_none=True)
+    state.nonfinite_in_row += 1
+    state.nonfinite_total += 1
+    run.log(f"[train] step {state.step}: non-finite loss, step skipped ({state.nonfinite_in_row} in a row)")
+    if state.nonfinite_in_row >= run.cfg.train.max_nonfinite_steps:
+        checkpoint(run, state, "last.pt")
+        amp = (f"set train.amp: false (training runs in {state.precision['dtype']}), "
+               if state.precision["dtype"] != "float32" else "")
+        raise TrainingDiverged(
+            f"loss was non-finite for {state.nonfinite_in_row} steps in a row (step {state.step}); "
+            f"lower train.lr (now {run.cfg.train.lr:g}), {amp}reduce label_smoothing, or re-prep with --force "
+            "(see the manual's NaNs section)")
+
+
+def train_step(run: Run, state: TrainState, group: list) -> tuple[float, int] | None:
+    """One optimizer step; returns (mean loss, scored targets), or None when the loss was non-finite."""
+    lr = lr_at(run.cfg, state, run.plan, state.step)
+    for g in state.optimizer.param_groups:
+        g["lr"] = lr
+    step_loss, count = accumulate(run, state, group)
+    state.batch_in_epoch += len(group)
+    if not torch.isfinite(step_loss):
+        skip_nonfinite(run, state)
+        return None
+    state.nonfinite_in_row = 0
+    if run.cfg.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), run.cfg.train.grad_clip)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    for sums in (state.epoch_loss, state.row_loss):
+        sums[0] += float(step_loss)
+        sums[1] += float(count)
+    return float(step_loss / count), int(count)
+
+
+def checkpoint(run: Run, state: TrainState, name: str) -> None:
+    if run.dist.is_main:
+        state.save(run.ckpt_dir / name)
+
+
+def write_curves(run: Run, state: TrainState, plot: bool = False) -> None:
+    if run.dist.is_main:
+        write_curves_csv(run.curves_path, state.curves)
+        if plot and state.curves:
+            plot_curves(run.curves_path.with_suffix(".png"), state.curves, state.run_id)
+
+
+def record_row(run: Run, state: TrainState, meter: Meter, lr: float) -> None:
+    """Every log_every steps a curves.csv row; every eval_every steps with the validation subset."""
+    t = run.cfg.train
+    evaluate = bool(t.eval_every) and state.step % t.eval_every == 0
+    if state.step % t.log_every and not evaluate:
+        return
+    val = evaluate_loss(state.model, run.data.val_subset_loader, run.device, run.autocast, run.dist) \
+        if evaluate else None
+    train_loss = state.row_loss[0] / max(state.row_loss[1], 1)
+    state.curves.append(curve_row(state.step, train_loss, lr, val, "subset" if evaluate else None))
+    state.row_loss = [0.0, 0.0]
+    write_curves(run, state)
+    if evaluate or not t.eval_every:
+        val_txt = f" val_loss {val:.4f} (subset of {len(run.data.val_subset_loader.dataset)} windows)" if evaluate else ""
+        run.log(f"[train] step {state.step}/{run.plan.total_steps} epoch {state.epoch + 1}: train_loss "
+                f"{train_loss:.4f}{val_txt} lr {lr:.2e} | {meter.tokens_per_s:,.0f} tokens/s, "
+                f"ETA {meter.eta(run.plan.total_steps - state.step)}")
+
+
+def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
+    """Full validation, schedule, early stopping, curve row, best.pt/last.pt; True to stop early."""
+    cfg, plan = run.cfg, run.plan
+    if state.batch_in_epoch < plan.batches_per_epoch and state.step >= plan.total_steps:
+        run.log(f"[train] reached max_steps {plan.total_steps} inside epoch {state.epoch + 1}")
+    val_loss = evaluate_loss(state.model, run.data.val_loader, run.device, run.autocast, run.dist)
+    lr = lr_at(cfg, state, plan, max(state.step - 1, 0))  # of the last step taken (before the plateau moves)
+    improved = val_loss < state.best_val
+    if cfg.schedule.scheduler == "plateau":
+        state.plateau.step(val_loss)
+    state.best_val = min(state.best_val, val_loss)
+    state.stale_epochs = 0 if improved else state.stale_epochs + 1
+    if state.curves and state.curves[-1]["step"] == state.step:  # a row was written at this very step
+        state.curves[-1].update(val_loss=val_loss, val_set="full")
+    else:
+        since_row = state.row_loss[0] / state.row_loss[1] if state.row_loss[1] else math.nan
+        state.curves.append(curve_row(state.step, since_row, lr, val_loss, "full"))
+    train_loss = state.epoch_loss[0] / max(state.epoch_loss[1], 1)
+    mfu = meter.tokens_per_s * state.model.flops_per_token(cfg.model.block_size) / run.peak if run.peak else 0.0
+    run.log(f"[train] epoch {state.epoch + 1}/{plan.epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
+            f"ppl {math.exp(val_loss):.2f} | {meter.tokens_per_s:,.0f} tokens/s over {meter.seconds:.1f}s of "
+            f"steps, MFU {100 * mfu:.1f}% of the measured {state.precision['dtype']} matmul peak"
+            f"{' (best)' if improved else ''}")
+    write_curves(run, state, plot=True)
+    state.epoch += 1
+    state.batch_in_epoch, state.epoch_loss, state.row_loss = 0, [0.0, 0.0], [0.0, 0.0]
+    if improved:
+        checkpoint(run, state, "best.pt")
+    checkpoint(run, state, "last.pt")
+    if state.stale_epochs >= cfg.schedule.early_stop_patience:
+        run.log(f"[train] early stop: val loss has not improved for {state.stale_epochs} epochs")
+        return True
+    return False
+
+
+def run_epoch(run: Run, state: TrainState, meter: Meter, bar) -> None:
+    """The steps of one epoch (or until the step budget), from where the state left off."""
+    accum, kill_at = run.cfg.train.grad_accum_steps, int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+    run.data.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * run.cfg.train.batch_size)
+    batches = iter(run.data.train_loader)
+    while state.step < run.plan.total_steps:
+        group = [b for _, b in zip(range(accum), batches, strict=False)]
+        if not group:
+            return
+        lr = lr_at(run.cfg, state, run.plan, state.step)
+        t0 = time.perf_counter()
+        result = train_step(run, state, group)
+        if result is None:
+            continue
+        loss, tokens = result
+        seconds = time.perf_counter() - t0
+        if meter.compiling:  # this step compiled the model: say so, and keep it out of tokens/s
+            meter.compiling = False
+            run.log(f"[train] compiled in {seconds:.1f}s (first step); tokens/s excludes it")
+        else:
+            meter.add(tokens, seconds)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", refresh=False)
+        record_row(run, state, meter, lr)
+        if run.cfg.train.checkpoint_every and state.step % run.cfg.train.checkpoint_every == 0:
+            checkpoint(run, state, "last.pt")
+        if state.step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resumed_config(resume: str | Path, cfg: Config | None, log) -> tuple[dict, Config, str]:
+    """The checkpoint's payload, config and run id: a resumed run is the same run."""
+    payload = load_checkpoint(resume)
+    ckpt_cfg = parse_config(payload["config"], source=str(resume))
+    if cfg is not None and config_to_yaml(ckpt_cfg) != config_to_yaml(cfg):
+        log(f"[train] resuming with the config stored in {resume} (it differs from the one given)")
+    return payload, ckpt_cfg, payload["run_id"]
+
+
+def build(cfg: Config, run_id: str, payload: dict | None, log) -> tuple[Run, TrainState]:
+    """Device, data, model, optimizer and precision; the state restored from `payload` when resuming."""
     device = pick_device(cfg.train.device)
-    dist_info = init_distributed(device.type)
-    if dist_info.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
-    if not dist_info.is_main:
+    dist = init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if not dist.is_main:
         log = lambda *a, **k: None  # noqa: E731 - rank-0 logging only
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)
     torch.manual_seed(cfg.outputs.seed)
-
-    ckpt_dir = Path(cfg.outputs.out_dir) / run_id
-    scores_dir = Path(cfg.outputs.scores_dir) / run_id
-    curves_path = scores_dir / cfg.outputs.log_csv
-    if dist_info.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        scores_dir.mkdir(parents=True, exist_ok=True)
-
-    # ---- data ----
-    train_ds, val_ds = WindowDataset(run_split_path(cfg, run_id, "train")), WindowDataset(run_split_path(cfg, run_id, "val"))
-    if train_ds.block_size != cfg.model.block_size:
-        raise UserError(f"{run_split_path(cfg, run_id, 'train')} was prepared with block_size {train_ds.block_size}, "
-                        f"config says {cfg.model.block_size}; re-run 'codonlm prepare'")
-    if len(val_ds) == 0:
-        raise UserError(f"{run_split_path(cfg, run_id, 'val')} has no windows; set data.val_frac > 0 and re-run prepare")
-    sampler = EpochSampler(len(train_ds), cfg.outputs.seed, True, dist_info.rank, dist_info.world_size)
-    val_sampler = EpochSampler(len(val_ds), cfg.outputs.seed, False, dist_info.rank, dist_info.world_size)
-    train_loader = make_loader(train_ds, cfg, sampler, cfg.train.batch_size)
-    val_loader = make_loader(val_ds, cfg, val_sampler, cfg.train.batch_size)
-
-    # ---- model and optimizer ----
+    data = load_data(cfg, run_id, dist)
     model = TinyGPT(cfg.model).to(device)
-    if state is not None:
-        model.load_state_dict(state["model"])
     model.gradient_checkpointing = cfg.train.use_checkpoint
-    n_params = model.num_params()
+    state = TrainState(model, build_optimizer(model, cfg.train, device.type),
+                       Plateau(cfg.train.lr, cfg.schedule.min_lr, cfg.schedule.plateau_patience),
+                       run_id, cfg.model_dump(mode="json"))
+    if payload is not None and payload.get("precision"):  # chosen once per run; a resumed run keeps it
+        state.precision = payload["precision"]
+    else:
+        timer = None
+        if cfg.train.amp == "auto" and device.type == "cpu":
+            batch = tuple(t.to(device) for t in next(iter(data.train_loader)))
+            timer = step_timer(model, lambda m: build_optimizer(m, cfg.train, device.type), batch, device,
+                               single_step)
+        state.precision = vars(choose_precision(cfg.train.amp, device, timer, log))
+    # Measured here, before a resumed state restores the RNG: the peak's random matrices draw from it,
+    # at the same point for fresh and resumed runs, so both see the same dropout masks afterwards.
+    peak = matmul_peak_flops(device, DTYPES[state.precision["dtype"]])
+    if payload is not None:
+        state.load_state_dict(payload)
     train_model: torch.nn.Module = model
     if cfg.system.compile:
         model.use_flex = device.type == "cuda"
         train_model = torch.compile(model, mode=cfg.system.compile_mode)
-    if dist_info.enabled:
+    if dist.enabled:
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, cfg.train, device.type)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    autocast = autocast_factory(device, cfg.train.amp, log)
+    plan = plan_steps(cfg, data, state.n_params, log)
+    run = Run(cfg, device, dist, data, plan, train_model, Precision(**state.precision).autocast(device), peak,
+              Path(cfg.outputs.out_dir) / run_id, Path(cfg.outputs.scores_dir) / run_id / cfg.outputs.log_csv, log)
+    if dist.is_main:
+        run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        run.curves_path.parent.mkdir(parents=True, exist_ok=True)
+    return run, state
 
-    micro = cfg.train.batch_size
-    accum = cfg.train.grad_accum_steps
-    batches_per_epoch = math.ceil(len(sampler) / micro)
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
-    tokens_per_epoch = train_ds.scored_targets()
-    epochs = plan_epochs(cfg, n_params, tokens_per_epoch, log)
-    total_steps = epochs * steps_per_epoch
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    plateau = Plateau(cfg.train.lr, cfg.schedule.min_lr, cfg.schedule.plateau_patience)
-    peak = matmul_peak_flops(device, torch.bfloat16 if cfg.train.amp else torch.float32)
-    flops_per_token = model.flops_per_token(cfg.model.block_size)
-    log(f"[train] run {run_id} on {device} x{dist_info.world_size}: {n_params:,} params, "
-        f"{len(train_ds):,} train windows, {steps_per_epoch} steps/epoch x {epochs} epochs = {total_steps} steps, "
-        f"global batch {micro * accum * dist_info.world_size} windows; amp={cfg.train.amp}; "
-        f"matmul peak {peak / 1e9:.1f} GFLOP/s")
 
-    # ---- progress carried by checkpoints ----
-    step = state["step"] if state else 0
-    epoch = state["epoch"] if state else 0
-    batch_in_epoch = state["batch_in_epoch"] if state else 0
-    best_val = state["best_val"] if state else math.inf
-    stale_epochs = state["stale_epochs"] if state else 0
-    epoch_loss = state["epoch_loss"] if state else [0.0, 0.0]
-    nonfinite_in_row = state["nonfinite_in_row"] if state else 0
-    nonfinite_total = state["nonfinite_total"] if state else 0
-    if state is not None:
-        plateau.load_state_dict(state["plateau"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        log(f"[train] resumed from {resume} at epoch {epoch}, step {step}")
-
-    def lr_for(s: int) -> float:
-        if cfg.schedule.scheduler == "plateau":
-            return plateau.lr_at(s, cfg.schedule.warmup_steps)
-        return cosine_lr(s, cfg.train.lr, cfg.schedule.min_lr, cfg.schedule.warmup_steps, total_steps)
-
-    def checkpoint(name: str) -> None:
-        if not dist_info.is_main:
-            return
-        payload = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "config": cfg.model_dump(mode="json"), "run_id": run_id, "itos": list(ITOS),
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_val": best_val,
-            "stale_epochs": stale_epochs, "epoch_loss": list(epoch_loss), "plateau": plateau.state_dict(),
-            "nonfinite_in_row": nonfinite_in_row, "nonfinite_total": nonfinite_total,
-            "rng_cpu": torch.get_rng_state(), "n_params": n_params,
-        }
-        if device.type == "cuda":
-            payload["rng_cuda"] = torch.cuda.get_rng_state()
-        save_checkpoint(ckpt_dir / name, payload)
-
-    stopped_early = False
-    t_run = time.perf_counter()
-    train_model.train()
-    while epoch < epochs and step < total_steps and not stopped_early:
-        sampler.set_epoch(epoch, skip=batch_in_epoch * micro)
-        t_epoch, epoch_tokens = time.perf_counter(), 0
-        batches = iter(train_loader)
-        while step < total_steps:
-            group = [b for _, b in zip(range(accum), batches, strict=False)]
-            if not group:
-                break
-            lr = lr_for(step)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            counts = torch.tensor([float(loss_mask(b[0][:, 1:]).sum()) for b in group], dtype=torch.float64)
-            global_count = all_reduce_sum(counts.sum().clone(), dist_info).clamp(min=1)
-            step_loss = torch.zeros((), dtype=torch.float64)
-            for i, (tokens, segments, positions) in enumerate(group):
-                tokens, segments, positions = tokens.to(device), segments.to(device), positions.to(device)
-                sync = contextlib.nullcontext() if (i == len(group) - 1 or not dist_info.enabled) else train_model.no_sync()
-                with sync:
-                    with autocast():
-                        logits, _ = train_model(tokens[:, :-1], segment_ids=segments[:, :-1], positions=positions[:, :-1])
-                    loss = TinyGPT.loss(logits, tokens[:, 1:], cfg.train.label_smoothing)
-                    # token-weighted: every scored target in the global batch counts the same
-                    scaled = loss * (counts[i] / global_count * dist_info.world_size).to(loss.dtype)
-                    scaled.backward()
-                step_loss += loss.detach().double().cpu() * counts[i]
-            all_reduce_sum(step_loss, dist_info)
-            batch_in_epoch += len(group)
-            if not torch.isfinite(step_loss):
-                optimizer.zero_grad(set_to_none=True)
-                nonfinite_in_row += 1
-                nonfinite_total += 1
-                log(f"[train] step {step}: non-finite loss, step skipped ({nonfinite_in_row} in a row)")
-                if nonfinite_in_row >= cfg.train.max_nonfinite_steps:
-                    checkpoint("last.pt")
-                    raise TrainingDiverged(
-                        f"loss was non-finite for {nonfinite_in_row} steps in a row (step {step}); re-prep with "
-                        "--force, reduce label_smoothing, or set amp: false (see the manual's NaNs section)")
-                continue
-            nonfinite_in_row = 0
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            epoch_loss[0] += float(step_loss)
-            epoch_loss[1] += float(global_count)
-            epoch_tokens += int(global_count)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                checkpoint("last.pt")
-            if step % 50 == 0:
-                log(f"[train] epoch {epoch + 1} step {step}/{total_steps} loss {float(step_loss / global_count):.4f} "
-                    f"lr {lr:.2e}")
-        if batch_in_epoch < batches_per_epoch and step >= total_steps:
-            log(f"[train] reached max_steps {total_steps} inside epoch {epoch + 1}")
-        # ---- end of epoch (or of the step budget): validate, record, checkpoint ----
-        seconds = time.perf_counter() - t_epoch
-        train_loss = epoch_loss[0] / max(epoch_loss[1], 1)
-        val_loss = evaluate_loss(model, val_loader, device, autocast, dist_info)  # unwrapped: no DDP collectives
-        improved = val_loss < best_val
-        if cfg.schedule.scheduler == "plateau":
-            plateau.step(val_loss)
-        if improved:
-            best_val, stale_epochs = val_loss, 0
-        else:
-            stale_epochs += 1
-        tokens_per_s = epoch_tokens / seconds if seconds > 0 else 0.0
-        mfu = tokens_per_s * flops_per_token / peak if peak else 0.0
-        log(f"[train] epoch {epoch + 1}/{epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-            f"ppl {math.exp(val_loss):.2f} | {seconds:.1f}s, {tokens_per_s:,.0f} tokens/s, MFU {100 * mfu:.1f}%"
-            f"{' (best)' if improved else ''}")
-        if dist_info.is_main:
-            _write_curve_row(curves_path, {"step": step, "train_loss": f"{train_loss:.6f}",
-                                           "val_loss": f"{val_loss:.6f}", "perplexity": f"{math.exp(val_loss):.4f}",
-                                           "lr": f"{lr_for(step):.6e}"}, last_step=step)
-        epoch += 1
-        batch_in_epoch, epoch_loss = 0, [0.0, 0.0]
-        if improved:
-            checkpoint("best.pt")
-        checkpoint("last.pt")
-        if stale_epochs >= cfg.schedule.early_stop_patience:
-            log(f"[train] early stop: val loss has not improved for {stale_epochs} epochs")
-            stopped_early = True
-
-    summary = {"run_id": run_id, "steps": step, "epochs_done": epoch, "best_val_loss": best_val,
-               "best_perplexity": math.exp(best_val) if math.isfinite(best_val) else None,
-               "n_params": n_params, "nonfinite_steps": nonfinite_total, "stopped_early": stopped_early,
-               "seconds": round(time.perf_counter() - t_run, 1), "checkpoints": str(ckpt_dir),
-               "curves": str(curves_path)}
+def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | None = None,
+          log=default_log) -> dict:
+    """Train TinyGPT on the prepared train/val windows; returns a summary dict."""
+    payload = None
+    if resume is not None:
+        payload, cfg, run_id = resumed_config(resume, cfg, log)
+    run, state = build(cfg, run_id, payload, log)
+    log, plan = run.log, run.plan
+    log(f"[train] run {run_id} on {run.device} x{run.dist.world_size}: {state.n_params:,} params, "
+        f"{len(run.data.train):,} train windows, {plan.steps_per_epoch} steps/epoch x {plan.epochs} epochs "
+        f"= {plan.total_steps} steps, global batch "
+        f"{cfg.train.batch_size * cfg.train.grad_accum_steps * run.dist.world_size} windows")
+    log(f"[train] precision {state.precision['dtype']}: {state.precision['reason']}; "
+        f"matmul peak {run.peak / 1e9:.1f} GFLOP/s in {state.precision['dtype']}")
+    if warning := adafactor_lr_warning(cfg.train):
+        log(f"[train] warning: {warning}")
+    if payload is not None:
+        log(f"[train] resumed from {resume} at epoch {state.epoch}, step {state.step}")
+        if "curves" in payload:
+            write_curves(run, state)  # drop rows the interrupted run wrote after that checkpoint
+    if cfg.system.compile:
+        log(f"[train] compiling the model (torch.compile, mode {cfg.system.compile_mode}) during the first step")
+    meter, stopped_early, t_run = Meter(cfg.system.compile), False, time.perf_counter()
+    state.model.train()
+    with progress(total=plan.total_steps, initial=state.step, desc="train", unit="step", leave=False,
+                  disable=not run.dist.is_main) as bar:
+        while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
+            run_epoch(run, state, meter, bar)
+            stopped_early = end_epoch(run, state, meter)
+    summary = {"run_id": run_id, "steps": state.step, "epochs_done": state.epoch, "best_val_loss": state.best_val,
+               "best_perplexity": math.exp(state.best_val) if math.isfinite(state.best_val) else None,
+               "n_params": state.n_params, "nonfinite_steps": state.nonfinite_total, "stopped_early": stopped_early,
+               "precision": state.precision["dtype"], "tokens_per_s": round(meter.tokens_per_s, 1),
+               "timed_steps": meter.steps,
+               "seconds": round(time.perf_counter() - t_run, 1), "checkpoints": str(run.ckpt_dir),
+               "curves": str(run.curves_path)}
     log(f"[train] done: {summary}")
-    shutdown(dist_info)
+    shutdown(run.dist)
     return summary
