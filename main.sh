@@ -51,4 +51,5 @@ fi
 CKPTS=$(.venv/bin/python -c "from codonlm.config import load_config; print(load_config('$CONFIG').outputs.out_dir)")
 stage evaluate $CODONLM evaluate "$RUN_ID" --checkpoints-dir "$CKPTS"
 stage generate-prefix $CODONLM generate-prefix "$RUN_ID" --checkpoints-dir "$CKPTS" --quiet
-echo "=== all stages finished in $((SECONDS - T0))s; outputs in runs/$RUN_ID"
+stage analyze $CODONLM analyze "$RUN_ID" --checkpoints-dir "$CKPTS" --quiet --report
+echo "=== all stages finished in $((SECONDS - T0))s; outputs in runs/$RUN_ID (report: runs/$RUN_ID/report.html)"
