@@ -12,13 +12,15 @@ import sys
 from collections.abc import Iterable
 
 _LOGGER_NAME = "codonlm"
+_HANDLER_NAME = "codonlm-stdout"
 
 
 def _logger() -> logging.Logger:
     logger = logging.getLogger(_LOGGER_NAME)
-    if not logger.handlers:
+    if not any(h.get_name() == _HANDLER_NAME for h in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.set_name(_HANDLER_NAME)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -29,8 +31,9 @@ def log(message: str) -> None:
     """One progress or result line, e.g. log("[evaluate] perplexity 40.5")."""
     logger = _logger()
     for handler in logger.handlers:  # follow sys.stdout when a caller swapped it (tee, pytest capture)
-        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stdout:
-            handler.setStream(sys.stdout)
+        # only our own handler: others (pytest's capture handlers) keep their streams
+        if handler.get_name() == _HANDLER_NAME and handler.stream is not sys.stdout:
+            handler.stream = sys.stdout  # (each record is flushed when written; the old stream may be closed)
     logger.info(message)
 
 
