@@ -229,7 +229,7 @@ def _plot_cross(cross: np.ndarray, names: list[str], path) -> None:
     ax.set_xlabel("empirical RSCU of genome")
     ax.set_ylabel("trained model's RSCU on held-out genes of genome")
     fig.colorbar(im, ax=ax, label="Pearson r")
-    ax.set_title("Does each genome's context give that genome's codon usage?")
+    ax.set_title("Does each genome's context give that genome's codon usage?\n(diagonal: own genome)", fontsize=10)
     save_figure(fig, path)
 
 
@@ -243,8 +243,10 @@ def _plot_loss_split(split: pd.DataFrame, path) -> None:
     order = [m for m in ("trained", "random_init", "genome_codon_usage") if m in pooled.index]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     aa, syn = pooled.loc[order, "aa_choice_nats"], pooled.loc[order, "synonymous_choice_nats"]
-    ax.barh(order, aa, color="tab:blue", label="amino-acid choice")
-    ax.barh(order, syn, left=aa, color="tab:orange", label="synonymous-codon choice")
+    names = [{"trained": "trained model", "random_init": "random init",
+              "genome_codon_usage": "genome codon usage\n(no context)"}[m] for m in order]
+    ax.barh(names, aa, color="tab:blue", label="amino-acid choice")
+    ax.barh(names, syn, left=aa, color="tab:orange", label="synonymous-codon choice")
     for i, m in enumerate(order):
         ax.text(aa[m] + syn[m], i, f" {aa[m]:.2f} + {syn[m]:.2f}", va="center", fontsize=8)
     ax.invert_yaxis()
