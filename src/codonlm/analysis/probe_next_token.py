@@ -304,29 +304,18 @@ def _start_table(first_probs: dict[str, np.ndarray], first_counts: np.ndarray) -
     return pd.DataFrame(rows)
 
 
-def run(ctx: AnalysisContext) -> dict:
-    out = ctx.out_dir(NAME)
-    test = ctx.split("test")
-    names = test.dataset_names
-    picked = ctx.sample_genes("test", GENES_PER_GENOME, salt=2)
-    genes = [test.genes[g] for g in picked]
-    genome = test.groups[picked].astype(np.int64)
-    table_ids = [ctx.table_id(n) for n in names]
-    tallies = {label: _tally(ctx, model, genes, genome, len(names), np.array([table_ids[d] for d in genome]), label)
-               for label, model in ctx.models().items()}
-    usage, first_counts = genome_usage(ctx)
-
-    # RSCU per genome
+def rscu_tables(tallies: dict[str, _Tally], usage: np.ndarray, names: list[str], table_ids: list[int],
+                out) -> tuple[pd.DataFrame, str | None]:
+    """rscu.csv, rscu_r.csv, rscu_cross.csv and their figures; returns the r table and the E. coli name."""
     kazusa = kazusa_rscu()
     coli = next((n for n in names if "coli" in n.lower()), None)
-    rows, r_rows = [], []
+    present = [d for d in range(len(names)) if tallies["trained"].targets[d] > 0]
     model_rscu = {label: np.array([rscu(t.expected[d], table_ids[d]) for d in range(len(names))])
                   for label, t in tallies.items()}
     genome_rscu = np.array([rscu(usage[d], table_ids[d]) for d in range(len(names))])
-    for d, name in enumerate(names):
-        if tallies["trained"].targets[d] == 0:
-            continue
-        aa = genetic_code(table_ids[d]).aa[CODON_OFFSET:]
+    rows, r_rows = [], []
+    for d in present:
+        name, aa = names[d], genetic_code(table_ids[d]).aa[CODON_OFFSET:]
         for c, codon in enumerate(CODONS):
             rows.append({"genome": name, "codon": codon, "aa": chr(aa[c]), "empirical_rscu": genome_rscu[d, c],
                          "trained_rscu": model_rscu["trained"][d, c], "random_init_rscu": model_rscu["random_init"][d, c],
@@ -341,37 +330,60 @@ def run(ctx: AnalysisContext) -> dict:
     table, r_table = pd.DataFrame(rows), pd.DataFrame(r_rows)
     write_csv(table, out / "rscu.csv")
     write_csv(r_table, out / "rscu_r.csv")
-    present = [d for d in range(len(names)) if tallies["trained"].targets[d] > 0]
     cross = np.array([[pearson(model_rscu["trained"][i], genome_rscu[j]) for j in present] for i in present])
     write_csv(pd.DataFrame(cross, columns=[names[j] for j in present]).assign(model_genome=[names[i] for i in present]),
               out / "rscu_cross.csv")
     _plot_rscu(table, r_table, [names[d] for d in present], coli, out / "rscu.png")
     _plot_cross(cross, [names[d] for d in present], out / "rscu_cross.png")
+    return r_table, coli
 
-    # loss split
-    split_rows = []
-    base = baseline_loss_split(usage, tallies["trained"].observed, table_ids)
-    base_n = tallies["trained"].observed.sum(1)
+
+def loss_split_table(tallies: dict[str, _Tally], usage: np.ndarray, names: list[str],
+                     table_ids: list[int]) -> pd.DataFrame:
+    """Mean total / amino-acid / synonymous loss per model (and the codon-usage model), per genome and 'all'."""
+    present = [d for d in range(len(names)) if tallies["trained"].targets[d] > 0]
+    observed = tallies["trained"].observed
+    rows = []
     for label, t in [*tallies.items(), ("genome_codon_usage", None)]:
-        sums, counts = (t.loss, t.targets) if t is not None else (base, base_n)
+        sums, counts = (t.loss, t.targets) if t is not None else \
+            (baseline_loss_split(usage, observed, table_ids), observed.sum(1))
         for d in [*present, None]:
             s = sums.sum(0) if d is None else sums[d]
             n = counts.sum() if d is None else counts[d]
-            split_rows.append({"model": label, "genome": "all" if d is None else names[d], "targets": int(n),
-                               "total_nats": s[0] / n, "aa_choice_nats": s[1] / n, "synonymous_choice_nats": s[2] / n})
-    split = pd.DataFrame(split_rows)
-    write_csv(split, out / "loss_split.csv")
-    _plot_loss_split(split, out / "loss_split.png")
+            rows.append({"model": label, "genome": "all" if d is None else names[d], "targets": int(n),
+                         "total_nats": s[0] / n, "aa_choice_nats": s[1] / n, "synonymous_choice_nats": s[2] / n})
+    return pd.DataFrame(rows)
 
-    # <EOS_CDS> and start codons
-    eos_rows = []
+
+def eos_table(tallies: dict[str, _Tally]) -> pd.DataFrame:
+    rows = []
     for label, t in tallies.items():
         after, elsewhere = np.concatenate(t.eos_after_stop), np.concatenate(t.eos_elsewhere)
-        eos_rows.append({"model": label, "stops": after.size, "p_eos_after_stop": float(after.mean()),
-                         "median_p_eos_after_stop": float(np.median(after)),
-                         "eos_top1_after_stop": t.eos_top_after_stop / max(after.size, 1),
-                         "p_eos_elsewhere": float(elsewhere.mean()), "positions_elsewhere": elsewhere.size})
-    eos = pd.DataFrame(eos_rows)
+        rows.append({"model": label, "stops": after.size, "p_eos_after_stop": float(after.mean()),
+                     "median_p_eos_after_stop": float(np.median(after)),
+                     "eos_top1_after_stop": t.eos_top_after_stop / max(after.size, 1),
+                     "p_eos_elsewhere": float(elsewhere.mean()), "positions_elsewhere": elsewhere.size})
+    return pd.DataFrame(rows)
+
+
+def run(ctx: AnalysisContext) -> dict:
+    out = ctx.out_dir(NAME)
+    test = ctx.split("test")
+    names = test.dataset_names
+    picked = ctx.sample_genes("test", GENES_PER_GENOME, salt=2)
+    genes = [test.genes[g] for g in picked]
+    genome = test.groups[picked].astype(np.int64)
+    table_ids = [ctx.table_id(n) for n in names]
+    gene_tables = np.array([table_ids[d] for d in genome])
+    tallies = {label: _tally(ctx, model, genes, genome, len(names), gene_tables, label)
+               for label, model in ctx.models().items()}
+    usage, first_counts = genome_usage(ctx)
+
+    r_table, coli = rscu_tables(tallies, usage, names, table_ids, out)
+    split = loss_split_table(tallies, usage, names, table_ids)
+    write_csv(split, out / "loss_split.csv")
+    _plot_loss_split(split, out / "loss_split.png")
+    eos = eos_table(tallies)
     write_csv(eos, out / "eos.csv")
     starts = _start_table({label: first_codon_probs(m, ctx.device) for label, m in ctx.models().items()},
                           first_counts)
