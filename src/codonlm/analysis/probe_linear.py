@@ -25,7 +25,7 @@ from codonlm.data.codons import CODON_OFFSET, CODONS, EOS, genetic_code
 from codonlm.io import save_figure, write_csv
 
 NAME = "probe_linear"
-GENES_PER_GENOME = 40
+GENES_PER_GENOME = 30
 POSITIONS_PER_GENE = 16
 TEST_FRACTION = 0.3
 POSITION_BINS = 5

@@ -26,7 +26,7 @@ from codonlm.evaluate.perplexity import _aa_for
 from codonlm.io import save_figure, write_csv
 
 NAME = "probe_next_token"
-GENES_PER_GENOME = 60
+GENES_PER_GENOME = 40
 BATCH = 16
 KAZUSA_TABLE = "e_coli_316407"
 STARTS = ("ATG", "GTG", "TTG")
@@ -102,13 +102,15 @@ class _Tally:
         total, aa_part = -p_true.log(), -p_aa.log()
         codon_target = targets >= CODON_OFFSET
         after_stop = is_stop[inputs] & (targets == EOS)
-        for row, d in enumerate(genome):
-            cod = codon_target[row]
-            self.expected[d] += probs[row, cod, CODON_OFFSET:].sum(0).double().numpy()
-            self.observed[d] += np.bincount(targets[row, cod].numpy() - CODON_OFFSET, minlength=64)
-            self.loss[d] += [float(total[row, cod].sum()), float(aa_part[row, cod].sum()),
-                             float((total[row, cod] - aa_part[row, cod]).sum())]
-            self.targets[d] += int(cod.sum())
+        w = codon_target.to(probs.dtype)
+        per_gene = {
+            "expected": (probs[..., CODON_OFFSET:] * w[..., None]).sum(1),
+            "observed": torch.zeros(probs.shape[0], VOCAB_SIZE).scatter_add_(1, targets, w)[:, CODON_OFFSET:],
+            "loss": torch.stack([(total * w).sum(1), (aa_part * w).sum(1), ((total - aa_part) * w).sum(1)], 1),
+        }
+        for name, values in per_gene.items():
+            np.add.at(getattr(self, name), genome, values.double().numpy())
+        np.add.at(self.targets, genome, w.sum(1).double().numpy())
         self.eos_after_stop.append(probs[..., EOS][after_stop].numpy())
         self.eos_top_after_stop += int((probs.argmax(-1) == EOS)[after_stop].sum())
         self.eos_elsewhere.append(probs[..., EOS][codon_target].numpy())

@@ -28,7 +28,7 @@ STEP_TITLES = {
     "analyze_saliency": "Saliency and motifs",
 }
 MODEL_COLUMNS = ("trained", "random_init")
-HIDDEN_KEYS = {"step", "status", "seconds", "reading", "reason", "notes", "files"}
+HIDDEN_KEYS = {"step", "status", "seconds", "cpu_seconds", "reading", "reason", "notes", "files"}
 GENERATION_COLUMNS = ("temperature", "n", "frac_valid_orf", "frac_ends_with_stop", "length_ratio_median",
                       "gc3_mean", "cai_mean", "codon_js", "codon_js_floor", "nearest_identity_mean")
 

@@ -86,7 +86,7 @@ def run_step(ctx: AnalysisContext, name: str, checkpoint_sha256: str, force: boo
         log(f"[analyze] {name}: done before with the same checkpoint and settings; skipped (--force re-runs)")
         return previous
     log(f"[analyze] {name}: running")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         result = module.run(ctx)
     except (UserError, StepNotRun) as exc:
@@ -97,11 +97,12 @@ def run_step(ctx: AnalysisContext, name: str, checkpoint_sha256: str, force: boo
         write_json(summary_path(ctx.run_dir, name), summary)
         return summary
     seconds = round(time.perf_counter() - t0, 2)
-    summary = {"step": name, "status": "done", "seconds": seconds, **result}
+    cpu_seconds = round(time.process_time() - cpu0, 2)  # all threads: on a shared machine the honest cost
+    summary = {"step": name, "status": "done", "seconds": seconds, "cpu_seconds": cpu_seconds, **result}
     write_json(summary_path(ctx.run_dir, name), summary)
     files = sorted(p.name for p in ctx.out_dir(name).iterdir() if not p.name.startswith("."))
-    mark_stage_done(ctx.run_dir, stage, inputs, {"files": files, "seconds": seconds})
-    log(f"[analyze] {name}: done in {seconds:.1f}s: {result.get('reading', '')}")
+    mark_stage_done(ctx.run_dir, stage, inputs, {"files": files, "seconds": seconds, "cpu_seconds": cpu_seconds})
+    log(f"[analyze] {name}: done in {seconds:.1f}s ({cpu_seconds:.1f}s CPU): {result.get('reading', '')}")
     return summary
 
 

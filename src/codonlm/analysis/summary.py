@@ -20,7 +20,7 @@ from codonlm.evaluate.perplexity import score_genes
 from codonlm.io import read_json, save_figure, write_csv
 
 NAME = "summary"
-GENES_PER_GENOME = 30  # test genes per genome scored by both models for the random-init comparison
+GENES_PER_GENOME = 20  # test genes per genome scored by both models for the random-init comparison
 
 
 def settings(ctx: AnalysisContext) -> dict:
