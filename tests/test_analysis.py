@@ -134,7 +134,7 @@ def test_probe_next_token_numbers(run):
         assert s["aa_choice_nats"][lab] > 0 and s["synonymous_choice_nats"][lab] >= 0
         assert s["aa_choice_nats"][lab] + s["synonymous_choice_nats"][lab] == pytest.approx(s["loss_nats"][lab], abs=1e-6)
         assert 0 <= s["p_eos_after_stop"][lab] <= 1 and 0 <= s["p_eos_elsewhere"][lab] <= 1
-        assert 0 <= s["p_start_codon_after_bos"][lab] <= 1
+        assert 0 <= s["p_start_codon_after_bos"][lab] <= 1 and 0 <= s["p_repeat_current_codon"][lab] <= 1
     assert set(s["rscu_r_kazusa_ecoli"]) == {"trained", "random_init", "genome_itself"}
     assert s["first_codon_atg_observed"] == 1.0  # every fixture gene starts with ATG
     # synonymous choice can never cost more than log(6) nats (the largest codon family) per codon on average
