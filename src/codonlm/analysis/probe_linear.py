@@ -153,13 +153,14 @@ def _plot(table: pd.DataFrame, path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(TASKS), figsize=(3.3 * len(TASKS), 3.6), sharey=True)
-    styles = {"trained": ("tab:blue", "-", "o"), "control_task": ("tab:purple", ":", "s"),  # control: shuffled labels
+    styles = {"trained": ("tab:blue", "-", "o"), "control_task": ("tab:purple", ":", "s"),
               "random_init": ("tab:grey", "--", "x")}
     for ax, task in zip(axes, TASKS, strict=True):
         part = table[table.task == task]
         for model, (color, ls, marker) in styles.items():
             rows = part[part.model == model]
-            ax.plot(rows.layer, rows.accuracy, color=color, ls=ls, marker=marker, label=model.replace("_", " "))
+            label = {"control_task": "control task (shuffled labels)"}.get(model, model.replace("_", " "))
+            ax.plot(rows.layer, rows.accuracy, color=color, ls=ls, marker=marker, label=label)
         ax.axhline(part.majority.iloc[0], color="k", lw=0.8, ls="-.", label="majority class")
         ax.set_title(TASKS[task], fontsize=9)
         ax.set_xlabel("layer (0 = embedding)")

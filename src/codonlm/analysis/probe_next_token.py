@@ -432,6 +432,6 @@ def _headline(r_table, split, eos, starts, coli, n_genes) -> dict:
         f"{result['loss_nats']['trained']:.2f} nats = {result['aa_choice_nats']['trained']:.2f} amino-acid choice + "
         f"{result['synonymous_choice_nats']['trained']:.2f} synonymous choice (codon-usage model "
         f"{result['synonymous_choice_nats_codon_usage_model']:.2f}); P(<EOS_CDS>) after the stop "
-        f"{result['p_eos_after_stop']['trained']:.2f} vs {result['p_eos_elsewhere']['trained']:.4f} elsewhere "
+        f"{result['p_eos_after_stop']['trained']:.2f} vs {result['p_eos_elsewhere']['trained']:.1e} elsewhere "
         f"(random init {result['p_eos_after_stop']['random_init']:.3f})")
     return result
