@@ -154,7 +154,7 @@ def run_section(run_id: str, run_dir: Path, record: dict, scores_dir: Path) -> s
                 ["training", f"{t.get('epochs')} epoch(s), batch {t.get('batch_size')}, lr {t.get('lr')}, "
                              f"{t.get('optimizer')}"],
                 ["checkpoint", f"{record.get('checkpoint', '–')} (sha256 {str(record.get('checkpoint_sha256', '–'))[:16]}…)"]]
-        parts.append(table(["", ""], rows))
+        parts.append(table(["setting", "value"], rows))
         parts.append(f"<details><summary>full config</summary><pre>{esc(yaml)}</pre></details>")
     else:
         parts.append(note("missing", "no config found (runs/&lt;RUN_ID&gt;/config.yaml or analysis/run.json)"))
@@ -178,6 +178,9 @@ def run_section(run_id: str, run_dir: Path, record: dict, scores_dir: Path) -> s
         parts.append(f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(metrics['model'].get('n_targets'))} "
                      "predicted codons.</p>")
         parts.append(table(["model", "perplexity", "loss (nats)", "top-1 accuracy", "amino-acid accuracy"], rows))
+        per_genome = run_dir / "evaluate" / "per_dataset.png"
+        if per_genome.is_file():
+            parts.append(figure(per_genome))
     else:
         parts.append(note("missing", f"not run yet: <code>codonlm evaluate {esc(run_id)}</code>"))
 
