@@ -348,6 +348,52 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    """The analysis steps (then the report with --report); exit 2 naming the steps that could not run."""
+    from codonlm.analysis.context import load_context
+    from codonlm.analysis.runner import analyze, parse_steps
+
+    steps = parse_steps(args.steps)  # an unknown step name fails before anything loads
+    ctx = load_context(args.run_id, args.checkpoints_dir, args.runs_dir, device=args.device, seed=args.seed,
+                       quiet=args.quiet)
+    tee_to_run_log(ctx.run_dir)
+    results = analyze(args.run_id, steps, force=args.force, context=ctx)
+    if args.report:
+        from codonlm.analysis.report import write_report
+
+        print(f"[analyze] report: {write_report(args.run_id, ctx.run_dir.parent, args.reports_dir)}")
+    failed = [n for n, r in results.items() if r.get("status") == "failed"]
+    if failed:
+        print(f"codonlm analyze: step(s) failed with an error (traceback above): {', '.join(failed)}",
+              file=sys.stderr)
+        raise SystemExit(1)
+    missing = {n: r["reason"] for n, r in results.items() if r.get("status") == "not run"}
+    if missing:
+        raise UserError("not run: " + "; ".join(f"{n} ({why})" for n, why in missing.items()))
+    print(f"[analyze] {len(results)} step(s) done; outputs in {ctx.run_dir / 'analysis'}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from codonlm.analysis.report import write_report
+
+    print(f"[report] wrote {write_report(args.run_id, args.runs_dir, args.reports_dir)}")
+
+
+def cmd_bundle(args: argparse.Namespace) -> None:
+    from codonlm.analysis.bundle import bundle_run
+
+    folder, archive = bundle_run(args.run_id, out_dir=args.out_dir, checkpoints_dir=args.checkpoints_dir,
+                                 runs_dir=args.runs_dir, reports_dir=args.reports_dir)
+    print(f"[bundle] {folder} and {archive} (checksums in {folder / 'MANIFEST.sha256'})")
+
+
+def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> None:
+    p.add_argument("--runs-dir", default=runs_dir,
+                   help=f"where run folders live (default: {runs_dir or 'the run config outputs.runs_dir'})")
+    p.add_argument("--reports-dir", default="outputs/reports",
+                   help="stage-2 results, read from <dir>/<RUN_ID>/stage2 (default: %(default)s)")
+
+
 def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size "
                    "(default block_size/4; 1 = every codon with the full window as context)")
@@ -528,6 +574,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-prefix", help="prefix generation + gene quality metrics (gen_prefix/)")
     add_generate_prefix_arguments(p)
     p.set_defaults(func=cmd_generate_prefix)
+
+    p = sub.add_parser("analyze", help="the six-step interpretability analysis -> runs/<RUN_ID>/analysis/")
+    p.add_argument("run_id")
+    p.add_argument("--steps", nargs="+", metavar="STEP",
+                   help="steps to run, in pipeline order whatever the order given (default: all six)")
+    p.add_argument("--force", action="store_true", help="re-run steps that already finished")
+    p.add_argument("--report", action="store_true", help="then write runs/<RUN_ID>/report.html")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of every gene/position draw (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_analysis(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("report", help="runs/<RUN_ID>/report.html: one self-contained page per run")
+    p.add_argument("run_id")
+    _add_analysis(p, runs_dir="runs")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bundle", help="a run's artifacts + HF export in one folder and .tar.gz with checksums")
+    p.add_argument("run_id")
+    p.add_argument("--out-dir", default="outputs/share", help="bundles go to <dir>/<RUN_ID>[.tar.gz]")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    _add_analysis(p)
+    p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("query", help="next codons, generate, score or mutate a DNA sequence")
     add_query_arguments(p)

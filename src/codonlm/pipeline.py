@@ -55,9 +55,9 @@ class RunContext:
         return [Path(f) for d in self.cfg.data.datasets for f in d.files]
 
     def prepared(self) -> list[Path]:
-        from codonlm.data.loader import split_path
+        from codonlm.data.layout import run_split_path
 
-        return [split_path(self.cfg, s) for s in ("train", "val", "test")]
+        return [run_split_path(self.cfg, self.run_id, s) for s in ("train", "val", "test")]
 
     def flags(self, **extra: bool) -> list[str]:
         """--quiet (and the other given switches) when on."""

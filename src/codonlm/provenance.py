@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from codonlm.config import Config, config_sha256, config_to_yaml
+from codonlm.errors import UserError
 from codonlm.io import atomic_write, read_json, sha256_file, write_json
 
 
@@ -19,6 +20,18 @@ def run_dir(cfg: Config, run_id: str) -> Path:
     path = Path(cfg.outputs.runs_dir) / run_id
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def list_runs(runs_dir: str | Path = "runs") -> list[str]:
+    runs = Path(runs_dir)
+    return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+
+
+def unknown_run(run_id: str, missing: Path, runs_dir: str | Path = "runs") -> UserError:
+    """The one-line error for a run id that does not exist, listing the runs that do."""
+    known = list_runs(runs_dir)
+    listing = ", ".join(known) if known else "none yet (run ./main.sh)"
+    return UserError(f"unknown run id '{run_id}' (no {missing}); runs that exist: {listing}")
 
 
 def git_commit() -> str | None:

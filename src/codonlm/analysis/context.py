@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -10,9 +11,11 @@ import numpy as np
 import torch
 
 from codonlm.config import Config
+from codonlm.data.codons import PAD
 from codonlm.errors import UserError
 from codonlm.io import SplitGenes, read_split_genes
 from codonlm.model.tinygpt import TinyGPT
+from codonlm.provenance import list_runs, unknown_run  # noqa: F401 - list_runs kept importable from here
 
 
 @dataclass
@@ -43,9 +46,10 @@ class AnalysisContext:
     def split(self, name: str) -> SplitGenes:
         """The genes of the run's prepared split ('train', 'val', 'test')."""
         if name not in self._splits:
-            from codonlm.data.loader import split_path
+            from codonlm.data.layout import run_split_path
 
-            self._splits[name] = read_split_genes(split_path(self.cfg, name))
+            self._splits[name] = read_split_genes(run_split_path(self.cfg, self.run_id, name,
+                                                                 runs_dir=self.run_dir.parent))
         return self._splits[name]
 
     def out_dir(self, step: str) -> Path:
@@ -76,10 +80,30 @@ class AnalysisContext:
             picked += idx
         return picked
 
+    def progress(self, iterable: Iterable, desc: str, total: int | None = None, unit: str = "batch"):
+        """A step's progress bar (off when quiet or under CODONLM_QUIET)."""
+        from codonlm.log import progress
 
-def list_runs(runs_dir: str | Path = "runs") -> list[str]:
-    runs = Path(runs_dir)
-    return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+        return progress(iterable, desc=desc, total=total, unit=unit, disable=self.quiet, leave=False)
+
+    def gene_batches(self, genes: Sequence[np.ndarray], batch_size: int = 32,
+                     desc: str = "") -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Genes as padded [B, W] token batches, shortest first, each cut to block_size + 1 tokens.
+
+        Feed `idx[:, :-1]` to the model; `idx[:, 1:]` are the targets (a gene of up to block_size - 1
+        codons keeps its <EOS_CDS> target). Yields (positions of the batch's genes in `genes`, idx).
+        Padding sits after each gene, so with the causal mask it changes none of the gene's outputs.
+        """
+        limit = self.cfg.model.block_size + 1
+        order = sorted(range(len(genes)), key=lambda g: len(genes[g]))
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for chunk in self.progress(chunks, desc=desc, total=len(chunks)):
+            width = min(limit, max(len(genes[g]) for g in chunk))
+            idx = torch.full((len(chunk), width), PAD, dtype=torch.long)
+            for row, g in enumerate(chunk):
+                piece = np.asarray(genes[g][:width], dtype=np.int64)
+                idx[row, : piece.size] = torch.from_numpy(piece)
+            yield chunk, idx.to(self.device)
 
 
 def load_context(run_id: str, checkpoints_dir: str = "outputs/checkpoints", runs_dir: str | Path | None = None,
@@ -89,9 +113,7 @@ def load_context(run_id: str, checkpoints_dir: str = "outputs/checkpoints", runs
 
     folder = Path(checkpoints_dir) / run_id
     if not folder.is_dir():
-        known = list_runs(runs_dir or "runs")
-        listing = ", ".join(known) if known else "none yet (run ./main.sh)"
-        raise UserError(f"unknown run id '{run_id}' (no {folder}); runs that exist: {listing}")
+        raise unknown_run(run_id, folder, runs_dir or "runs")
     best = folder / "best.pt"
     if not best.is_file():
         raise UserError(f"run '{run_id}' has no best.pt in {folder}; finish training first "

@@ -1,0 +1,152 @@
+"""Step 1, summary: the held-out evaluation, the training curve and the data of a run, in one place.
+
+The held-out numbers come from runs/<RUN_ID>/evaluate/metrics.json when `codonlm evaluate` has run
+(else the evaluation runs here and writes that folder). Beside them: a random-init model of the same
+shape and the trained model scored on the same seeded sample of test genes, so the gain from
+training reads directly.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from codonlm.analysis.context import AnalysisContext
+from codonlm.analysis.report import data_table
+from codonlm.evaluate.perplexity import score_genes
+from codonlm.io import read_json, save_figure, write_csv
+
+NAME = "summary"
+GENES_PER_GENOME = 20  # test genes per genome scored by both models for the random-init comparison
+
+
+def settings(ctx: AnalysisContext) -> dict:
+    return {"genes_per_genome": GENES_PER_GENOME}
+
+
+def heldout_metrics(ctx: AnalysisContext) -> tuple[dict, str]:
+    """metrics.json of `codonlm evaluate` (computed here when absent) and where it came from."""
+    path = ctx.run_dir / "evaluate" / "metrics.json"
+    metrics = read_json(path)
+    if metrics is not None:
+        return metrics, f"reused {path}"
+    from codonlm.evaluate.heldout import evaluate_run
+
+    return evaluate_run(str(ctx.checkpoint), split="test", device=str(ctx.device), out_dir=path.parent), \
+        f"computed now into {path.parent}"
+
+
+def _sample_scores(ctx: AnalysisContext) -> dict[str, dict]:
+    """Perplexity, top-1 and amino-acid accuracy of both models on the same seeded test genes."""
+    genes = ctx.split("test")
+    picked = ctx.sample_genes("test", GENES_PER_GENOME, salt=1)
+    out = {}
+    for name, model in ctx.models().items():
+        scores = score_genes(model, [genes.genes[g] for g in picked], device=ctx.device)
+        logp = np.concatenate([s.logp for s in scores])
+        out[name] = {"perplexity": float(math.exp(-logp.mean())),
+                     "top1_accuracy": float(np.concatenate([s.top1 for s in scores]).mean()),
+                     "aa_accuracy": float(np.concatenate([s.aa_correct for s in scores]).mean()),
+                     "genes": len(picked), "targets": int(logp.size)}
+    return out
+
+
+def _plot_curve(curves: pd.DataFrame, path: Path, run_id: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    style = {"marker": "o"} if len(curves) < 30 else {}
+    ax.plot(curves["step"], curves["train_loss"], label="train loss (epoch mean)", **style)
+    ax.plot(curves["step"], curves["val_loss"], label="validation loss", **style)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats per codon)")
+    ax.set_title(f"Training curve of {run_id}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    save_figure(fig, path)
+
+
+def _plot_heldout(rows: list[tuple[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.2))
+    names, values = zip(*rows, strict=True)
+    colors = ["tab:blue" if n.startswith("TinyGPT") else "tab:grey" if "random" in n or "uniform" in n
+              else "tab:orange" for n in names]
+    ax.barh(range(len(rows)), values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("perplexity per codon (lower is better; 65 targets = uniform)")
+    ax.set_xlim(0, max(values) * 1.15)
+    ax.set_title("Held-out perplexity: trained model, baselines, random init")
+    save_figure(fig, path)
+
+
+def run(ctx: AnalysisContext) -> dict:
+    out = ctx.out_dir(NAME)
+    notes = []
+    metrics, source = heldout_metrics(ctx)
+    sample = _sample_scores(ctx)
+    model = metrics["model"]
+    baselines = {k: v["perplexity"] for k, v in metrics["baselines"].items()}
+    rows = [(f"TinyGPT (all {metrics['genes']} test genes)", model["perplexity"])]
+    rows += [(f"baseline: {k}", v) for k, v in sorted(baselines.items(), key=lambda kv: kv[1])]
+    rows += [(f"TinyGPT ({sample['trained']['genes']}-gene sample)", sample["trained"]["perplexity"]),
+             (f"random init ({sample['random_init']['genes']}-gene sample)", sample["random_init"]["perplexity"]),
+             ("uniform over 64 codons + <EOS_CDS>", 65.0)]
+    write_csv(pd.DataFrame(rows, columns=["model", "perplexity"]), out / "heldout.csv")
+    _plot_heldout(rows, out / "heldout.png")
+
+    curves_path = Path(ctx.cfg.outputs.scores_dir) / ctx.run_id / ctx.cfg.outputs.log_csv
+    curve = None
+    if curves_path.is_file():
+        curves = pd.read_csv(curves_path)
+        write_csv(curves, out / "curve.csv")
+        _plot_curve(curves, out / "curve.png", ctx.run_id)
+        curve = {"points": len(curves), "last_step": int(curves["step"].iloc[-1]),
+                 "final_train_loss": float(curves["train_loss"].iloc[-1]),
+                 "best_val_loss": float(curves["val_loss"].min())}
+    else:
+        notes.append(f"training curve not found ({curves_path})")
+
+    prepare_path = ctx.run_dir / "pipeline_prepare.json"
+    prepare_report = read_json(prepare_path)
+    data = None
+    if prepare_report is not None:
+        header, data_rows = data_table(prepare_report)
+        table = pd.DataFrame(data_rows, columns=header)
+        write_csv(table, out / "data.csv")
+        data = {"genomes": len(table), "cds_kept": prepare_report.get("kept_cds"),
+                "genes": {s: v.get("genes") for s, v in prepare_report.get("splits", {}).items()}}
+    else:
+        notes.append(f"data report not found ({prepare_path}; written by 'codonlm prepare --run-id')")
+
+    best = metrics.get("best_baseline")
+    reading = (f"held-out perplexity {model['perplexity']:.1f} over {metrics['genes']} test genes "
+               f"(best baseline {best} {baselines[best]:.1f}); on a {sample['trained']['genes']}-gene sample "
+               f"{sample['trained']['perplexity']:.1f} against {sample['random_init']['perplexity']:.1f} "
+               "at random init")
+    return {
+        "reading": reading,
+        "perplexity": {k: v["perplexity"] for k, v in sample.items()},
+        "top1_accuracy": {k: v["top1_accuracy"] for k, v in sample.items()},
+        "aa_accuracy": {k: v["aa_accuracy"] for k, v in sample.items()},
+        "heldout": {"source": source, "genes": metrics["genes"], "perplexity": model["perplexity"],
+                    "top1_accuracy": model.get("top1_accuracy"), "aa_accuracy": model.get("aa_accuracy"),
+                    "synonymous_mass": model.get("synonymous_mass"), "ece": model.get("ece")},
+        "best_baseline": {"name": best, "perplexity": baselines[best]},
+        "beats_every_baseline": all((metrics.get("beats_baselines") or {"none": False}).values()),
+        "curve": curve,
+        "data": data,
+        "notes": notes,
+    }
