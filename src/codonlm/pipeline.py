@@ -88,6 +88,12 @@ STAGES = [
     Stage("generate-prefix",
           lambda r: ["generate-prefix", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
           lambda r: [r.scores / "gen_prefix"]),
+    Stage("analyze", lambda r: ["analyze", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
+          lambda r: [r.run_dir / "analysis"],
+          lambda r: {"saliency_window": r.cfg.outputs.saliency_window, "saliency_top": r.cfg.outputs.saliency_top}),
+    Stage("stage2", lambda r: ["stage2", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
+          lambda r: [Path("outputs/reports") / r.run_id / "stage2"]),
+    Stage("report", lambda r: ["report", r.run_id], lambda r: [r.run_dir / "report.html"]),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
