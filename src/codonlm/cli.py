@@ -356,21 +356,21 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     steps = parse_steps(args.steps)  # an unknown step name fails before anything loads
     ctx = load_context(args.run_id, args.checkpoints_dir, args.runs_dir, device=args.device, seed=args.seed,
                        quiet=args.quiet)
-    tee_to_run_log(ctx.run_dir)
-    results = analyze(args.run_id, steps, force=args.force, context=ctx)
-    if args.report:
-        from codonlm.analysis.report import write_report
+    with run_log(ctx.run_dir):
+        results = analyze(args.run_id, steps, force=args.force, context=ctx)
+        if args.report:
+            from codonlm.analysis.report import write_report
 
-        print(f"[analyze] report: {write_report(args.run_id, ctx.run_dir.parent, args.reports_dir)}")
-    failed = [n for n, r in results.items() if r.get("status") == "failed"]
-    if failed:
-        print(f"codonlm analyze: step(s) failed with an error (traceback above): {', '.join(failed)}",
-              file=sys.stderr)
-        raise SystemExit(1)
-    missing = {n: r["reason"] for n, r in results.items() if r.get("status") == "not run"}
-    if missing:
-        raise UserError("not run: " + "; ".join(f"{n} ({why})" for n, why in missing.items()))
-    print(f"[analyze] {len(results)} step(s) done; outputs in {ctx.run_dir / 'analysis'}")
+            print(f"[analyze] report: {write_report(args.run_id, ctx.run_dir.parent, args.reports_dir)}")
+        failed = [n for n, r in results.items() if r.get("status") == "failed"]
+        if failed:
+            print(f"codonlm analyze: step(s) failed with an error (traceback above): {', '.join(failed)}",
+                  file=sys.stderr)
+            raise SystemExit(1)
+        missing = {n: r["reason"] for n, r in results.items() if r.get("status") == "not run"}
+        if missing:
+            raise UserError("not run: " + "; ".join(f"{n} ({why})" for n, why in missing.items()))
+        print(f"[analyze] {len(results)} step(s) done; outputs in {ctx.run_dir / 'analysis'}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
