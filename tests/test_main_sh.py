@@ -23,6 +23,9 @@ from codonlm.runid import make_run_id
 from codonlm.train.loop import KILL_AT_STEP_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+CORE = STAGE_NAMES[: STAGE_NAMES.index("generate-prefix") + 1]
+"""The stages these tests run (analysis, stage 2 and the report have their own tests)."""
+ONLY_CORE = ["--stages", ",".join(CORE)]
 
 
 def main_sh(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -40,7 +43,7 @@ def _files(cfg, run_id: str, skip_log: bool = False) -> dict[str, str]:
 def _summary(text: str) -> dict[str, str]:
     """stage -> status, from the closing summary."""
     lines = text[text.rindex("=== summary of run"):].splitlines()[1:]
-    return {line.split()[0]: line.split()[1] for line in lines if line.split() and line.split()[0] in STAGE_NAMES}
+    return {line.split()[0]: line.split()[1] for line in lines if line.split() and line.split()[0] in CORE}
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +66,12 @@ def test_main_sh_help_exits_0():
 def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, monkeypatch, capsys):
     adamw, _, cfg = configs
     stem = make_run_id(cfg)
-    killed = main_sh("-c", str(adamw), **{KILL_AT_STEP_ENV: "20"})
+    killed = main_sh("-c", str(adamw), *ONLY_CORE, **{KILL_AT_STEP_ENV: "20"})
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     curves = Path(cfg.outputs.scores_dir) / stem / "curves.csv"
     assert curves.read_text().splitlines()[-1].startswith("20,")  # a row after the last checkpoint (at 18)
 
-    again = main_sh("-c", str(adamw))
+    again = main_sh("-c", str(adamw), *ONLY_CORE)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"=== codonlm run {stem} " in again.stdout  # the same run continued
     assert _summary(again.stdout) == {"fetch-data": "skipped", "prepare": "skipped", "train": "done",
@@ -76,7 +79,7 @@ def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, m
     assert "resumed from" in again.stdout and "at epoch 1, step 18" in again.stdout
 
     monkeypatch.setenv("CODONLM_QUIET", "1")
-    assert main(["pipeline", "-c", str(adamw), "--fresh"]) == 0  # the same config, uninterrupted
+    assert main(["pipeline", "-c", str(adamw), "--fresh", *ONLY_CORE]) == 0  # the same config, uninterrupted
     straight = Path(cfg.outputs.scores_dir) / f"{stem}-2" / "curves.csv"
     assert curves.read_text() == straight.read_text()
     assert [line.split(",")[0] for line in curves.read_text().splitlines()[1:]] == ["5", "10", "15", "20", "25", "30"]
@@ -85,10 +88,10 @@ def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, m
 
     before = _files(cfg, f"{stem}-2", skip_log=True)
     capsys.readouterr()
-    assert main(["pipeline", "-c", str(adamw)]) == 0  # continues the newest run of this config: finished
+    assert main(["pipeline", "-c", str(adamw), *ONLY_CORE]) == 0  # continues the newest run: finished
     out = capsys.readouterr().out
     assert f"=== codonlm run {stem}-2 " in out and "=== [" not in out  # no stage ran
-    assert set(_summary(out).values()) == {"skipped"} and out.count("done before") == len(STAGE_NAMES)
+    assert set(_summary(out).values()) == {"skipped"} and out.count("done before") == len(CORE)
     assert _files(cfg, f"{stem}-2", skip_log=True) == before  # not even rewritten
 
     log = (Path(cfg.outputs.runs_dir) / stem / "log.txt").read_text()
@@ -137,7 +140,7 @@ def test_failed_stage_is_named_and_force_reaches_prepare(configs, monkeypatch, c
     real = prepare_module._integrity
     monkeypatch.setattr(prepare_module, "_integrity", lambda splits: {**real(splits), "ok": False})
     capsys.readouterr()
-    assert main(["pipeline", "-c", str(adamw), "--run-id", "integrity"]) == 2
+    assert main(["pipeline", "-c", str(adamw), "--run-id", "integrity", *ONLY_CORE]) == 2
     captured = capsys.readouterr()
     assert "integrity check failed" in captured.err and "--force" in captured.err
     assert _summary(captured.out) == {"fetch-data": "done", "prepare": "failed", "train": "not", "evaluate": "not",

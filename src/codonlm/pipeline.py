@@ -55,9 +55,9 @@ class RunContext:
         return [Path(f) for d in self.cfg.data.datasets for f in d.files]
 
     def prepared(self) -> list[Path]:
-        from codonlm.data.layout import run_split_path
+        from codonlm.data.layout import data_key, key_dir
 
-        return [run_split_path(self.cfg, self.run_id, s) for s in ("train", "val", "test")]
+        return [key_dir(Path(self.cfg.data.processed_dir), data_key(self.cfg).key) / "all"]
 
     def flags(self, **extra: bool) -> list[str]:
         """--quiet (and the other given switches) when on."""
