@@ -132,10 +132,15 @@ def test_stage_flags(configs, monkeypatch, capsys):
     assert "another config" in capsys.readouterr().err
 
 
-def test_failed_stage_is_named_and_force_reaches_prepare(configs, monkeypatch, capsys):
+def test_failed_stage_is_named_and_force_reaches_prepare(configs, monkeypatch, capsys, tmp_path, write_config):
+    import yaml
+
     from codonlm.data import prepare as prepare_module
 
     adamw, _, cfg = configs
+    raw = yaml.safe_load(adamw.read_text())
+    raw["data"]["processed_dir"] = str(tmp_path / "processed")  # not prepared yet: the integrity check runs
+    adamw = write_config(tmp_path / "adamw.yaml", raw)
     monkeypatch.setenv("CODONLM_QUIET", "1")
     real = prepare_module._integrity
     monkeypatch.setattr(prepare_module, "_integrity", lambda splits: {**real(splits), "ok": False})
