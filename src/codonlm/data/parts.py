@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -292,12 +292,12 @@ def build_unit(unit: Unit) -> UnitResult:
 
 
 def _pool_context():
-    """fork where it is safe, i.e. this process runs a single thread (cheapest: workers start with
-    everything imported); forkserver once any other thread runs (torch starts one on import), spawn
-    off Linux."""
+    """fork while this process runs no other Python thread (cheapest: workers start with everything
+    imported; native pools such as OpenBLAS's or torch's are idle, and workers never call into them);
+    forkserver otherwise, spawn off Linux."""
     if sys.platform != "linux":
         return multiprocessing.get_context("spawn")
-    if len(os.listdir("/proc/self/task")) > 1:
+    if threading.active_count() > 1:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([__name__])
         return ctx
