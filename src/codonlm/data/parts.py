@@ -257,7 +257,7 @@ class Unit:
     path: str
     folder: Path  # where its spills go
     settings: UnitSettings
-    size: int  # uncompressed bytes: biggest first, and progress
+    size: int  # uncompressed bytes, for the progress bar
 
 
 @dataclass
@@ -315,8 +315,8 @@ def unit_results(units: list[Unit], workers: int) -> Iterator[Callable[[int], Un
         return
     pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_pool_context())
     try:
-        # biggest first: the last units to start are small ones, so the workers finish together
-        futures = {i: pool.submit(build_unit, units[i]) for i in sorted(range(len(units)), key=lambda i: -units[i].size)}
+        # in order: units finish about when the writer wants them, so few wait on disk
+        futures = [pool.submit(build_unit, unit) for unit in units]
         yield lambda i: futures[i].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
