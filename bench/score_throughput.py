@@ -3,8 +3,9 @@
 
     .venv/bin/python bench/score_throughput.py [--run RUN_ID] [--genes 10000] [--naive-genes 300]
 
-Uses the genes of data/processed/all/{train,test}.npz; with no --run, a freshly initialised
-TinyGPT of configs/tiny_cpu.yaml (speed does not depend on the weights).
+Uses the genes of the run's prepared {train,test} splits (data/processed/<key>/all/); with no --run,
+the config's, and a freshly initialised TinyGPT of configs/tiny_cpu.yaml (speed does not depend on
+the weights).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from codonlm.config import load_config
+from codonlm.data.layout import data_key, key_dir, run_split_path
 from codonlm.evaluate.perplexity import gene_windows, score_genes
 from codonlm.io import read_split_genes
 from codonlm.model.load import load_model
@@ -52,8 +54,13 @@ def main() -> None:
         cfg = load_config(args.config)
         torch.manual_seed(0)
         model = TinyGPT(cfg.model).eval()
-    genes = read_split_genes(f"{cfg.data.processed_dir}/all/train.npz").genes
-    test = read_split_genes(f"{cfg.data.processed_dir}/all/test.npz").genes
+    if args.run:  # the run's own prepared data
+        train_path, test_path = (run_split_path(cfg, args.run, s) for s in ("train", "test"))
+    else:  # the config's
+        train_path, test_path = (key_dir(cfg.data.processed_dir, data_key(cfg).key) / "all" / f"{s}.npz"
+                                 for s in ("train", "test"))
+    genes = read_split_genes(train_path).genes
+    test = read_split_genes(test_path).genes
     genes = (test + genes)[: args.genes]
     codons = sum(g.size - 2 for g in genes)
     print(f"model: {model.num_params():,} params, block {cfg.model.block_size}; {len(genes):,} genes, "

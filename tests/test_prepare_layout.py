@@ -174,7 +174,7 @@ def test_damaged_data_refused_in_one_line_then_rebuilt(corpus, tmp_path, capsys,
     assert str(target) in err[0] and "codonlm prepare -c" in err[0] and "--run-id r1" in err[0]
     assert _digests(tmp_path / "processed") == damaged  # nothing else touched
     assert not list((tmp_path / "ckpt").rglob("*.pt"))
-    assert main(["prepare", "-c", str(cfg_path), "--run-id", "r1", "--quiet"]) == 0  # what the line says to run
+    assert main(["prepare", "-c", str(cfg_path), "--run-id", "r1", "--quiet", "--workers", "2"]) == 0  # as it says
     assert _digests(folder) == good
     assert run_split_path(parse_config(raw), "r1", "train") == target
 

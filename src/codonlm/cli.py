@@ -401,8 +401,11 @@ def _add_scoring(p: argparse.ArgumentParser) -> None:
 
 
 def _workers(text: str) -> int | str:
-    if text == "auto" or (text.isdigit() and int(text) >= 1):
-        return text if text == "auto" else int(text)
+    """--workers: a count of processes >= 1, or 'auto'."""
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
     raise argparse.ArgumentTypeError(f"expected a number of processes >= 1 or 'auto', got '{text}'")
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -257,7 +257,7 @@ class Unit:
     path: str
     folder: Path  # where its spills go
     settings: UnitSettings
-    size: int  # uncompressed bytes: biggest first, and progress
+    size: int  # uncompressed bytes, for the progress bar
 
 
 @dataclass
@@ -292,12 +292,12 @@ def build_unit(unit: Unit) -> UnitResult:
 
 
 def _pool_context():
-    """fork where it is safe, i.e. this process runs a single thread (cheapest: workers start with
-    everything imported); forkserver once any other thread runs (torch starts one on import), spawn
-    off Linux."""
+    """fork while this process runs no other Python thread (cheapest: workers start with everything
+    imported; native pools such as OpenBLAS's or torch's are idle, and workers never call into them);
+    forkserver otherwise, spawn off Linux."""
     if sys.platform != "linux":
         return multiprocessing.get_context("spawn")
-    if len(os.listdir("/proc/self/task")) > 1:
+    if threading.active_count() > 1:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload([__name__])
         return ctx
@@ -315,8 +315,8 @@ def unit_results(units: list[Unit], workers: int) -> Iterator[Callable[[int], Un
         return
     pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_pool_context())
     try:
-        # biggest first: the last units to start are small ones, so the workers finish together
-        futures = {i: pool.submit(build_unit, units[i]) for i in sorted(range(len(units)), key=lambda i: -units[i].size)}
+        # in order: units finish about when the writer wants them, so few wait on disk
+        futures = [pool.submit(build_unit, unit) for unit in units]
         yield lambda i: futures[i].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
