@@ -72,9 +72,10 @@ class _Window:
 class VariantScanner:
     """Scan one gene at a time: `scan(codons)` yields a PositionScan per position, in order.
 
-    llr: "exact" or "local"; positions: 1-based codon positions to scan (default all);
-    kinds: subset of KINDS to keep; stride: window advance for long genes (default block_size // 4,
-    as score_genes); max_tokens: suffix tokens per batch (bounds memory).
+    llr: "exact" or "local"; kinds: subset of KINDS to keep; stride: window advance for long genes
+    (default block_size // 4, as score_genes); max_tokens: suffix tokens per batch (a batch holds at
+    least one position's alternatives, so at most max(max_tokens, 63 x block_size) tokens);
+    chunk_positions: positions finished together before they are yielded.
     """
 
     def __init__(self, model, llr: str = "exact", kinds: Iterable[str] | None = None, stride: int | None = None,
@@ -100,6 +101,10 @@ class VariantScanner:
         tokens = torch.from_numpy(gene.astype(np.int64)).to(self.device)
         n = gene.size - 2
         positions = sorted(set(range(1, n + 1) if positions is None else positions))
+        if positions and not 1 <= positions[0] <= positions[-1] <= n:
+            raise ValueError(f"codon positions must lie in 1..{n}")
+        # exact: every window whose inputs hold the position; local: the one that scores it
+        reach = "start" if self.llr == "exact" else "first"
         windows = [_Window(a, lo, hi) for a, lo, hi in gene_windows(gene.size - 1, self.block, self.stride)]
         for c0 in range(0, len(positions), self.chunk_positions):
             chunk = positions[c0 : c0 + self.chunk_positions]
@@ -109,7 +114,7 @@ class VariantScanner:
                 if w.last < chunk[0]:
                     w.logp = w.past = None  # no later position needs this window: free it
                     continue
-                inside = [p for p in chunk if w.start <= p <= w.last and alts[p][0].size]
+                inside = [p for p in chunk if getattr(w, reach) <= p <= w.last and alts[p][0].size]
                 if inside:
                     self._add_window(tokens, w, inside, alts, llr)
             for p in chunk:
