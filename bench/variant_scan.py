@@ -5,8 +5,10 @@
 
 For each length, the real E. coli K-12 gene (prepared data, `ecoli_k12` test split, else train)
 closest to it is scanned in a fresh child process (so peak RSS is the scan's own): exact and local.
-`--every K` scans every K-th position and extrapolates the time to the whole gene (positions are
-evenly spread, so cost per position averages out; the figure is marked "extrapolated").
+`--every K` scans every K-th position of the exact scan and extrapolates the time to the whole
+gene (positions are evenly spread, so cost per position averages out; the figure is marked
+"extrapolated"); local scans always run whole. Beside wall time: the process's CPU seconds, which a
+busy shared machine inflates less (with one thread, CPU s / wall s is the share of a core it got).
 
 Peer in the same run: the old implementation (every mutant gene built and rescored with
 score_genes) and the exact scan on the same `--old-positions` evenly spread positions, in one
@@ -51,7 +53,12 @@ def real_genes(processed_dir: str) -> tuple[list[np.ndarray], list[str]]:
     return codons, names
 
 
-def old_mutate(model, codons: np.ndarray, positions) -> tuple[float, np.ndarray]:
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def old_mutate(model, codons: np.ndarray, positions, stride: int | None) -> tuple[float, np.ndarray]:
     """The implementation this replaces: every mutant gene built and scored with score_genes at once.
     Returns the seconds and the LLRs (positions ascending, alternatives in token order)."""
     gene = frame_gene(codons)
@@ -63,15 +70,15 @@ def old_mutate(model, codons: np.ndarray, positions) -> tuple[float, np.ndarray]
                 mutant[p] = alt
                 variants.append(mutant)
     t0 = time.perf_counter()
-    ll = np.array([np.sum(s.logp, dtype=np.float64) for s in score_genes(model, variants)])
+    ll = np.array([np.sum(s.logp, dtype=np.float64) for s in score_genes(model, variants, stride=stride)])
     return time.perf_counter() - t0, ll[1:] - ll[0]
 
 
-def timed_scan(model, codons, positions, llr: str) -> tuple[float, VariantScanner, list]:
-    scanner = VariantScanner(model, llr=llr)
-    t0 = time.perf_counter()
+def timed_scan(model, codons, positions, llr: str, stride: int | None) -> tuple[float, float, VariantScanner, list]:
+    scanner = VariantScanner(model, llr=llr, stride=stride)
+    t0, c0 = time.perf_counter(), cpu_s()
     results = list(scanner.scan(codons, positions))
-    return time.perf_counter() - t0, scanner, results
+    return time.perf_counter() - t0, cpu_s() - c0, scanner, results
 
 
 def child(args) -> None:
@@ -86,15 +93,16 @@ def child(args) -> None:
     if args.child == "old":
         positions = sorted({int(p) for p in np.linspace(1, n, args.old_positions).round()})
         out["positions"] = len(positions)
-        out["old_s"], old_llr = old_mutate(model, codons, positions)
+        out["old_s"], old_llr = old_mutate(model, codons, positions, args.stride)
         out["old_peak_rss_mb"] = peak_rss_mb()
-        out["exact_s"], _, results = timed_scan(model, codons, positions, "exact")
+        out["exact_s"], _, _, results = timed_scan(model, codons, positions, "exact", args.stride)
         out["max_abs_diff"] = float(np.abs(np.concatenate([r.llr for r in results]) - old_llr).max())
     else:
-        positions = list(range(1, n + 1, args.every))
-        seconds, scanner, _ = timed_scan(model, codons, positions, args.child)
-        sizes = [r * c for r, c in scanner.batch_shapes]
+        positions = list(range(1, n + 1, args.every if args.child == "exact" else 1))
+        seconds, cpu, scanner, _ = timed_scan(model, codons, positions, args.child, args.stride)
+        sizes = [rows * length for rows, _, length in scanner.batch_shapes]
         out.update(positions=len(positions), seconds=seconds, whole_gene_s=seconds * n / len(positions),
+                   whole_gene_cpu_s=cpu * n / len(positions), stride=scanner.stride,
                    extrapolated=len(positions) < n, batches=len(sizes), suffix_tokens=int(sum(sizes)),
                    largest_batch_tokens=max(sizes, default=0))
     out.update(rss_after_load_mb=rss_loaded, peak_rss_mb=peak_rss_mb(), load_avg=os.getloadavg()[0])
@@ -105,6 +113,7 @@ def run_child(args, method: str, length: int) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--length", str(length), "--run", args.run,
            "--checkpoints-dir", args.checkpoints_dir, "--every", str(args.every), "--old-positions", str(args.old_positions),
            "--threads", str(args.threads)] + (["--processed-dir", args.processed_dir] if args.processed_dir else [])
+    cmd += ["--stride", str(args.stride)] if args.stride else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -145,6 +154,7 @@ def main() -> None:
     ap.add_argument("--old-positions", type=int, default=12, help="positions for the old-vs-new peer (0: skip)")
     ap.add_argument("--spearman-genes", type=int, default=6)
     ap.add_argument("--spearman-max-codons", type=int, default=150)
+    ap.add_argument("--stride", type=int, help="window advance for long genes (default block_size/4, as score)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -157,8 +167,9 @@ def main() -> None:
         for method in args.methods:
             r = run_child(args, method, length)
             note = f" (extrapolated from {r['positions']} positions)" if r["extrapolated"] else ""
-            print(f"{method:>5} {r['gene']} {r['codons']} codons: {r['whole_gene_s']:.1f} s{note} -> "
-                  f"{r['codons'] / r['whole_gene_s']:.2f} codons/s; peak RSS {r['peak_rss_mb']:.0f} MB "
+            print(f"{method:>5} {r['gene']} {r['codons']} codons, stride {r['stride']}: {r['whole_gene_s']:.1f} s{note} "
+                  f"({r['whole_gene_cpu_s']:.1f} CPU s) -> {r['codons'] / r['whole_gene_s']:.2f} codons/s; "
+                  f"{r['suffix_tokens'] * r['codons'] / r['positions']:,.0f} suffix tokens; peak RSS {r['peak_rss_mb']:.0f} MB "
                   f"(after loading {r['rss_after_load_mb']:.0f} MB); {r['batches']} batches, largest "
                   f"{r['largest_batch_tokens']} tokens; load avg {r['load_avg']:.1f}", flush=True)
         if args.old_positions:
