@@ -128,19 +128,23 @@ def test_variant_kinds_follow_the_genetic_code():
 
 
 def test_batches_stay_bounded_whatever_the_gene_length():
-    """Memory is bounded by the batch, not by the gene: every batch of a 40- and a 100-codon scan
-    holds at most max(max_tokens, 63 x block) tokens, far fewer than the scan runs in all, and rows
-    stream out before the scan ends."""
+    """Memory is bounded by the batch, not by the gene: in a 40- and a 100-codon scan every batch
+    holds at most max(max_tokens, 63 x block) input tokens and max(4 x max_tokens, 63 x block)
+    attended key positions over all its rows, far fewer than the scan runs in all, and rows stream
+    out before the scan ends."""
     model = peaked_model()
     for n in (40, 100):
-        scanner = VariantScanner(model, max_tokens=500, chunk_positions=8, stride=BLOCK, kinds=["missense"])
+        scanner = VariantScanner(model, max_tokens=1000, chunk_positions=8, stride=BLOCK, kinds=["missense"])
         it = scanner.scan(random_codons(n, seed=n))
         next(it)
         batches_at_first_row = len(scanner.batch_shapes)
         assert sum(1 for _ in it) == n - 1
         assert batches_at_first_row < len(scanner.batch_shapes) / 4  # results streamed, not held to the end
-        sizes = [rows * length for rows, length in scanner.batch_shapes]
-        assert max(sizes) <= max(500, 63 * BLOCK) and sum(sizes) > 10 * max(sizes)
+        inputs = [rows * length for rows, _, length in scanner.batch_shapes]
+        keys = [rows * (prefix + length) for rows, prefix, length in scanner.batch_shapes]
+        assert max(inputs) <= max(1000, 63 * BLOCK) and sum(inputs) > 10 * max(inputs)
+        assert max(keys) <= max(4 * 1000, 63 * BLOCK)
+        assert max(rows for rows, _, _ in scanner.batch_shapes) > 63  # short suffixes do share batches
 
 
 # ---- the command --------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from codonlm.data.codons import encode
 from codonlm.data.layout import run_split_path
 from codonlm.errors import UserError
 from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM
@@ -175,17 +174,3 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
     }
     write_json(folder / "metrics.json", metrics)
     return metrics
-
-
-def score_fasta(run_id: str, records: list[tuple[str, str]], checkpoints_dir: str = "outputs/checkpoints",
-                device: str = "cpu", stride: int | None = None, amp: bool = False) -> pd.DataFrame:
-    """One row per sequence: codons, total log-likelihood, mean NLL and perplexity (each CDS + <EOS_CDS>)."""
-
-    model, _, _ = load_model(run_id, checkpoints_dir, device)
-    genes = [encode(dna, add_bos=True, add_eos=True) for _, dna in records]
-    scores = score_genes(model, genes, device=device, stride=stride, amp=amp)
-    return pd.DataFrame([
-        {"id": name, "n_codons": len(dna) // 3, "log_likelihood": float(s.logp.sum()), "nll": s.nll,
-         "perplexity": _ppl(s.nll)}
-        for (name, dna), s in zip(records, scores, strict=True)
-    ])

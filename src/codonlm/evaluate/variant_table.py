@@ -93,7 +93,7 @@ def scan_records(model, records: list[tuple[str, str]], stream=None, out_path: s
     scanner = VariantScanner(model, llr=llr, kinds=kinds, stride=stride, max_tokens=max_tokens, table_id=table_id)
     plan = [(name, as_codon_ids(dna).astype(np.uint8), _positions(name, len(dna) // 3, region))
             for name, dna in records]
-    t0 = time.perf_counter()
+    t0, plotting = time.perf_counter(), 0.0
     overall, per_gene = KindMeans(), []
     with ExitStack() as stack:
         if out_path is not None:
@@ -114,18 +114,21 @@ def scan_records(model, records: list[tuple[str, str]], stream=None, out_path: s
             per_gene.append({"id": name, "n_codons": int(codons.size), "codons_scanned": len(positions),
                              "by_kind": gene_means.as_dict()})
             if out_path is not None and g < heatmaps:
+                t_plot = time.perf_counter()
                 plot_heatmap(name, codons, grid, llr, _sibling(out_path, f"{_safe(name)}.png"), table_id)
-    seconds = time.perf_counter() - t0
+                plotting += time.perf_counter() - t_plot
+    seconds = time.perf_counter() - t0 - plotting
     scanned = sum(len(p) for _, _, p in plan)
     summary = {"llr": llr, "genes": len(plan), "codons_scanned": scanned, "variants": int(overall.count.sum()),
                "seconds": round(seconds, 2), "codons_per_s": round(scanned / max(seconds, 1e-9), 2),
+               "heatmap_seconds": round(plotting, 2),
                "stride": scanner.stride, "block_size": scanner.block, "by_kind": overall.as_dict(),
                "per_gene": per_gene}
     if out_path is not None:
         write_json(_sibling(out_path, "summary.json"), summary)
     means = ", ".join(f"{k} {v['mean_llr']:.3f}" for k, v in summary["by_kind"].items() if v["variants"])
     print(f"[mutate] {llr}: {summary['genes']} gene(s), {scanned} codons, {summary['variants']} variants in "
-          f"{seconds:.1f} s ({summary['codons_per_s']:.1f} codons/s); mean LLR {means}"
+          f"{seconds:.1f} s ({summary['codons_per_s']:.1f} codons/s; heatmaps {plotting:.1f} s more); mean LLR {means}"
           + (f"; table {out_path}" if out_path is not None else ""), file=sys.stderr)
     return summary
 

@@ -9,8 +9,9 @@ block_size), so it equals rescoring every mutant from scratch (tested) at a frac
   inputs continue the wild type's prefix, whose key/value cache (`TinyGPT.extend`) is computed once
   per window and shared by every alternative, and the alternatives' suffixes run as one batch.
 - Windows that start after the mutation do not see it and contribute nothing.
-- Batches hold at most `max_tokens` suffix tokens (several positions share a batch when suffixes
-  are short), and results stream out position by position, so memory does not grow with the gene.
+- Batches are bounded in input tokens and in attended keys (several positions share a batch when
+  suffixes are short; see `_groups`), keys/values are kept for one layer at a time, and results
+  stream out position by position, so memory does not grow with the gene.
 
 Cost: about 63 x (suffix length) tokens per position, i.e. 63 n^2 / 2 for a gene of n codons within
 the window; a gene longer than the window costs that for each window (block_size / stride windows
@@ -72,9 +73,11 @@ class _Window:
 class VariantScanner:
     """Scan one gene at a time: `scan(codons)` yields a PositionScan per position, in order.
 
-    llr: "exact" or "local"; positions: 1-based codon positions to scan (default all);
-    kinds: subset of KINDS to keep; stride: window advance for long genes (default block_size // 4,
-    as score_genes); max_tokens: suffix tokens per batch (bounds memory).
+    llr: "exact" or "local"; kinds: subset of KINDS to keep; stride: window advance for long genes
+    (default block_size // 4, as score_genes); max_tokens: suffix tokens per batch, and a quarter of
+    the attended key positions (a batch holds at least one position's alternatives, so at most
+    max(max_tokens, 63 x block_size) tokens);
+    chunk_positions: positions finished together before they are yielded.
     """
 
     def __init__(self, model, llr: str = "exact", kinds: Iterable[str] | None = None, stride: int | None = None,
@@ -87,7 +90,7 @@ class VariantScanner:
         self.block, self.stride = T, max(1, min(stride or T // 4, T))
         self.max_tokens, self.chunk_positions = max_tokens, chunk_positions
         self.device = next(model.parameters()).device
-        self.batch_shapes: list[tuple[int, int]] = []  # (rows, suffix length) of every batch run (tests)
+        self.batch_shapes: list[tuple[int, int, int]] = []  # (rows, prefix, suffix length) of each batch
 
     def alternatives(self, wt: int) -> tuple[np.ndarray, np.ndarray]:
         kinds = variant_kinds(wt, self.table_id)
@@ -100,6 +103,10 @@ class VariantScanner:
         tokens = torch.from_numpy(gene.astype(np.int64)).to(self.device)
         n = gene.size - 2
         positions = sorted(set(range(1, n + 1) if positions is None else positions))
+        if positions and not 1 <= positions[0] <= positions[-1] <= n:
+            raise ValueError(f"codon positions must lie in 1..{n}")
+        # exact: every window whose inputs hold the position; local: the one that scores it
+        reach = "start" if self.llr == "exact" else "first"
         windows = [_Window(a, lo, hi) for a, lo, hi in gene_windows(gene.size - 1, self.block, self.stride)]
         for c0 in range(0, len(positions), self.chunk_positions):
             chunk = positions[c0 : c0 + self.chunk_positions]
@@ -109,7 +116,7 @@ class VariantScanner:
                 if w.last < chunk[0]:
                     w.logp = w.past = None  # no later position needs this window: free it
                     continue
-                inside = [p for p in chunk if w.start <= p <= w.last and alts[p][0].size]
+                inside = [p for p in chunk if getattr(w, reach) <= p <= w.last and alts[p][0].size]
                 if inside:
                     self._add_window(tokens, w, inside, alts, llr)
             for p in chunk:
@@ -130,17 +137,22 @@ class VariantScanner:
                 llr[p] += (row[torch.from_numpy(alts[p][0])] - row[tokens[p]]).cpu().numpy()
         if self.llr == "exact":
             downstream = [p for p in positions if p < w.last]
-            for group in self._groups(downstream, alts, w.last):
+            for group in self._groups(downstream, alts, w):
                 self._add_suffixes(tokens, w, group, alts, llr)
 
-    def _groups(self, positions: list[int], alts: dict, last: int) -> Iterator[list[int]]:
-        """Consecutive positions whose suffixes (from the group's first position to target `last`)
-        fit max_tokens together; a single position always forms a group."""
+    def _groups(self, positions: list[int], alts: dict, w: _Window) -> Iterator[list[int]]:
+        """Consecutive positions run as one batch; a single position always forms a group.
+
+        A batch's inputs run from its first position to target w.last - 1: at most max_tokens of
+        them in all rows; and every row attends to the window's w.last - w.start keys (the shared
+        prefix is copied per row), at most 4 x max_tokens key positions in all rows.
+        """
         group: list[int] = []
         rows = 0
         for p in positions:
             k = alts[p][0].size
-            if group and (rows + k) * (last - group[0]) > self.max_tokens:
+            if group and ((rows + k) * (w.last - group[0]) > self.max_tokens
+                          or (rows + k) * (w.last - w.start) > 4 * self.max_tokens):
                 yield group
                 group, rows = [], 0
             group.append(p)
@@ -163,8 +175,8 @@ class VariantScanner:
         mut_at = mut_at.to(self.device)
         rows[torch.arange(alt_ids.size, device=self.device), mut_at] = torch.from_numpy(alt_ids).to(self.device)
         prefix = [(k[:, :, : s0 - a], v[:, :, : s0 - a]) for k, v in w.past]
-        self.batch_shapes.append(tuple(rows.shape))
-        logits, _ = self.model.extend(rows, prefix, s0 - a, all_logits=True)
+        self.batch_shapes.append((rows.shape[0], s0 - a, rows.shape[1]))
+        logits, _ = self.model.extend(rows, prefix, s0 - a, all_logits=True, keep_cache=False)
         targets = tokens[s0 + 1 : w.last + 1]
         mut_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.expand(rows.shape[0], -1)[..., None])
         wt_lp = w.logp[s0 - a : w.last - a].gather(-1, targets[:, None]).squeeze(-1)

@@ -102,7 +102,6 @@ def to_hf_llama(model: TinyGPT):
     return hf
 
 
-
 def codon_tokenizer(block_size: int):
     """A `PreTrainedTokenizerFast` that gives the ids of `codons.encode(dna)` (`<BOS_CDS>` + codons)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -152,7 +151,8 @@ def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str] | None = None
         hf.save_pretrained(tmp_dir)
         codon_tokenizer(model.cfg.block_size).save_pretrained(tmp_dir)
         tok_cfg = json.loads((tmp_dir / "tokenizer_config.json").read_text())
-        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # transformers 5 names it TokenizersBackend; 4.x knows this name
+        # transformers 5 writes "TokenizersBackend"; 4.x knows only this name, which 5 maps back
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
         (tmp_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
         (tmp_dir / "itos.json").write_text(json.dumps(ITOS, indent=0))
         (tmp_dir / "README.md").write_text(card or model_card(model, out_dir.name))

@@ -68,7 +68,8 @@ def _eval_section(facts: RunFacts) -> str:
     lines = ["| model | perplexity | loss (nats/codon) |", "|---|---|---|"]
     lines += [f"| {name} | {r['perplexity']:.2f} | {r['loss']:.4f} |" for name, r in rows]
     model = m["model"]
-    extra = ", ".join(f"{k} {model[k]:.3f}" for k in ("top1_accuracy", "aa_accuracy") if k in model)
+    names = {"top1_accuracy": "top-1 codon accuracy", "aa_accuracy": "amino-acid accuracy"}
+    extra = ", ".join(f"{label} {model[k]:.3f}" for k, label in names.items() if k in model)
     return (f"`{m.get('split', 'test')}` split, {_num(m.get('genes'))} whole held-out genes, "
             f"{_num(model.get('n_targets'))} scored codons (each gene's codons and `<EOS_CDS>`; genes longer "
             f"than the context are scored with windows advancing by {m.get('stride', 'n/a')} tokens). "

@@ -385,7 +385,12 @@ class TinyGPT(nn.Module):
 
     @torch.no_grad()
     def extend(
-        self, idx: Tensor, past: list[tuple[Tensor, Tensor]] | None, start: int, all_logits: bool = False
+        self,
+        idx: Tensor,
+        past: list[tuple[Tensor, Tensor]] | None,
+        start: int,
+        all_logits: bool = False,
+        keep_cache: bool = True,
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Logits of idx [B, T] and the updated key/value cache (eval only).
 
@@ -393,8 +398,9 @@ class TinyGPT(nn.Module):
         continues the cached tokens at positions `start`..: each new token attends to every cached
         token and, causally, to the new ones before it. A cache of one row is shared by all B rows
         (one wild-type prefix under many variant suffixes). Returns the last token's logits [B, V],
-        or every token's [B, T, V] with all_logits. Same modules as forward, so logits equal
-        `model(idx)` (tested) without recomputing the prefix.
+        or every token's [B, T, V] with all_logits, and the cache (empty with keep_cache=False, which
+        frees each layer's keys/values as soon as it is done). Same modules as forward, so logits
+        equal `model(idx)` (tested) without recomputing the prefix.
         """
         x = self.wte(idx.long())
         B, T, C = x.shape
@@ -415,7 +421,8 @@ class TinyGPT(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past is None and T > 1)
             x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
             x = x + block.mlp(block.ln_2(x))
-            new_past.append((k, v))
+            if keep_cache:
+                new_past.append((k, v))
         return self.lm_head(self.ln_f(x if all_logits else x[:, -1])), new_past
 
     # ---- analysis ------------------------------------------------------------------------------
