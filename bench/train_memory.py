@@ -4,7 +4,8 @@ default corpus and on 10x and 30x copies of it (every dataset repeated under new
 Each training run is a fresh child process running `codonlm.train.loop.train` on the default config
 (configs/tiny_cpu.yaml in fp32, val_frac and test_frac 0.01 so the end-of-run validation stays short), so its
 peak RSS (ru_maxrss) is its own. Step time is measured between optimizer steps (a global optimizer
-hook), the median of steps 6..N. Beside it: the bytes the windows would take as int64 tensors in RAM
+hook), the median of steps 6..N; after training, the same process times reading 200 random batches
+(the loader's share of a step). Beside it: the bytes the windows would take as int64 tensors in RAM
 (what the loader held before it read batches from disk).
 
 Prepared data goes to --workdir and is reused on the next run (the key is the same), so only the
@@ -44,8 +45,27 @@ def _child_train(config_path: str, steps: int) -> None:
     cfg.train.max_steps = steps
     summary = train(cfg, "train-memory", log=lambda *a, **k: None)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][5:]
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "step_s": statistics.median(gaps), "steps": summary["steps"]}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": peak, "step_s": statistics.median(gaps), "steps": summary["steps"],
+                      "batch_read_s": _batch_read_seconds(cfg, "train-memory")}))
+
+
+def _batch_read_seconds(cfg, run_id: str, batches: int = 200) -> float:
+    """Median time to read one random training batch from disk (the loader's share of a step)."""
+    import numpy as np
+
+    from codonlm.data.layout import run_split_path
+    from codonlm.data.loader import WindowDataset
+
+    ds = WindowDataset(run_split_path(cfg, run_id, "train"))
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(batches):
+        idx = rng.choice(len(ds), size=cfg.train.batch_size, replace=False)
+        t0 = time.perf_counter()
+        ds.__getitems__(idx)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def scaled_config(base: dict, scale: int, workdir: Path, rundir: Path) -> dict:
@@ -101,12 +121,14 @@ def main() -> None:
                         "prepare_s": prep_s, "prepare_reused": report["reused"], **run})
         r = results[-1]
         print(f"{scale:>3}x: {r['train_windows']:>9,} train windows (as int64 in RAM: {int64_mb:,.0f} MB) | "
-              f"peak RSS {r['peak_rss_mb']:,.0f} MB | step {1000 * r['step_s']:.0f} ms (median of steps 6..{r['steps']})"
+              f"peak RSS {r['peak_rss_mb']:,.0f} MB | step {1000 * r['step_s']:.0f} ms (median of steps 6..{r['steps']}), "
+              f"reading a batch {1000 * r['batch_read_s']:.2f} ms"
               f" | prepare {'reused' if r['prepare_reused'] else f'{prep_s:.0f} s'}", flush=True)
     small = results[0]
     for r in results[1:]:
         print(f"{r['scale']}x vs {small['scale']}x: peak RSS {r['peak_rss_mb'] / small['peak_rss_mb']:.2f}x "
-              f"(goal <= 1.2x), step time {r['step_s'] / small['step_s']:.2f}x (goal within 5%)")
+              f"(goal <= 1.2x), step time {r['step_s'] / small['step_s']:.2f}x (goal within 5%), reading a batch "
+              f"{r['batch_read_s'] / small['batch_read_s']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

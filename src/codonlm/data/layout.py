@@ -174,7 +174,8 @@ def run_split_path(cfg: Config, run_id: str, split: str, *, runs_dir: str | Path
     is prepared (the record is written then).
 
     Raises UserError, one line naming the file or key and the prepare command to run, when the
-    data was never prepared, is missing, or changed since the run recorded it.
+    data was never prepared, is missing, or changed since the run recorded it (or, for a run not
+    yet bound, when its config's input files cannot be read); ValueError for an unknown split.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
