@@ -128,6 +128,8 @@ def test_diverged_training_is_one_line_exit_3(corpus, tiny_config, write_config,
     assert main(["train", "-c", str(cfg_path), "--run-id", "nan-cli"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("codonlm train: error: loss was non-finite"), err
+    log = (Path(tiny_config(*corpus)["outputs"]["runs_dir"]) / "nan-cli" / "log.txt").read_text()
+    assert "error: loss was non-finite for 2 steps in a row" in log  # the run's log says why it stopped
 
 
 def test_early_stopping_and_best_only_on_improvement(cfg_for, monkeypatch):
