@@ -5,9 +5,10 @@ and the same loss code for both models). TinyGPT runs with the per-CDS mask on o
 batch (several genes per window, <SEP> between, <PAD> at the end, NPZ-style segment ids and
 positions); GPT2 runs as Hugging Face ships it (learned positions, plain causal SDPA).
 
-Modes: fp32 eager, and bf16 autocast (the same context for both models). MFU is TinyGPT's
-`flops_per_token() * tokens/s` over a bf16 matmul peak measured in this run (a large square
-bf16 matmul), so it is relative to what this machine's GEMM actually reaches.
+Modes: fp32 eager, and bf16 autocast (the same context for both models). MFU is
+`flops_per_token() * tokens/s` over the matmul peak of the row's dtype measured in this run (a
+large square matmul in fp32 or bf16), so it is relative to what this machine's GEMM reaches in
+that dtype.
 
     python bench/train_throughput.py                       # CPU defaults, ~2-3 min on 2 cores
     python bench/train_throughput.py --device cuda --n_layer 12 --n_head 12 --n_embd 768 \
@@ -130,11 +131,19 @@ def time_interleaved(
     return out
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int, max_other: float) -> float:
-    """FLOP/s of a square n x n matmul: best of `reps` samples (each ~0.3 s of back-to-back matmuls,
-    long enough for /proc/stat to tell whether other processes ran meanwhile)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int, max_other: float) -> tuple[float, int]:
+    """(FLOP/s, size) of a square matmul: best of `reps` samples (each ~0.3 s of back-to-back matmuls,
+    long enough for /proc/stat to tell whether other processes ran meanwhile). The size grows from 256
+    to `n` while one product takes under 50 ms: without fast bf16 a 2048^3 bf16 product takes a minute."""
+    size = min(256, n)
+    while True:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        one, _ = timed(lambda: a @ b, device)  # noqa: B023
+        if size >= n or one > 0.05:
+            break
+        size *= 2
+    n = size
     one, _ = timed(lambda: [a @ b for _ in range(2)], device)
     k = max(1, round(0.3 / (one / 2)))
     clean: list[float] = []
@@ -146,7 +155,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int, max
             clean.append(dt / k)
         if len(clean) >= reps:
             break
-    return 2 * n**3 / min(clean or every)
+    return 2 * n**3 / min(clean or every), n
 
 
 def attention_kernels(model: TinyGPT, data: dict[str, torch.Tensor], device: torch.device, reps: int) -> None:
@@ -307,10 +316,11 @@ def main() -> None:
             matmul_peak(device, torch.float32, big, 3, args.max_other),
         )
     )
-    peak_bf16, peak_fp32 = max(p[0] for p in peaks), max(p[1] for p in peaks)
+    peak = {"bf16": max(p[0] for p in peaks), "fp32": max(p[1] for p in peaks)}
     print(f"load average after timing: {_loadavg()}")
     print(
-        f"matmul peak ({big}^2, best before/after): bf16 {peak_bf16 / 1e9:.1f} GFLOP/s, fp32 {peak_fp32 / 1e9:.1f} GFLOP/s"
+        f"matmul peak (best before/after): bf16 {peak['bf16'][0] / 1e9:.1f} GFLOP/s at {peak['bf16'][1]}^2, "
+        f"fp32 {peak['fp32'][0] / 1e9:.1f} GFLOP/s at {peak['fp32'][1]}^2"
     )
     print()
     header = f"{'mode':<6} {'model':<8} {'s/step':>7} {'(best)':>7} {'tok/s':>7} {'ratio':>6} {'GFLOP/s':>8} {'MFU':>6}"
@@ -324,17 +334,18 @@ def main() -> None:
             note = note or (f"  ({dropped} overlapped steps retried)" if dropped else "")
             print(
                 f"{mode:<6} {name:<8} {med:7.3f} {best:7.3f} {tps:7.0f} {res['GPT2'][0] / med:5.2f}x "
-                f"{f * tps / 1e9:8.1f} {100 * f * tps / peak_bf16:5.1f}%{note}"
+                f"{f * tps / 1e9:8.1f} {100 * f * tps / peak[mode][0]:5.1f}%{note}"
             )
     print(
         "\ns/step: median over interleaved steps (best in brackets); tok/s and ratio from the median;"
-        "\nratio = GPT2 s/step / model s/step; MFU = FLOPs/token * tok/s / measured bf16 matmul peak."
+        "\nratio = GPT2 s/step / model s/step; MFU = FLOPs/token * tok/s / the measured matmul peak of the "
+        "row's dtype."
     )
     if "fp32" in results:
         gpt2_fp32 = fpt_hf * tokens_per_step / results["fp32"]["GPT2"][0]
         print(
-            f"fp32 ceiling: GPT2 in fp32 reaches {100 * gpt2_fp32 / peak_fp32:.0f}% of the fp32 matmul peak, so a "
-            f"model with the same FLOPs can be at most {peak_fp32 / gpt2_fp32:.2f}x faster than it here."
+            f"fp32 ceiling: GPT2 in fp32 reaches {100 * gpt2_fp32 / peak['fp32'][0]:.0f}% of the fp32 matmul peak, "
+            f"so a model with the same FLOPs can be at most {peak['fp32'][0] / gpt2_fp32:.2f}x faster than it here."
         )
 
 

@@ -1,8 +1,8 @@
 """Shared fixtures: the real default corpus (fetched by ./run_tests.sh), a small GenBank fixture corpus,
 and the one tiny config the tests train with.
 
-Use the fixtures (`make_corpus`, `tiny_config`, `write_config`) rather than importing helpers from
-other test modules. (`tests/` is on sys.path because pytest imports this conftest from it, so the
+Use the fixtures (`make_corpus`, `prepared_corpus`, `tiny_config`, `write_config`) rather than importing
+helpers from other test modules. (`tests/` is on sys.path because pytest imports this conftest from it, so the
 plain helper module `genbank_fixtures` imports as is.)
 """
 
@@ -95,3 +95,23 @@ def write_config():
         return Path(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(tmp_path_factory):
+    """`prepared_corpus(n_genes) -> (folder, files)`: a fixture corpus prepared with the tiny config into
+    folder/processed, once per session and size (at batch 4: 38 steps per epoch for 40 genes, 15 for 20)."""
+    from codonlm.config import parse_config
+    from codonlm.data.prepare import prepare
+
+    made: dict[int, tuple[Path, list[Path]]] = {}
+
+    def get(n_genes: int) -> tuple[Path, list[Path]]:
+        if n_genes not in made:
+            tmp = tmp_path_factory.mktemp(f"corpus{n_genes}")
+            files, _ = corpus(tmp, n_genes=n_genes)
+            prepare(parse_config(raw_config(tmp, files)), show_progress=False)
+            made[n_genes] = tmp, files
+        return made[n_genes]
+
+    return get

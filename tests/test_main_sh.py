@@ -94,6 +94,12 @@ def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, m
     assert set(_summary(out).values()) == {"skipped"} and out.count("done before") == len(CORE)
     assert _files(cfg, f"{stem}-2", skip_log=True) == before  # not even rewritten
 
+    last = Path(cfg.outputs.out_dir) / stem / "last.pt"
+    assert main(["pipeline", "-r", str(last)]) == 0  # -r alone: that checkpoint's run, with its config
+    out = capsys.readouterr().out
+    assert f"=== codonlm run {stem} " in out and "differs" not in out and "tiny_cpu" not in out
+    assert set(_summary(out).values()) == {"skipped"}
+
     log = (Path(cfg.outputs.runs_dir) / stem / "log.txt").read_text()
     assert "\r" not in log and "=== summary of run" in log
     assert not (REPO / "runs" / stem).exists()  # the log lives under outputs.runs_dir

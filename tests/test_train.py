@@ -19,19 +19,14 @@ from conftest import raw_config as _raw_config  # noqa: F401
 
 from codonlm.cli import main
 from codonlm.config import parse_config
-from codonlm.data.prepare import prepare
 from codonlm.errors import TrainingDiverged, UserError
 from codonlm.train import loop
 from codonlm.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, make_corpus, tiny_config):
-    """(folder, files) of a prepared 2 x 40-gene corpus: 38 steps per epoch at batch 4."""
-    tmp = tmp_path_factory.mktemp("corpus")
-    files, _ = make_corpus(tmp, n_genes=40)
-    prepare(parse_config(tiny_config(tmp, files)), show_progress=False)
-    return tmp, files
+def corpus(prepared_corpus):
+    return prepared_corpus(40)
 
 
 @pytest.fixture
@@ -133,6 +128,8 @@ def test_diverged_training_is_one_line_exit_3(corpus, tiny_config, write_config,
     assert main(["train", "-c", str(cfg_path), "--run-id", "nan-cli"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("codonlm train: error: loss was non-finite"), err
+    log = (Path(tiny_config(*corpus)["outputs"]["runs_dir"]) / "nan-cli" / "log.txt").read_text()
+    assert "error: loss was non-finite for 2 steps in a row" in log  # the run's log says why it stopped
 
 
 def test_early_stopping_and_best_only_on_improvement(cfg_for, monkeypatch):

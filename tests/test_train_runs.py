@@ -11,18 +11,14 @@ import torch
 
 from codonlm.cli import main
 from codonlm.config import parse_config
-from codonlm.data.prepare import prepare
 from codonlm.runid import make_run_id
 from codonlm.train import loop
 from codonlm.train.precision import choose_precision
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, make_corpus, tiny_config):
-    tmp = tmp_path_factory.mktemp("runs_corpus")
-    files, _ = make_corpus(tmp, n_genes=20)
-    prepare(parse_config(tiny_config(tmp, files)), show_progress=False)
-    return tmp, files
+def corpus(prepared_corpus):
+    return prepared_corpus(20)
 
 
 @pytest.fixture
@@ -125,8 +121,8 @@ def test_amp_auto_times_both_precisions_and_logs_why(short, monkeypatch):
 
 def test_choose_precision_keeps_the_faster_and_forced_values():
     cpu = torch.device("cpu")
-    assert choose_precision("auto", cpu, {"bfloat16": 900.0, "float32": 1000.0}.get, print).dtype == "float32"
-    pick = choose_precision("auto", cpu, {"bfloat16": 2000.0, "float32": 1000.0}.get, print)
+    assert choose_precision("auto", cpu, lambda: {"bfloat16": 900.0, "float32": 1000.0}, print).dtype == "float32"
+    pick = choose_precision("auto", cpu, lambda: {"bfloat16": 2000.0, "float32": 1000.0}, print)
     assert pick.dtype == "bfloat16" and "bf16 2,000 tokens/s, fp32 1,000 tokens/s -> bfloat16 (2.00x)" in pick.reason
     assert choose_precision(True, cpu, None, print).dtype == "bfloat16"
     assert choose_precision(False, cpu, None, print).dtype == "float32"

@@ -57,6 +57,9 @@ def run_log(run_directory: Path):
         os.environ["CODONLM_TEED"] = "1"
         try:
             yield
+        except (UserError, TrainingDiverged) as exc:  # main() prints it after the tee is gone: log it too
+            log.write(f"error: {exc}\n")
+            raise
         finally:
             sys.stdout.flush()
             sys.stdout, sys.stderr = saved

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,11 @@ def run_stages(ctx: RunContext, only: list[str], redo: list[str]) -> tuple[list[
             argv = stage.command(ctx)
             log(f"=== [{stage.name}] {time.strftime('%Y-%m-%dT%H:%M:%S')}: codonlm {' '.join(argv)}")
             t0 = time.perf_counter()
-            code = codonlm(argv)
+            try:
+                code = codonlm(argv)
+            except Exception:  # a bug, not a user error: show it, and still close with the summary
+                traceback.print_exc()
+                code = 1
             seconds = round(time.perf_counter() - t0, 1)
             log(f"=== [{stage.name}] {'finished' if code == 0 else f'failed (exit {code})'} in {seconds:.1f}s")
             outputs = checksums(stage.outputs(ctx))

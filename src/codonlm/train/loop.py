@@ -242,9 +242,9 @@ def write_curves(run: Run, state: TrainState, plot: bool = False) -> None:
             plot_curves(run.curves_path.with_suffix(".png"), state.curves, state.run_id)
 
 
-def record_row(run: Run, state: TrainState, meter: Meter, lr: float) -> None:
+def record_row(run: Run, state: TrainState, meter: Meter) -> None:
     """Every log_every steps a curves.csv row; every eval_every steps with the validation subset."""
-    t = run.cfg.train
+    t, lr = run.cfg.train, state.optimizer.param_groups[0]["lr"]  # the lr of the step just taken
     evaluate = bool(t.eval_every) and state.step % t.eval_every == 0
     if state.step % t.log_every and not evaluate:
         return
@@ -267,7 +267,7 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
     if state.batch_in_epoch < plan.batches_per_epoch and state.step >= plan.total_steps:
         run.log(f"[train] reached max_steps {plan.total_steps} inside epoch {state.epoch + 1}")
     val_loss = evaluate_loss(state.model, run.data.val_loader, run.device, run.autocast, run.dist)
-    lr = lr_at(cfg, state, plan, max(state.step - 1, 0))  # of the last step taken (before the plateau moves)
+    lr = state.optimizer.param_groups[0]["lr"]  # of the last step taken
     improved = val_loss < state.best_val
     if cfg.schedule.scheduler == "plateau":
         state.plateau.step(val_loss)
@@ -305,7 +305,6 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar) -> None:
         group = [b for _, b in zip(range(accum), batches, strict=False)]
         if not group:
             return
-        lr = lr_at(run.cfg, state, run.plan, state.step)
         t0 = time.perf_counter()
         result = train_step(run, state, group)
         if result is None:
@@ -319,7 +318,7 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar) -> None:
             meter.add(tokens, seconds)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", refresh=False)
-        record_row(run, state, meter, lr)
+        record_row(run, state, meter)
         if run.cfg.train.checkpoint_every and state.step % run.cfg.train.checkpoint_every == 0:
             checkpoint(run, state, "last.pt")
         if state.step == kill_at:

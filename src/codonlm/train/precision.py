@@ -66,9 +66,9 @@ def _mps_dtype(device: torch.device, log) -> str:
     return "float32"
 
 
-def choose_precision(amp: bool | str, device: torch.device, time_step: Callable[[str], float] | None,
+def choose_precision(amp: bool | str, device: torch.device, measure: Callable[[], dict[str, float]] | None,
                      log) -> Precision:
-    """Apply `train.amp`; for `auto` on CPU, `time_step(dtype)` gives tokens/s of the real model."""
+    """Apply `train.amp`; for `auto` on CPU, `measure()` gives tokens/s of the real model per dtype."""
     if device.type == "mps" and amp is not False:
         dtype = _mps_dtype(device, log)
         if dtype == "float32":
@@ -82,9 +82,9 @@ def choose_precision(amp: bool | str, device: torch.device, time_step: Callable[
         if torch.cuda.is_bf16_supported():
             return Precision("bfloat16", f"amp auto: {torch.cuda.get_device_name(device)} supports bf16")
         return Precision("float32", f"amp auto: {torch.cuda.get_device_name(device)} has no bf16; float32")
-    if time_step is None:
+    if measure is None:
         return Precision("float32", "amp auto: nothing to time; float32")
-    speed = {dtype: time_step(dtype) for dtype in ("bfloat16", "float32")}
+    speed = measure()
     best = max(speed, key=speed.get)
     other = min(speed, key=speed.get)
     return Precision(best, f"amp auto on CPU, timed on this model: bf16 {speed['bfloat16']:,.0f} tokens/s, "
@@ -93,30 +93,37 @@ def choose_precision(amp: bool | str, device: torch.device, time_step: Callable[
 
 
 def step_timer(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
-               batch, device: torch.device, run_step: Callable, steps: int = 3) -> Callable[[str], float]:
-    """A `time_step(dtype) -> tokens/s` over whole training steps of a copy of `model` on `batch`.
+               batch, device: torch.device, run_step: Callable, steps: int = 3,
+               clear_ratio: float = 2.5) -> Callable[[], dict[str, float]]:
+    """A `measure() -> {dtype: tokens/s}` over whole training steps of a copy of `model` on `batch`,
+    bf16 autocast and float32 taken in turns.
 
-    The copy and its own optimizer keep the real model untouched, and the RNG is restored after
-    each call (dropout draws from it), so timing never changes what training computes. The
-    fastest of `steps` steps after one warm-up counts: other processes on a shared machine only
-    ever slow a step down.
+    The copy and its own optimizer keep the real model untouched, and the RNG is restored afterwards
+    (dropout draws from it), so timing never changes what training computes. For each dtype the
+    fastest step counts: on a shared machine other processes only ever slow a step down, and taking
+    turns exposes both dtypes to the same load. The first turn warms up; then `steps` turns are
+    timed, but once one dtype is `clear_ratio` times slower than the other (a CPU without fast bf16
+    runs it several times slower) the answer is clear and timing stops, so it costs little there.
     """
-    clone = copy.deepcopy(model)
-    optimizer = make_optimizer(clone)
 
-    def time_step(dtype: str) -> float:
-        autocast = Precision(dtype, "").autocast(device)
-        best = float("inf")
+    def measure() -> dict[str, float]:
+        clone = copy.deepcopy(model)
+        optimizer = make_optimizer(clone)
+        best = {"bfloat16": float("inf"), "float32": float("inf")}
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for i in range(steps + 1):
-                t0 = time.perf_counter()
-                tokens = run_step(clone, optimizer, batch, autocast)
-                _sync(device)
-                if i:  # the first call warms up (allocations, kernel selection)
-                    best = min(best, time.perf_counter() - t0)
-        return tokens / best
+                for dtype in best:
+                    t0 = time.perf_counter()
+                    tokens = run_step(clone, optimizer, batch, Precision(dtype, "").autocast(device))
+                    _sync(device)
+                    if i:  # the first turn warms up (allocations, kernel selection)
+                        best[dtype] = min(best[dtype], time.perf_counter() - t0)
+                slow, fast = max(best["bfloat16"], best["float32"]), min(best["bfloat16"], best["float32"])
+                if i and slow > clear_ratio * fast:
+                    break
+        return {dtype: tokens / seconds for dtype, seconds in best.items()}
 
-    return time_step
+    return measure
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
