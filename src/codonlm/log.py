@@ -12,12 +12,14 @@ import sys
 from collections.abc import Iterable
 
 _LOGGER_NAME = "codonlm"
+_HANDLER_NAME = "codonlm-stdout"
 
 
 def _logger() -> logging.Logger:
     logger = logging.getLogger(_LOGGER_NAME)
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stdout)
+        handler.set_name(_HANDLER_NAME)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -28,9 +30,12 @@ def _logger() -> logging.Logger:
 def log(message: str) -> None:
     """One progress or result line, e.g. log("[evaluate] perplexity 40.5")."""
     logger = _logger()
-    for handler in logger.handlers:  # follow sys.stdout when a caller swapped it (tee, pytest capture)
-        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stdout:
-            handler.setStream(sys.stdout)
+    # follow sys.stdout when a caller swapped it (tee, pytest capture); only our own handler: others
+    # attached to this logger (pytest's log capture) keep their streams. Assigned, not setStream(),
+    # which would flush the previous stream, possibly closed by now.
+    for handler in logger.handlers:
+        if handler.get_name() == _HANDLER_NAME and handler.stream is not sys.stdout:
+            handler.stream = sys.stdout
     logger.info(message)
 
 
