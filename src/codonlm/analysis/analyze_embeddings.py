@@ -200,7 +200,7 @@ def draw_heatmap(sims: dict[str, np.ndarray], aa_sorted: np.ndarray, labels: lis
     The trained panel names every codon; the control panel names the amino-acid blocks."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(sims), figsize=(9.5 * len(sims), 9), squeeze=False)
+    fig, axes = plt.subplots(1, len(sims), figsize=(9.5 * len(sims), 9), squeeze=False, layout="constrained")
     bounds = [i for i in range(1, len(aa_sorted)) if aa_sorted[i] != aa_sorted[i - 1]]
     edges = [0, *bounds, len(aa_sorted)]
     centres = [(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
