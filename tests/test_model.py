@@ -231,6 +231,35 @@ def test_run_with_cache_names_filter_and_training_path_unchanged() -> None:
     assert model.attn_backend is None  # the analysis path does not change the training backend
 
 
+def test_head_mask_ablates_one_head_and_ones_change_nothing() -> None:
+    model = make_model()
+    idx, targets = batch()
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+        model.set_head_mask(torch.ones(CFG["n_layer"], CFG["n_head"]))
+        same_logits, same_loss = model(idx, targets)
+        _, cache = model.run_with_cache(idx, names_filter="blocks.1.attn.hook_z")
+        assert (cache["blocks.1.attn.hook_z"][:, :, 2] != 0).any()
+        mask = torch.ones(CFG["n_layer"], CFG["n_head"])
+        mask[1, 2] = 0.0
+        model.set_head_mask(mask)
+        ablated_logits, ablated_loss = model(idx, targets)
+        _, cache = model.run_with_cache(idx, names_filter="blocks.1.attn.hook_z")
+        assert (cache["blocks.1.attn.hook_z"][:, :, 2] == 0).all()  # the head's output is gone
+        assert (cache["blocks.1.attn.hook_z"][:, :, 1] != 0).any()  # its neighbour's is not
+        next_logits, _ = model.extend(idx[:, :5], None, 0)
+        model.set_head_mask(None)
+        plain_next, _ = model.extend(idx[:, :5], None, 0)
+        restored, _ = model(idx, targets)
+    torch.testing.assert_close(same_logits, logits, atol=0, rtol=0)
+    assert same_loss.item() == loss.item()
+    assert abs(ablated_loss.item() - loss.item()) > 1e-6
+    assert not torch.allclose(next_logits, plain_next)  # incremental decoding honours the mask too
+    torch.testing.assert_close(restored, logits, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="head mask"):
+        model.set_head_mask(torch.ones(3, 3))
+
+
 # ---- loss ----------------------------------------------------------------------------------------
 
 

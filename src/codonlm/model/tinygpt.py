@@ -27,7 +27,8 @@ Attention backends (one module; `TinyGPT.set_attn_backend` forces one, tests com
             no backward on CPU.
 
 Hooks (TransformerLens names) are only recorded when a cache dict is passed down, which
-`run_with_cache` does; the training path pays one `is None` check per hook.
+`run_with_cache` does; the training path pays one `is None` check per hook. `set_head_mask`
+scales each head's output before the projection (head ablation); unset, it costs one more check.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Attention(nn.Module):
         self.name = f"blocks.{layer}.attn"
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.head_mask: Tensor | None = None  # [H] scales on each head's output (head ablation; not saved)
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str, cache: HookCache | None
@@ -147,6 +149,8 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
         y = y.transpose(1, 2)  # [B, T, H, D]
+        if self.head_mask is not None:
+            y = y * self.head_mask.view(-1, 1).to(y.dtype)
         if cache is not None:
             cache.hook(f"{self.name}.hook_z", y)
         return self.proj(y.reshape(B, T, C))
@@ -256,6 +260,14 @@ class TinyGPT(nn.Module):
         """
         T = seq_len or self.cfg.block_size
         return 6.0 * self.num_params() + 12.0 * self.cfg.n_layer * self.cfg.n_embd * T
+
+    def set_head_mask(self, mask: Tensor | None) -> None:
+        """Scale each head's output before its layer's projection: mask [n_layer, n_head] (0 = head
+        ablated, 1 = untouched), None to remove. For analysis; the mask is not part of the weights."""
+        if mask is not None and tuple(mask.shape) != (self.cfg.n_layer, self.cfg.n_head):
+            raise ValueError(f"head mask must be [{self.cfg.n_layer}, {self.cfg.n_head}], got {list(mask.shape)}")
+        for i, block in enumerate(self.blocks):
+            block.attn.head_mask = None if mask is None else mask[i].to(self.wte.weight.device)
 
     # ---- backends and masks --------------------------------------------------------------------
 
@@ -419,7 +431,10 @@ class TinyGPT(nn.Module):
                 pk, pv = (t.expand(B, -1, -1, -1) for t in past[i])
                 k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past is None and T > 1)
-            x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))
+            y = y.transpose(1, 2)
+            if attn.head_mask is not None:
+                y = y * attn.head_mask.view(-1, 1).to(y.dtype)
+            x = x + attn.proj(y.reshape(B, T, C))
             x = x + block.mlp(block.ln_2(x))
             if keep_cache:
                 new_past.append((k, v))

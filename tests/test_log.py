@@ -1,0 +1,14 @@
+"""log(): one line on the current sys.stdout, in every test (pytest's log capture attaches its own
+handlers to our logger; log() must leave their streams alone)."""
+
+from __future__ import annotations
+
+import pytest
+
+from codonlm.log import log
+
+
+@pytest.mark.parametrize("word", ["first", "second"])  # the second call used to break pytest's capture
+def test_log_line_reaches_the_current_stdout(word, capsys):
+    log(f"[test] {word}")
+    assert capsys.readouterr().out == f"[test] {word}\n"
