@@ -323,3 +323,21 @@ def test_stage2_runs_the_ready_tasks_with_protocols(run, capsys, monkeypatch):
         for name in ("metrics.json", "confusion.png", "calibration.png", "model.skops"):
             assert (root / task / name).is_file()
     assert (root / "compare.png").stat().st_size > 0
+
+
+def test_heldout_pool_is_a_seeded_capped_draw_that_keeps_the_prompts(run):
+    from codonlm.io import read_split_genes
+    from codonlm.stage2.tasks import heldout_table
+
+    tmp, cfg = run
+    test = read_split_genes(Path(cfg.data.processed_dir) / "all" / "test.npz")
+    prompt = test.names[test.of_dataset(1)[-1]]
+    table, info = heldout_table(cfg, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4,
+                                log=lambda _m: None)
+    assert prompt in set(table["id"])
+    assert table.groupby(["genome", "split"]).size().tolist() == [3, 3, 3, 3]
+    again, _ = heldout_table(cfg, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4,
+                             log=lambda _m: None)
+    assert again.equals(table) and info["heldout_total"] > len(table)
+    assert set(table["hydropathy"]) == {"hydrophilic", "intermediate", "hydrophobic"}
+    assert set(table["domain"]) == {"Bacteria", "Archaea"}

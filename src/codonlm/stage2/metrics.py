@@ -138,8 +138,7 @@ def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
     ax.set_title(f"{title}: calibration on the test set (10 bins)")
-    fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path)  # bbox "tight" makes room for the legend outside the axes
 
 
 def compare_rows(task: str, results: dict[str, dict]) -> list[dict]:

@@ -6,7 +6,8 @@ and the generated genes from prefix generation (`gen_prefix/samples.csv`), promp
 
 Files written to `data_dir` (a folder of the run's stage-2 reports):
 
-    heldout.csv   id, seq, genome, domain, gravy, hydropathy, split: every val and test gene
+    heldout.csv   id, seq, genome, domain, gravy, hydropathy, split: the val and test genes (all, or a seeded
+                  draw of at most `heldout_per_genome` per genome and split that keeps every prompt gene)
                   - genome: the dataset the gene came from (7 genomes in the default corpus)
                   - domain: Bacteria or Archaea, read from the GenBank lineage (ORGANISM) of the genome
                   - hydropathy: Kyte-Doolittle GRAVY of the encoded protein in tertiles over these genes
@@ -73,8 +74,10 @@ def _run_context(cfg: ClassifierConfig):
     return ckpt, run_cfg, Path(cfg.processed_dir or run_cfg.data.processed_dir)
 
 
-def heldout_table(run_cfg, processed: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
-    """Every val and test gene with its genome, domain and hydropathy class."""
+def heldout_table(run_cfg, processed: Path, per_genome: int | None = None, keep: frozenset[str] = frozenset(),
+                  seed: int = 0, log: Callable[[str], None] = default_log) -> tuple[pd.DataFrame, dict]:
+    """Val and test genes with their genome, domain and hydropathy class: all of them, or a seeded draw of at
+    most `per_genome` per genome and split that always holds the genes in `keep` (the generation prompts)."""
     specs = {d.name: d for d in run_cfg.data.datasets}
     domains: dict[str, str] = {}
     for name, spec in specs.items():
@@ -83,15 +86,22 @@ def heldout_table(run_cfg, processed: Path, log: Callable[[str], None]) -> tuple
         except UserError as exc:
             log(f"[stage2] domain of {name} unknown ({exc})")
             domains[name] = "unknown"
-    rows = []
+    rng = np.random.default_rng(seed)
+    rows, total = [], 0
     for split in ("val", "test"):
         genes = read_split_genes(processed / "all" / f"{split}.npz")
-        for g in range(len(genes.genes)):
-            genome = genes.dataset_names[genes.groups[g]]
-            codons = genes.codons(g)
+        total += len(genes.genes)
+        for d, genome in enumerate(genes.dataset_names):
+            members = genes.of_dataset(d)
+            if per_genome is not None and len(members) > per_genome:
+                kept = [g for g in members if genes.names[g] in keep]
+                rest = [g for g in members if genes.names[g] not in keep]
+                extra = rng.choice(rest, size=max(0, per_genome - len(kept)), replace=False).tolist()
+                members = sorted(kept + extra)
             table = specs[genome].transl_table if genome in specs else 11
-            rows.append({"id": genes.names[g], "seq": decode(codons), "genome": genome,
-                         "domain": domains.get(genome, "unknown"), "gravy": gravy(codons, table), "split": split})
+            rows += [{"id": genes.names[g], "seq": decode(genes.codons(g)), "genome": genome,
+                      "domain": domains.get(genome, "unknown"), "gravy": gravy(genes.codons(g), table),
+                      "split": split} for g in members]
     table = pd.DataFrame(rows)
     if table["id"].duplicated().any():
         table["id"] = table["id"] + "#" + table.groupby("id").cumcount().astype(str)
@@ -99,8 +109,21 @@ def heldout_table(run_cfg, processed: Path, log: Callable[[str], None]) -> tuple
     table["hydropathy"] = np.where(table["gravy"] < q1, HYDROPATHY_CLASSES[0],
                                    np.where(table["gravy"] < q2, HYDROPATHY_CLASSES[1], HYDROPATHY_CLASSES[2]))
     table["gravy"] = table["gravy"].round(4)
-    info = {"hydropathy_thresholds": [round(float(q1), 4), round(float(q2), 4)], "domains": domains}
+    if per_genome is not None:
+        log(f"[stage2] held-out genes: seeded draw (seed {seed}) of at most {per_genome} per genome and split, "
+            f"prompt genes kept: {len(table)} of {total}")
+    info = {"hydropathy_thresholds": [round(float(q1), 4), round(float(q2), 4)], "domains": domains,
+            "heldout_per_genome": per_genome, "heldout_total": total}
     return table[["id", "seq", "genome", "domain", "gravy", "hydropathy", "split"]], info
+
+
+def prompt_genes(cfg: ClassifierConfig) -> frozenset[str]:
+    """Held-out genes that prompted prefix generation (empty when there are no samples yet)."""
+    path = Path(cfg.samples)
+    if not path.is_file():
+        return frozenset()
+    samples = read_table(path, "generated samples")
+    return frozenset(samples["gene"]) if "gene" in samples.columns else frozenset()
 
 
 def generated_tables(cfg: ClassifierConfig, heldout: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -162,7 +185,7 @@ def build_run_data(cfg: ClassifierConfig, show_progress: bool = True,
     """Write the ready tasks' CSVs and embeddings into cfg.data_dir (paths resolved); returns tasks.json."""
     folder = Path(cfg.data_dir)
     ckpt, run_cfg, processed = _run_context(cfg)
-    heldout, info = heldout_table(run_cfg, processed, log)
+    heldout, info = heldout_table(run_cfg, processed, cfg.heldout_per_genome, prompt_genes(cfg), cfg.seed, log)
     tables = {"heldout": heldout}
     if "generated" in cfg.build_from_run:
         generated, gen_info = generated_tables(cfg, heldout)

@@ -204,22 +204,27 @@ def _features(model: str, data: LabelledSet, vectorizer) -> np.ndarray:
 
 def fit_models(cfg: ClassifierConfig, train: LabelledSet, test: LabelledSet,
                log: Callable[[str], None]) -> tuple[dict, dict, object]:
-    """(fitted estimators, metrics per model, vectorizer or None)."""
+    """(fitted estimators, metrics per model, vectorizer or None).
+
+    Fits run with one BLAS/OpenMP thread: these problems are small (about a thousand genes), and with two
+    threads on a shared 2-core machine OpenMP spin-waiting made logistic regression 70x slower (measured).
+    """
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
 
     vectorizer = kmer_vectorizer(cfg.kmer_k).fit(train.seqs) if cfg.kmers else None
     fitted, results = {}, {}
     for name in cfg.models:
         t0 = time.perf_counter()
         estimator = make_classifier(name, cfg.seed)
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
             warnings.simplefilter("always", ConvergenceWarning)
             try:
                 estimator.fit(_features(name, train, vectorizer), train.labels)
             except ValueError as exc:
                 raise UserError(f"{name} cannot be fitted on {len(train.labels)} genes of {train.source} "
                                 f"({str(exc).splitlines()[0][:120]}); give it more genes per class") from None
-        proba = estimator.predict_proba(_features(name, test, vectorizer))
+            proba = estimator.predict_proba(_features(name, test, vectorizer))
         metrics = classification_metrics(test.labels, proba, list(estimator.classes_), cfg.bootstrap, cfg.seed)
         metrics["fit_seconds"] = round(time.perf_counter() - t0, 2)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
