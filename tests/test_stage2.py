@@ -240,6 +240,8 @@ def test_eval_classifier_reproduces_the_test_metrics_from_the_manuals_model_pkl(
     assert code == 0, err
     xgb = json.loads((tmp / "ev2" / "eval_metrics.json").read_text())["models"]["kmer_xgb"]
     assert xgb["accuracy"] == pytest.approx(trained["kmer_xgb"]["accuracy"])
+    for path in out.glob("*.skops"):  # every model we write holds trusted types only
+        assert hasattr(load_estimator(path), "classes_" if path.stem != "vectorizer" else "vocabulary_")
 
 
 def test_untrusted_or_pickled_model_files_are_refused(tmp_path):
@@ -249,7 +251,7 @@ def test_untrusted_or_pickled_model_files_are_refused(tmp_path):
     from sklearn.preprocessing import FunctionTransformer
 
     save_estimator(FunctionTransformer(func=os.system), tmp_path / "evil.skops")
-    with pytest.raises(UserError, match="refused.*posix.system|refused.*os.system|refused"):
+    with pytest.raises(UserError, match=r"refused.*\(posix\.system\)"):
         load_estimator(tmp_path / "evil.skops")
     (tmp_path / "model.pkl").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(UserError, match="pickles are never loaded"):

@@ -119,8 +119,9 @@ def plot_confusions(results: dict[str, dict], classes: list[str], title: str, pa
     save_figure(fig, path)
 
 
-def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
-    """Reliability diagram: top-1 confidence against accuracy per confidence bin, one line per model."""
+def plot_calibration(results: dict[str, dict], title: str, path: Path, min_genes: int = 5) -> None:
+    """Reliability diagram: top-1 confidence against accuracy per confidence bin, one line per model (bins
+    holding fewer than `min_genes` test genes are left out: one gene makes a 0-or-1 point)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +130,7 @@ def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     for name, m in results.items():
-        bins = m["reliability"]
+        bins = [b for b in m["reliability"] if b["n"] >= min_genes]
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
                 label=f"{name} (ECE {m['ece']:.3f})")
     ax.set_xlabel("top-1 predicted probability (bin mean)")
@@ -137,7 +138,7 @@ def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
-    ax.set_title(f"{title}: calibration on the test set (10 bins)")
+    ax.set_title(f"{title}: calibration on the test set (10 bins, those with >= {min_genes} genes)")
     save_figure(fig, path)  # bbox "tight" makes room for the legend outside the axes
 
 
