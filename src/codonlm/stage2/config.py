@@ -46,6 +46,7 @@ class ClassifierConfig(BaseModel):
     test_seqs: Paths | None = None
     label_column: str = "label"
     id_column: str = "id"
+    group_column: str | None = None  # genes sharing a value stay on one side of the seeded split
 
     models: list[ModelName] = Field(default_factory=lambda: list(MODELS), min_length=1)
     kmer_k: int = Field(4, ge=1, le=8)

@@ -94,7 +94,7 @@ def _grid(n: int, size: float):
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    return fig, axes.flat
+    return fig, list(axes.flat)
 
 
 def plot_confusions(results: dict[str, dict], classes: list[str], title: str, path: Path) -> None:
@@ -153,8 +153,10 @@ def compare_rows(task: str, results: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_f1") -> None:
-    """Every model of every task side by side: `metric` with its 95% interval, one panel per task."""
+def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_f1",
+                 n_classes: dict[str, int] | None = None) -> None:
+    """Every model of every task side by side: `metric` with its 95% interval, one panel per task; a dotted
+    line at 1 / classes (what guessing scores on balanced classes) where `n_classes` gives the count."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -174,6 +176,9 @@ def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_
         ax.set_xlabel(f"{metric.replace('_', '-')} (95% bootstrap CI)")
         ax.set_title(task, fontsize=10)
         ax.invert_yaxis()
-    fig.suptitle(f"{title}: embedding probes (blue) vs k-mer baselines (orange)")
+        if n_classes and task in n_classes:
+            ax.axvline(1 / n_classes[task], color="grey", ls=":")
+    chance = "; dotted: chance (1 / classes)" if n_classes else ""
+    fig.suptitle(f"{title}: embedding probes (blue) vs k-mer baselines (orange){chance}")
     fig.tight_layout()
     save_figure(fig, path)
