@@ -424,7 +424,7 @@ def cmd_extract_embeddings(args: argparse.Namespace) -> None:
 
     embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
                layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, device=args.device,
-               stride=args.stride, max_tokens=args.batch_tokens, show_progress=not args.quiet)
+               stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -466,6 +466,7 @@ def add_stage2_commands(sub) -> None:
                    help="skip and count bad records instead of stopping")
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size (default block/2)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (faster only with native bf16 CPUs or GPUs)")
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -32,6 +32,7 @@ class ClassifierConfig(BaseModel):
     build_from_run: list[Literal["heldout", "generated"]] = []
     data_dir: str = "outputs/reports/{run_id}/stage2/data"
     processed_dir: str | None = None  # default: the run config's data.processed_dir
+    heldout_per_genome: int | None = Field(None, ge=1, description="seeded cap per genome and split")
     samples: str = "outputs/scores/{run_id}/gen_prefix/samples.csv"
     temperature: float = Field(1.0, gt=0, description="generated genes of this sampling temperature")
     layer: str = "final"
@@ -45,6 +46,7 @@ class ClassifierConfig(BaseModel):
     test_seqs: Paths | None = None
     label_column: str = "label"
     id_column: str = "id"
+    group_column: str | None = None  # genes sharing a value stay on one side of the seeded split
 
     models: list[ModelName] = Field(default_factory=lambda: list(MODELS), min_length=1)
     kmer_k: int = Field(4, ge=1, le=8)

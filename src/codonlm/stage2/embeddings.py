@@ -11,6 +11,8 @@ the gene) and never padding.
 
 Layers: `final` (default) is the input of the LM head (`ln_final.hook_normalized`), an integer i is the
 residual stream after block i (`blocks.{i}.hook_resid_post`), `all` stacks every block and the final one.
+They are read with forward hooks on those modules during a plain forward pass, so extraction costs what the
+forward does (`bench/embedding_throughput.py`: 1.12x the bare forward of the same batches).
 
 Genes longer than the model's window are read with overlapping windows advancing by `stride` (default
 block_size // 2), the layout of whole-gene scoring (`codonlm.evaluate.perplexity.gene_windows`): each codon's
@@ -22,7 +24,8 @@ token budget, so a batch pads little.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,11 +101,50 @@ class _Pooler:
         return self.sums.astype(np.float32), None
 
 
+@contextmanager
+def _capture(model, names: list[str]) -> Iterator[dict]:
+    """Outputs of the modules behind hook names during a plain forward (the fast fused-attention path that
+    run_with_cache, which records attention patterns, does not take): blocks.{i}.hook_resid_post is block
+    i's output, ln_final.hook_normalized the final norm's."""
+    store: dict = {}
+    modules = {n: model.ln_f if n == FINAL else model.blocks[int(n.split(".")[1])] for n in names}
+    handles = [m.register_forward_hook(lambda _m, _in, out, key=n: store.__setitem__(key, out))
+               for n, m in modules.items()]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def window_batches(tokens: list[np.ndarray], block_size: int, stride: int, max_tokens: int):
+    """Yield (rows, idx): rows are (gene, first token, first codon position, last codon position) and idx the
+    right-padded [rows, width] token ids; windows sorted by width, rows x width within max_tokens."""
+    import torch
+
+    rows = [(g, a, lo, hi) for g, t in enumerate(tokens) for a, lo, hi in codon_windows(t.size - 1, block_size, stride)]
+    rows.sort(key=lambda r: r[3] + 1 - r[1])  # by window width
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and (end + 1 - start) * (rows[end][3] + 1 - rows[end][1]) <= max_tokens:
+            end += 1
+        batch = rows[start:end]
+        idx = torch.full((len(batch), batch[-1][3] + 1 - batch[-1][1]), PAD, dtype=torch.long)
+        for r, (g, a, _, hi) in enumerate(batch):
+            idx[r, : hi + 1 - a] = torch.from_numpy(tokens[g][a : hi + 1].astype(np.int64))
+        yield batch, idx
+        start = end
+
+
 def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
-                max_tokens: int = 16384, show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+                max_tokens: int = 16384, amp: bool = False,
+                show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Pooled hidden states of clean DNA sequences: (embeddings, offsets for per-codon else None, layer names).
 
-    embeddings is [genes, channels] for one layer, [genes, layers, channels] for `all`.
+    embeddings is [genes, channels] for one layer, [genes, layers, channels] for `all`. amp: bf16 autocast,
+    faster only where the CPU has native bf16 (AVX-512 BF16 / AMX); on the 2-core dev machine (no AVX-512)
+    it was 4x slower, so it is off by default.
     """
     import torch
 
@@ -110,43 +152,26 @@ def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean"
         raise UserError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
     names = hook_names(model.cfg.n_layer, layer)
     T = model.cfg.block_size
-    stride = max(1, min(stride or T // 2, T))
     tokens = [encode(s) for s in seqs]  # <BOS_CDS> c1..cn
     n_codons = np.array([t.size - 1 for t in tokens], dtype=np.int64)
-    rows = [(g, a, lo, hi) for g, t in enumerate(tokens) for a, lo, hi in codon_windows(t.size - 1, T, stride)]
-    rows.sort(key=lambda r: r[3] + 1 - r[1])  # by window width
     pooler = _Pooler(pool, len(seqs), (len(names), model.cfg.n_embd))
     model.eval()
     device = next(model.parameters()).device
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     bar = progress(total=int(n_codons.sum()), desc="embed", unit="codon", disable=not show_progress)
-    start = 0
-    while start < len(rows):
-        batch = _next_batch(rows, start, max_tokens)
-        width = batch[-1][3] + 1 - batch[-1][1]
-        idx = torch.full((len(batch), width), PAD, dtype=torch.long)
-        for r, (g, a, _, hi) in enumerate(batch):
-            idx[r, : hi + 1 - a] = torch.from_numpy(tokens[g][a : hi + 1].astype(np.int64))
+    for batch, idx in window_batches(tokens, T, max(1, min(stride or T // 2, T)), max_tokens):
         idx = idx.to(device)
-        with torch.no_grad():
-            _, cache = model.run_with_cache(idx, segment_ids=torch.ones_like(idx), names_filter=names)
+        with torch.no_grad(), ctx, _capture(model, names) as cache:
+            model(idx, segment_ids=torch.ones_like(idx))
         states = torch.stack([cache[n] for n in names], dim=2).float().cpu().numpy()  # [B, W, layers, C]
         for r, (g, a, lo, hi) in enumerate(batch):
             pooler.add(g, lo, states[r, lo - a : hi + 1 - a], is_last=hi == n_codons[g])
             bar.update(hi + 1 - lo)
-        start += len(batch)
     bar.close()
     vectors, offsets = pooler.result(n_codons)
     if len(names) == 1:
         vectors = vectors[:, 0]
     return vectors, offsets, ["final" if n == FINAL else n.split(".")[1] for n in names]
-
-
-def _next_batch(rows: list[tuple[int, int, int, int]], start: int, max_tokens: int) -> list:
-    """Rows from `start` while rows x widest width stays within the token budget (at least one row)."""
-    end = start + 1
-    while end < len(rows) and (end + 1 - start) * (rows[end][3] + 1 - rows[end][1]) <= max_tokens:
-        end += 1
-    return rows[start:end]
 
 
 # --------------------------------------------------------------------------- NPZ files
@@ -202,7 +227,7 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
 
 def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[str], layer: str = "final",
                        pool: str = "mean", checkpoints_dir: str = "outputs/checkpoints", device: str = "cpu",
-                       stride: int | None = None, max_tokens: int = 16384, n_skipped: int = 0,
+                       stride: int | None = None, max_tokens: int = 16384, amp: bool = False, n_skipped: int = 0,
                        show_progress: bool = True, log: Callable[[str], None] = default_log) -> EmbeddingFile:
     """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling)."""
     from codonlm.model.load import checkpoint_path, load_model
@@ -213,13 +238,13 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     model, _, state = load_model(str(ckpt), checkpoints_dir, device=device)
     hook_names(model.cfg.n_layer, layer)  # a bad --layer fails before any work
     t0 = time.perf_counter()
-    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, show_progress)
+    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)
     seconds = time.perf_counter() - t0
     n_codons = sum(len(s) // 3 for s in seqs)
     emb = EmbeddingFile(
         path=Path(out), ids=list(ids), embeddings=vectors, run_id=str(state.get("run_id") or run_id), layer=layer,
         pool=pool, layers=layers, offsets=offsets,
-        meta={"checkpoint_sha256": sha256_file(ckpt), "seconds": round(seconds, 3), "n_skipped": n_skipped,
+        meta={"checkpoint_sha256": sha256_file(ckpt), "amp": amp, "seconds": round(seconds, 3), "n_skipped": n_skipped,
               "n_codons": n_codons, "embeddings_per_s": round(len(seqs) / max(seconds, 1e-9), 2),
               "codons_per_s": round(n_codons / max(seconds, 1e-9), 1)},
     )  # fmt: skip

@@ -94,7 +94,7 @@ def _grid(n: int, size: float):
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    return fig, axes.flat
+    return fig, list(axes.flat)
 
 
 def plot_confusions(results: dict[str, dict], classes: list[str], title: str, path: Path) -> None:
@@ -119,8 +119,9 @@ def plot_confusions(results: dict[str, dict], classes: list[str], title: str, pa
     save_figure(fig, path)
 
 
-def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
-    """Reliability diagram: top-1 confidence against accuracy per confidence bin, one line per model."""
+def plot_calibration(results: dict[str, dict], title: str, path: Path, min_genes: int = 5) -> None:
+    """Reliability diagram: top-1 confidence against accuracy per confidence bin, one line per model (bins
+    holding fewer than `min_genes` test genes are left out: one gene makes a 0-or-1 point)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +130,7 @@ def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     for name, m in results.items():
-        bins = m["reliability"]
+        bins = [b for b in m["reliability"] if b["n"] >= min_genes]
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
                 label=f"{name} (ECE {m['ece']:.3f})")
     ax.set_xlabel("top-1 predicted probability (bin mean)")
@@ -137,9 +138,8 @@ def plot_calibration(results: dict[str, dict], title: str, path: Path) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
-    ax.set_title(f"{title}: calibration on the test set (10 bins)")
-    fig.tight_layout()
-    save_figure(fig, path)
+    ax.set_title(f"{title}: calibration on the test set (10 bins, those with >= {min_genes} genes)")
+    save_figure(fig, path)  # bbox "tight" makes room for the legend outside the axes
 
 
 def compare_rows(task: str, results: dict[str, dict]) -> list[dict]:
@@ -153,8 +153,10 @@ def compare_rows(task: str, results: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_f1") -> None:
-    """Every model of every task side by side: `metric` with its 95% interval, one panel per task."""
+def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_f1",
+                 n_classes: dict[str, int] | None = None) -> None:
+    """Every model of every task side by side: `metric` with its 95% interval, one panel per task; a dotted
+    line at 1 / classes (what guessing scores on balanced classes) where `n_classes` gives the count."""
     import pandas as pd
 
     df = pd.DataFrame(rows)
@@ -174,6 +176,9 @@ def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_
         ax.set_xlabel(f"{metric.replace('_', '-')} (95% bootstrap CI)")
         ax.set_title(task, fontsize=10)
         ax.invert_yaxis()
-    fig.suptitle(f"{title}: embedding probes (blue) vs k-mer baselines (orange)")
+        if n_classes and task in n_classes:
+            ax.axvline(1 / n_classes[task], color="grey", ls=":")
+    chance = "; dotted: chance (1 / classes)" if n_classes else ""
+    fig.suptitle(f"{title}: embedding probes (blue) vs k-mer baselines (orange){chance}")
     fig.tight_layout()
     save_figure(fig, path)

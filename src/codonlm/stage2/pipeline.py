@@ -60,6 +60,9 @@ def run_stage2(run_id: str, configs_dir: str = "configs/classifier", checkpoints
     if not results:
         raise UserError(f"no stage-2 task could run for {run_id}: {next(iter(skipped.values()))}")
     summary = _summary(run_id, results, skipped, out_root, time.perf_counter() - t0)
+    for name, m in results.items():
+        log(f"[stage2] {name:18s} macro-F1 " + "  ".join(f"{model} {v['macro_f1']:.3f}"
+                                                         for model, v in m["models"].items()))
     log(f"[stage2] {len(results)} task(s) in {summary['seconds']:.0f} s -> {out_root}/summary.json, compare.csv, "
         "compare.png" + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
     return summary
@@ -87,6 +90,7 @@ def _summary(run_id: str, results: dict, skipped: dict, out_root: Path, seconds:
     rows = [r for name, m in results.items() for r in compare_rows(name, m["models"])]
     write_csv(pd.DataFrame(rows, columns=["task", "model", "metric", "value", "ci_low", "ci_high"]),
               out_root / "compare.csv")
-    plot_compare(rows, f"Stage-2 classifiers, run {run_id}", out_root / "compare.png")
+    plot_compare(rows, f"Stage-2 classifiers, run {run_id}", out_root / "compare.png",
+                 n_classes={name: len(m["classes"]) for name, m in results.items()})
     write_json(out_root / "summary.json", summary)
     return summary

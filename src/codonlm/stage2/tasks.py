@@ -6,16 +6,20 @@ and the generated genes from prefix generation (`gen_prefix/samples.csv`), promp
 
 Files written to `data_dir` (a folder of the run's stage-2 reports):
 
-    heldout.csv   id, seq, genome, domain, gravy, hydropathy, split: every val and test gene
+    heldout.csv   id, seq, genome, domain, gravy, hydropathy, protein_group, split: the val and test genes (all, or a seeded
+                  draw of at most `heldout_per_genome` per genome and split that keeps every prompt gene)
                   - genome: the dataset the gene came from (7 genomes in the default corpus)
                   - domain: Bacteria or Archaea, read from the GenBank lineage (ORGANISM) of the genome
                   - hydropathy: Kyte-Doolittle GRAVY of the encoded protein in tertiles over these genes
                     (hydrophilic < q1 <= intermediate < q2 <= hydrophobic); the hydrophobic third holds most
                     membrane proteins. A property of the protein, not of codon choice.
+                  - protein_group: hash of the protein; the ready configs split by it, so identical proteins
+                    (paralogous copies) never sit on both sides of a train/test split
     heldout.npz   their embeddings (layer and pooling from the config)
     generated.csv id, seq, genome, domain, label=generated, prompt_gene: generated genes at one temperature
     generated.npz their embeddings
-    real_vs_generated.csv  the real genes that served as prompts (label real) beside their generated genes
+    real_vs_generated.csv  the real genes that served as prompts (label real) beside their generated genes;
+                  `pair` (the prompt gene) keeps a real gene and its continuation on one side of the split
     real_train.csv  held-out genes of the split that gave no prompts (TRTR / TRTS training set)
     real_test.csv   genes of the prompt split that were not prompts (TRTR / TSTR test set: no gene here
                     shares a prompt with a generated gene)
@@ -24,13 +28,16 @@ Files written to `data_dir` (a folder of the run's stage-2 reports):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from codonlm.data.codons import decode, translate
+from codonlm.data.layout import run_split_path
 from codonlm.errors import UserError
 from codonlm.io import read_json, read_split_genes, sha256_file, write_csv, write_json
 from codonlm.log import log as default_log
@@ -42,19 +49,26 @@ STANDARD_AA = frozenset("ACDEFGHIKLMNPQRSTVWY")
 HYDROPATHY_CLASSES = ("hydrophilic", "intermediate", "hydrophobic")
 
 
-def gravy(codons: np.ndarray, table_id: int) -> float:
-    """Kyte-Doolittle grand average of hydropathy of the protein (Biopython), standard residues only."""
+def gravy(protein: str) -> float:
+    """Kyte-Doolittle grand average of hydropathy (Biopython), standard residues only."""
     from Bio.SeqUtils.ProtParam import ProteinAnalysis
 
-    protein = "".join(a for a in translate(codons, table_id) if a in STANDARD_AA)
+    protein = "".join(a for a in protein if a in STANDARD_AA)
     return float(ProteinAnalysis(protein).gravy()) if protein else float("nan")
 
 
-def genome_domain(gbff: str | list[str]) -> str:
-    """'Bacteria', 'Archaea', ... : the first word of the lineage in the first record's ORGANISM block."""
+def _gene_row(genes, g: int, genome: str, domain: str, table_id: int, split: str) -> dict:
+    protein = translate(genes.codons(g), table_id)
+    return {"id": genes.names[g], "seq": decode(genes.codons(g)), "genome": genome, "domain": domain,
+            "gravy": gravy(protein), "protein_group": hashlib.sha1(protein.encode()).hexdigest()[:16], "split": split}
+
+
+@cache
+def genome_domain(path: str) -> str:
+    """'Bacteria', 'Archaea', ... : the first word of the lineage in the first record's ORGANISM block
+    (cached: every ready config of a `codonlm stage2` run asks for the same genomes)."""
     from codonlm.data.genbank import iter_records
 
-    path = gbff if isinstance(gbff, str) else gbff[0]
     record = next(iter(iter_records(path)), None)
     organism = (record.source.organism or "") if record is not None and record.source else ""
     lines = organism.splitlines()
@@ -63,35 +77,43 @@ def genome_domain(gbff: str | list[str]) -> str:
 
 
 def _run_context(cfg: ClassifierConfig):
-    """The run's checkpoint path, its config and the prepared-data folder."""
+    """The run's checkpoint path, its config, its run id and the prepared-data folder."""
     from codonlm.config import parse_config
     from codonlm.model.load import checkpoint_path
     from codonlm.train.checkpoint import load_checkpoint
 
     ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)
-    run_cfg = parse_config(load_checkpoint(ckpt)["config"], source=str(ckpt))
-    return ckpt, run_cfg, Path(cfg.processed_dir or run_cfg.data.processed_dir)
+    state = load_checkpoint(ckpt)
+    run_cfg = parse_config(state["config"], source=str(ckpt))
+    return ckpt, run_cfg, str(state.get("run_id") or cfg.run_id), Path(cfg.processed_dir or run_cfg.data.processed_dir)
 
 
-def heldout_table(run_cfg, processed: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
-    """Every val and test gene with its genome, domain and hydropathy class."""
+def heldout_table(run_cfg, run_id: str, processed: Path, per_genome: int | None = None, keep: frozenset[str] = frozenset(),
+                  seed: int = 0, log: Callable[[str], None] = default_log) -> tuple[pd.DataFrame, dict]:
+    """Val and test genes with their genome, domain and hydropathy class: all of them, or a seeded draw of at
+    most `per_genome` per genome and split that always holds the genes in `keep` (the generation prompts)."""
     specs = {d.name: d for d in run_cfg.data.datasets}
     domains: dict[str, str] = {}
     for name, spec in specs.items():
         try:
-            domains[name] = genome_domain(spec.gbff)
+            domains[name] = genome_domain(spec.gbff if isinstance(spec.gbff, str) else spec.gbff[0])
         except UserError as exc:
             log(f"[stage2] domain of {name} unknown ({exc})")
             domains[name] = "unknown"
-    rows = []
+    rng = np.random.default_rng(seed)
+    rows, total = [], 0
     for split in ("val", "test"):
-        genes = read_split_genes(processed / "all" / f"{split}.npz")
-        for g in range(len(genes.genes)):
-            genome = genes.dataset_names[genes.groups[g]]
-            codons = genes.codons(g)
+        genes = read_split_genes(run_split_path(run_cfg, run_id, split, processed_dir=processed))
+        total += len(genes.genes)
+        for d, genome in enumerate(genes.dataset_names):
+            members = genes.of_dataset(d)
+            if per_genome is not None and len(members) > per_genome:
+                kept = [g for g in members if genes.names[g] in keep]
+                rest = [g for g in members if genes.names[g] not in keep]
+                extra = rng.choice(rest, size=max(0, per_genome - len(kept)), replace=False).tolist()
+                members = sorted(kept + extra)
             table = specs[genome].transl_table if genome in specs else 11
-            rows.append({"id": genes.names[g], "seq": decode(codons), "genome": genome,
-                         "domain": domains.get(genome, "unknown"), "gravy": gravy(codons, table), "split": split})
+            rows += [_gene_row(genes, g, genome, domains.get(genome, "unknown"), table, split) for g in members]
     table = pd.DataFrame(rows)
     if table["id"].duplicated().any():
         table["id"] = table["id"] + "#" + table.groupby("id").cumcount().astype(str)
@@ -99,8 +121,21 @@ def heldout_table(run_cfg, processed: Path, log: Callable[[str], None]) -> tuple
     table["hydropathy"] = np.where(table["gravy"] < q1, HYDROPATHY_CLASSES[0],
                                    np.where(table["gravy"] < q2, HYDROPATHY_CLASSES[1], HYDROPATHY_CLASSES[2]))
     table["gravy"] = table["gravy"].round(4)
-    info = {"hydropathy_thresholds": [round(float(q1), 4), round(float(q2), 4)], "domains": domains}
-    return table[["id", "seq", "genome", "domain", "gravy", "hydropathy", "split"]], info
+    if per_genome is not None:
+        log(f"[stage2] held-out genes: seeded draw (seed {seed}) of at most {per_genome} per genome and split, "
+            f"prompt genes kept: {len(table)} of {total}")
+    info = {"hydropathy_thresholds": [round(float(q1), 4), round(float(q2), 4)], "domains": domains,
+            "heldout_per_genome": per_genome, "heldout_total": total}
+    return table[["id", "seq", "genome", "domain", "gravy", "hydropathy", "protein_group", "split"]], info
+
+
+def prompt_genes(cfg: ClassifierConfig) -> frozenset[str]:
+    """Held-out genes that prompted prefix generation (empty when there are no samples yet)."""
+    path = Path(cfg.samples)
+    if not path.is_file():
+        return frozenset()
+    samples = read_table(path, "generated samples")
+    return frozenset(samples["gene"]) if "gene" in samples.columns else frozenset()
 
 
 def generated_tables(cfg: ClassifierConfig, heldout: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict]:
@@ -126,11 +161,12 @@ def generated_tables(cfg: ClassifierConfig, heldout: pd.DataFrame) -> tuple[dict
         "label": "generated", "prompt_gene": gen["gene"].tolist(),
     })  # fmt: skip
     prompts = set(gen["gene"])
-    real_prompts = heldout[heldout["id"].isin(prompts)].assign(label="real")
+    real_prompts = heldout[heldout["id"].isin(prompts)].assign(label="real", pair=lambda t: t["id"])
+    generated["pair"] = generated["prompt_gene"]
     if len(real_prompts) < len(prompts):
         raise UserError(f"{path}: {len(prompts) - len(real_prompts)} prompt genes are not held-out genes of this "
                         "run's prepared data; re-run 'codonlm generate-prefix' for this run")
-    cols = ["id", "seq", "genome", "domain", "label"]
+    cols = ["id", "seq", "genome", "domain", "label", "pair"]
     tables = {
         "generated": generated,
         "real_vs_generated": pd.concat([real_prompts[cols], generated[cols]], ignore_index=True),
@@ -161,8 +197,8 @@ def build_run_data(cfg: ClassifierConfig, show_progress: bool = True,
                    log: Callable[[str], None] = default_log) -> dict:
     """Write the ready tasks' CSVs and embeddings into cfg.data_dir (paths resolved); returns tasks.json."""
     folder = Path(cfg.data_dir)
-    ckpt, run_cfg, processed = _run_context(cfg)
-    heldout, info = heldout_table(run_cfg, processed, log)
+    ckpt, run_cfg, run_id, processed = _run_context(cfg)
+    heldout, info = heldout_table(run_cfg, run_id, processed, cfg.heldout_per_genome, prompt_genes(cfg), cfg.seed, log)
     tables = {"heldout": heldout}
     if "generated" in cfg.build_from_run:
         generated, gen_info = generated_tables(cfg, heldout)

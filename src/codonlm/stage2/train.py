@@ -56,24 +56,28 @@ class LabelledSet:
     embeddings: np.ndarray | None
     seqs: list[str] | None
     source: str
+    groups: np.ndarray | None = None  # genes of one group stay on one side of the split
 
     def take(self, rows: np.ndarray) -> LabelledSet:
         return LabelledSet([self.ids[i] for i in rows], self.labels[rows],
                            None if self.embeddings is None else self.embeddings[rows],
-                           None if self.seqs is None else [self.seqs[i] for i in rows], self.source)
+                           None if self.seqs is None else [self.seqs[i] for i in rows], self.source,
+                           None if self.groups is None else self.groups[rows])
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def read_labels(paths: list[str], label_column: str, id_column: str) -> tuple[list[str] | None, np.ndarray, list]:
-    """(ids or None, labels, tables) of one or more label CSVs."""
-    tables, ids, labels = [], [], []
+def read_labels(paths: list[str], label_column: str, id_column: str,
+                group_column: str | None = None) -> tuple[list[str] | None, np.ndarray, list, np.ndarray | None]:
+    """(ids or None, labels, tables, groups or None) of one or more label CSVs."""
+    tables, ids, labels, groups = [], [], [], []
     for path in paths:
         table = read_table(path, "label CSV")
-        if label_column not in table.columns:
-            raise UserError(f"{path}: no '{label_column}' column (columns: {', '.join(table.columns)}); "
-                            "set label_column in the config or --label-column")
+        for column, key in ((label_column, "label_column"), (group_column, "group_column")):
+            if column is not None and column not in table.columns:
+                raise UserError(f"{path}: no '{column}' column (columns: {', '.join(table.columns)}); "
+                                f"set {key} in the config")
         empty = np.flatnonzero(table[label_column].to_numpy() == "")
         if empty.size:
             raise UserError(f"{path}: row {empty[0] + 2} has an empty '{label_column}'; label every row")
@@ -83,7 +87,8 @@ def read_labels(paths: list[str], label_column: str, id_column: str) -> tuple[li
         tables.append(table)
         ids += row_ids or []
         labels += table[label_column].tolist()
-    return (ids or None), np.array(labels, dtype=str), tables
+        groups += table[group_column].tolist() if group_column else []
+    return (ids or None), np.array(labels, dtype=str), tables, np.array(groups, dtype=str) if group_column else None
 
 
 def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src: str) -> np.ndarray:
@@ -130,12 +135,12 @@ def _seqs_for(ids: list[str] | None, n: int, paths: list[str], tables: list, lab
 
 
 def load_set(labels: list[str], embeddings: list[str], seqs: list[str], need_embeddings: bool, need_seqs: bool,
-             label_column: str = "label", id_column: str = "id") -> LabelledSet:
-    ids, y, tables = read_labels(labels, label_column, id_column)
+             label_column: str = "label", id_column: str = "id", group_column: str | None = None) -> LabelledSet:
+    ids, y, tables, groups = read_labels(labels, label_column, id_column, group_column)
     src = ", ".join(labels)
     emb = _embeddings_for(ids, len(y), embeddings, src) if need_embeddings else None
     dna = _seqs_for(ids, len(y), seqs, tables, src, id_column) if need_seqs else None
-    return LabelledSet(ids or [f"row{i + 1}" for i in range(len(y))], y, emb, dna, src)
+    return LabelledSet(ids or [f"row{i + 1}" for i in range(len(y))], y, emb, dna, src, groups)
 
 
 def subsample(data: LabelledSet, max_per_class: int | None, seed: int) -> tuple[LabelledSet, dict]:
@@ -163,13 +168,34 @@ def _check_classes(train: LabelledSet, test: LabelledSet) -> list[str]:
     return classes
 
 
-def split_sets(cfg: ClassifierConfig, log: Callable[[str], None]) -> tuple[LabelledSet, LabelledSet, dict]:
-    """(train, test, split info): the config's test files, else one seeded stratified split."""
+def seeded_split(data: LabelledSet, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test), stratified by label; with groups, no group straddles the split (the first
+    of round(1 / test_size) stratified group folds is the test set)."""
     from sklearn.model_selection import train_test_split
 
+    rows = np.arange(len(data.labels))
+    try:
+        if data.groups is None:
+            return train_test_split(rows, test_size=test_size, random_state=seed, stratify=data.labels)
+        return next(group_folds(data, max(2, round(1 / test_size)), seed))
+    except ValueError as exc:
+        raise UserError(f"{data.source}: cannot split {len(rows)} genes ({exc})") from None
+
+
+def group_folds(data: LabelledSet, n_splits: int, seed: int):
+    """Stratified group k-fold (train, test) row indices: no group straddles a fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return folds.split(np.zeros(len(data.labels)), data.labels, data.groups)
+
+
+def split_sets(cfg: ClassifierConfig, log: Callable[[str], None]) -> tuple[LabelledSet, LabelledSet, dict]:
+    """(train, test, split info): the config's test files, else one seeded stratified (group) split."""
     need = {"need_embeddings": bool(cfg.probes), "need_seqs": bool(cfg.kmers),
             "label_column": cfg.label_column, "id_column": cfg.id_column}
-    train = load_set(cfg.as_list("train_labels"), cfg.as_list("train_embeddings"), cfg.as_list("train_seqs"), **need)
+    train = load_set(cfg.as_list("train_labels"), cfg.as_list("train_embeddings"), cfg.as_list("train_seqs"),
+                     group_column=cfg.group_column if cfg.test_labels is None else None, **need)
     train, drawn = subsample(train, cfg.max_per_class, cfg.seed)
     info: dict = {"seed": cfg.seed, "max_per_class": cfg.max_per_class}
     if cfg.test_labels is None:
@@ -179,13 +205,11 @@ def split_sets(cfg: ClassifierConfig, log: Callable[[str], None]) -> tuple[Label
         if counts.min() < 2:
             raise UserError(f"{train.source}: class '{counts.idxmin()}' has one gene; a stratified split needs at "
                             "least two per class (add genes or drop the class)")
-        try:
-            tr, te = train_test_split(np.arange(len(train.labels)), test_size=cfg.test_size, random_state=cfg.seed,
-                                      stratify=train.labels)
-        except ValueError as exc:
-            raise UserError(f"{train.source}: cannot split {len(train.labels)} genes ({exc})") from None
+        tr, te = seeded_split(train, cfg.test_size, cfg.seed)
         train, test = train.take(np.sort(tr)), train.take(np.sort(te))
-        info.update(kind="seeded stratified split", test_size=cfg.test_size, subsampled=drawn)
+        kind = f"seeded stratified split, groups by '{cfg.group_column}'" if cfg.group_column else \
+            "seeded stratified split"
+        info.update(kind=kind, test_size=cfg.test_size, subsampled=drawn)
     else:
         test = load_set(cfg.as_list("test_labels"), cfg.as_list("test_embeddings"), cfg.as_list("test_seqs"), **need)
         test, drawn_test = subsample(test, cfg.max_per_class, cfg.seed)
@@ -204,22 +228,32 @@ def _features(model: str, data: LabelledSet, vectorizer) -> np.ndarray:
 
 def fit_models(cfg: ClassifierConfig, train: LabelledSet, test: LabelledSet,
                log: Callable[[str], None]) -> tuple[dict, dict, object]:
-    """(fitted estimators, metrics per model, vectorizer or None)."""
+    """(fitted estimators, metrics per model, vectorizer or None).
+
+    Fits run with one BLAS/OpenMP thread: these problems are small (about a thousand genes), and with two
+    threads on a shared 2-core machine OpenMP spin-waiting made logistic regression 70x slower (measured).
+    """
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
 
     vectorizer = kmer_vectorizer(cfg.kmer_k).fit(train.seqs) if cfg.kmers else None
     fitted, results = {}, {}
     for name in cfg.models:
         t0 = time.perf_counter()
         estimator = make_classifier(name, cfg.seed)
-        with warnings.catch_warnings(record=True) as caught:
+        group_calibration = name.endswith("svm") and train.groups is not None
+        if group_calibration:  # Platt scaling's internal folds must keep groups whole too (else twins leak)
+            estimator.set_params(clf__cv=list(group_folds(train, 3, cfg.seed)))
+        with warnings.catch_warnings(record=True) as caught, threadpool_limits(limits=1):
             warnings.simplefilter("always", ConvergenceWarning)
             try:
                 estimator.fit(_features(name, train, vectorizer), train.labels)
             except ValueError as exc:
                 raise UserError(f"{name} cannot be fitted on {len(train.labels)} genes of {train.source} "
                                 f"({str(exc).splitlines()[0][:120]}); give it more genes per class") from None
-        proba = estimator.predict_proba(_features(name, test, vectorizer))
+            proba = estimator.predict_proba(_features(name, test, vectorizer))
+        if group_calibration:
+            estimator.set_params(clf__cv=3)  # the fold indices served their purpose; keep them out of the file
         metrics = classification_metrics(test.labels, proba, list(estimator.classes_), cfg.bootstrap, cfg.seed)
         metrics["fit_seconds"] = round(time.perf_counter() - t0, 2)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
@@ -243,7 +277,7 @@ def write_results(out: Path, title: str, classes: list[str], results: dict, pref
     rows = compare_rows(title, results)
     if not prefix:
         write_csv(pd.DataFrame(rows), out / "compare.csv")
-        plot_compare(rows, title, out / "compare.png")
+        plot_compare(rows, title, out / "compare.png", n_classes={title: len(classes)})
     return rows
 
 
