@@ -170,12 +170,13 @@ def test_empty_fasta_and_bad_layer_fail_in_one_line(run, capsys):
 @pytest.fixture(scope="module")
 def labelled(run):
     """Held-out genes of the run labelled by genome (GC3-rich vs AT3-rich), with their embeddings."""
+    from codonlm.data.layout import run_split_path
     from codonlm.io import read_split_genes
 
     tmp, cfg = run
     rows = []
     for split in ("val", "test"):
-        genes = read_split_genes(Path(cfg.data.processed_dir) / "all" / f"{split}.npz")
+        genes = read_split_genes(run_split_path(cfg, RUN, split))
         rows += [{"id": genes.names[g], "seq": decode(genes.codons(g)),
                   "label": genes.dataset_names[genes.groups[g]]} for g in range(len(genes.genes))]
     table = pd.DataFrame(rows)
