@@ -133,14 +133,15 @@ def time_interleaved(
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int, max_other: float) -> tuple[float, int]:
     """(FLOP/s, size) of a square matmul: best of `reps` samples (each ~0.3 s of back-to-back matmuls,
-    long enough for /proc/stat to tell whether other processes ran meanwhile). The size grows from 256
-    to `n` while one product takes under 50 ms: without fast bf16 a 2048^3 bf16 product takes a minute."""
+    long enough for /proc/stat to tell whether other processes ran meanwhile). The size doubles from 256
+    to `n` while one product would still take under 0.25 s: without fast bf16 a 2048^3 bf16 product
+    takes a minute, and small products understate the peak."""
     size = min(256, n)
     while True:
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
         one, _ = timed(lambda: a @ b, device)  # noqa: B023
-        if size >= n or one > 0.05:
+        if size >= n or one > 0.25 / 8:  # the next size takes 8x as long
             break
         size *= 2
     n = size
