@@ -294,15 +294,17 @@ def model_numbers(positions: pd.DataFrame, by_distance: pd.DataFrame, motifs: pd
     for p in PREDICTIONS:
         numbers[p]["top_motif"] = motif_entry(mine[mine.prediction == p])
     numbers["top_motif"] = motif_entry(mine)
+    numbers["most_significant_motif"] = motif_entry(mine, by="p_value")
     numbers["n_positions"] = len(positions)
     return numbers
 
 
-def motif_entry(motifs: pd.DataFrame) -> dict | None:
-    """The most enriched of these (significant) k-mers, or None."""
+def motif_entry(motifs: pd.DataFrame, by: str = "log2_enrichment") -> dict | None:
+    """The most enriched (or, by="p_value", the most significant) of these k-mers, or None."""
     if motifs.empty:
         return None
-    best = motifs.sort_values(["log2_enrichment", "p_value"], ascending=[False, True]).iloc[0]
+    order = ["log2_enrichment", "p_value", "count_top"] if by == "log2_enrichment" else ["p_value", "log2_enrichment"]
+    best = motifs.sort_values(order, ascending=[c == "p_value" for c in order]).iloc[0]
     return {"prediction": best.prediction, "kmer": best.kmer, "k": int(best.k), "count_top": int(best.count_top),
             "count_all": int(best.count_all), "fold_enrichment": float(2 ** best.log2_enrichment),
             "p_adjusted": float(best.p_adjusted)}
@@ -310,16 +312,19 @@ def motif_entry(motifs: pd.DataFrame) -> dict | None:
 
 def reading(result: dict) -> str:
     t, r = result["trained"], result["random_init"]
-    motif = t["top_motif"]
-    motif_text = ("no codon k-mer significantly enriched at high-saliency positions" if motif is None else
-                  f"top motif {motif['kmer']} for the {motif['prediction'].replace('_', ' ')} prediction "
-                  f"({motif['fold_enrichment']:.1f}x enriched at top positions, {motif['count_top']} of "
-                  f"{motif['count_all']}, adjusted p={motif['p_adjusted']:.1g}; "
-                  f"{t['n_significant_kmers']} significant k-mers vs {r['n_significant_kmers']} random init and "
-                  f"{result['shuffled_positions']['n_significant_kmers_mean']:.1f} with shuffled positions)")
+
+    def motif_text(motif: dict | None) -> str:
+        if motif is None:
+            return "none significant"
+        return (f"{motif['kmer']} for {'<EOS_CDS>' if motif['prediction'] == 'eos' else 'the stop codon'} "
+                f"({motif['fold_enrichment']:.1f}x at top positions, {motif['count_top']} of {motif['count_all']}, "
+                f"adjusted p={motif['p_adjusted']:.1g})")
+
     return (f"<EOS_CDS> predictions put {t['eos']['ig_share_at_distance_0']:.0%} of their integrated-gradients "
             f"saliency on the stop codon itself (random init {r['eos']['ig_share_at_distance_0']:.0%}); "
-            f"{motif_text}; over {result['n_genes']} held-out genes")
+            f"top motif {motif_text(t['top_motif'])} (random init: {motif_text(r['top_motif'])}); "
+            f"{t['n_significant_kmers']} significant codon k-mers (random init {r['n_significant_kmers']}, shuffled "
+            f"positions {result['shuffled_positions']['n_significant_kmers_mean']:.1f}); {result['n_genes']} held-out genes")
 
 
 def draw_distance(by_distance: pd.DataFrame, window: int, out) -> None:
