@@ -177,6 +177,7 @@ def test_probe_linear_numbers(run):
     assert s["best_layer_accuracy"]["current_aa"]["random_init"] > 0.8
     assert s["majority_class"]["genome"] >= 0.5  # two genomes
     assert s["probe_test_positions"] < s["positions"]
+    assert all(0 <= v <= 1 for v in s["model_own_next_aa_accuracy"].values())
 
 
 def test_probe_positions_split_by_gene_and_seeded(run):
@@ -191,7 +192,8 @@ def test_probe_positions_split_by_gene_and_seeded(run):
     for g in np.unique(a.gene):  # a gene is all probe-train or all probe-test
         assert np.unique(a.is_test[a.gene == g]).size == 1
     assert all(1 <= t <= min(len(genes[g]) - 2, cfg.model.block_size - 1) for g, t in zip(a.gene, a.position, strict=True))
-    feats = probe_linear.residual_features(ctx, ctx.model, genes, a, "trained")
+    feats, predicted = probe_linear.residual_features(ctx, ctx.model, genes, a, "trained")
+    assert predicted.shape == a.position.shape and ((predicted >= 0) & (predicted < 68)).all()
     # the features are the residual stream at those positions: check one against a lone forward
     g, t = int(a.gene[5]), int(a.position[5])
     _, cache = ctx.model.run_with_cache(torch.from_numpy(genes[g][: cfg.model.block_size].astype(np.int64))[None],

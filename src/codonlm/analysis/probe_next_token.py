@@ -28,7 +28,7 @@ from codonlm.evaluate.perplexity import _aa_for
 from codonlm.io import save_figure, write_csv
 
 NAME = "probe_next_token"
-GENES_PER_GENOME = 40
+GENES_PER_GENOME = 30
 BATCH = 16
 KAZUSA_TABLE = "e_coli_316407"
 STARTS = ("ATG", "GTG", "TTG")
