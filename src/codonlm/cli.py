@@ -507,6 +507,8 @@ def add_stage2_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Long on purpose: one flat, declarative list of every subcommand and its arguments, read top to
+    # bottom like `codonlm --help`; no logic lives here.
     parser = argparse.ArgumentParser(prog="codonlm", description="Codon-level GPT for prokaryotic CDS.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
