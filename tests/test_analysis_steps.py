@@ -188,8 +188,8 @@ def test_batches_pad_and_group_by_length(ctx):
     assert (idx[1, 3:] == PAD).all() and seg[1].tolist() == [1, 1, 1] + [0] * 6
     assert pos[1, :3].tolist() == [10, 11, 12] and (pos[1, 3:] == 0).all()
     assert length_batches([5, 3, 9, 8], max_tokens=16) == [[1, 0], [3], [2]]
-    windows = draw_windows(ctx.cfg, "val", 3, 2, seed=0)
+    windows = draw_windows(ctx.split_path("val"), 3, 2, seed=0)
     assert 0 < windows.packed.sum() <= 3 and (~windows.packed).sum() <= 2
     assert all(windows.segment_ids[i].max() >= 2 for i in np.flatnonzero(windows.packed))
-    again = draw_windows(ctx.cfg, "val", 3, 2, seed=0)
+    again = draw_windows(ctx.split_path("val"), 3, 2, seed=0)
     assert (again.rows == windows.rows).all()  # seeded

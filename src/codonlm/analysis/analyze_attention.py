@@ -40,7 +40,7 @@ MEASURE_LABELS = {
 
 def run(ctx: AnalysisContext) -> dict:
     out = ctx.out_dir(NAME)
-    windows = draw_windows(ctx.cfg, "val", N_PACKED, N_OTHER, ctx.seed, salt=5, device=ctx.device)
+    windows = draw_windows(ctx.split_path("val"), N_PACKED, N_OTHER, ctx.seed, salt=5, device=ctx.device)
     tables, profiles, result = [], [], {}
     for label, model in progress(ctx.models().items(), desc=NAME, unit="model", disable=ctx.quiet):
         heads, profile, extra = head_statistics(model, windows)

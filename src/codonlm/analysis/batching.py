@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from codonlm.config import Config
 from codonlm.data.codons import PAD
 
 
@@ -90,13 +90,11 @@ class Windows:
             yield tok[:, :-1], tok[:, 1:], seg[:, :-1], pos[:, :-1]
 
 
-def draw_windows(cfg: Config, split: str, n_packed: int, n_other: int, seed: int, salt: int = 0,
+def draw_windows(split_npz: str | Path, n_packed: int, n_other: int, seed: int, salt: int = 0,
                  device: str | torch.device = "cpu") -> Windows:
     """A seeded draw of up to `n_packed` windows holding several CDS pieces (where genes could see
-    each other) and `n_other` of the rest, from the run's prepared split NPZ."""
-    from codonlm.data.loader import split_path
-
-    with np.load(split_path(cfg, split)) as z:
+    each other) and `n_other` of the rest, from a prepared split NPZ (the run's: `ctx.split_path`)."""
+    with np.load(split_npz) as z:
         tokens, segment_ids, positions = z["tokens"], z["segment_ids"], z["positions"]
     packed = segment_ids.max(axis=1) >= 2
     rng = np.random.default_rng([seed, salt])

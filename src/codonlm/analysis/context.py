@@ -43,13 +43,16 @@ class AnalysisContext:
         """{'trained': ..., 'random_init': ...}: loop over this to report both."""
         return {"trained": self.model, "random_init": self.random_model}
 
+    def split_path(self, name: str) -> Path:
+        """The run's own prepared split NPZ ('train', 'val', 'test'), checked against the run's record."""
+        from codonlm.data.layout import run_split_path
+
+        return run_split_path(self.cfg, self.run_id, name, runs_dir=self.run_dir.parent)
+
     def split(self, name: str) -> SplitGenes:
         """The genes of the run's prepared split ('train', 'val', 'test')."""
         if name not in self._splits:
-            from codonlm.data.layout import run_split_path
-
-            self._splits[name] = read_split_genes(run_split_path(self.cfg, self.run_id, name,
-                                                                 runs_dir=self.run_dir.parent))
+            self._splits[name] = read_split_genes(self.split_path(name))
         return self._splits[name]
 
     def out_dir(self, step: str) -> Path:
