@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="run id under --checkpoints-dir, or a .pt path")
     ap.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     ap.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
-    ap.add_argument("--lengths", type=int, nargs="+", default=[300, 1000])
+    ap.add_argument("--lengths", type=int, nargs="*", default=[300, 1000], help="gene lengths to time (none: skip)")
     ap.add_argument("--methods", nargs="+", default=["exact", "local"], choices=["exact", "local"])
     ap.add_argument("--every", type=int, default=1, help="scan every K-th position (time extrapolated)")
     ap.add_argument("--old-positions", type=int, default=12, help="positions for the old-vs-new peer (0: skip)")
