@@ -259,6 +259,8 @@ def stage2_section(run_id: str, reports_dir: Path) -> str:
     if summary.get("embedding"):
         parts.append("<h3>Embedding</h3>")
         parts.append(table(["", "value"], [[" / ".join(k), v] for k, v in _flatten(summary["embedding"])]))
+    for item in summary.get("skipped") or []:
+        parts.append(note("missing", f"skipped: {esc(item)}"))
     for png in sorted(folder.glob("*.png")):
         parts.append(figure(png))
     parts.append("</section>")
