@@ -279,7 +279,7 @@ def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path) -> None:
     a.set_ylim(min(eos[["p_eos_after_stop", "p_eos_elsewhere"]].min().min() / 3, 1e-3), 1.5)
     a.set_ylabel("mean P(<EOS_CDS>) (log scale)")
     a.set_title("Does the model end the gene at the stop codon?")
-    a.legend(fontsize=8, loc="lower left")
+    a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     cats = list(starts["codon"])
     x = np.arange(len(cats))
     cols = [c for c in starts.columns if c != "codon"]
@@ -289,7 +289,7 @@ def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path) -> None:
     b.set_xticks(x, cats)
     b.set_ylabel("probability of the first codon")
     b.set_title("First codon after <BOS_CDS>: model vs genomes")
-    b.legend(fontsize=8, loc="upper right")
+    b.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -136,68 +136,69 @@ def data_table(prepare_report: dict) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def run_section(run_id: str, run_dir: Path, record: dict, scores_dir: Path) -> str:
-    parts = ['<section id="run"><h2>Run summary</h2>']
+def figure_if_any(path: Path) -> str:
+    return figure(path) if path.is_file() else ""
+
+
+def config_part(run_dir: Path, record: dict) -> str:
     yaml = record.get("config_yaml")
     if not yaml and (run_dir / "config.yaml").is_file():
         yaml = (run_dir / "config.yaml").read_text()
-    parts.append("<h3>Config</h3>")
-    if yaml:
-        import yaml as pyyaml
+    if not yaml:
+        return "<h3>Config</h3>" + note("missing", "no config found (runs/&lt;RUN_ID&gt;/config.yaml or analysis/run.json)")
+    import yaml as pyyaml
 
-        cfg = pyyaml.safe_load(yaml)
-        m, t = cfg.get("model", {}), cfg.get("train", {})
-        rows = [["model", f"{m.get('n_layer')} layers, {m.get('n_head')} heads, width {m.get('n_embd')}, "
-                          f"window {m.get('block_size')} tokens, per-CDS mask {m.get('sep_mask_enabled')}"],
-                ["parameters", record.get("n_params")],
-                ["genomes", ", ".join(d["name"] for d in cfg.get("data", {}).get("datasets", []))],
-                ["training", f"{t.get('epochs')} epoch(s), batch {t.get('batch_size')}, lr {t.get('lr')}, "
-                             f"{t.get('optimizer')}"],
-                ["checkpoint", f"{record.get('checkpoint', '–')} (sha256 {str(record.get('checkpoint_sha256', '–'))[:16]}…)"]]
-        parts.append(table(["setting", "value"], rows))
-        parts.append(f"<details><summary>full config</summary><pre>{esc(yaml)}</pre></details>")
-    else:
-        parts.append(note("missing", "no config found (runs/&lt;RUN_ID&gt;/config.yaml or analysis/run.json)"))
+    cfg = pyyaml.safe_load(yaml)
+    m, t = cfg.get("model", {}), cfg.get("train", {})
+    rows = [["model", f"{m.get('n_layer')} layers, {m.get('n_head')} heads, width {m.get('n_embd')}, "
+                      f"window {m.get('block_size')} tokens, per-CDS mask {m.get('sep_mask_enabled')}"],
+            ["parameters", record.get("n_params")],
+            ["genomes", ", ".join(d["name"] for d in cfg.get("data", {}).get("datasets", []))],
+            ["training", f"{t.get('epochs')} epoch(s), batch {t.get('batch_size')}, lr {t.get('lr')}, {t.get('optimizer')}"],
+            ["checkpoint", f"{record.get('checkpoint', '–')} (sha256 {str(record.get('checkpoint_sha256', '–'))[:16]}…)"]]
+    return ("<h3>Config</h3>" + table(["setting", "value"], rows)
+            + f"<details><summary>full config</summary><pre>{esc(yaml)}</pre></details>")
 
-    parts.append("<h3>Data</h3>")
+
+def data_part(run_id: str, run_dir: Path) -> str:
     prep = read_json(run_dir / "pipeline_prepare.json")
-    if prep:
-        parts.append(f"<p>{fmt(prep.get('kept_cds'))} CDS kept from {len(prep.get('datasets', {}))} genomes; "
-                     "genes are split by protein (identical proteins never straddle splits).</p>")
-        parts.append(table(*data_table(prep)))
-    else:
-        parts.append(note("missing", f"not run yet: no pipeline_prepare.json (<code>codonlm prepare -c CONFIG "
-                                     f"--run-id {esc(run_id)}</code>)"))
+    if not prep:
+        return "<h3>Data</h3>" + note("missing", "not run yet: no pipeline_prepare.json (<code>codonlm prepare "
+                                                 f"-c CONFIG --run-id {esc(run_id)}</code>)")
+    return (f"<h3>Data</h3><p>{fmt(prep.get('kept_cds'))} CDS kept from {len(prep.get('datasets', {}))} genomes; "
+            "genes are split by protein (identical proteins never straddle splits).</p>" + table(*data_table(prep)))
 
-    parts.append("<h3>Held-out evaluation (test genes) vs baselines</h3>")
+
+def heldout_part(run_id: str, run_dir: Path) -> str:
     metrics = read_json(run_dir / "evaluate" / "metrics.json")
-    if metrics:
-        rows = [["TinyGPT (this run)", metrics["model"]["perplexity"], metrics["model"]["loss"],
-                 metrics["model"].get("top1_accuracy"), metrics["model"].get("aa_accuracy")]]
-        rows += [[f"baseline: {k}", v["perplexity"], v["loss"], None, None] for k, v in metrics["baselines"].items()]
-        parts.append(f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(metrics['model'].get('n_targets'))} "
-                     "predicted codons.</p>")
-        parts.append(table(["model", "perplexity", "loss (nats)", "top-1 accuracy", "amino-acid accuracy"], rows))
-        per_genome = run_dir / "evaluate" / "per_dataset.png"
-        if per_genome.is_file():
-            parts.append(figure(per_genome))
-    else:
-        parts.append(note("missing", f"not run yet: <code>codonlm evaluate {esc(run_id)}</code>"))
+    head = "<h3>Held-out evaluation (test genes) vs baselines</h3>"
+    if not metrics:
+        return head + note("missing", f"not run yet: <code>codonlm evaluate {esc(run_id)}</code>")
+    model = metrics["model"]
+    rows = [["TinyGPT (this run)", model["perplexity"], model["loss"], model.get("top1_accuracy"),
+             model.get("aa_accuracy")]]
+    rows += [[f"baseline: {k}", v["perplexity"], v["loss"], None, None] for k, v in metrics["baselines"].items()]
+    return (head + f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(model.get('n_targets'))} predicted codons.</p>"
+            + table(["model", "perplexity", "loss (nats)", "top-1 accuracy", "amino-acid accuracy"], rows)
+            + figure_if_any(run_dir / "evaluate" / "per_dataset.png"))
 
-    parts.append("<h3>Prefix generation</h3>")
+
+def generation_part(run_id: str, scores_dir: Path) -> str:
     gen = read_json(scores_dir / "gen_prefix" / "summary.json")
-    if gen:
-        rows = [[r.get(c) for c in GENERATION_COLUMNS] for r in gen.get("summary", []) if r.get("genome") == "all"]
-        parts.append(f"<p>{fmt(gen.get('n_prompts'))} held-out genes prompted with their first "
-                     f"{fmt(gen.get('settings', {}).get('prompt_codons'))} codons; 'real' = the real genes.</p>")
-        parts.append(table(list(GENERATION_COLUMNS), rows))
-        png = scores_dir / "gen_prefix" / "temperature_tradeoff.png"
-        if png.is_file():
-            parts.append(figure(png))
-    else:
-        parts.append(note("missing", f"not run yet: <code>codonlm generate-prefix {esc(run_id)}</code>"))
-    parts.append("</section>")
-    return "\n".join(parts)
+    if not gen:
+        return "<h3>Prefix generation</h3>" + note("missing", f"not run yet: <code>codonlm generate-prefix "
+                                                             f"{esc(run_id)}</code>")
+    rows = [[r.get(c) for c in GENERATION_COLUMNS] for r in gen.get("summary", []) if r.get("genome") == "all"]
+    return (f"<h3>Prefix generation</h3><p>{fmt(gen.get('n_prompts'))} held-out genes prompted with their first "
+            f"{fmt(gen.get('settings', {}).get('prompt_codons'))} codons; 'real' = the real genes.</p>"
+            + table(list(GENERATION_COLUMNS), rows)
+            + figure_if_any(scores_dir / "gen_prefix" / "temperature_tradeoff.png"))
+
+
+def run_section(run_id: str, run_dir: Path, record: dict, scores_dir: Path) -> str:
+    parts = [config_part(run_dir, record), data_part(run_id, run_dir), heldout_part(run_id, run_dir),
+             generation_part(run_id, scores_dir)]
+    return '<section id="run"><h2>Run summary</h2>' + "\n".join(parts) + "</section>"
 
 
 def step_section(run_id: str, run_dir: Path, index: int, step: str) -> str:
@@ -259,6 +260,8 @@ def stage2_section(run_id: str, reports_dir: Path) -> str:
     if summary.get("embedding"):
         parts.append("<h3>Embedding</h3>")
         parts.append(table(["", "value"], [[" / ".join(k), v] for k, v in _flatten(summary["embedding"])]))
+    for item in summary.get("skipped") or []:
+        parts.append(note("missing", f"skipped: {esc(item)}"))
     for png in sorted(folder.glob("*.png")):
         parts.append(figure(png))
     parts.append("</section>")

@@ -56,7 +56,7 @@ def _sample_scores(ctx: AnalysisContext) -> dict[str, dict]:
     return out
 
 
-def _plot_curve(curves: pd.DataFrame, path: Path, run_id: str) -> None:
+def _plot_curve(curves: pd.DataFrame, path: Path, run_id: str, random_init_loss: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,9 +66,12 @@ def _plot_curve(curves: pd.DataFrame, path: Path, run_id: str) -> None:
     style = {"marker": "o"} if len(curves) < 30 else {}
     ax.plot(curves["step"], curves["train_loss"], label="train loss (epoch mean)", **style)
     ax.plot(curves["step"], curves["val_loss"], label="validation loss", **style)
+    ax.axhline(math.log(65), color="k", ls=":", lw=1, label="uniform over 65 targets")
+    ax.axhline(random_init_loss, color="tab:grey", ls="--", lw=1, label="random init (test sample)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats per codon)")
-    ax.set_title(f"Training curve of {run_id}")
+    ax.set_xlim(0, curves["step"].max() * 1.05)
+    ax.set_title(f"Training curve of {run_id}\n(one point per epoch: {len(curves)} in curves.csv)", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     save_figure(fig, path)
 
@@ -114,7 +117,7 @@ def run(ctx: AnalysisContext) -> dict:
     if curves_path.is_file():
         curves = pd.read_csv(curves_path)
         write_csv(curves, out / "curve.csv")
-        _plot_curve(curves, out / "curve.png", ctx.run_id)
+        _plot_curve(curves, out / "curve.png", ctx.run_id, math.log(sample["random_init"]["perplexity"]))
         curve = {"points": len(curves), "last_step": int(curves["step"].iloc[-1]),
                  "final_train_loss": float(curves["train_loss"].iloc[-1]),
                  "best_val_loss": float(curves["val_loss"].min())}
