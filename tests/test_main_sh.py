@@ -95,7 +95,7 @@ def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, m
     assert _files(cfg, f"{stem}-2", skip_log=True) == before  # not even rewritten
 
     last = Path(cfg.outputs.out_dir) / stem / "last.pt"
-    assert main(["pipeline", "-r", str(last)]) == 0  # -r alone: that checkpoint's run, with its config
+    assert main(["pipeline", "-r", str(last), *ONLY_CORE]) == 0  # -r alone: that checkpoint's run, with its config
     out = capsys.readouterr().out
     assert f"=== codonlm run {stem} " in out and "differs" not in out and "tiny_cpu" not in out
     assert set(_summary(out).values()) == {"skipped"}

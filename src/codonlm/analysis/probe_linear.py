@@ -198,6 +198,10 @@ def run(ctx: AnalysisContext) -> dict:
     genes = [test.genes[g] for g in picked]
     genome = test.groups[picked].astype(np.int64)
     probes = sample_positions(ctx, genes, genome)
+    if probes.is_test.all() or not probes.is_test.any():
+        from codonlm.analysis.runner import StepNotRun
+
+        raise StepNotRun(f"too few held-out genes ({len(genes)}) to split into probe-train and probe-test genes")
     features, own_next_aa = {}, {}
     for label, m in ctx.models().items():
         features[label], predicted = residual_features(ctx, m, genes, probes, label)
