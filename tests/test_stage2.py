@@ -371,3 +371,31 @@ def test_pairs_stay_together_in_the_split_and_in_platt_calibration():
     _, results, _ = fit_models(cfg, data.take(tr), data.take(te), log=lambda _m: None)
     assert results["probe_logreg"]["roc_auc"] > 0.6
     assert results["probe_svm"]["roc_auc"] > 0.6
+
+
+@pytest.mark.parametrize("n_classes, present", [(2, 2), (4, 4), (5, 3)])
+def test_metrics_equal_scikit_learn_and_intervals_hold_them(n_classes, present):
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    from codonlm.stage2.metrics import classification_metrics
+
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, present, 300)
+    proba = rng.dirichlet(np.ones(n_classes), 300)
+    proba[np.arange(300), y] += 0.3
+    proba /= proba.sum(1, keepdims=True)
+    classes = [f"c{i}" for i in range(n_classes)]
+    m = classification_metrics(np.array(classes)[y], proba, classes, n_boot=300, seed=1)
+    pred = proba.argmax(1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    if n_classes == 2:
+        assert m["roc_auc"] == pytest.approx(roc_auc_score(y, proba[:, 1]))
+    else:  # one-vs-rest, macro over the classes present in the labels
+        ovr = [roc_auc_score(y == k, proba[:, k]) for k in range(present)]
+        assert m["roc_auc"] == pytest.approx(np.mean(ovr))
+        if present == n_classes:
+            assert m["roc_auc"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr"))
+    for key in ("accuracy", "macro_f1", "roc_auc"):
+        lo, hi = m[f"{key}_ci"]
+        assert lo < m[key] < hi and hi - lo < 0.2

@@ -1,6 +1,7 @@
 """Classifier metrics with bootstrap confidence intervals, and the figures people read them from.
 
-Accuracy, macro-F1 (every class weighs the same, whatever its size) and ROC-AUC (binary: of the second
+Accuracy, macro-F1 (every class weighs the same, whatever its size; classes absent from both the labels and
+the predictions are left out, as scikit-learn does) and ROC-AUC (binary: of the second
 class; multiclass: one-vs-rest, macro over the classes present) are computed by one vectorised function, on the test
 set itself for the point value and on `n_boot` resamples of it (seeded) for the percentile 95% interval.
 The interval is the test-set sampling noise only, not the variance of refitting the model.
@@ -25,13 +26,14 @@ def _scores(true: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> dict[str, n
     K = proba.shape[1]
     t, p = true[idx], proba[idx]  # [B, n], [B, n, K]
     pred = p.argmax(-1)
-    f1 = []
+    f1, seen = [], []  # macro over the classes in the true labels or the predictions (scikit-learn's default)
     for k in range(K):
         tp = ((t == k) & (pred == k)).sum(1)
         fp = ((t != k) & (pred == k)).sum(1)
         fn = ((t == k) & (pred != k)).sum(1)
         denom = 2 * tp + fp + fn
         f1.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+        seen.append(denom > 0)
     aucs = []
     for k in [1] if K == 2 else range(K):
         pos = t == k
@@ -42,7 +44,8 @@ def _scores(true: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> dict[str, n
     aucs = np.array(aucs)  # [classes scored, B]; NaN where a resample lacks positives or negatives
     scored = ~np.isnan(aucs)
     roc = np.where(scored.any(0), np.nansum(aucs, 0) / np.maximum(scored.sum(0), 1), np.nan)
-    return {"accuracy": (pred == t).mean(1), "macro_f1": np.mean(f1, axis=0), "roc_auc": roc}
+    macro_f1 = np.sum(f1, axis=0) / np.maximum(np.sum(seen, axis=0), 1)
+    return {"accuracy": (pred == t).mean(1), "macro_f1": macro_f1, "roc_auc": roc}
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str], n_boot: int = 1000,

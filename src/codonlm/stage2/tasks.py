@@ -6,8 +6,9 @@ and the generated genes from prefix generation (`gen_prefix/samples.csv`), promp
 
 Files written to `data_dir` (a folder of the run's stage-2 reports):
 
-    heldout.csv   id, seq, genome, domain, gravy, hydropathy, protein_group, split: the val and test genes (all, or a seeded
-                  draw of at most `heldout_per_genome` per genome and split that keeps every prompt gene)
+    heldout.csv   id, seq, genome, domain, gravy, hydropathy, protein_group, split: the val and test genes
+                  (all, or a seeded draw of at most `heldout_per_genome` per genome and split that keeps
+                  every prompt gene)
                   - genome: the dataset the gene came from (7 genomes in the default corpus)
                   - domain: Bacteria or Archaea, read from the GenBank lineage (ORGANISM) of the genome
                   - hydropathy: Kyte-Doolittle GRAVY of the encoded protein in tertiles over these genes
