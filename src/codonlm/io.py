@@ -165,20 +165,29 @@ class SplitGenes:
         return [int(i) for i in np.flatnonzero(self.groups == d)]
 
 
+def read_npz(path: str | Path, required: tuple[str, ...], missing_hint: str, wrong_hint: str,
+             unreadable_hint: str) -> dict[str, np.ndarray]:
+    """Every array of an NPZ (never unpickled), or a one-line UserError: no file, an array missing, unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{missing_hint.format(path=path)}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in required if k not in data]
+            if missing:
+                raise UserError(f"{path}: no '{missing[0]}' array; {wrong_hint}")
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: unreadable ({str(exc)[:100]}); {unreadable_hint}") from None
+
+
 def read_split_genes(path: str | Path) -> SplitGenes:
     """The genes of a prepared split NPZ; one line naming the file and what to run when it is unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"prepared data not found: {path}; run 'codonlm prepare -c CONFIG' for this run's config")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in SPLIT_GENE_ARRAYS if k not in data]
-            if missing:
-                raise UserError(f"{path}: no '{missing[0]}' array (prepared by an older version); "
-                                "re-run 'codonlm prepare --force'")
-            arrays = {k: data[k] for k in SPLIT_GENE_ARRAYS}
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{path}: unreadable prepared data ({str(exc)[:100]}); re-run 'codonlm prepare'") from None
+    arrays = read_npz(path, SPLIT_GENE_ARRAYS,
+                      "prepared data not found: {path}; run 'codonlm prepare -c CONFIG' for this run's config",
+                      "prepared by an older version; re-run 'codonlm prepare --force'",
+                      "re-run 'codonlm prepare'")
     tokens, offsets = arrays["gene_tokens"], arrays["gene_offsets"]
     genes = [tokens[offsets[g] : offsets[g + 1]] for g in range(len(offsets) - 1)]
     return SplitGenes(path=path, genes=genes, groups=np.asarray(arrays["gene_dataset"]),

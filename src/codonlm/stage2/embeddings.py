@@ -35,7 +35,7 @@ import numpy as np
 from codonlm.data.codons import PAD, encode
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows
-from codonlm.io import atomic_path, sha256_file
+from codonlm.io import atomic_path, read_npz, sha256_file
 from codonlm.log import log as default_log
 from codonlm.log import progress
 
@@ -218,16 +218,9 @@ def save_embeddings(path: str | Path, emb: EmbeddingFile) -> None:
 def load_embeddings(path: str | Path) -> EmbeddingFile:
     """An embeddings NPZ written by extract_embeddings (read without pickle)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"embeddings not found: {path}; make them with 'python -m scripts.extract_embeddings'")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in NPZ_KEYS if k not in data]
-            if missing:
-                raise UserError(f"{path}: no '{missing[0]}' array; not an embeddings file from extract_embeddings")
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{path}: unreadable NPZ ({str(exc)[:100]}); re-run extract_embeddings") from None
+    arrays = read_npz(path, NPZ_KEYS,
+                      "embeddings not found: {path}; make them with 'python -m scripts.extract_embeddings'",
+                      "not an embeddings file from extract_embeddings", "re-run extract_embeddings")
     return EmbeddingFile(
         path=path, ids=[str(i) for i in arrays["ids"]], embeddings=arrays["embeddings"],
         run_id=str(arrays["run_id"]), layer=str(arrays["layer"]), pool=str(arrays["pool"]),
