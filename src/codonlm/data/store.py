@@ -60,11 +60,6 @@ class Spill:
         if self._rows_on_disk and self._buffer:
             self._spill()
 
-    def persist(self) -> None:
-        """Everything on disk (even a small column), so another process can read it back."""
-        if self._buffer or not self._rows_on_disk:
-            self._spill()
-
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.rows, *self.row_shape)
@@ -109,11 +104,6 @@ class TextSpill:
             fh.write("".join(self._lines))
         self._on_disk = True
         self._lines, self._buffered = [], 0
-
-    def persist(self) -> None:
-        """Everything on disk, so another process can read it back."""
-        if self._lines or not self._on_disk:
-            self._spill()
 
     def read(self) -> np.ndarray:
         if self._on_disk:
