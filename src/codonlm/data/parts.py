@@ -1,16 +1,17 @@
 """One config dataset's NPZs (a "part"), built from its input files by parallel worker processes.
 
 A unit of work is one input file: a worker extracts its CDS, gives each gene its split (a seeded
-hash of the protein), packs the split's windows and spills them to disk. One writer, the calling
-process, then lays a dataset's units end to end in file order into the part's
-{train,val,test}.npz. A unit's output depends only on its file and the settings, so the bytes are
-the same for 1 or N workers and whatever order the workers finish in.
+hash of the protein), packs the split's windows and writes them as the file's own
+{train,val,test}.npz. The calling process then makes the dataset's part from its files' NPZs in
+file order (a rename for a dataset of one file). A unit's output depends only on its file and the
+settings, so the bytes are the same for 1 or N workers and whatever order the workers finish in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import shutil
 import sys
 import threading
@@ -39,7 +40,7 @@ from codonlm.data.store import (
     write_npz_streaming,
 )
 from codonlm.errors import UserError
-from codonlm.io import write_json
+from codonlm.io import sha256_file, write_json
 
 _RENDER_EVERY = 2048  # windows
 _COUNTS = ("genes", "windows", "target_tokens", "covered_targets", "lost_targets", "pad_tokens", "pad_only_windows",
@@ -138,11 +139,11 @@ class SplitSink:
         self.positions.append(batch.positions)
 
     def close(self) -> None:
-        """Pack what is left and put every column on disk: the sink can then be read in another process."""
+        """Pack what is left; the columns can then be read back (SinkSource)."""
         self.pending.extend(self.packer.flush())
         self._render()
-        for spill in (self.tokens, self.segments, self.positions, self.gene_flat, self.gene_lengths, self.names):
-            spill.persist()
+        for spill in (self.tokens, self.segments, self.positions, self.gene_flat, self.gene_lengths):
+            spill.flush()
 
     def counts(self) -> dict:
         return {"genes": self.genes, "windows": self.tokens.rows, "target_tokens": self.target_tokens,
@@ -255,7 +256,8 @@ class UnitSettings:
 @dataclass(frozen=True)
 class Unit:
     path: str
-    folder: Path  # where its spills go
+    dataset: str
+    folder: Path  # where its spills and NPZs go
     settings: UnitSettings
     size: int  # uncompressed bytes, for the progress bar
 
@@ -263,17 +265,18 @@ class Unit:
 @dataclass
 class UnitResult:
     stats: ExtractionStats
-    sinks: dict[str, SplitSink]  # closed: everything on disk
+    counts: dict[str, dict]  # SplitSink.counts() per split
+    files: dict[str, dict]  # per split: {"sha256", "bytes"} of the unit's NPZ
     proteins: dict[str, np.ndarray]  # uint64 hash of each distinct protein, per split
     seconds: float
 
 
 def build_unit(unit: Unit) -> UnitResult:
-    """Extract, split and pack one input file (runs in a worker process)."""
+    """Extract, split and pack one input file into unit.folder/{train,val,test}.npz (in a worker process)."""
     t0 = time.perf_counter()
     s = unit.settings
     stats = ExtractionStats()
-    sinks = {split: SplitSink(unit.folder / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
+    sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
     proteins: dict[str, list[int]] = {split: [] for split in SPLITS}
     for batch in extract_file_records(unit.path, s.min_len, s.transl_table, stats):  # one record at a time
         genes = [batch.ids[a:b] for a, b in zip(batch.offsets, batch.offsets[1:], strict=False)]
@@ -285,10 +288,16 @@ def build_unit(unit: Unit) -> UnitResult:
             by_split[split].append(i)
         for split, members in by_split.items():
             sinks[split].add_genes([genes[i] for i in members], [names[i] for i in members])
-    for sink in sinks.values():
+    files = {}
+    for split, sink in sinks.items():
         sink.close()
+        path = unit.folder / f"{split}.npz"
+        concatenate_npz(path, [SinkSource(sink)], [0], [unit.dataset], s.window)
+        files[split] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    shutil.rmtree(unit.folder / "spill", ignore_errors=True)
     distinct = {split: np.unique(np.array(h, dtype=np.uint64)) for split, h in proteins.items()}
-    return UnitResult(stats, sinks, distinct, time.perf_counter() - t0)
+    return UnitResult(stats, {split: sink.counts() for split, sink in sinks.items()}, files, distinct,
+                      time.perf_counter() - t0)
 
 
 def _pool_context():
@@ -342,8 +351,8 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
     Each part is written into a temporary folder and renamed into place when complete.
     """
     stagings = {plan.key.key: staging_dir(part_dir(root, plan.key.key)) for plan in plans}
-    units = [Unit(i["path"], stagings[plan.key.key] / "units" / str(j), plan.settings, i["uncompressed_bytes"])
-             for plan in plans for j, i in enumerate(plan.inputs)]
+    units = [Unit(i["path"], plan.spec.name, stagings[plan.key.key] / "units" / str(j), plan.settings,
+                  i["uncompressed_bytes"]) for plan in plans for j, i in enumerate(plan.inputs)]
     try:
         with unit_results(units, workers) as result:  # the pool starts before the progress bar's thread
             progress = tqdm(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,
@@ -352,7 +361,7 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
             for plan in plans:
                 part = []
                 for _ in plan.inputs:
-                    part.append(result(done))
+                    part.append((units[done].folder, result(done)))
                     progress.update(units[done].size)
                     done += 1
                 _write_part(stagings[plan.key.key], plan, part, log)
@@ -363,8 +372,11 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_part(staging: Path, plan: PartPlan, results: list[UnitResult], log: Callable[[str], None]) -> None:
+def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResult]],
+                log: Callable[[str], None]) -> None:
+    """The part's NPZs from its files' (in file order), its report and manifest, in `staging`."""
     name = plan.spec.name
+    results = [r for _, r in units]
     stats = ExtractionStats()
     for r in results:
         stats.merge(r.stats)
@@ -374,12 +386,16 @@ def _write_part(staging: Path, plan: PartPlan, results: list[UnitResult], log: C
         raise UserError(f"dataset '{name}': no CDS kept from {', '.join(plan.spec.files)} "
                         f"(dropped: {stats.as_dict()['dropped']}); check the files or lower min_len")
     window = plan.settings.window
-    splits = {}
+    known = {}
     for split in SPLITS:
-        sinks = [r.sinks[split] for r in results]
-        concatenate_npz(staging / f"{split}.npz", [SinkSource(s) for s in sinks], [0] * len(sinks), [name], window)
-        splits[split] = summarise([s.counts() for s in sinks], window)
+        if len(units) == 1:  # the file's NPZ is the dataset's
+            os.replace(units[0][0] / f"{split}.npz", staging / f"{split}.npz")
+            known[f"{split}.npz"] = results[0].files[split]
+        else:
+            sources = [NpzSource(folder / f"{split}.npz") for folder, _ in units]
+            concatenate_npz(staging / f"{split}.npz", sources, [0] * len(sources), [name], window)
     shutil.rmtree(staging / "units")
+    splits = {split: summarise([r.counts[split] for r in results], window) for split in SPLITS}
     report = {
         "inputs": plan.inputs,
         "extraction": stats.as_dict(),
@@ -388,6 +404,6 @@ def _write_part(staging: Path, plan: PartPlan, results: list[UnitResult], log: C
         "seconds": round(sum(r.seconds for r in results), 3),  # worker time, summed over its files
     }
     write_json(staging / "part.json", {"key": plan.key.key, "description": plan.key.description, "report": report})
-    write_manifest(staging, {"key": plan.key.key, "dataset": name})
+    write_manifest(staging, {"key": plan.key.key, "dataset": name}, known)
     log(f"[prepare] {name}: kept {stats.kept} of {stats.cds_features} CDS (dropped {stats.as_dict()['dropped_total']}), "
         + ", ".join(f"{s} {splits[s]['genes']} genes/{splits[s]['windows']} windows" for s in SPLITS))

@@ -60,11 +60,6 @@ class Spill:
         if self._rows_on_disk and self._buffer:
             self._spill()
 
-    def persist(self) -> None:
-        """Everything on disk (even a small column), so another process can read it back."""
-        if self._buffer or not self._rows_on_disk:
-            self._spill()
-
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.rows, *self.row_shape)
@@ -110,11 +105,6 @@ class TextSpill:
         self._on_disk = True
         self._lines, self._buffered = [], 0
 
-    def persist(self) -> None:
-        """Everything on disk, so another process can read it back."""
-        if self._lines or not self._on_disk:
-            self._spill()
-
     def read(self) -> np.ndarray:
         if self._on_disk:
             self._spill()
@@ -157,14 +147,19 @@ def whole(arr: np.ndarray) -> tuple[np.dtype, tuple[int, ...], list[np.ndarray]]
 
 
 def _read_rows(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...], rows_per_chunk: int):
-    """Rows of a raw C-order array stored at `offset` in a file, read `rows_per_chunk` at a time."""
+    """Rows of a raw C-order array stored at `offset` in a file, read `rows_per_chunk` at a time.
+
+    Every chunk is a view of one buffer, valid until the next is read: the consumers write each
+    chunk out at once, and a reused buffer keeps the heap from growing with the number of chunks.
+    """
     row_items = int(np.prod(shape[1:], dtype=np.int64))
+    buffer = np.empty(min(rows_per_chunk, shape[0]) * row_items, dtype=dtype)
     with open(path, "rb") as fh:
         fh.seek(offset)
         for start in range(0, shape[0], rows_per_chunk):
             rows = min(rows_per_chunk, shape[0] - start)
-            chunk = np.fromfile(fh, dtype=dtype, count=rows * row_items)
-            if chunk.size != rows * row_items:
+            chunk = buffer[: rows * row_items]
+            if fh.readinto(chunk.view(np.uint8)) != chunk.nbytes:
                 raise EOFError(f"{path}: ends inside an array")
             yield chunk.reshape(rows, *shape[1:])
 
