@@ -21,6 +21,7 @@ from pathlib import Path
 
 from codonlm.config import Config, config_sha256, load_config, parse_config
 from codonlm.errors import UserError
+from codonlm.headlines import headline_lines
 from codonlm.log import log
 from codonlm.log import quiet as log_quiet
 from codonlm.provenance import checksums, mark_stage_done, read_stamp, snapshot, stage_is_done
@@ -47,6 +48,11 @@ class RunContext:
     @property
     def checkpoints(self) -> Path:
         return Path(self.cfg.outputs.out_dir) / self.run_id
+
+    @property
+    def reports(self) -> Path:
+        """Where stage 2 writes (outputs/reports/<RUN_ID>/stage2/; not a config key in the manual)."""
+        return Path("outputs/reports")
 
     @property
     def scores(self) -> Path:
@@ -93,7 +99,7 @@ STAGES = [
           lambda r: [r.run_dir / "analysis"],
           lambda r: {"saliency_window": r.cfg.outputs.saliency_window, "saliency_top": r.cfg.outputs.saliency_top}),
     Stage("stage2", lambda r: ["stage2", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
-          lambda r: [Path("outputs/reports") / r.run_id / "stage2"]),
+          lambda r: [r.reports / r.run_id / "stage2"]),
     Stage("report", lambda r: ["report", r.run_id], lambda r: [r.run_dir / "report.html"]),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
@@ -203,5 +209,7 @@ def run_pipeline(config_path: str | None = None, run_id: str | None = None, resu
             f"{ctx.scores})")
         rows, code = run_stages(ctx, only, again)
         for line in summary_lines(run_id, rows, time.perf_counter() - t0):
+            log(line)
+        for line in headline_lines(run_id, ctx.run_dir, ctx.checkpoints, ctx.scores, ctx.reports):
             log(line)
     return code
