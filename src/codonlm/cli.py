@@ -11,6 +11,8 @@ from pathlib import Path
 from codonlm.errors import TrainingDiverged, UserError
 
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
+AMP_HELP = ("bf16 autocast, slightly less exact; faster or slower than fp32 depending on the CPU (native bf16 "
+            "helps; without it, 4-5x slower measured); training's 'amp: auto' times both")
 
 
 class _Tee:
@@ -269,7 +271,7 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transl-table", type=int, default=11, help="NCBI genetic code (default: %(default)s)")
     p.add_argument("--stride", type=int, help="score/mutate: window advance for genes longer than block_size "
                    "(default block_size/4, as evaluate)")
-    p.add_argument("--amp", action="store_true", help="score under bf16 autocast (faster where bf16 is native)")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     m = p.add_argument_group("mutate (every single-codon substitution)")
     m.add_argument("--llr", choices=["exact", "local"], default="exact",
                    help="exact: whole mutant gene vs wild type; local: only the mutated codon's own term (fast)")
@@ -400,7 +402,7 @@ def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> No
 def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size "
                    "(default block_size/4; 1 = every codon with the full window as context)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast: about 2x faster on CPU, slightly less exact")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
 
 
 def _workers(text: str) -> int | str:
@@ -466,7 +468,7 @@ def add_stage2_commands(sub) -> None:
                    help="skip and count bad records instead of stopping")
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size (default block/2)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (faster only with native bf16 CPUs or GPUs)")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
