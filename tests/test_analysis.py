@@ -48,7 +48,7 @@ def run(tmp_path_factory):
     folder = run_dir(cfg, "tiny")
     prepare(cfg, run_dir=folder, show_progress=False)
     snapshot(cfg, folder)
-    train(cfg, "tiny", log=lambda _msg: None)
+    train(cfg, "tiny")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CODONLM_TEED", "1")  # no tee of the test's stdout into the run log
         assert main(["analyze", "tiny", "--checkpoints-dir", cfg.outputs.out_dir, "--steps", *MINE, "--quiet"]) == 0

@@ -32,7 +32,7 @@ def ctx(tmp_path_factory):
     raw["model"].update(dropout=0.0)
     cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, "tiny", log=lambda _msg: None)
+    train(cfg, "tiny")
     return load_context("tiny", checkpoints_dir=cfg.outputs.out_dir, runs_dir=cfg.outputs.runs_dir, quiet=True)
 
 

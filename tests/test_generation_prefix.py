@@ -45,7 +45,7 @@ def run(tmp_path_factory):
     raw["model"].update(n_layer=1, dropout=0.0)
     cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, "tiny", log=lambda _msg: None)
+    train(cfg, "tiny")
     return tmp, cfg
 
 

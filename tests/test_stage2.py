@@ -65,7 +65,7 @@ def run(tmp_path_factory):
     raw["model"].update(n_layer=2, dropout=0.0, block_size=48)  # genes are longer: embeddings must slide
     cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, RUN, log=lambda _msg: None)
+    train(cfg, RUN)
     run_prefix_generation(RUN, checkpoints_dir=cfg.outputs.out_dir, prompt_codons=5, per_genome=8,
                           temperatures=(1.0,), max_codons=60, show_progress=False,
                           out_dir=str(tmp / "outputs" / "scores" / RUN / "gen_prefix"))
@@ -336,12 +336,10 @@ def test_heldout_pool_is_a_seeded_capped_draw_that_keeps_the_prompts(run):
     tmp, cfg = run
     test = read_split_genes(run_split_path(cfg, RUN, "test"))
     prompt = test.names[test.of_dataset(1)[-1]]
-    table, info = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4,
-                                log=lambda _m: None)
+    table, info = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4)
     assert prompt in set(table["id"])
     assert table.groupby(["genome", "split"]).size().tolist() == [3, 3, 3, 3]
-    again, _ = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4,
-                             log=lambda _m: None)
+    again, _ = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4)
     assert again.equals(table) and info["heldout_total"] > len(table)
     assert set(table["hydropathy"]) == {"hydrophilic", "intermediate", "hydrophobic"}
     assert set(table["domain"]) == {"Bacteria", "Archaea"}
@@ -368,7 +366,7 @@ def test_pairs_stay_together_in_the_split_and_in_platt_calibration():
     assert not set(pair[tr]) & set(pair[te]) and 0.2 < len(te) / (2 * n) < 0.3
     cfg = parse_classifier_config({"train_labels": "x", "train_embeddings": "x", "out_dir": "x", "bootstrap": 0,
                                    "models": ["probe_svm", "probe_logreg"]})
-    _, results, _ = fit_models(cfg, data.take(tr), data.take(te), log=lambda _m: None)
+    _, results, _ = fit_models(cfg, data.take(tr), data.take(te))
     assert results["probe_logreg"]["roc_auc"] > 0.6
     assert results["probe_svm"]["roc_auc"] > 0.6
 

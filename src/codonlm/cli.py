@@ -1,4 +1,9 @@
-"""The `codonlm` command. Each subcommand parses arguments and calls the package; no logic lives here."""
+"""The `codonlm` command. Each subcommand parses arguments and calls the package; no logic lives here.
+
+Progress and status lines go through codonlm.log.log. A bare print() stays only where the text is the
+command's product (make-run-id's id, eval-perplexity's CSV without --out; query writes its own) or an
+error line for stderr: scripts read stdout, so a status line there would corrupt it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import sys
 from pathlib import Path
 
 from codonlm.errors import TrainingDiverged, UserError
+from codonlm.log import log, log_to
 
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
 AMP_HELP = ("bf16 autocast, slightly less exact; faster or slower than fp32 depending on the CPU (native bf16 "
@@ -54,13 +60,13 @@ def run_log(run_directory: Path):
         return
     Path(run_directory).mkdir(parents=True, exist_ok=True)
     saved = sys.stdout, sys.stderr
-    with open(Path(run_directory) / "log.txt", "a", buffering=1) as log:
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log, lines_only=True)
+    with open(Path(run_directory) / "log.txt", "a", buffering=1) as log_file:
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log_file), _Tee(sys.stderr, log_file, lines_only=True)
         os.environ["CODONLM_TEED"] = "1"
         try:
             yield
         except (UserError, TrainingDiverged) as exc:  # main() prints it after the tee is gone: log it too
-            log.write(f"error: {exc}\n")
+            log_file.write(f"error: {exc}\n")
             raise
         finally:
             sys.stdout.flush()
@@ -87,7 +93,7 @@ def cmd_fetch_data(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     dest = args.dest or cfg.data.raw_dir  # the config's data.raw_dir unless --dest says otherwise
     if args.if_needed and not missing_default_files(cfg, dest):
-        print("[fetch-data] every GenBank file the config names is present; nothing to fetch")
+        log("[fetch-data] every GenBank file the config names is present; nothing to fetch")
         return
     fetch_default_corpus(dest)
 
@@ -107,17 +113,17 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     if args.datasets:  # one machine's share: only these datasets' NPZs, no run
         report = prepare(cfg, show_progress=not args.quiet, workers=args.workers, datasets=args.datasets)
-        print(f"[prepare] datasets ready: {', '.join(f'{k} ({v})' for k, v in report['parts'].items())}; once every "
-              f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
+        log(f"[prepare] datasets ready: {', '.join(f'{k} ({v})' for k, v in report['parts'].items())}; once every "
+            f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
         return
     run_id, directory = _claim_run(cfg, args.run_id, args.config)
     with run_log(directory):
-        print(f"[prepare] run {run_id}")
+        log(f"[prepare] run {run_id}")
         with timed_stage(directory, "prepare"):
             report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet,
                              workers=args.workers)
         s = report["splits"]
-        print(
+        log(
             f"[prepare] {report['processed']}{' (already prepared)' if report['reused'] else ''}: kept "
             f"{report['kept_cds']} CDS; windows train/val/test = "
             f"{s['train']['windows']}/{s['val']['windows']}/{s['test']['windows']}; "
@@ -132,19 +138,18 @@ def cmd_extract_cds(args: argparse.Namespace) -> None:
     stats = write_cds_fasta(args.files, args.out, min_len=args.min_len, transl_table=args.transl_table)
     d = stats.as_dict()
     dropped = ", ".join(f"{k} {v}" for k, v in d["dropped"].items() if v) or "none"
-    print(f"[extract-cds] wrote {d['kept']} CDS to {args.out}; dropped {d['dropped_total']} ({dropped})",
-          file=sys.stderr)
+    log(f"[extract-cds] wrote {d['kept']} CDS to {args.out}; dropped {d['dropped_total']} ({dropped})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from codonlm.config import load_config, parse_config
     from codonlm.provenance import timed_stage
     from codonlm.train.checkpoint import load_checkpoint
-    from codonlm.train.distributed import agree_on
+    from codonlm.train.distributed import agree_on, is_main_rank
     from codonlm.train.loop import train
     from codonlm.train.precision import pick_device
 
-    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run folder
+    is_main = is_main_rank()  # under torchrun only rank 0 writes the run folder
     cfg = load_config(args.config) if args.config else None
     if args.resume:  # the checkpoint's run, config and run folder: a resumed run is the same run
         if args.run_id:
@@ -190,8 +195,8 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     from codonlm.model.hf_export import export_run
 
     out = export_run(args.run_id, args.out_dir, args.checkpoints_dir, args.runs_dir)
-    print(f"[export-hf] wrote {args.run_id} to {out}: LlamaForCausalLM, tokenizer and model card "
-          "(AutoModelForCausalLM / AutoTokenizer / pipeline('text-generation') .from_pretrained(OUT_DIR))")
+    log(f"[export-hf] wrote {args.run_id} to {out}: LlamaForCausalLM, tokenizer and model card "
+        "(AutoModelForCausalLM / AutoTokenizer / pipeline('text-generation') .from_pretrained(OUT_DIR))")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -200,9 +205,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     m = evaluate_run(args.run_id, args.checkpoints_dir, split=args.split, device=args.device, out_dir=args.out_dir,
                      stride=args.stride, amp=args.amp)
     beats = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m["beats_baselines"].items())
-    print(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}, top-1 "
-          f"{m['model']['top1_accuracy']:.3f}, aa accuracy {m['model']['aa_accuracy']:.3f}; baselines: "
-          + ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in m["baselines"].items()) + f"; beats: {beats}")
+    log(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}, top-1 "
+        f"{m['model']['top1_accuracy']:.3f}, aa accuracy {m['model']['aa_accuracy']:.3f}; baselines: "
+        + ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in m["baselines"].items()) + f"; beats: {beats}")
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
@@ -218,7 +223,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     table = pd.DataFrame(rows).drop(columns="per_codon_log_likelihood")
     if args.out:
         write_csv(table, args.out)
-        print(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
+        log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
     else:
         print(table.to_csv(index=False), end="")
 
@@ -241,9 +246,10 @@ def cmd_query(args: argparse.Namespace) -> None:
     model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
-    run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
-              sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
-              as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
+    with log_to("stderr"):  # stdout carries the results
+        run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
+                  sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
+                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
 
 
 def _kinds(text: str) -> list[str]:
@@ -341,13 +347,13 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
     )  # fmt: skip
     for row in result["summary"]:
         if row["genome"] == "all":
-            print(
+            log(
                 f"[gen-prefix] T={row['temperature']}: valid ORF {row['frac_valid_orf']:.3f}, "
                 f"ends with stop {row['frac_ends_with_stop']:.3f}, length ratio (median) "
                 f"{row['length_ratio_median']:.2f}, codon JS {row['codon_js']:.4f} "
                 f"(floor {row['codon_js_floor']:.4f}), identity {row['nearest_identity_mean']:.3f}"
             )
-    print(
+    log(
         f"[gen-prefix] wrote {Path(result['files']['summary.csv']).parent} "
         f"in {result['timings_s']['total']:.0f} s"
     )
@@ -366,7 +372,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         if args.report:
             from codonlm.analysis.report import write_report
 
-            print(f"[analyze] report: {write_report(args.run_id, ctx.run_dir.parent, args.reports_dir)}")
+            log(f"[analyze] report: {write_report(args.run_id, ctx.run_dir.parent, args.reports_dir)}")
         failed = [n for n, r in results.items() if r.get("status") == "failed"]
         if failed:
             print(f"codonlm analyze: step(s) failed with an error (traceback above): {', '.join(failed)}",
@@ -375,13 +381,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         missing = {n: r["reason"] for n, r in results.items() if r.get("status") == "not run"}
         if missing:
             raise UserError("not run: " + "; ".join(f"{n} ({why})" for n, why in missing.items()))
-        print(f"[analyze] {len(results)} step(s) done; outputs in {ctx.run_dir / 'analysis'}")
+        log(f"[analyze] {len(results)} step(s) done; outputs in {ctx.run_dir / 'analysis'}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from codonlm.analysis.report import write_report
 
-    print(f"[report] wrote {write_report(args.run_id, args.runs_dir, args.reports_dir)}")
+    log(f"[report] wrote {write_report(args.run_id, args.runs_dir, args.reports_dir)}")
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
@@ -389,7 +395,7 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 
     folder, archive = bundle_run(args.run_id, out_dir=args.out_dir, checkpoints_dir=args.checkpoints_dir,
                                  runs_dir=args.runs_dir, reports_dir=args.reports_dir)
-    print(f"[bundle] {folder} and {archive} (checksums in {folder / 'MANIFEST.sha256'})")
+    log(f"[bundle] {folder} and {archive} (checksums in {folder / 'MANIFEST.sha256'})")
 
 
 def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> None:
