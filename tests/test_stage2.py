@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from genbank_fixtures import genbank_text, write_genbank
-from test_prepare import SYN
-from test_train import _raw_config
+from genbank_fixtures import SYNONYMS, genbank_text, write_genbank
 
 from codonlm.cli import main
 from codonlm.config import parse_config
@@ -28,14 +26,14 @@ from codonlm.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "s2"
-AAS = [a for a in SYN if a != "*"]
+AAS = [a for a in SYNONYMS if a != "*"]
 
 
 def biased_gene(rng: random.Random, gc_rich: bool) -> str:
     """A random protein written with GC-ending (or AT-ending) synonymous codons where the code allows."""
     codons = []
     for aa in (rng.choice(AAS) for _ in range(rng.randint(30, 110))):
-        pool = [c for c in SYN[aa] if (c[2] in "GC") == gc_rich] or SYN[aa]
+        pool = [c for c in SYNONYMS[aa] if (c[2] in "GC") == gc_rich] or SYNONYMS[aa]
         codons.append(rng.choice(pool))
     return "ATG" + "".join(codons) + "TAA"
 
@@ -57,10 +55,10 @@ def two_genomes(tmp: Path, n_genes: int = 44) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_config):
     """Prepared data, a 1-layer model trained for a few steps, and its prefix generations (a few seconds)."""
     tmp = tmp_path_factory.mktemp("stage2")
-    raw = _raw_config(tmp, two_genomes(tmp), epochs=1, max_steps=8)
+    raw = tiny_config(tmp, two_genomes(tmp), epochs=1, max_steps=8)
     raw["data"].update(val_frac=0.3, test_frac=0.3)
     raw["model"].update(n_layer=2, dropout=0.0, block_size=48)  # genes are longer: embeddings must slide
     cfg = parse_config(raw)

@@ -14,9 +14,6 @@ import pytest
 import torch
 import yaml
 
-# Old name kept for test_evaluate.py and test_generation_prefix.py until they take the `tiny_config` fixture.
-from conftest import raw_config as _raw_config  # noqa: F401
-
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.errors import TrainingDiverged, UserError
