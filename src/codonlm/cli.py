@@ -458,10 +458,98 @@ def cmd_stage2(args: argparse.Namespace) -> None:
                show_progress=not args.quiet)
 
 
-def add_stage2_commands(sub) -> None:
-    """extract-embeddings, train-classifier, eval-classifier (the manual's scripts.*) and stage2."""
-    p = sub.add_parser("extract-embeddings", help="pooled hidden states of a run for FASTA/CSV genes -> NPZ "
-                       "(= python -m scripts.extract_embeddings)")
+# --------------------------------------------------------------------------- the parser: a table of commands
+
+
+def _fetch_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dest", help="destination folder (default: the config's data.raw_dir, data/raw)")
+    p.add_argument("--if-needed", action="store_true", help="only when a file the config names is missing")
+    _add_config(p)
+
+
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument("--run-id", help="write reports into runs/RUN_ID: a new run, or one this config started "
+                   "(default: a new run with a fresh id)")
+    p.add_argument("--force", action="store_true", help="keep going when the integrity check fails")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=_workers, help="processes parsing input files (default: data.prepare_workers)")
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="prepare only these datasets (one machine's share); a plain prepare then merges them")
+
+
+def _extract_cds_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", help=".gb/.gbk/.gbff files, plain or gzipped")
+    p.add_argument("--out", required=True, help="output FASTA path")
+    p.add_argument("--min-len", type=int, default=1, help="minimum sense codons (default: %(default)s)")
+    p.add_argument("--transl-table", type=int, default=11, help="code when a CDS has no /transl_table")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
+    p.add_argument("--run-id", help="name of a new run, or of a run this config started (default: a fresh "
+                   "id from the config, with a suffix when taken)")
+    p.add_argument("-r", "--resume", help="continue the run of outputs/checkpoints/<RUN_ID>/last.pt")
+
+
+def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Runs the stages of a run in order (codonlm.pipeline.STAGES). The "
+                     "same config continues the same run: finished stages are skipped, an interrupted "
+                     "training resumes from last.pt; a changed config starts a new run.")
+    add_pipeline_arguments(p)
+
+
+def _export_hf_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--runs-dir", help="run folders, for the model card (default: the run config's outputs.runs_dir)")
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-dir", help="default: runs/<RUN_ID>/evaluate")
+    _add_scoring(p)
+
+
+def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--fasta", required=True)
+    p.add_argument("--out", help="CSV path (default: stdout)")
+    _add_scoring(p)
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+
+
+def _analyze_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--steps", nargs="+", metavar="STEP",
+                   help="steps to run, in pipeline order whatever the order given (default: all six)")
+    p.add_argument("--force", action="store_true", help="re-run steps that already finished")
+    p.add_argument("--report", action="store_true", help="then write runs/<RUN_ID>/report.html")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of every gene/position draw (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_analysis(p)
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    _add_analysis(p, runs_dir="runs")
+
+
+def _bundle_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--out-dir", default="outputs/share", help="bundles go to <dir>/<RUN_ID>[.tar.gz]")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    _add_analysis(p)
+
+
+def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3)")
@@ -478,17 +566,15 @@ def add_stage2_commands(sub) -> None:
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_extract_embeddings)
 
-    p = sub.add_parser("train-classifier", help="probes and k-mer baselines from a classifier YAML "
-                       "(= python -m scripts.train_classifier)")
+
+def _train_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="e.g. configs/classifier/probe_aa.yaml")
     p.add_argument("--run_id", "--run-id", dest="run_id", help="fills {run_id} (default: the config's run_id)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("eval-classifier", help="score a saved classifier on labelled data "
-                       "(= python -m scripts.eval_classifier)")
+
+def _eval_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", required=True, help="probe (embeddings) or kmer (sequences)")
     p.add_argument("--model", required=True, help="model.skops / <model>.skops / kmer_xgb.json "
                    "(the manual's model.pkl resolves to model.skops; pickles are never loaded)")
@@ -501,127 +587,70 @@ def add_stage2_commands(sub) -> None:
     p.add_argument("--id-column", "--id_column", dest="id_column", default="id")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_eval_classifier)
 
-    p = sub.add_parser("stage2", help="the ready stage-2 classifier tasks for a run -> "
-                       "outputs/reports/<RUN_ID>/stage2/ (summary.json, compare.csv/png)")
+
+def _stage2_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("--configs-dir", default="configs/classifier")
     p.add_argument("--tasks", help="comma-separated subset (default: all ready tasks)")
     p.add_argument("--checkpoints-dir", help="default: each config's (outputs/checkpoints)")
     p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_stage2)
+
+
+# Every subcommand: name, one-line help, its arguments, what runs it; `codonlm --help` lists them in this order.
+COMMANDS = (
+    ("fetch-data", "fetch the default real corpus (Debian cct-examples) into data/raw",
+     _fetch_data_arguments, cmd_fetch_data),
+    ("make-run-id", "print the id a new run of a config gets (YYYY-MM-DD_tiny_6L4H_d256_e5, "
+     "with a suffix -2, -3, ... when taken)",
+     _add_config, cmd_make_run_id),
+    ("prepare", "GenBank -> CDS -> tokens -> windows -> NPZ splits",
+     _prepare_arguments, cmd_prepare),
+    ("extract-cds", "write the kept CDS of GenBank files as FASTA (to audit extraction)",
+     _extract_cds_arguments, cmd_extract_cds),
+    ("train", "train TinyGPT on the prepared NPZ windows",
+     _train_arguments, cmd_train),
+    ("pipeline", "every stage of a run, like make (what ./main.sh runs)",
+     _pipeline_arguments, cmd_pipeline),
+    ("export-hf", "export a run as a Hugging Face LlamaForCausalLM + tokenizer + card",
+     _export_hf_arguments, cmd_export_hf),
+    ("evaluate", "held-out metrics + baselines into runs/<RUN_ID>/evaluate/",
+     _evaluate_arguments, cmd_evaluate),
+    ("eval-perplexity", "score every CDS of a FASTA file (one row per sequence)",
+     _eval_perplexity_arguments, cmd_eval_perplexity),
+    ("generate-prefix", "prefix generation + gene quality metrics (gen_prefix/)",
+     add_generate_prefix_arguments, cmd_generate_prefix),
+    ("analyze", "the six-step interpretability analysis -> runs/<RUN_ID>/analysis/",
+     _analyze_arguments, cmd_analyze),
+    ("report", "runs/<RUN_ID>/report.html: one self-contained page per run",
+     _report_arguments, cmd_report),
+    ("bundle", "a run's artifacts + HF export in one folder and .tar.gz with checksums",
+     _bundle_arguments, cmd_bundle),
+    ("query", "next codons, generate, score or mutate a DNA sequence",
+     add_query_arguments, cmd_query),
+    ("extract-embeddings", "pooled hidden states of a run for FASTA/CSV genes -> NPZ "
+     "(= python -m scripts.extract_embeddings)",
+     _extract_embeddings_arguments, cmd_extract_embeddings),
+    ("train-classifier", "probes and k-mer baselines from a classifier YAML "
+     "(= python -m scripts.train_classifier)",
+     _train_classifier_arguments, cmd_train_classifier),
+    ("eval-classifier", "score a saved classifier on labelled data "
+     "(= python -m scripts.eval_classifier)",
+     _eval_classifier_arguments, cmd_eval_classifier),
+    ("stage2", "the ready stage-2 classifier tasks for a run -> "
+     "outputs/reports/<RUN_ID>/stage2/ (summary.json, compare.csv/png)",
+     _stage2_arguments, cmd_stage2),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Long on purpose: one flat, declarative list of every subcommand and its arguments, read top to
-    # bottom like `codonlm --help`; no logic lives here.
     parser = argparse.ArgumentParser(prog="codonlm", description="Codon-level GPT for prokaryotic CDS.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("fetch-data", help="fetch the default real corpus (Debian cct-examples) into data/raw")
-    p.add_argument("--dest", help="destination folder (default: the config's data.raw_dir, data/raw)")
-    p.add_argument("--if-needed", action="store_true", help="only when a file the config names is missing")
-    _add_config(p)
-    p.set_defaults(func=cmd_fetch_data)
-
-    p = sub.add_parser("make-run-id", help="print the id a new run of a config gets (YYYY-MM-DD_tiny_6L4H_d256_e5, "
-                       "with a suffix -2, -3, ... when taken)")
-    _add_config(p)
-    p.set_defaults(func=cmd_make_run_id)
-
-    p = sub.add_parser("prepare", help="GenBank -> CDS -> tokens -> windows -> NPZ splits")
-    _add_config(p)
-    p.add_argument("--run-id", help="write reports into runs/RUN_ID: a new run, or one this config started "
-                   "(default: a new run with a fresh id)")
-    p.add_argument("--force", action="store_true", help="keep going when the integrity check fails")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--workers", type=_workers, help="processes parsing input files (default: data.prepare_workers)")
-    p.add_argument("--datasets", nargs="+", metavar="NAME",
-                   help="prepare only these datasets (one machine's share); a plain prepare then merges them")
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("extract-cds", help="write the kept CDS of GenBank files as FASTA (to audit extraction)")
-    p.add_argument("files", nargs="+", help=".gb/.gbk/.gbff files, plain or gzipped")
-    p.add_argument("--out", required=True, help="output FASTA path")
-    p.add_argument("--min-len", type=int, default=1, help="minimum sense codons (default: %(default)s)")
-    p.add_argument("--transl-table", type=int, default=11, help="code when a CDS has no /transl_table")
-    p.set_defaults(func=cmd_extract_cds)
-
-    p = sub.add_parser("train", help="train TinyGPT on the prepared NPZ windows")
-    p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
-    p.add_argument("--run-id", help="name of a new run, or of a run this config started (default: a fresh "
-                   "id from the config, with a suffix when taken)")
-    p.add_argument("-r", "--resume", help="continue the run of outputs/checkpoints/<RUN_ID>/last.pt")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("pipeline", help="every stage of a run, like make (what ./main.sh runs)",
-                       description="Runs the stages of a run in order (codonlm.pipeline.STAGES). The "
-                       "same config continues the same run: finished stages are skipped, an interrupted "
-                       "training resumes from last.pt; a changed config starts a new run.")
-    add_pipeline_arguments(p)
-    p.set_defaults(func=cmd_pipeline)
-
-    p = sub.add_parser("export-hf", help="export a run as a Hugging Face LlamaForCausalLM + tokenizer + card")
-    p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
-    p.add_argument("out_dir")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--runs-dir", help="run folders, for the model card (default: the run config's outputs.runs_dir)")
-    p.set_defaults(func=cmd_export_hf)
-
-    p = sub.add_parser("evaluate", help="held-out metrics + baselines into runs/<RUN_ID>/evaluate/")
-    p.add_argument("run_id")
-    p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out-dir", help="default: runs/<RUN_ID>/evaluate")
-    _add_scoring(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("eval-perplexity", help="score every CDS of a FASTA file (one row per sequence)")
-    p.add_argument("run_id")
-    p.add_argument("--fasta", required=True)
-    p.add_argument("--out", help="CSV path (default: stdout)")
-    _add_scoring(p)
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_eval_perplexity)
-
-    p = sub.add_parser("generate-prefix", help="prefix generation + gene quality metrics (gen_prefix/)")
-    add_generate_prefix_arguments(p)
-    p.set_defaults(func=cmd_generate_prefix)
-
-    p = sub.add_parser("analyze", help="the six-step interpretability analysis -> runs/<RUN_ID>/analysis/")
-    p.add_argument("run_id")
-    p.add_argument("--steps", nargs="+", metavar="STEP",
-                   help="steps to run, in pipeline order whatever the order given (default: all six)")
-    p.add_argument("--force", action="store_true", help="re-run steps that already finished")
-    p.add_argument("--report", action="store_true", help="then write runs/<RUN_ID>/report.html")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of every gene/position draw (default: 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_analysis(p)
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("report", help="runs/<RUN_ID>/report.html: one self-contained page per run")
-    p.add_argument("run_id")
-    _add_analysis(p, runs_dir="runs")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("bundle", help="a run's artifacts + HF export in one folder and .tar.gz with checksums")
-    p.add_argument("run_id")
-    p.add_argument("--out-dir", default="outputs/share", help="bundles go to <dir>/<RUN_ID>[.tar.gz]")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    _add_analysis(p)
-    p.set_defaults(func=cmd_bundle)
-
-    p = sub.add_parser("query", help="next codons, generate, score or mutate a DNA sequence")
-    add_query_arguments(p)
-    p.set_defaults(func=cmd_query)
-
-    add_stage2_commands(sub)
+    for name, help_text, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 
