@@ -1,4 +1,5 @@
-"""Write small GenBank files for unit tests (real-data tests use the default corpus)."""
+"""Write small GenBank files for unit tests, and the synonym table to write them with (real-data tests use
+the default corpus)."""
 
 from __future__ import annotations
 

@@ -255,8 +255,8 @@ def record_row(run: Run, state: TrainState, meter: Meter) -> None:
     if evaluate or not t.eval_every:
         val_txt = f" val_loss {val:.4f} (subset of {len(run.data.val_subset_loader.dataset)} windows)" if evaluate else ""
         log(f"[train] step {state.step}/{run.plan.total_steps} epoch {state.epoch + 1}: train_loss "
-                f"{train_loss:.4f}{val_txt} lr {lr:.2e} | {meter.tokens_per_s:,.0f} tokens/s, "
-                f"ETA {meter.eta(run.plan.total_steps - state.step)}")
+            f"{train_loss:.4f}{val_txt} lr {lr:.2e} | {meter.tokens_per_s:,.0f} tokens/s, "
+            f"ETA {meter.eta(run.plan.total_steps - state.step)}")
 
 
 def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
@@ -279,9 +279,9 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
     train_loss = state.epoch_loss[0] / max(state.epoch_loss[1], 1)
     mfu = meter.tokens_per_s * state.model.flops_per_token(cfg.model.block_size) / run.peak if run.peak else 0.0
     log(f"[train] epoch {state.epoch + 1}/{plan.epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-            f"ppl {math.exp(val_loss):.2f} | {meter.tokens_per_s:,.0f} tokens/s over {meter.seconds:.1f}s of "
-            f"steps, MFU {100 * mfu:.1f}% of the measured {state.precision['dtype']} matmul peak"
-            f"{' (best)' if improved else ''}")
+        f"ppl {math.exp(val_loss):.2f} | {meter.tokens_per_s:,.0f} tokens/s over {meter.seconds:.1f}s of "
+        f"steps, MFU {100 * mfu:.1f}% of the measured {state.precision['dtype']} matmul peak"
+        f"{' (best)' if improved else ''}")
     write_curves(run, state, plot=True)
     state.epoch += 1
     state.batch_in_epoch, state.epoch_loss, state.row_loss = 0, [0.0, 0.0], [0.0, 0.0]
