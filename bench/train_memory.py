@@ -37,13 +37,15 @@ def _child_train(config_path: str, steps: int) -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from codonlm.config import load_config
+    from codonlm.log import log_to
     from codonlm.train.loop import train
 
     stamps: list[float] = []
     register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
     cfg = load_config(config_path)
     cfg.train.max_steps = steps
-    summary = train(cfg, "train-memory", log=lambda *a, **k: None)
+    with log_to(None):
+        summary = train(cfg, "train-memory")
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][5:]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_rss_mb": peak, "step_s": statistics.median(gaps), "steps": summary["steps"],
@@ -98,6 +100,7 @@ def main() -> None:
 
     from codonlm.config import parse_config
     from codonlm.data.prepare import prepare
+    from codonlm.log import log_to
 
     base = yaml.safe_load((ROOT / args.config).read_text())
     workdir = (ROOT / args.workdir).resolve()
@@ -106,7 +109,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="train_memory_") as td:
             raw = scaled_config(base, scale, workdir, Path(td))
             t0 = time.perf_counter()
-            report = prepare(parse_config(raw), show_progress=False, log=lambda *_: None)
+            with log_to(None):
+                report = prepare(parse_config(raw), show_progress=False)
             prep_s = time.perf_counter() - t0
             cfg_path = Path(td) / "config.yaml"
             cfg_path.write_text(yaml.safe_dump(raw))

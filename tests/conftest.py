@@ -1,9 +1,9 @@
 """Shared fixtures: the real default corpus (fetched by ./run_tests.sh), a small GenBank fixture corpus,
 and the one tiny config the tests train with.
 
-Use the fixtures (`make_corpus`, `prepared_corpus`, `tiny_config`, `write_config`) rather than importing
-helpers from other test modules. (`tests/` is on sys.path because pytest imports this conftest from it, so the
-plain helper module `genbank_fixtures` imports as is.)
+Use the fixtures (`make_corpus`, `prepared_corpus`, `tiny_config`, `write_config`); no test module imports
+another. (`tests/` is on sys.path because pytest imports this conftest from it, so the plain helper module
+`genbank_fixtures` imports as is.)
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from genbank_fixtures import genbank_text, write_genbank
-
-from codonlm.data.codons import STOI, genetic_code
+from genbank_fixtures import SYNONYMS, genbank_text, write_genbank
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "data" / "raw"
@@ -29,12 +27,6 @@ def raw_corpus() -> Path:
     if missing:
         pytest.fail(f"default corpus missing ({missing[0]} ...): run ./run_tests.sh or 'codonlm fetch-data'")
     return RAW
-
-
-# amino acid -> its codons (table 11), to write synonymous copies of a protein
-SYNONYMS: dict[str, list[str]] = {}
-for _codon in (a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"):
-    SYNONYMS.setdefault(chr(genetic_code(11).aa[STOI[_codon]]), []).append(_codon)
 
 
 def corpus(tmp_path: Path, n_genes: int = 60, seed: int = 0) -> tuple[list[Path], list[str]]:

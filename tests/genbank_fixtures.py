@@ -1,9 +1,17 @@
-"""Write small GenBank files for unit tests (real-data tests use the default corpus)."""
+"""Write small GenBank files for unit tests, and the synonym table to write them with (real-data tests use
+the default corpus)."""
 
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
+
+from codonlm.data.codons import STOI, genetic_code
+
+# amino acid -> its codons (table 11), to write synonymous copies of a protein
+SYNONYMS: dict[str, list[str]] = {}
+for _codon in (a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"):
+    SYNONYMS.setdefault(chr(genetic_code(11).aa[STOI[_codon]]), []).append(_codon)
 
 
 def genbank_text(name: str, seq: str, features: list[tuple[str, dict]], circular: bool = False,

@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_prepare import make_corpus
-from test_train import _raw_config
 
 from codonlm.analysis import STEPS, probe_linear, probe_next_token, report, runner
 from codonlm.analysis.context import load_context
@@ -35,12 +33,12 @@ MINE = ["summary", "probe_next_token", "probe_linear"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, make_corpus, tiny_config):
     """Two fixture genomes (the first named like E. coli, for the Kazusa comparison), a 2-layer model
     trained for a few steps, and steps 1-3 analysed once."""
     tmp = tmp_path_factory.mktemp("analysis")
     files, _ = make_corpus(tmp, n_genes=30)
-    raw = _raw_config(tmp, files, epochs=2, max_steps=20)
+    raw = tiny_config(tmp, files, epochs=2, max_steps=20)
     raw["data"]["datasets"][0]["name"] = "ecoli_fixture"
     raw["data"]["test_frac"] = 0.25
     raw["model"].update(dropout=0.0)
@@ -48,7 +46,7 @@ def run(tmp_path_factory):
     folder = run_dir(cfg, "tiny")
     prepare(cfg, run_dir=folder, show_progress=False)
     snapshot(cfg, folder)
-    train(cfg, "tiny", log=lambda _msg: None)
+    train(cfg, "tiny")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CODONLM_TEED", "1")  # no tee of the test's stdout into the run log
         assert main(["analyze", "tiny", "--checkpoints-dir", cfg.outputs.out_dir, "--steps", *MINE, "--quiet"]) == 0

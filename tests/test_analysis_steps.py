@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_prepare import make_corpus
-from test_train import _raw_config
 
 from codonlm.analysis import analyze_attention, analyze_embeddings, analyze_saliency
 from codonlm.analysis.batching import draw_windows, length_batches, pad_pieces
@@ -24,15 +22,15 @@ from codonlm.train.loop import train
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
+def ctx(tmp_path_factory, make_corpus, tiny_config):
     """Two fixture genomes, multi-packed windows of 64 tokens, a 2-layer model trained 15 steps."""
     tmp = tmp_path_factory.mktemp("analysis")
     files, _ = make_corpus(tmp, n_genes=30)
-    raw = _raw_config(tmp, files, epochs=1, max_steps=15)
+    raw = tiny_config(tmp, files, epochs=1, max_steps=15)
     raw["model"].update(dropout=0.0)
     cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, "tiny", log=lambda _msg: None)
+    train(cfg, "tiny")
     return load_context("tiny", checkpoints_dir=cfg.outputs.out_dir, runs_dir=cfg.outputs.runs_dir, quiet=True)
 
 

@@ -10,25 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from genbank_fixtures import genbank_text, write_genbank
-from test_prepare import make_corpus
 
 from codonlm.cli import main
 
 
-def _write_cfg(tmp_path: Path, files: list[Path], name: str = "cfg.yaml") -> Path:
-    raw = {
-        "model": {"block_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 32},
-        "data": {
-            "datasets": [{"name": f"ds{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(files)],
-            "val_frac": 0.2, "test_frac": 0.2, "processed_dir": str(tmp_path / "processed"),
-        },
-        "outputs": {"itos_path": str(tmp_path / "processed" / "itos.json"), "runs_dir": str(tmp_path / "runs")},
-    }
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(raw))
-    return path
+@pytest.fixture
+def write_cfg(tiny_config, write_config):
+    """`write_cfg(tmp_path, files, name="cfg.yaml") -> path`: the tiny config for these files as YAML."""
+    return lambda tmp_path, files, name="cfg.yaml": write_config(tmp_path / name, tiny_config(tmp_path, files))
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -55,14 +45,14 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated_gzip", "not_genbank", "malformed_location", "directory"])
-def test_bad_file_one_line_exit_2_outputs_intact(tmp_path, capsys, kind):
+def test_bad_file_one_line_exit_2_outputs_intact(tmp_path, capsys, kind, make_corpus, write_cfg):
     files, _ = make_corpus(tmp_path, n_genes=20)
-    good_cfg = _write_cfg(tmp_path, files)
+    good_cfg = write_cfg(tmp_path, files)
     assert main(["prepare", "-c", str(good_cfg), "--run-id", "r1", "--quiet"]) == 0
     before = _snapshot(tmp_path / "processed")
     capsys.readouterr()
     bad = _bad_files(tmp_path)[kind]
-    bad_cfg = _write_cfg(tmp_path, [files[0], bad], name="bad.yaml")
+    bad_cfg = write_cfg(tmp_path, [files[0], bad], name="bad.yaml")
     assert main(["prepare", "-c", str(bad_cfg), "--run-id", "r2", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -70,11 +60,11 @@ def test_bad_file_one_line_exit_2_outputs_intact(tmp_path, capsys, kind):
     assert _snapshot(tmp_path / "processed") == before
 
 
-def test_record_without_sequence_warns_and_continues(tmp_path, capsys):
+def test_record_without_sequence_warns_and_continues(tmp_path, capsys, make_corpus, write_cfg):
     files, _ = make_corpus(tmp_path, n_genes=20)
     con = write_genbank(tmp_path / "con.gbk", [genbank_text("CON7", "", [("1..120", {"locus_tag": "c"})], division="CON")]
                         + [genbank_text("OK7", "ATG" + "GCA" * 40 + "TAA", [("1..126", {"locus_tag": "k"})])])
-    cfg = _write_cfg(tmp_path, [files[0], con])
+    cfg = write_cfg(tmp_path, [files[0], con])
     assert main(["prepare", "-c", str(cfg), "--run-id", "r3", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "CON7" in out and "no sequence" in out

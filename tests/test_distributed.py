@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_prepare import make_corpus
-from test_train import _raw_config
 
 from codonlm.cli import main
 from codonlm.config import parse_config
@@ -32,9 +30,9 @@ def _free_port() -> str:
 
 
 @pytest.mark.slow
-def test_two_nodes_on_loopback_match_one_process(tmp_path):
+def test_two_nodes_on_loopback_match_one_process(tmp_path, make_corpus, tiny_config):
     files, _ = make_corpus(tmp_path, n_genes=8)  # 18 training windows: 5 steps an epoch
-    raw = _raw_config(tmp_path, files, epochs=2, batch_size=2, checkpoint_every=0)
+    raw = tiny_config(tmp_path, files, epochs=2, batch_size=2, checkpoint_every=0)
     raw["model"].update(n_layer=1, dropout=0.0)
     prepare(parse_config(raw), show_progress=False)
     per_node = tmp_path / "nodes.yaml"

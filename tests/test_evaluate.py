@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_prepare import make_corpus
-from test_train import _raw_config
 
 from codonlm.cli import main
 from codonlm.config import parse_config
@@ -27,10 +25,10 @@ from codonlm.train import loop
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, make_corpus, tiny_config):
     tmp = tmp_path_factory.mktemp("evalrun")
     files, _ = make_corpus(tmp, n_genes=40)
-    raw = _raw_config(tmp, files, epochs=1, max_steps=15)
+    raw = tiny_config(tmp, files, epochs=1, max_steps=15)
     raw["model"]["block_size"] = 32  # genes are longer: scoring must slide
     raw["model"]["dropout"] = 0.0
     cfg = parse_config(raw)

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_prepare import make_corpus
-from test_train import _raw_config
 
 from codonlm.cli import main
 from codonlm.config import parse_config
@@ -36,16 +34,16 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, make_corpus, tiny_config):
     """A 2-genome fixture corpus and a 1-layer model trained for a few steps (a few seconds)."""
     tmp = tmp_path_factory.mktemp("genprefix")
     files, _ = make_corpus(tmp, n_genes=30)
-    raw = _raw_config(tmp, files, epochs=1, max_steps=15)
+    raw = tiny_config(tmp, files, epochs=1, max_steps=15)
     raw["data"]["test_frac"] = 0.2
     raw["model"].update(n_layer=1, dropout=0.0)
     cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, "tiny", log=lambda _msg: None)
+    train(cfg, "tiny")
     return tmp, cfg
 
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_prepare import make_config, make_corpus
 
+from codonlm.config import parse_config
 from codonlm.data import loader
 from codonlm.data.layout import data_key, key_dir
 from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
@@ -17,10 +17,10 @@ from codonlm.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
+def split(tmp_path_factory, make_corpus, tiny_config):
     tmp = tmp_path_factory.mktemp("loader")
     files, _ = make_corpus(tmp, n_genes=40)
-    cfg = make_config(tmp, files)
+    cfg = parse_config(tiny_config(tmp, files, data={"test_frac": 0.2}))
     prepare(cfg, show_progress=False)
     path = key_dir(cfg.data.processed_dir, data_key(cfg).key) / "all" / "train.npz"
     with np.load(path) as z:

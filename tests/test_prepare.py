@@ -6,61 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
-from genbank_fixtures import genbank_text, write_genbank
 
 from codonlm.config import parse_config
 from codonlm.data.codons import genetic_code
 from codonlm.data.layout import SPLITS, data_key, key_dir
 from codonlm.data.prepare import prepare
 
-SYN = {}  # amino acid -> codons (table 11), to write synonymous copies of a protein
-for codon in (a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"):
-    from codonlm.data.codons import STOI
 
-    aa = chr(genetic_code(11).aa[STOI[codon]])
-    SYN.setdefault(aa, []).append(codon)
-
-
-def random_gene(rng: random.Random, protein: str) -> str:
-    return "ATG" + "".join(rng.choice(SYN[aa]) for aa in protein) + "TAA"
-
-
-def make_corpus(tmp_path: Path, n_genes: int = 60, seed: int = 0) -> tuple[list[Path], list[str]]:
-    rng = random.Random(seed)
-    aas = [a for a in SYN if a != "*"]
-    shared = ["".join(rng.choice(aas) for _ in range(rng.randint(30, 200))) for _ in range(8)]
-    files = []
-    for f in range(2):
-        seq, feats = "", []
-        for i in range(n_genes):
-            protein = shared[i % 8] if i < 16 else "".join(rng.choice(aas) for _ in range(rng.randint(30, 400)))
-            g = random_gene(rng, protein)
-            seq += "ACGTACGTAC"
-            feats.append((f"{len(seq) + 1}..{len(seq) + len(g)}", {"locus_tag": f"f{f}_{i}"}))
-            seq += g
-        seq += "ACGTACGTAC"
-        files.append(write_genbank(tmp_path / f"g{f}.gbk.gz", [genbank_text(f"REC{f}", seq, feats)], gz=True))
-    return files, shared
-
-
-def make_config(tmp_path: Path, files: list[Path], **data_overrides) -> object:
-    raw = {
-        "model": {"block_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 32},
-        "data": {
-            "datasets": [{"name": f"ds{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(files)],
-            "val_frac": 0.2,
-            "test_frac": 0.2,
-            "processed_dir": str(tmp_path / "processed"),
-            **data_overrides,
-        },
-        "outputs": {"itos_path": str(tmp_path / "processed" / "itos.json"), "runs_dir": str(tmp_path / "runs")},
-    }
-    return parse_config(raw)
+@pytest.fixture(scope="session")
+def make_config(tiny_config):
+    """`make_config(tmp_path, files, **data)`: the validated tiny config with a 20% test split."""
+    return lambda tmp_path, files, **data: parse_config(tiny_config(tmp_path, files, data={"test_frac": 0.2, **data}))
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -72,7 +32,7 @@ def prepared(cfg) -> Path:
     return key_dir(cfg.data.processed_dir, data_key(cfg).key)
 
 
-def test_prepare_writes_documented_arrays(tmp_path):
+def test_prepare_writes_documented_arrays(tmp_path, make_corpus, make_config):
     files, _ = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files)
     report = prepare(cfg, run_dir=tmp_path / "run", show_progress=False)
@@ -103,7 +63,7 @@ def test_prepare_writes_documented_arrays(tmp_path):
     assert (tmp_path / "processed" / "itos.json").read_text() == (processed / "itos.json").read_text()
 
 
-def test_identical_proteins_never_straddle_splits(tmp_path):
+def test_identical_proteins_never_straddle_splits(tmp_path, make_corpus, make_config):
     files, shared = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files)
     prepare(cfg, show_progress=False)
@@ -118,7 +78,7 @@ def test_identical_proteins_never_straddle_splits(tmp_path):
     assert sum(p in {k[1:-1] for k in seen} for p in shared) == len(shared)
 
 
-def test_prepare_is_deterministic_and_seeded(tmp_path):
+def test_prepare_is_deterministic_and_seeded(tmp_path, make_corpus, make_config):
     files, _ = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files)
     prepare(cfg, show_progress=False)
@@ -131,7 +91,7 @@ def test_prepare_is_deterministic_and_seeded(tmp_path):
     assert _digest(prepared(cfg)).keys() == first.keys() and _digest(prepared(cfg)) != first
 
 
-def test_single_pack_mode_one_gene_per_window(tmp_path):
+def test_single_pack_mode_one_gene_per_window(tmp_path, make_corpus, make_config):
     files, _ = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files, pack_mode="single")
     prepare(cfg, show_progress=False)
@@ -139,7 +99,7 @@ def test_single_pack_mode_one_gene_per_window(tmp_path):
     assert z["segment_ids"].max() == 1
 
 
-def test_windows_per_seq_cap_reduces_coverage(tmp_path):
+def test_windows_per_seq_cap_reduces_coverage(tmp_path, make_corpus, make_config):
     files, _ = make_corpus(tmp_path)
     cfg = make_config(tmp_path, files, windows_per_seq=1)
     report = prepare(cfg, show_progress=False)
@@ -164,7 +124,7 @@ def test_prepare_real_corpus(tmp_path, raw_corpus):
     assert len(z["dataset_names"]) == 7 and set(np.unique(z["window_dataset"])) == set(range(7))
 
 
-def test_integrity_failure_stops_unless_forced(tmp_path, monkeypatch):
+def test_integrity_failure_stops_unless_forced(tmp_path, monkeypatch, make_corpus, make_config):
     from codonlm.data import prepare as prep
     from codonlm.errors import UserError
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_prepare import make_corpus
 
 from codonlm.cli import main
 from codonlm.config import parse_config
@@ -24,18 +23,16 @@ from codonlm.data.prepare import prepare
 from codonlm.errors import UserError
 
 
-def _raw(root: Path, datasets: list[dict], **data) -> dict:
-    return {
-        "model": {"block_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 32},
-        "data": {"datasets": datasets, "val_frac": 0.2, "test_frac": 0.2, "processed_dir": str(root / "processed"),
-                 **data},
-        "outputs": {"itos_path": str(root / "processed" / "itos.json"), "runs_dir": str(root / "runs")},
-    }
+@pytest.fixture(scope="session")
+def raw_for(tiny_config):
+    """`raw_for(root, datasets, **data) -> dict`: the tiny config with these dataset entries."""
+    return lambda root, datasets, **data: tiny_config(root, [], data={"datasets": datasets, **data})
 
 
-def _cfg(root: Path, files, **data):
-    return parse_config(_raw(root, [{"name": f"ds{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(files)],
-                             **data))
+@pytest.fixture(scope="session")
+def cfg_for(tiny_config):
+    """`cfg_for(root, files, **data) -> Config`: the validated tiny config, one dataset a file."""
+    return lambda root, files, **data: parse_config(tiny_config(root, files, data=data))
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -48,7 +45,7 @@ def _folder(cfg) -> Path:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> list[Path]:
+def corpus(tmp_path_factory, make_corpus) -> list[Path]:
     return make_corpus(tmp_path_factory.mktemp("layout"), n_genes=40)[0]
 
 
@@ -72,7 +69,7 @@ CHANGES = {
     "pack_mode": _set("data", "pack_mode", "single"),
     "windows_per_seq": _set("data", "windows_per_seq", 2),
     "val_frac": _set("data", "val_frac", 0.1),
-    "test_frac": _set("data", "test_frac", 0.1),
+    "test_frac": _set("data", "test_frac", 0.2),
     "seed": lambda raw: raw.setdefault("outputs", {}).update(seed=7),
     "min_len": _dataset("min_len", 11),
     "transl_table": _dataset("transl_table", 4),
@@ -82,8 +79,8 @@ CHANGES = {
 
 
 @pytest.mark.parametrize("field", list(CHANGES))
-def test_key_changes_with_everything_that_decides_the_windows(corpus, tmp_path, field):
-    raw = _raw(tmp_path, [{"name": f"ds{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(corpus)])
+def test_key_changes_with_everything_that_decides_the_windows(corpus, tmp_path, field, tiny_config):
+    raw = tiny_config(tmp_path, corpus)
     base = data_key(parse_config(raw))
     CHANGES[field](raw)
     other = data_key(parse_config(raw))
@@ -96,13 +93,14 @@ def test_key_changes_with_everything_that_decides_the_windows(corpus, tmp_path, 
         assert [p.key for p in other.parts] == [p.key for p in reversed(base.parts)]
 
 
-def test_key_follows_file_content_vocabulary_and_version_not_paths_or_training(corpus, tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, corpus)
+def test_key_follows_file_content_vocabulary_and_version_not_paths_or_training(corpus, tmp_path, monkeypatch,
+                                                                             cfg_for):
+    cfg = cfg_for(tmp_path, corpus)
     base = data_key(cfg).key
     moved = tmp_path / "elsewhere" / "copy.gbk.gz"
     moved.parent.mkdir()
     shutil.copy(corpus[0], moved)
-    same = _cfg(tmp_path / "other_root", [moved, corpus[1]])
+    same = cfg_for(tmp_path / "other_root", [moved, corpus[1]])
     same.model.n_layer, same.train.lr, same.data.prepare_workers = 3, 1e-3, 2
     assert data_key(same).key == base  # same bytes elsewhere, other training settings: same key
     moved.write_bytes(Path(corpus[1]).read_bytes())  # other content under that path
@@ -117,8 +115,8 @@ def test_key_follows_file_content_vocabulary_and_version_not_paths_or_training(c
 # --------------------------------------------------------------------------- no-op, runs, A/B configs
 
 
-def test_second_prepare_of_a_complete_key_builds_nothing(corpus, tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, corpus)
+def test_second_prepare_of_a_complete_key_builds_nothing(corpus, tmp_path, monkeypatch, cfg_for):
+    cfg = cfg_for(tmp_path, corpus)
     first = prepare(cfg, show_progress=False)
     stats = {p: p.stat().st_mtime_ns for p in Path(first["processed"]).rglob("*")}
     monkeypatch.setattr(parts, "build_unit", lambda unit: pytest.fail("parsed a file for a complete key"))
@@ -128,9 +126,9 @@ def test_second_prepare_of_a_complete_key_builds_nothing(corpus, tmp_path, monke
     assert (tmp_path / "runs" / "r2" / "pipeline_prepare.json").is_file()
 
 
-def test_runs_read_their_own_windows_never_another_configs(corpus, tmp_path):
-    multi = _cfg(tmp_path, corpus)
-    single = _cfg(tmp_path, corpus, pack_mode="single")
+def test_runs_read_their_own_windows_never_another_configs(corpus, tmp_path, cfg_for):
+    multi = cfg_for(tmp_path, corpus)
+    single = cfg_for(tmp_path, corpus, pack_mode="single")
     prepare(multi, run_dir=tmp_path / "runs" / "multi-run", show_progress=False)
     record = layout.read_json(tmp_path / "runs" / "multi-run" / RUN_RECORD)
     assert record["key"] == data_key(multi).key and set(record["splits"]) == {"train", "val", "test"}
@@ -149,8 +147,8 @@ def test_runs_read_their_own_windows_never_another_configs(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["deleted", "truncated", "edited"])
-def test_damaged_data_refused_in_one_line_then_rebuilt(corpus, tmp_path, capsys, fault):
-    raw = _raw(tmp_path, [{"name": f"ds{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(corpus)])
+def test_damaged_data_refused_in_one_line_then_rebuilt(corpus, tmp_path, capsys, fault, tiny_config):
+    raw = tiny_config(tmp_path, corpus)
     raw["outputs"].update(out_dir=str(tmp_path / "ckpt"), scores_dir=str(tmp_path / "scores"))
     raw["train"] = {"max_steps": 1, "amp": False}
     cfg_path = tmp_path / "cfg.yaml"
@@ -182,7 +180,7 @@ def test_damaged_data_refused_in_one_line_then_rebuilt(corpus, tmp_path, capsys,
 # --------------------------------------------------------------------------- workers, merges
 
 
-def _two_file_corpus(root: Path, corpus: list[Path]) -> list[dict]:
+def _two_file_corpus(root: Path, corpus: list[Path], make_corpus) -> list[dict]:
     """Dataset 'pair' reads two files (two units, packed apart), 'solo' one."""
     (root / "third").mkdir(parents=True, exist_ok=True)
     third, _ = make_corpus(root / "third", n_genes=30, seed=1)
@@ -190,30 +188,31 @@ def _two_file_corpus(root: Path, corpus: list[Path]) -> list[dict]:
             {"name": "solo", "gbff": str(third[0]), "min_len": 10}]
 
 
-def test_one_and_many_workers_write_the_same_bytes(corpus, tmp_path):
-    datasets = _two_file_corpus(tmp_path, corpus)
-    one = prepare(parse_config(_raw(tmp_path / "one", datasets)), workers=1, show_progress=False)
-    many = prepare(parse_config(_raw(tmp_path / "many", datasets)), workers=3, show_progress=False)
+def test_one_and_many_workers_write_the_same_bytes(corpus, tmp_path, make_corpus, raw_for):
+    datasets = _two_file_corpus(tmp_path, corpus, make_corpus)
+    one = prepare(parse_config(raw_for(tmp_path / "one", datasets)), workers=1, show_progress=False)
+    many = prepare(parse_config(raw_for(tmp_path / "many", datasets)), workers=3, show_progress=False)
     assert one["key"] == many["key"] and many["workers"] == 3
     a, b = _digests(tmp_path / "one" / "processed"), _digests(tmp_path / "many" / "processed")
     assert len(a) == 3 * 2 + 3 * 2 + 3 and a == b  # parts, their links and all/
 
 
-def test_datasets_prepared_apart_merge_to_the_same_key_and_bytes(corpus, tmp_path, monkeypatch, capsys):
-    datasets = _two_file_corpus(tmp_path, corpus)
-    whole = prepare(parse_config(_raw(tmp_path / "whole", datasets)), show_progress=False)
+def test_datasets_prepared_apart_merge_to_the_same_key_and_bytes(corpus, tmp_path, monkeypatch, capsys, make_corpus,
+                                                                raw_for):
+    datasets = _two_file_corpus(tmp_path, corpus, make_corpus)
+    whole = prepare(parse_config(raw_for(tmp_path / "whole", datasets)), show_progress=False)
     for machine, name in (("m1", "pair"), ("m2", "solo")):
-        cfg = parse_config(_raw(tmp_path / machine, datasets))
+        cfg = parse_config(raw_for(tmp_path / machine, datasets))
         report = prepare(cfg, datasets=[name], show_progress=False)
         assert list(report["parts"]) == [name] and not _folder(cfg).exists()
         shutil.copytree(tmp_path / machine / "processed" / "parts", tmp_path / "merged" / "processed" / "parts",
                         dirs_exist_ok=True)
     monkeypatch.setattr(parts, "build_unit", lambda unit: pytest.fail("the merge parsed a file"))
-    merged = prepare(parse_config(_raw(tmp_path / "merged", datasets)), show_progress=False)
+    merged = prepare(parse_config(raw_for(tmp_path / "merged", datasets)), show_progress=False)
     assert merged["key"] == whole["key"]
     assert _digests(Path(merged["processed"])) == _digests(Path(whole["processed"]))
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(_raw(tmp_path / "m3", datasets)))
+    cfg_path.write_text(yaml.safe_dump(raw_for(tmp_path / "m3", datasets)))
     capsys.readouterr()
     assert main(["prepare", "-c", str(cfg_path), "--datasets", "nope", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -224,14 +223,14 @@ def test_datasets_prepared_apart_merge_to_the_same_key_and_bytes(corpus, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def big(tmp_path_factory):
+def big(tmp_path_factory, make_corpus, raw_for):
     """Eight files of 120 genes: a prepare long enough (about a second) to be killed or overlapped."""
     root = tmp_path_factory.mktemp("big")
     for seed in range(4):
         (root / f"s{seed}").mkdir()
     files = [f for seed in range(4) for f in make_corpus(root / f"s{seed}", n_genes=120, seed=seed)[0]]
     datasets = [{"name": f"d{i}", "gbff": str(f), "min_len": 10} for i, f in enumerate(files)]
-    reference = prepare(parse_config(_raw(root / "reference", datasets)), workers=1, show_progress=False)
+    reference = prepare(parse_config(raw_for(root / "reference", datasets)), workers=1, show_progress=False)
     return datasets, _digests(Path(reference["processed"]))
 
 
@@ -249,9 +248,9 @@ def _leftovers(processed: Path) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment,workers", [("first part being built", 2), ("three parts published", 1)])
-def test_sigkill_then_rerun_gives_the_uninterrupted_result(big, tmp_path, moment, workers):
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(big, tmp_path, moment, workers, raw_for):
     datasets, reference = big
-    raw = _raw(tmp_path, datasets)
+    raw = raw_for(tmp_path, datasets)
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     part_root = tmp_path / "processed" / "parts"
@@ -279,15 +278,15 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(big, tmp_path, moment
 
 
 @pytest.mark.slow
-def test_two_prepares_of_one_key_at_once_build_it_once(big, tmp_path):
+def test_two_prepares_of_one_key_at_once_build_it_once(big, tmp_path, raw_for):
     datasets, reference = big
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(_raw(tmp_path, datasets)))
+    cfg_path.write_text(yaml.safe_dump(raw_for(tmp_path, datasets)))
     procs = [_prepare_process(cfg_path, 1) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     built = [out.count("[prepare] d0: kept") for out in outputs]
     assert sorted(built) == [0, 1], outputs  # one built it; the other waited, then found it complete
     assert any("waiting" in out or "nothing to build" in out for out in outputs)
-    assert _digests(_folder(parse_config(_raw(tmp_path, datasets)))) == reference
+    assert _digests(_folder(parse_config(raw_for(tmp_path, datasets)))) == reference
     assert not _leftovers(tmp_path / "processed")

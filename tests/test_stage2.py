@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from genbank_fixtures import genbank_text, write_genbank
-from test_prepare import SYN
-from test_train import _raw_config
+from genbank_fixtures import SYNONYMS, genbank_text, write_genbank
 
 from codonlm.cli import main
 from codonlm.config import parse_config
@@ -28,14 +26,14 @@ from codonlm.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "s2"
-AAS = [a for a in SYN if a != "*"]
+AAS = [a for a in SYNONYMS if a != "*"]
 
 
 def biased_gene(rng: random.Random, gc_rich: bool) -> str:
     """A random protein written with GC-ending (or AT-ending) synonymous codons where the code allows."""
     codons = []
     for aa in (rng.choice(AAS) for _ in range(rng.randint(30, 110))):
-        pool = [c for c in SYN[aa] if (c[2] in "GC") == gc_rich] or SYN[aa]
+        pool = [c for c in SYNONYMS[aa] if (c[2] in "GC") == gc_rich] or SYNONYMS[aa]
         codons.append(rng.choice(pool))
     return "ATG" + "".join(codons) + "TAA"
 
@@ -57,15 +55,15 @@ def two_genomes(tmp: Path, n_genes: int = 44) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_config):
     """Prepared data, a 1-layer model trained for a few steps, and its prefix generations (a few seconds)."""
     tmp = tmp_path_factory.mktemp("stage2")
-    raw = _raw_config(tmp, two_genomes(tmp), epochs=1, max_steps=8)
+    raw = tiny_config(tmp, two_genomes(tmp), epochs=1, max_steps=8)
     raw["data"].update(val_frac=0.3, test_frac=0.3)
     raw["model"].update(n_layer=2, dropout=0.0, block_size=48)  # genes are longer: embeddings must slide
     cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, RUN, log=lambda _msg: None)
+    train(cfg, RUN)
     run_prefix_generation(RUN, checkpoints_dir=cfg.outputs.out_dir, prompt_codons=5, per_genome=8,
                           temperatures=(1.0,), max_codons=60, show_progress=False,
                           out_dir=str(tmp / "outputs" / "scores" / RUN / "gen_prefix"))
@@ -336,12 +334,10 @@ def test_heldout_pool_is_a_seeded_capped_draw_that_keeps_the_prompts(run):
     tmp, cfg = run
     test = read_split_genes(run_split_path(cfg, RUN, "test"))
     prompt = test.names[test.of_dataset(1)[-1]]
-    table, info = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4,
-                                log=lambda _m: None)
+    table, info = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4)
     assert prompt in set(table["id"])
     assert table.groupby(["genome", "split"]).size().tolist() == [3, 3, 3, 3]
-    again, _ = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4,
-                             log=lambda _m: None)
+    again, _ = heldout_table(cfg, RUN, Path(cfg.data.processed_dir), per_genome=3, keep=frozenset({prompt}), seed=4)
     assert again.equals(table) and info["heldout_total"] > len(table)
     assert set(table["hydropathy"]) == {"hydrophilic", "intermediate", "hydrophobic"}
     assert set(table["domain"]) == {"Bacteria", "Archaea"}
@@ -368,7 +364,7 @@ def test_pairs_stay_together_in_the_split_and_in_platt_calibration():
     assert not set(pair[tr]) & set(pair[te]) and 0.2 < len(te) / (2 * n) < 0.3
     cfg = parse_classifier_config({"train_labels": "x", "train_embeddings": "x", "out_dir": "x", "bootstrap": 0,
                                    "models": ["probe_svm", "probe_logreg"]})
-    _, results, _ = fit_models(cfg, data.take(tr), data.take(te), log=lambda _m: None)
+    _, results, _ = fit_models(cfg, data.take(tr), data.take(te))
     assert results["probe_logreg"]["roc_auc"] > 0.6
     assert results["probe_svm"]["roc_auc"] > 0.6
 

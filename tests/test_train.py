@@ -14,9 +14,6 @@ import pytest
 import torch
 import yaml
 
-# Old name kept for test_evaluate.py and test_generation_prefix.py until they take the `tiny_config` fixture.
-from conftest import raw_config as _raw_config  # noqa: F401
-
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.errors import TrainingDiverged, UserError
@@ -143,18 +140,18 @@ def test_early_stopping_and_best_only_on_improvement(cfg_for, monkeypatch):
     assert best["epoch"] == 1 and best["best_val"] == 3.0  # saved after the first epoch completed
 
 
-def test_epochs_auto_prints_derivation(cfg_for):
-    lines = []
-    loop.train(cfg_for(epochs="auto", tokens_per_param=0.5, max_steps=3), "auto", log=lines.append)
+def test_epochs_auto_prints_derivation(cfg_for, capsys):
+    loop.train(cfg_for(epochs="auto", tokens_per_param=0.5, max_steps=3), "auto")
+    lines = capsys.readouterr().out.splitlines()
     assert any("epochs auto: tokens_per_param 0.5 x n_params" in line for line in lines)
 
 
 @pytest.mark.parametrize("optimizer,scheduler", [("adafactor", "plateau"), ("adamw", "cosine")])
-def test_optimizers_schedulers_and_bf16(cfg_for, optimizer, scheduler):
+def test_optimizers_schedulers_and_bf16(cfg_for, optimizer, scheduler, capsys):
     cfg = cfg_for(optimizer=optimizer, amp=True, use_checkpoint=True, grad_accum_steps=2, epochs=1)
     cfg.schedule.scheduler = scheduler
-    lines = []
-    summary = loop.train(cfg, f"{optimizer}-{scheduler}", log=lines.append)
+    summary = loop.train(cfg, f"{optimizer}-{scheduler}")
+    lines = capsys.readouterr().out.splitlines()
     assert summary["nonfinite_steps"] == 0 and summary["best_val_loss"] < 4.3
     assert summary["precision"] == "bfloat16"
     warned = [line for line in lines if "warning: optimizer adafactor with lr 0.003" in line]

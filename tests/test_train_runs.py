@@ -96,9 +96,9 @@ def test_resume_without_config_writes_into_the_checkpoints_run(short, write_conf
     assert "\r" not in log  # clean lines only (no progress-bar redraws)
 
 
-def test_amp_auto_times_both_precisions_and_logs_why(short, monkeypatch):
-    lines: list[str] = []
-    summary = loop.train(parse_config(short(amp="auto")), "auto", log=lines.append)
+def test_amp_auto_times_both_precisions_and_logs_why(short, monkeypatch, capsys):
+    summary = loop.train(parse_config(short(amp="auto")), "auto")
+    lines = capsys.readouterr().out.splitlines()
     why = [line for line in lines if "amp auto on CPU, timed on this model" in line]
     assert len(why) == 1, lines
     m = re.search(r"bf16 ([\d,]+) tokens/s, fp32 ([\d,]+) tokens/s -> (\w+)", why[0])
@@ -106,7 +106,7 @@ def test_amp_auto_times_both_precisions_and_logs_why(short, monkeypatch):
     assert m.group(3) == summary["precision"] == ("bfloat16" if bf16 > fp32 else "float32")
     # timing ran on a copy with the RNG restored: training computed what a forced run computes
     forced = parse_config(short(amp=summary["precision"] == "bfloat16"))
-    loop.train(forced, "forced", log=lambda *a: None)
+    loop.train(forced, "forced")
     auto_w = torch.load(Path(forced.outputs.out_dir) / "auto" / "last.pt", weights_only=True)
     forced_w = torch.load(Path(forced.outputs.out_dir) / "forced" / "last.pt", weights_only=True)
     assert auto_w["precision"]["dtype"] == summary["precision"]
@@ -114,26 +114,27 @@ def test_amp_auto_times_both_precisions_and_logs_why(short, monkeypatch):
         torch.testing.assert_close(v, forced_w["model"][k], atol=0, rtol=0)
     # a resumed run keeps the precision it started with, without timing again
     monkeypatch.setattr(loop, "step_timer", lambda *a, **k: pytest.fail("timed again on resume"))
-    lines.clear()
-    loop.train(None, resume=Path(forced.outputs.out_dir) / "auto" / "last.pt", log=lines.append)
+    capsys.readouterr()
+    loop.train(None, resume=Path(forced.outputs.out_dir) / "auto" / "last.pt")
+    lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith(f"[train] precision {summary['precision']}: amp auto on CPU") for line in lines)
 
 
 def test_choose_precision_keeps_the_faster_and_forced_values():
     cpu = torch.device("cpu")
-    assert choose_precision("auto", cpu, lambda: {"bfloat16": 900.0, "float32": 1000.0}, print).dtype == "float32"
-    pick = choose_precision("auto", cpu, lambda: {"bfloat16": 2000.0, "float32": 1000.0}, print)
+    assert choose_precision("auto", cpu, lambda: {"bfloat16": 900.0, "float32": 1000.0}).dtype == "float32"
+    pick = choose_precision("auto", cpu, lambda: {"bfloat16": 2000.0, "float32": 1000.0})
     assert pick.dtype == "bfloat16" and "bf16 2,000 tokens/s, fp32 1,000 tokens/s -> bfloat16 (2.00x)" in pick.reason
-    assert choose_precision(True, cpu, None, print).dtype == "bfloat16"
-    assert choose_precision(False, cpu, None, print).dtype == "float32"
+    assert choose_precision(True, cpu, None).dtype == "bfloat16"
+    assert choose_precision(False, cpu, None).dtype == "float32"
 
 
 @pytest.mark.parametrize("amp,dtype", [(False, torch.float32), (True, torch.bfloat16)])
-def test_mfu_is_against_the_peak_of_the_dtype_in_use(short, monkeypatch, amp, dtype):
+def test_mfu_is_against_the_peak_of_the_dtype_in_use(short, monkeypatch, amp, dtype, capsys):
     asked = []
     monkeypatch.setattr(loop, "matmul_peak_flops", lambda device, d: asked.append(d) or 1e9)
-    lines: list[str] = []
-    loop.train(parse_config(short(amp=amp)), f"mfu-{amp}", log=lines.append)
+    loop.train(parse_config(short(amp=amp)), f"mfu-{amp}")
+    lines = capsys.readouterr().out.splitlines()
     assert asked == [dtype]
     epoch = next(line for line in lines if line.startswith("[train] epoch 1/1"))
     tps = float(re.search(r"\| ([\d,]+) tokens/s", epoch).group(1).replace(",", ""))
@@ -143,14 +144,14 @@ def test_mfu_is_against_the_peak_of_the_dtype_in_use(short, monkeypatch, amp, dt
     assert f"of the measured {str(dtype).removeprefix('torch.')} matmul peak" in epoch
 
 
-def test_compile_is_announced_and_kept_out_of_tokens_per_s(short, monkeypatch):
+def test_compile_is_announced_and_kept_out_of_tokens_per_s(short, monkeypatch, capsys):
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: model)  # the real one needs a C compiler
     raw = short()
     raw["system"]["compile"] = True
-    lines: list[str] = []
-    summary = loop.train(parse_config(raw), "compiled", log=lines.append)
+    summary = loop.train(parse_config(raw), "compiled")
+    lines = capsys.readouterr().out.splitlines()
     assert any("compiling the model (torch.compile, mode default)" in line for line in lines)
     assert any(re.match(r"\[train\] compiled in [\d.]+s \(first step\); tokens/s excludes it", line)
                for line in lines)
     assert summary["steps"] == 4 and summary["timed_steps"] == 3
-    assert loop.train(parse_config(short()), "eager", log=lambda *a: None)["timed_steps"] == 4
+    assert loop.train(parse_config(short()), "eager")["timed_steps"] == 4

@@ -1,4 +1,9 @@
-"""The `codonlm` command. Each subcommand parses arguments and calls the package; no logic lives here."""
+"""The `codonlm` command. Each subcommand parses arguments and calls the package; no logic lives here.
+
+Progress and status lines go through codonlm.log.log. A bare print() stays only where the text is the
+command's product (make-run-id's id, eval-perplexity's CSV without --out; query writes its own) or an
+error line for stderr: scripts read stdout, so a status line there would corrupt it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ import sys
 from pathlib import Path
 
 from codonlm.errors import TrainingDiverged, UserError
+from codonlm.log import log, log_to
 
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
+AMP_HELP = ("bf16 autocast, slightly less exact; faster or slower than fp32 depending on the CPU (native bf16 "
+            "helps; without it, 4-5x slower measured); training's 'amp: auto' times both")
 
 
 class _Tee:
@@ -52,13 +60,13 @@ def run_log(run_directory: Path):
         return
     Path(run_directory).mkdir(parents=True, exist_ok=True)
     saved = sys.stdout, sys.stderr
-    with open(Path(run_directory) / "log.txt", "a", buffering=1) as log:
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log, lines_only=True)
+    with open(Path(run_directory) / "log.txt", "a", buffering=1) as log_file:
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log_file), _Tee(sys.stderr, log_file, lines_only=True)
         os.environ["CODONLM_TEED"] = "1"
         try:
             yield
         except (UserError, TrainingDiverged) as exc:  # main() prints it after the tee is gone: log it too
-            log.write(f"error: {exc}\n")
+            log_file.write(f"error: {exc}\n")
             raise
         finally:
             sys.stdout.flush()
@@ -85,7 +93,7 @@ def cmd_fetch_data(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     dest = args.dest or cfg.data.raw_dir  # the config's data.raw_dir unless --dest says otherwise
     if args.if_needed and not missing_default_files(cfg, dest):
-        print("[fetch-data] every GenBank file the config names is present; nothing to fetch")
+        log("[fetch-data] every GenBank file the config names is present; nothing to fetch")
         return
     fetch_default_corpus(dest)
 
@@ -105,17 +113,17 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     if args.datasets:  # one machine's share: only these datasets' NPZs, no run
         report = prepare(cfg, show_progress=not args.quiet, workers=args.workers, datasets=args.datasets)
-        print(f"[prepare] datasets ready: {', '.join(f'{k} ({v})' for k, v in report['parts'].items())}; once every "
-              f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
+        log(f"[prepare] datasets ready: {', '.join(f'{k} ({v})' for k, v in report['parts'].items())}; once every "
+            f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
         return
     run_id, directory = _claim_run(cfg, args.run_id, args.config)
     with run_log(directory):
-        print(f"[prepare] run {run_id}")
+        log(f"[prepare] run {run_id}")
         with timed_stage(directory, "prepare"):
             report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet,
                              workers=args.workers)
         s = report["splits"]
-        print(
+        log(
             f"[prepare] {report['processed']}{' (already prepared)' if report['reused'] else ''}: kept "
             f"{report['kept_cds']} CDS; windows train/val/test = "
             f"{s['train']['windows']}/{s['val']['windows']}/{s['test']['windows']}; "
@@ -130,19 +138,18 @@ def cmd_extract_cds(args: argparse.Namespace) -> None:
     stats = write_cds_fasta(args.files, args.out, min_len=args.min_len, transl_table=args.transl_table)
     d = stats.as_dict()
     dropped = ", ".join(f"{k} {v}" for k, v in d["dropped"].items() if v) or "none"
-    print(f"[extract-cds] wrote {d['kept']} CDS to {args.out}; dropped {d['dropped_total']} ({dropped})",
-          file=sys.stderr)
+    log(f"[extract-cds] wrote {d['kept']} CDS to {args.out}; dropped {d['dropped_total']} ({dropped})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from codonlm.config import load_config, parse_config
     from codonlm.provenance import timed_stage
     from codonlm.train.checkpoint import load_checkpoint
-    from codonlm.train.distributed import agree_on
+    from codonlm.train.distributed import agree_on, is_main_rank
     from codonlm.train.loop import train
     from codonlm.train.precision import pick_device
 
-    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run folder
+    is_main = is_main_rank()  # under torchrun only rank 0 writes the run folder
     cfg = load_config(args.config) if args.config else None
     if args.resume:  # the checkpoint's run, config and run folder: a resumed run is the same run
         if args.run_id:
@@ -188,8 +195,8 @@ def cmd_export_hf(args: argparse.Namespace) -> None:
     from codonlm.model.hf_export import export_run
 
     out = export_run(args.run_id, args.out_dir, args.checkpoints_dir, args.runs_dir)
-    print(f"[export-hf] wrote {args.run_id} to {out}: LlamaForCausalLM, tokenizer and model card "
-          "(AutoModelForCausalLM / AutoTokenizer / pipeline('text-generation') .from_pretrained(OUT_DIR))")
+    log(f"[export-hf] wrote {args.run_id} to {out}: LlamaForCausalLM, tokenizer and model card "
+        "(AutoModelForCausalLM / AutoTokenizer / pipeline('text-generation') .from_pretrained(OUT_DIR))")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -198,9 +205,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     m = evaluate_run(args.run_id, args.checkpoints_dir, split=args.split, device=args.device, out_dir=args.out_dir,
                      stride=args.stride, amp=args.amp)
     beats = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m["beats_baselines"].items())
-    print(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}, top-1 "
-          f"{m['model']['top1_accuracy']:.3f}, aa accuracy {m['model']['aa_accuracy']:.3f}; baselines: "
-          + ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in m["baselines"].items()) + f"; beats: {beats}")
+    log(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}, top-1 "
+        f"{m['model']['top1_accuracy']:.3f}, aa accuracy {m['model']['aa_accuracy']:.3f}; baselines: "
+        + ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in m["baselines"].items()) + f"; beats: {beats}")
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
@@ -216,7 +223,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     table = pd.DataFrame(rows).drop(columns="per_codon_log_likelihood")
     if args.out:
         write_csv(table, args.out)
-        print(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
+        log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
     else:
         print(table.to_csv(index=False), end="")
 
@@ -239,9 +246,10 @@ def cmd_query(args: argparse.Namespace) -> None:
     model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
-    run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
-              sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
-              as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
+    with log_to("stderr"):  # stdout carries the results
+        run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
+                  sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
+                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
 
 
 def _kinds(text: str) -> list[str]:
@@ -269,7 +277,7 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transl-table", type=int, default=11, help="NCBI genetic code (default: %(default)s)")
     p.add_argument("--stride", type=int, help="score/mutate: window advance for genes longer than block_size "
                    "(default block_size/4, as evaluate)")
-    p.add_argument("--amp", action="store_true", help="score under bf16 autocast (faster where bf16 is native)")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     m = p.add_argument_group("mutate (every single-codon substitution)")
     m.add_argument("--llr", choices=["exact", "local"], default="exact",
                    help="exact: whole mutant gene vs wild type; local: only the mutated codon's own term (fast)")
@@ -339,13 +347,13 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
     )  # fmt: skip
     for row in result["summary"]:
         if row["genome"] == "all":
-            print(
+            log(
                 f"[gen-prefix] T={row['temperature']}: valid ORF {row['frac_valid_orf']:.3f}, "
                 f"ends with stop {row['frac_ends_with_stop']:.3f}, length ratio (median) "
                 f"{row['length_ratio_median']:.2f}, codon JS {row['codon_js']:.4f} "
                 f"(floor {row['codon_js_floor']:.4f}), identity {row['nearest_identity_mean']:.3f}"
             )
-    print(
+    log(
         f"[gen-prefix] wrote {Path(result['files']['summary.csv']).parent} "
         f"in {result['timings_s']['total']:.0f} s"
     )
@@ -364,7 +372,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         if args.report:
             from codonlm.analysis.report import write_report
 
-            print(f"[analyze] report: {write_report(args.run_id, ctx.run_dir.parent, args.reports_dir)}")
+            log(f"[analyze] report: {write_report(args.run_id, ctx.run_dir.parent, args.reports_dir)}")
         failed = [n for n, r in results.items() if r.get("status") == "failed"]
         if failed:
             print(f"codonlm analyze: step(s) failed with an error (traceback above): {', '.join(failed)}",
@@ -373,13 +381,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         missing = {n: r["reason"] for n, r in results.items() if r.get("status") == "not run"}
         if missing:
             raise UserError("not run: " + "; ".join(f"{n} ({why})" for n, why in missing.items()))
-        print(f"[analyze] {len(results)} step(s) done; outputs in {ctx.run_dir / 'analysis'}")
+        log(f"[analyze] {len(results)} step(s) done; outputs in {ctx.run_dir / 'analysis'}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from codonlm.analysis.report import write_report
 
-    print(f"[report] wrote {write_report(args.run_id, args.runs_dir, args.reports_dir)}")
+    log(f"[report] wrote {write_report(args.run_id, args.runs_dir, args.reports_dir)}")
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
@@ -387,7 +395,7 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 
     folder, archive = bundle_run(args.run_id, out_dir=args.out_dir, checkpoints_dir=args.checkpoints_dir,
                                  runs_dir=args.runs_dir, reports_dir=args.reports_dir)
-    print(f"[bundle] {folder} and {archive} (checksums in {folder / 'MANIFEST.sha256'})")
+    log(f"[bundle] {folder} and {archive} (checksums in {folder / 'MANIFEST.sha256'})")
 
 
 def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> None:
@@ -400,7 +408,7 @@ def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> No
 def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size "
                    "(default block_size/4; 1 = every codon with the full window as context)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast: about 2x faster on CPU, slightly less exact")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
 
 
 def _workers(text: str) -> int | str:
@@ -450,10 +458,98 @@ def cmd_stage2(args: argparse.Namespace) -> None:
                show_progress=not args.quiet)
 
 
-def add_stage2_commands(sub) -> None:
-    """extract-embeddings, train-classifier, eval-classifier (the manual's scripts.*) and stage2."""
-    p = sub.add_parser("extract-embeddings", help="pooled hidden states of a run for FASTA/CSV genes -> NPZ "
-                       "(= python -m scripts.extract_embeddings)")
+# --------------------------------------------------------------------------- the parser: a table of commands
+
+
+def _fetch_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dest", help="destination folder (default: the config's data.raw_dir, data/raw)")
+    p.add_argument("--if-needed", action="store_true", help="only when a file the config names is missing")
+    _add_config(p)
+
+
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument("--run-id", help="write reports into runs/RUN_ID: a new run, or one this config started "
+                   "(default: a new run with a fresh id)")
+    p.add_argument("--force", action="store_true", help="keep going when the integrity check fails")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=_workers, help="processes parsing input files (default: data.prepare_workers)")
+    p.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="prepare only these datasets (one machine's share); a plain prepare then merges them")
+
+
+def _extract_cds_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", help=".gb/.gbk/.gbff files, plain or gzipped")
+    p.add_argument("--out", required=True, help="output FASTA path")
+    p.add_argument("--min-len", type=int, default=1, help="minimum sense codons (default: %(default)s)")
+    p.add_argument("--transl-table", type=int, default=11, help="code when a CDS has no /transl_table")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
+    p.add_argument("--run-id", help="name of a new run, or of a run this config started (default: a fresh "
+                   "id from the config, with a suffix when taken)")
+    p.add_argument("-r", "--resume", help="continue the run of outputs/checkpoints/<RUN_ID>/last.pt")
+
+
+def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Runs the stages of a run in order (codonlm.pipeline.STAGES). The "
+                     "same config continues the same run: finished stages are skipped, an interrupted "
+                     "training resumes from last.pt; a changed config starts a new run.")
+    add_pipeline_arguments(p)
+
+
+def _export_hf_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
+    p.add_argument("out_dir")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--runs-dir", help="run folders, for the model card (default: the run config's outputs.runs_dir)")
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-dir", help="default: runs/<RUN_ID>/evaluate")
+    _add_scoring(p)
+
+
+def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--fasta", required=True)
+    p.add_argument("--out", help="CSV path (default: stdout)")
+    _add_scoring(p)
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+
+
+def _analyze_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--steps", nargs="+", metavar="STEP",
+                   help="steps to run, in pipeline order whatever the order given (default: all six)")
+    p.add_argument("--force", action="store_true", help="re-run steps that already finished")
+    p.add_argument("--report", action="store_true", help="then write runs/<RUN_ID>/report.html")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of every gene/position draw (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_analysis(p)
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    _add_analysis(p, runs_dir="runs")
+
+
+def _bundle_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id")
+    p.add_argument("--out-dir", default="outputs/share", help="bundles go to <dir>/<RUN_ID>[.tar.gz]")
+    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    _add_analysis(p)
+
+
+def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3)")
@@ -466,21 +562,19 @@ def add_stage2_commands(sub) -> None:
                    help="skip and count bad records instead of stopping")
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size (default block/2)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (faster only with native bf16 CPUs or GPUs)")
+    p.add_argument("--amp", action="store_true", help=AMP_HELP)
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_extract_embeddings)
 
-    p = sub.add_parser("train-classifier", help="probes and k-mer baselines from a classifier YAML "
-                       "(= python -m scripts.train_classifier)")
+
+def _train_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="e.g. configs/classifier/probe_aa.yaml")
     p.add_argument("--run_id", "--run-id", dest="run_id", help="fills {run_id} (default: the config's run_id)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("eval-classifier", help="score a saved classifier on labelled data "
-                       "(= python -m scripts.eval_classifier)")
+
+def _eval_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", required=True, help="probe (embeddings) or kmer (sequences)")
     p.add_argument("--model", required=True, help="model.skops / <model>.skops / kmer_xgb.json "
                    "(the manual's model.pkl resolves to model.skops; pickles are never loaded)")
@@ -493,127 +587,70 @@ def add_stage2_commands(sub) -> None:
     p.add_argument("--id-column", "--id_column", dest="id_column", default="id")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_eval_classifier)
 
-    p = sub.add_parser("stage2", help="the ready stage-2 classifier tasks for a run -> "
-                       "outputs/reports/<RUN_ID>/stage2/ (summary.json, compare.csv/png)")
+
+def _stage2_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("--configs-dir", default="configs/classifier")
     p.add_argument("--tasks", help="comma-separated subset (default: all ready tasks)")
     p.add_argument("--checkpoints-dir", help="default: each config's (outputs/checkpoints)")
     p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_stage2)
+
+
+# Every subcommand: name, one-line help, its arguments, what runs it; `codonlm --help` lists them in this order.
+COMMANDS = (
+    ("fetch-data", "fetch the default real corpus (Debian cct-examples) into data/raw",
+     _fetch_data_arguments, cmd_fetch_data),
+    ("make-run-id", "print the id a new run of a config gets (YYYY-MM-DD_tiny_6L4H_d256_e5, "
+     "with a suffix -2, -3, ... when taken)",
+     _add_config, cmd_make_run_id),
+    ("prepare", "GenBank -> CDS -> tokens -> windows -> NPZ splits",
+     _prepare_arguments, cmd_prepare),
+    ("extract-cds", "write the kept CDS of GenBank files as FASTA (to audit extraction)",
+     _extract_cds_arguments, cmd_extract_cds),
+    ("train", "train TinyGPT on the prepared NPZ windows",
+     _train_arguments, cmd_train),
+    ("pipeline", "every stage of a run, like make (what ./main.sh runs)",
+     _pipeline_arguments, cmd_pipeline),
+    ("export-hf", "export a run as a Hugging Face LlamaForCausalLM + tokenizer + card",
+     _export_hf_arguments, cmd_export_hf),
+    ("evaluate", "held-out metrics + baselines into runs/<RUN_ID>/evaluate/",
+     _evaluate_arguments, cmd_evaluate),
+    ("eval-perplexity", "score every CDS of a FASTA file (one row per sequence)",
+     _eval_perplexity_arguments, cmd_eval_perplexity),
+    ("generate-prefix", "prefix generation + gene quality metrics (gen_prefix/)",
+     add_generate_prefix_arguments, cmd_generate_prefix),
+    ("analyze", "the six-step interpretability analysis -> runs/<RUN_ID>/analysis/",
+     _analyze_arguments, cmd_analyze),
+    ("report", "runs/<RUN_ID>/report.html: one self-contained page per run",
+     _report_arguments, cmd_report),
+    ("bundle", "a run's artifacts + HF export in one folder and .tar.gz with checksums",
+     _bundle_arguments, cmd_bundle),
+    ("query", "next codons, generate, score or mutate a DNA sequence",
+     add_query_arguments, cmd_query),
+    ("extract-embeddings", "pooled hidden states of a run for FASTA/CSV genes -> NPZ "
+     "(= python -m scripts.extract_embeddings)",
+     _extract_embeddings_arguments, cmd_extract_embeddings),
+    ("train-classifier", "probes and k-mer baselines from a classifier YAML "
+     "(= python -m scripts.train_classifier)",
+     _train_classifier_arguments, cmd_train_classifier),
+    ("eval-classifier", "score a saved classifier on labelled data "
+     "(= python -m scripts.eval_classifier)",
+     _eval_classifier_arguments, cmd_eval_classifier),
+    ("stage2", "the ready stage-2 classifier tasks for a run -> "
+     "outputs/reports/<RUN_ID>/stage2/ (summary.json, compare.csv/png)",
+     _stage2_arguments, cmd_stage2),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Long on purpose: one flat, declarative list of every subcommand and its arguments, read top to
-    # bottom like `codonlm --help`; no logic lives here.
     parser = argparse.ArgumentParser(prog="codonlm", description="Codon-level GPT for prokaryotic CDS.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("fetch-data", help="fetch the default real corpus (Debian cct-examples) into data/raw")
-    p.add_argument("--dest", help="destination folder (default: the config's data.raw_dir, data/raw)")
-    p.add_argument("--if-needed", action="store_true", help="only when a file the config names is missing")
-    _add_config(p)
-    p.set_defaults(func=cmd_fetch_data)
-
-    p = sub.add_parser("make-run-id", help="print the id a new run of a config gets (YYYY-MM-DD_tiny_6L4H_d256_e5, "
-                       "with a suffix -2, -3, ... when taken)")
-    _add_config(p)
-    p.set_defaults(func=cmd_make_run_id)
-
-    p = sub.add_parser("prepare", help="GenBank -> CDS -> tokens -> windows -> NPZ splits")
-    _add_config(p)
-    p.add_argument("--run-id", help="write reports into runs/RUN_ID: a new run, or one this config started "
-                   "(default: a new run with a fresh id)")
-    p.add_argument("--force", action="store_true", help="keep going when the integrity check fails")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--workers", type=_workers, help="processes parsing input files (default: data.prepare_workers)")
-    p.add_argument("--datasets", nargs="+", metavar="NAME",
-                   help="prepare only these datasets (one machine's share); a plain prepare then merges them")
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("extract-cds", help="write the kept CDS of GenBank files as FASTA (to audit extraction)")
-    p.add_argument("files", nargs="+", help=".gb/.gbk/.gbff files, plain or gzipped")
-    p.add_argument("--out", required=True, help="output FASTA path")
-    p.add_argument("--min-len", type=int, default=1, help="minimum sense codons (default: %(default)s)")
-    p.add_argument("--transl-table", type=int, default=11, help="code when a CDS has no /transl_table")
-    p.set_defaults(func=cmd_extract_cds)
-
-    p = sub.add_parser("train", help="train TinyGPT on the prepared NPZ windows")
-    p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
-    p.add_argument("--run-id", help="name of a new run, or of a run this config started (default: a fresh "
-                   "id from the config, with a suffix when taken)")
-    p.add_argument("-r", "--resume", help="continue the run of outputs/checkpoints/<RUN_ID>/last.pt")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("pipeline", help="every stage of a run, like make (what ./main.sh runs)",
-                       description="Runs the stages of a run in order (codonlm.pipeline.STAGES). The "
-                       "same config continues the same run: finished stages are skipped, an interrupted "
-                       "training resumes from last.pt; a changed config starts a new run.")
-    add_pipeline_arguments(p)
-    p.set_defaults(func=cmd_pipeline)
-
-    p = sub.add_parser("export-hf", help="export a run as a Hugging Face LlamaForCausalLM + tokenizer + card")
-    p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
-    p.add_argument("out_dir")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--runs-dir", help="run folders, for the model card (default: the run config's outputs.runs_dir)")
-    p.set_defaults(func=cmd_export_hf)
-
-    p = sub.add_parser("evaluate", help="held-out metrics + baselines into runs/<RUN_ID>/evaluate/")
-    p.add_argument("run_id")
-    p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out-dir", help="default: runs/<RUN_ID>/evaluate")
-    _add_scoring(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("eval-perplexity", help="score every CDS of a FASTA file (one row per sequence)")
-    p.add_argument("run_id")
-    p.add_argument("--fasta", required=True)
-    p.add_argument("--out", help="CSV path (default: stdout)")
-    _add_scoring(p)
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_eval_perplexity)
-
-    p = sub.add_parser("generate-prefix", help="prefix generation + gene quality metrics (gen_prefix/)")
-    add_generate_prefix_arguments(p)
-    p.set_defaults(func=cmd_generate_prefix)
-
-    p = sub.add_parser("analyze", help="the six-step interpretability analysis -> runs/<RUN_ID>/analysis/")
-    p.add_argument("run_id")
-    p.add_argument("--steps", nargs="+", metavar="STEP",
-                   help="steps to run, in pipeline order whatever the order given (default: all six)")
-    p.add_argument("--force", action="store_true", help="re-run steps that already finished")
-    p.add_argument("--report", action="store_true", help="then write runs/<RUN_ID>/report.html")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed of every gene/position draw (default: 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_analysis(p)
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("report", help="runs/<RUN_ID>/report.html: one self-contained page per run")
-    p.add_argument("run_id")
-    _add_analysis(p, runs_dir="runs")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("bundle", help="a run's artifacts + HF export in one folder and .tar.gz with checksums")
-    p.add_argument("run_id")
-    p.add_argument("--out-dir", default="outputs/share", help="bundles go to <dir>/<RUN_ID>[.tar.gz]")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    _add_analysis(p)
-    p.set_defaults(func=cmd_bundle)
-
-    p = sub.add_parser("query", help="next codons, generate, score or mutate a DNA sequence")
-    add_query_arguments(p)
-    p.set_defaults(func=cmd_query)
-
-    add_stage2_commands(sub)
+    for name, help_text, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +22,9 @@ def _at_least_one(v: int | str) -> int | str:
 
 PositiveIntOrAuto = Annotated[int | Literal["auto"], AfterValidator(_at_least_one)]
 """A count the program may derive itself ('auto'), else at least 1."""
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 # A codon window needs room for <BOS_CDS>, at least one codon, <EOS_CDS> and one target.
 MIN_BLOCK_SIZE = 8
@@ -188,8 +192,9 @@ def format_validation_error(err: ValidationError, source: str, root: type[BaseMo
     return f"{source}: invalid value for '{where}': {msg}{got_txt}"
 
 
-def read_yaml_mapping(path: str | Path, missing_hint: str, expected: str) -> dict:
-    """The YAML mapping in `path`; one-line UserErrors for a missing file, bad syntax or a non-mapping."""
+def load_yaml(path: str | Path, parse: Callable[[dict, str], T], missing_hint: str, expected: str) -> T:
+    """`parse(mapping, source)` of the YAML mapping in `path`; one-line UserErrors for a missing file,
+    bad syntax or a non-mapping (`missing_hint` and `expected` say what the user should pass)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path} ({missing_hint})")
@@ -201,20 +206,24 @@ def read_yaml_mapping(path: str | Path, missing_hint: str, expected: str) -> dic
         raise UserError(f"{path}:{line} is not valid YAML; fix the syntax and retry") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of {expected}")
-    return raw
+    return parse(raw, str(path))
 
 
 def load_config(path: str | Path) -> Config:
-    raw = read_yaml_mapping(path, "pass -c configs/tiny_cpu.yaml or another YAML",
-                            "config sections (model, data, train, ...)")
-    return parse_config(raw, source=str(path))
+    return load_yaml(path, parse_config, "pass -c configs/tiny_cpu.yaml or another YAML",
+                     "config sections (model, data, train, ...)")
+
+
+def validate(model: type[M], raw: dict, source: str) -> M:
+    """`raw` as a `model`, or a one-line UserError naming `source` and the first problem."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(format_validation_error(err, source, root=model)) from None
 
 
 def parse_config(raw: dict, source: str = "<config>") -> Config:
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(format_validation_error(err, source)) from None
+    return validate(Config, raw, source)
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -2,23 +2,35 @@
 
 Set CODONLM_QUIET=1 (or pass quiet=True) for CI logs: bars are off and only log lines remain.
 A log line is one clean line, so `runs/<RUN_ID>/log.txt` stays readable while bars go to stderr.
+`log_to("stderr")` keeps stdout for a command's product (query's table); `log_to(None)` drops the lines
+(the non-main ranks of a distributed run, benches).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+Target = Literal["stdout", "stderr"] | None
 
 _LOGGER_NAME = "codonlm"
+_target: list[Target] = ["stdout"]  # the innermost log_to() last
+
+
+def _stream():
+    """Whatever sys.stdout (or sys.stderr, see log_to) is at the time: a tee, pytest's capture."""
+    return sys.stderr if _target[-1] == "stderr" else sys.stdout
 
 
 class _StdoutHandler(logging.StreamHandler):
-    """Our handler: writes to whatever sys.stdout is at the time (a tee, pytest's capture)."""
+    """Our handler: writes to _stream() at the time of each line."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout  # not setStream(): it flushes the old stream, which may be closed by now
+        self.stream = _stream()  # not setStream(): it flushes the old stream, which may be closed by now
         super().emit(record)
 
 
@@ -39,8 +51,20 @@ def log(message: str) -> None:
     Written between progress-bar redraws, so a line never lands in the middle of a bar."""
     from tqdm import tqdm
 
-    with tqdm.external_write_mode(file=sys.stdout):
+    if _target[-1] is None:
+        return
+    with tqdm.external_write_mode(file=_stream()):
         _logger().info(message)
+
+
+@contextlib.contextmanager
+def log_to(target: Target) -> Iterator[None]:
+    """Send log lines to stdout, stderr, or nowhere (None) while the block runs."""
+    _target.append(target)
+    try:
+        yield
+    finally:
+        _target.pop()
 
 
 def quiet() -> bool:

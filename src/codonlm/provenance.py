@@ -14,6 +14,7 @@ from pathlib import Path
 from codonlm.config import Config, config_sha256, config_to_yaml
 from codonlm.errors import UserError
 from codonlm.io import atomic_write, read_json, sha256_file, write_json
+from codonlm.log import log
 
 
 def run_dir(cfg: Config, run_id: str) -> Path:
@@ -87,12 +88,12 @@ def snapshot(cfg: Config, directory: Path, config_path: str | None = None) -> st
 
 @contextmanager
 def timed_stage(directory: Path | None, stage: str):
-    """Time a stage, print it, and add it to runs/<RUN_ID>/timings.json."""
+    """Time a stage, log it, and add it to runs/<RUN_ID>/timings.json."""
     t0 = time.perf_counter()
-    print(f"[{stage}] start", flush=True)
+    log(f"[{stage}] start")
     yield
     seconds = round(time.perf_counter() - t0, 3)
-    print(f"[{stage}] done in {seconds:.1f}s", flush=True)
+    log(f"[{stage}] done in {seconds:.1f}s")
     if directory is not None:
         path = Path(directory) / "timings.json"
         timings = read_json(path, {})

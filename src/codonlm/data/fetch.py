@@ -13,6 +13,7 @@ from pathlib import Path
 
 from codonlm.errors import UserError
 from codonlm.io import atomic_write, sha256_file, write_json
+from codonlm.log import log
 
 PACKAGE = "cct-examples"
 _EX = "usr/share/doc/cct/examples/sample_projects"
@@ -58,7 +59,7 @@ def fetch_default_corpus(dest: str | Path = "data/raw") -> dict:
     """Copy the default genomes into dest and write dest/manifest.json; a no-op when already there."""
     dest = Path(dest)
     if _manifest_ok(dest):
-        print(f"[fetch-data] default corpus already in {dest} ({len(GENOMES)} genomes); nothing to do")
+        log(f"[fetch-data] default corpus already in {dest} ({len(GENOMES)} genomes); nothing to do")
         return json.loads((dest / MANIFEST).read_text())
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
@@ -89,7 +90,7 @@ def fetch_default_corpus(dest: str | Path = "data/raw") -> dict:
                            "source": f"{PACKAGE} {version}: /{inner}"}
     manifest = {"package": PACKAGE, "version": version, "files": files}
     write_json(dest / MANIFEST, manifest)
-    print(f"[fetch-data] wrote {len(files)} genomes from {PACKAGE} {version} to {dest}")
+    log(f"[fetch-data] wrote {len(files)} genomes from {PACKAGE} {version} to {dest}")
     return manifest
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from codonlm.config import DatasetSpec
 from codonlm.data.codons import PAD, frame_gene, loss_mask
@@ -41,6 +40,7 @@ from codonlm.data.store import (
 )
 from codonlm.errors import UserError
 from codonlm.io import sha256_file, write_json
+from codonlm.log import log, progress
 
 _RENDER_EVERY = 2048  # windows
 _COUNTS = ("genes", "windows", "target_tokens", "covered_targets", "lost_targets", "pad_tokens", "pad_only_windows",
@@ -344,8 +344,7 @@ class PartPlan:
     settings: UnitSettings
 
 
-def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: bool,
-                log: Callable[[str], None] = print) -> None:
+def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: bool) -> None:
     """Build each plan's part folder under root/parts/: units in `workers` processes, written here in order.
 
     Each part is written into a temporary folder and renamed into place when complete.
@@ -355,25 +354,24 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
                   i["uncompressed_bytes"]) for plan in plans for j, i in enumerate(plan.inputs)]
     try:
         with unit_results(units, workers) as result:  # the pool starts before the progress bar's thread
-            progress = tqdm(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,
-                            disable=not show_progress, mininterval=2.0, leave=False)
+            bar = progress(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,
+                           disable=not show_progress, leave=False)
             done = 0
             for plan in plans:
                 part = []
                 for _ in plan.inputs:
                     part.append((units[done].folder, result(done)))
-                    progress.update(units[done].size)
+                    bar.update(units[done].size)
                     done += 1
-                _write_part(stagings[plan.key.key], plan, part, log)
+                _write_part(stagings[plan.key.key], plan, part)
                 publish_dir(stagings[plan.key.key], part_dir(root, plan.key.key))
-            progress.close()
+            bar.close()
     finally:
         for staging in stagings.values():
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResult]],
-                log: Callable[[str], None]) -> None:
+def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResult]]) -> None:
     """The part's NPZs from its files' (in file order), its report and manifest, in `staging`."""
     name = plan.spec.name
     results = [r for _, r in units]

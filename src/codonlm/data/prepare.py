@@ -17,7 +17,7 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from codonlm.data.store import (
 )
 from codonlm.errors import UserError
 from codonlm.io import read_json, sha256_file, write_json
+from codonlm.log import log
 
 # Below this much GenBank text to parse, 'auto' uses one process: starting workers costs more than it saves.
 _PARALLEL_MIN_BYTES = 32 << 20
@@ -105,8 +106,7 @@ def _cyclic_gc_paused(fn):
 
 @_cyclic_gc_paused
 def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_progress: bool = True,
-            workers: int | str | None = None, datasets: list[str] | None = None,
-            log: Callable[[str], None] = print) -> dict:
+            workers: int | str | None = None, datasets: list[str] | None = None) -> dict:
     """Prepare the config's data (a no-op when its key is complete); returns the pipeline_prepare.json content.
 
     run_dir: also record the key, checksums and reports in this run folder. workers: processes
@@ -125,7 +125,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
     if setting in (None, "auto") and text_bytes < _PARALLEL_MIN_BYTES:
         n_workers = 1
     if datasets is not None:
-        return _prepare_parts(root, plans, datasets, n_workers, show_progress, log)
+        return _prepare_parts(root, plans, datasets, n_workers, show_progress)
     if run_dir is not None:
         _check_run_binding(Path(run_dir), key.key)
 
@@ -142,8 +142,8 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
             log(f"[prepare] {folder} is complete (key {key.key}): nothing to build")
             report = read_json(folder / "report.json")
         else:
-            with _parts_locked(root, plans, log):
-                build_parts(root, _missing_parts(root, plans, log), n_workers, show_progress, log)
+            with _parts_locked(root, plans):
+                build_parts(root, _missing_parts(root, plans), n_workers, show_progress)
                 report = _merge(root, key, plans, inputs, folder, force, n_workers, t0)
     if not report["integrity"]["ok"] and not force:
         if run_dir is not None:
@@ -159,21 +159,21 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
     return report
 
 
-def _prepare_parts(root: Path, plans: list[PartPlan], datasets: list[str], workers: int, show_progress: bool,
-                   log: Callable[[str], None]) -> dict:
+def _prepare_parts(root: Path, plans: list[PartPlan], datasets: list[str], workers: int,
+                   show_progress: bool) -> dict:
     """prepare --datasets: only these datasets' parts, for one machine's share of the work."""
     known = [p.spec.name for p in plans]
     unknown = [n for n in datasets if n not in known]
     if unknown:
         raise UserError(f"--datasets: no dataset named '{unknown[0]}' in the config; names: {', '.join(known)}")
     chosen = [p for p in plans if p.spec.name in datasets]
-    with _parts_locked(root, chosen, log):
-        build_parts(root, _missing_parts(root, chosen, log), workers, show_progress, log)
+    with _parts_locked(root, chosen):
+        build_parts(root, _missing_parts(root, chosen), workers, show_progress)
     return {"parts": {p.spec.name: str(part_dir(root, p.key.key)) for p in chosen}}
 
 
 @contextmanager
-def _parts_locked(root: Path, plans: list[PartPlan], log: Callable[[str], None]) -> Iterator[None]:
+def _parts_locked(root: Path, plans: list[PartPlan]) -> Iterator[None]:
     """Hold the lock of every plan's part (taken in key order, so two prepares never deadlock)."""
     with ExitStack() as stack:
         for plan in sorted(plans, key=lambda p: p.key.key):
@@ -184,7 +184,7 @@ def _parts_locked(root: Path, plans: list[PartPlan], log: Callable[[str], None])
         yield
 
 
-def _missing_parts(root: Path, plans: list[PartPlan], log: Callable[[str], None]) -> list[PartPlan]:
+def _missing_parts(root: Path, plans: list[PartPlan]) -> list[PartPlan]:
     """The plans whose part is absent or damaged (a damaged one is removed); hold the parts' locks."""
     missing = []
     for plan in plans:

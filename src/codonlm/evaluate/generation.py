@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from codonlm.data.codons import BOS, CODON_OFFSET, EOS, decode, genetic_code, translate
 from codonlm.errors import UserError
@@ -271,12 +271,9 @@ class PrefixSettings(BaseModel):
 
     @classmethod
     def parse(cls, **values) -> PrefixSettings:
-        from codonlm.config import format_validation_error
+        from codonlm.config import validate
 
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            raise UserError(format_validation_error(err, "generate-prefix")) from None
+        return validate(cls, values, "generate-prefix")
 
 
 @dataclass

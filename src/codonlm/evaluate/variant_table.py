@@ -22,7 +22,7 @@ from codonlm.data.codons import CODON_OFFSET, CODONS, ITOS, as_codon_ids, geneti
 from codonlm.errors import UserError
 from codonlm.evaluate.variants import KINDS, VariantScanner
 from codonlm.io import atomic_path, save_figure, write_json
-from codonlm.log import progress
+from codonlm.log import log, progress
 
 COLUMNS = ("id", "codon_position", "wt_codon", "mut_codon", "wt_aa", "mut_aa", "kind", "llr")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -127,9 +127,9 @@ def scan_records(model, records: list[tuple[str, str]], stream=None, out_path: s
     if out_path is not None:
         write_json(_sibling(out_path, "summary.json"), summary)
     means = ", ".join(f"{k} {v['mean_llr']:.3f}" for k, v in summary["by_kind"].items() if v["variants"])
-    print(f"[mutate] {llr}: {summary['genes']} gene(s), {scanned} codons, {summary['variants']} variants in "
-          f"{seconds:.1f} s ({summary['codons_per_s']:.1f} codons/s; heatmaps {plotting:.1f} s more); mean LLR {means}"
-          + (f"; table {out_path}" if out_path is not None else ""), file=sys.stderr)
+    log(f"[mutate] {llr}: {summary['genes']} gene(s), {scanned} codons, {summary['variants']} variants in "
+        f"{seconds:.1f} s ({summary['codons_per_s']:.1f} codons/s; heatmaps {plotting:.1f} s more); mean LLR {means}"
+        + (f"; table {out_path}" if out_path is not None else ""))
     return summary
 
 

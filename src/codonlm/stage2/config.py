@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from codonlm.config import format_validation_error, read_yaml_mapping
+from codonlm.config import load_yaml, validate
 from codonlm.errors import UserError
 from codonlm.stage2.classifiers import KMER_MODELS, MODELS, PROBE_MODELS
 
@@ -77,10 +77,7 @@ class ClassifierConfig(BaseModel):
 
 
 def parse_classifier_config(raw: dict, source: str = "<classifier config>") -> ClassifierConfig:
-    try:
-        cfg = ClassifierConfig.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(format_validation_error(err, source, root=ClassifierConfig)) from None
+    cfg = validate(ClassifierConfig, raw, source)
     if cfg.probes and not cfg.train_embeddings:
         raise UserError(f"{source}: models {', '.join(cfg.probes)} read embeddings; set train_embeddings")
     if cfg.test_labels is None and (cfg.test_embeddings or cfg.test_seqs):
@@ -91,9 +88,9 @@ def parse_classifier_config(raw: dict, source: str = "<classifier config>") -> C
 
 
 def load_classifier_config(path: str | Path) -> ClassifierConfig:
-    raw = read_yaml_mapping(path, "pass --config configs/classifier/probe_aa.yaml or another classifier YAML",
-                            "classifier settings (train_labels, models, out_dir, ...)")
-    return parse_classifier_config(raw, source=str(path))
+    return load_yaml(path, parse_classifier_config,
+                     "pass --config configs/classifier/probe_aa.yaml or another classifier YAML",
+                     "classifier settings (train_labels, models, out_dir, ...)")
 
 
 def latest_run(checkpoints_dir: str | Path) -> str:

@@ -25,7 +25,7 @@ token budget, so a batch pads little.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +36,7 @@ from codonlm.data.codons import PAD, encode
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows
 from codonlm.io import atomic_path, read_npz, sha256_file
-from codonlm.log import log as default_log
-from codonlm.log import progress
+from codonlm.log import log, progress
 
 POOLS = ("mean", "last", "max", "per-codon")
 FINAL = "ln_final.hook_normalized"
@@ -232,7 +231,7 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
 def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[str], layer: str = "final",
                        pool: str = "mean", checkpoints_dir: str = "outputs/checkpoints", device: str = "cpu",
                        stride: int | None = None, max_tokens: int = 16384, amp: bool = False, n_skipped: int = 0,
-                       show_progress: bool = True, log: Callable[[str], None] = default_log) -> EmbeddingFile:
+                       show_progress: bool = True) -> EmbeddingFile:
     """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling)."""
     from codonlm.model.load import checkpoint_path, load_model
 
@@ -260,7 +259,7 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
 
 
 def embed_file(run_id: str, out: str | Path, fasta: str | None = None, csv: str | None = None,
-               skip_invalid: bool = False, log: Callable[[str], None] = default_log, **options) -> EmbeddingFile:
+               skip_invalid: bool = False, **options) -> EmbeddingFile:
     """extract_embeddings for a FASTA file or a CSV with a `seq` column; bad records fail (or are skipped)."""
     from codonlm.stage2.inputs import clean_sequences, read_sequences
 
@@ -268,4 +267,4 @@ def embed_file(run_id: str, out: str | Path, fasta: str | None = None, csv: str 
     ids, seqs, skipped = clean_sequences(ids, seqs, source, skip_invalid)
     if skipped:
         log(f"[embeddings] skipped {len(skipped)} invalid record(s) of {source} (first: '{skipped[0]}')")
-    return extract_embeddings(run_id, out, ids, seqs, n_skipped=len(skipped), log=log, **options)
+    return extract_embeddings(run_id, out, ids, seqs, n_skipped=len(skipped), **options)

@@ -10,14 +10,13 @@ A task that cannot run (for instance no generated genes yet) is reported as skip
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from codonlm.errors import UserError
 from codonlm.io import read_json, write_csv, write_json
-from codonlm.log import log as default_log
+from codonlm.log import log
 from codonlm.stage2.config import load_classifier_config
 from codonlm.stage2.metrics import compare_rows, plot_compare
 
@@ -31,8 +30,7 @@ def _models(metrics: dict) -> dict:
 
 
 def run_stage2(run_id: str, configs_dir: str = "configs/classifier", checkpoints_dir: str | None = None,
-               processed_dir: str | None = None, tasks: list[str] | None = None, show_progress: bool = True,
-               log: Callable[[str], None] = default_log) -> dict:
+               processed_dir: str | None = None, tasks: list[str] | None = None, show_progress: bool = True) -> dict:
     """Run the ready configs for `run_id`; write stage2/summary.json, compare.csv, compare.png."""
     from codonlm.stage2.train import train_from_config
 
@@ -51,7 +49,7 @@ def run_stage2(run_id: str, configs_dir: str = "configs/classifier", checkpoints
         overrides = {k: v for k, v in (("checkpoints_dir", checkpoints_dir), ("processed_dir", processed_dir)) if v}
         cfg = cfg.model_copy(update=overrides)
         try:
-            results[name] = train_from_config(cfg, run_id=run_id, task=name, show_progress=show_progress, log=log)
+            results[name] = train_from_config(cfg, run_id=run_id, task=name, show_progress=show_progress)
         except UserError as exc:
             skipped[name] = str(exc)
             log(f"[stage2] {name}: skipped ({exc})")

@@ -30,7 +30,6 @@ Files written to `data_dir` (a folder of the run's stage-2 reports):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from codonlm.data.codons import decode, translate
 from codonlm.data.layout import run_split_path
 from codonlm.errors import UserError
 from codonlm.io import read_json, read_split_genes, sha256_file, write_csv, write_json
-from codonlm.log import log as default_log
+from codonlm.log import log
 from codonlm.stage2.config import ClassifierConfig
 from codonlm.stage2.embeddings import EmbeddingFile, extract_embeddings, load_embeddings
 from codonlm.stage2.inputs import read_table
@@ -90,7 +89,7 @@ def _run_context(cfg: ClassifierConfig):
 
 
 def heldout_table(run_cfg, run_id: str, processed: Path, per_genome: int | None = None, keep: frozenset[str] = frozenset(),
-                  seed: int = 0, log: Callable[[str], None] = default_log) -> tuple[pd.DataFrame, dict]:
+                  seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Val and test genes with their genome, domain and hydropathy class: all of them, or a seeded draw of at
     most `per_genome` per genome and split that always holds the genes in `keep` (the generation prompts)."""
     specs = {d.name: d for d in run_cfg.data.datasets}
@@ -179,8 +178,8 @@ def generated_tables(cfg: ClassifierConfig, heldout: pd.DataFrame) -> tuple[dict
                     "n_generated": len(generated)}
 
 
-def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckpt: Path, show_progress: bool,
-                      log: Callable[[str], None]) -> EmbeddingFile:
+def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckpt: Path,
+                      show_progress: bool) -> EmbeddingFile:
     """Embeddings of the table's genes at `out`, reused when ids, run, checkpoint, layer and pooling match."""
     sha = sha256_file(ckpt)
     if out.is_file():
@@ -190,16 +189,14 @@ def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckp
             log(f"[stage2] reusing {out} ({len(old.ids)} genes, layer {old.layer}, pool {old.pool})")
             return old
     return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=cfg.layer,
-                              pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress,
-                              log=log)
+                              pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress)
 
 
-def build_run_data(cfg: ClassifierConfig, show_progress: bool = True,
-                   log: Callable[[str], None] = default_log) -> dict:
+def build_run_data(cfg: ClassifierConfig, show_progress: bool = True) -> dict:
     """Write the ready tasks' CSVs and embeddings into cfg.data_dir (paths resolved); returns tasks.json."""
     folder = Path(cfg.data_dir)
     ckpt, run_cfg, run_id, processed = _run_context(cfg)
-    heldout, info = heldout_table(run_cfg, run_id, processed, cfg.heldout_per_genome, prompt_genes(cfg), cfg.seed, log)
+    heldout, info = heldout_table(run_cfg, run_id, processed, cfg.heldout_per_genome, prompt_genes(cfg), cfg.seed)
     tables = {"heldout": heldout}
     if "generated" in cfg.build_from_run:
         generated, gen_info = generated_tables(cfg, heldout)
@@ -207,7 +204,7 @@ def build_run_data(cfg: ClassifierConfig, show_progress: bool = True,
         info.update(gen_info)
     for name, table in tables.items():
         write_csv(table, folder / f"{name}.csv")
-    embeddings = {name: ensure_embeddings(cfg, tables[name], folder / f"{name}.npz", ckpt, show_progress, log)
+    embeddings = {name: ensure_embeddings(cfg, tables[name], folder / f"{name}.npz", ckpt, show_progress)
                   for name in ("heldout", "generated") if name in tables}
     info.update({
         "run_id": cfg.run_id, "checkpoint": str(ckpt), "processed_dir": str(processed),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pandas as pd
 
 from codonlm.errors import UserError
 from codonlm.io import write_csv, write_json
-from codonlm.log import log as default_log
+from codonlm.log import log
 from codonlm.stage2.classifiers import (
     copy_estimator,
     estimator_suffix,
@@ -190,7 +189,7 @@ def group_folds(data: LabelledSet, n_splits: int, seed: int):
     return folds.split(np.zeros(len(data.labels)), data.labels, data.groups)
 
 
-def split_sets(cfg: ClassifierConfig, log: Callable[[str], None]) -> tuple[LabelledSet, LabelledSet, dict]:
+def split_sets(cfg: ClassifierConfig) -> tuple[LabelledSet, LabelledSet, dict]:
     """(train, test, split info): the config's test files, else one seeded stratified (group) split."""
     need = {"need_embeddings": bool(cfg.probes), "need_seqs": bool(cfg.kmers),
             "label_column": cfg.label_column, "id_column": cfg.id_column}
@@ -226,8 +225,7 @@ def _features(model: str, data: LabelledSet, vectorizer) -> np.ndarray:
     return kmer_features(vectorizer, data.seqs) if feature_kind(model) == "kmer" else data.embeddings
 
 
-def fit_models(cfg: ClassifierConfig, train: LabelledSet, test: LabelledSet,
-               log: Callable[[str], None]) -> tuple[dict, dict, object]:
+def fit_models(cfg: ClassifierConfig, train: LabelledSet, test: LabelledSet) -> tuple[dict, dict, object]:
     """(fitted estimators, metrics per model, vectorizer or None).
 
     Fits run with one BLAS/OpenMP thread: these problems are small (about a thousand genes), and with two
@@ -282,18 +280,18 @@ def write_results(out: Path, title: str, classes: list[str], results: dict, pref
 
 
 def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: str | None = None,
-                      show_progress: bool = True, log: Callable[[str], None] = default_log) -> dict:
+                      show_progress: bool = True) -> dict:
     """Build the ready data when asked, fit every model on one split, write out_dir; returns metrics.json."""
     cfg = resolve_paths(cfg, run_id)
     if cfg.build_from_run:
         from codonlm.stage2.tasks import build_run_data
 
-        build_run_data(cfg, show_progress=show_progress, log=log)
-    train, test, split = split_sets(cfg, log)
+        build_run_data(cfg, show_progress=show_progress)
+    train, test, split = split_sets(cfg)
     classes = _check_classes(train, test)
     log(f"[classifier] {task or cfg.out_dir}: {len(train.labels)} training and {len(test.labels)} test genes, "
         f"{len(classes)} classes; models {', '.join(cfg.models)}")
-    fitted, results, vectorizer = fit_models(cfg, train, test, log)
+    fitted, results, vectorizer = fit_models(cfg, train, test)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {name: save_estimator(est, out / f"{name}{estimator_suffix(est)}") for name, est in fitted.items()}
@@ -322,8 +320,7 @@ def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: st
 
 def evaluate_saved(kind: str, model_path: str, labels: str, out: str, embeddings: str | None = None,
                    seqs: str | None = None, vectorizer: str | None = None, label_column: str = "label",
-                   id_column: str = "id", bootstrap: int = 1000, seed: int = 0,
-                   log: Callable[[str], None] = default_log) -> dict:
+                   id_column: str = "id", bootstrap: int = 1000, seed: int = 0) -> dict:
     """Score a model train_classifier saved on labelled data: eval_metrics.json, eval_confusion.png and
     eval_calibration.png in `out` (prefixed, so the training metrics in the same folder stay)."""
     if kind not in ("probe", "kmer"):

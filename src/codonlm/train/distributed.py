@@ -24,6 +24,11 @@ class DistInfo:
         return self.rank == 0
 
 
+def is_main_rank() -> bool:
+    """Rank 0 (or no torchrun at all): the one process that writes the run folder and logs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_type: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -23,12 +23,11 @@ from codonlm.data.codons import loss_mask
 from codonlm.data.layout import run_split_path
 from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
 from codonlm.errors import TrainingDiverged, UserError
-from codonlm.log import log as default_log
-from codonlm.log import progress
+from codonlm.log import log, log_to, progress
 from codonlm.model.tinygpt import TinyGPT
 from codonlm.train.checkpoint import load_checkpoint
 from codonlm.train.curves import curve_row, plot_curves, write_curves_csv
-from codonlm.train.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
+from codonlm.train.distributed import DistInfo, all_reduce_sum, init_distributed, is_main_rank, shutdown
 from codonlm.train.optim import adafactor_lr_warning, build_optimizer
 from codonlm.train.precision import (
     DTYPES,
@@ -76,7 +75,6 @@ class Run:
     peak: float  # measured matmul FLOP/s in the training dtype (the MFU denominator)
     ckpt_dir: Path
     curves_path: Path
-    log: object
 
 
 class Meter:
@@ -119,7 +117,7 @@ def load_data(cfg: Config, run_id: str, dist: DistInfo) -> Data:
                 make_loader(subset, cfg, EpochSampler(len(subset), seed, False, dist.rank, dist.world_size), batch))
 
 
-def plan_epochs(cfg: Config, n_params: int, tokens_per_epoch: int, log=default_log) -> int:
+def plan_epochs(cfg: Config, n_params: int, tokens_per_epoch: int) -> int:
     if cfg.train.epochs != "auto":
         return int(cfg.train.epochs)
     target = cfg.train.tokens_per_param * n_params
@@ -129,10 +127,10 @@ def plan_epochs(cfg: Config, n_params: int, tokens_per_epoch: int, log=default_l
     return epochs
 
 
-def plan_steps(cfg: Config, data: Data, n_params: int, log) -> Plan:
+def plan_steps(cfg: Config, data: Data, n_params: int) -> Plan:
     batches = math.ceil(len(data.sampler) / cfg.train.batch_size)
     steps_per_epoch = math.ceil(batches / cfg.train.grad_accum_steps)
-    epochs = plan_epochs(cfg, n_params, data.train.scored_targets(), log)
+    epochs = plan_epochs(cfg, n_params, data.train.scored_targets())
     total = epochs * steps_per_epoch
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
@@ -198,7 +196,7 @@ def skip_nonfinite(run: Run, state: TrainState) -> None:
     state.optimizer.zero_grad(set_to_none=True)
     state.nonfinite_in_row += 1
     state.nonfinite_total += 1
-    run.log(f"[train] step {state.step}: non-finite loss, step skipped ({state.nonfinite_in_row} in a row)")
+    log(f"[train] step {state.step}: non-finite loss, step skipped ({state.nonfinite_in_row} in a row)")
     if state.nonfinite_in_row >= run.cfg.train.max_nonfinite_steps:
         checkpoint(run, state, "last.pt")
         amp = (f"set train.amp: false (training runs in {state.precision['dtype']}), "
@@ -257,16 +255,16 @@ def record_row(run: Run, state: TrainState, meter: Meter) -> None:
     write_curves(run, state)
     if evaluate or not t.eval_every:
         val_txt = f" val_loss {val:.4f} (subset of {len(run.data.val_subset_loader.dataset)} windows)" if evaluate else ""
-        run.log(f"[train] step {state.step}/{run.plan.total_steps} epoch {state.epoch + 1}: train_loss "
-                f"{train_loss:.4f}{val_txt} lr {lr:.2e} | {meter.tokens_per_s:,.0f} tokens/s, "
-                f"ETA {meter.eta(run.plan.total_steps - state.step)}")
+        log(f"[train] step {state.step}/{run.plan.total_steps} epoch {state.epoch + 1}: train_loss "
+            f"{train_loss:.4f}{val_txt} lr {lr:.2e} | {meter.tokens_per_s:,.0f} tokens/s, "
+            f"ETA {meter.eta(run.plan.total_steps - state.step)}")
 
 
 def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
     """Full validation, schedule, early stopping, curve row, best.pt/last.pt; True to stop early."""
     cfg, plan = run.cfg, run.plan
     if state.batch_in_epoch < plan.batches_per_epoch and state.step >= plan.total_steps:
-        run.log(f"[train] reached max_steps {plan.total_steps} inside epoch {state.epoch + 1}")
+        log(f"[train] reached max_steps {plan.total_steps} inside epoch {state.epoch + 1}")
     val_loss = evaluate_loss(state.model, run.data.val_loader, run.device, run.autocast, run.dist)
     lr = state.optimizer.param_groups[0]["lr"]  # of the last step taken
     improved = val_loss < state.best_val
@@ -281,10 +279,10 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
         state.curves.append(curve_row(state.step, since_row, lr, val_loss, "full"))
     train_loss = state.epoch_loss[0] / max(state.epoch_loss[1], 1)
     mfu = meter.tokens_per_s * state.model.flops_per_token(cfg.model.block_size) / run.peak if run.peak else 0.0
-    run.log(f"[train] epoch {state.epoch + 1}/{plan.epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
-            f"ppl {math.exp(val_loss):.2f} | {meter.tokens_per_s:,.0f} tokens/s over {meter.seconds:.1f}s of "
-            f"steps, MFU {100 * mfu:.1f}% of the measured {state.precision['dtype']} matmul peak"
-            f"{' (best)' if improved else ''}")
+    log(f"[train] epoch {state.epoch + 1}/{plan.epochs}: train_loss {train_loss:.4f} val_loss {val_loss:.4f} "
+        f"ppl {math.exp(val_loss):.2f} | {meter.tokens_per_s:,.0f} tokens/s over {meter.seconds:.1f}s of "
+        f"steps, MFU {100 * mfu:.1f}% of the measured {state.precision['dtype']} matmul peak"
+        f"{' (best)' if improved else ''}")
     write_curves(run, state, plot=True)
     state.epoch += 1
     state.batch_in_epoch, state.epoch_loss, state.row_loss = 0, [0.0, 0.0], [0.0, 0.0]
@@ -292,7 +290,7 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
         checkpoint(run, state, "best.pt")
     checkpoint(run, state, "last.pt")
     if state.stale_epochs >= cfg.schedule.early_stop_patience:
-        run.log(f"[train] early stop: val loss has not improved for {state.stale_epochs} epochs")
+        log(f"[train] early stop: val loss has not improved for {state.stale_epochs} epochs")
         return True
     return False
 
@@ -314,7 +312,7 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar) -> None:
         seconds = time.perf_counter() - t0
         if meter.compiling:  # this step compiled the model: say so, and keep it out of tokens/s
             meter.compiling = False
-            run.log(f"[train] compiled in {seconds:.1f}s (first step); tokens/s excludes it")
+            log(f"[train] compiled in {seconds:.1f}s (first step); tokens/s excludes it")
         else:
             meter.add(tokens, seconds)
         bar.update(1)
@@ -326,7 +324,7 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def resumed_config(resume: str | Path, cfg: Config | None, log) -> tuple[dict, Config, str]:
+def resumed_config(resume: str | Path, cfg: Config | None) -> tuple[dict, Config, str]:
     """The checkpoint's payload, config and run id: a resumed run is the same run."""
     payload = load_checkpoint(resume)
     ckpt_cfg = parse_config(payload["config"], source=str(resume))
@@ -335,14 +333,12 @@ def resumed_config(resume: str | Path, cfg: Config | None, log) -> tuple[dict, C
     return payload, ckpt_cfg, payload["run_id"]
 
 
-def build(cfg: Config, run_id: str, payload: dict | None, log) -> tuple[Run, TrainState]:
+def build(cfg: Config, run_id: str, payload: dict | None) -> tuple[Run, TrainState]:
     """Device, data, model, optimizer and precision; the state restored from `payload` when resuming."""
     device = pick_device(cfg.train.device)
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    if not dist.is_main:
-        log = lambda *a, **k: None  # noqa: E731 - rank-0 logging only
     if cfg.system.num_threads:
         torch.set_num_threads(cfg.system.num_threads)
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)
@@ -363,7 +359,7 @@ def build(cfg: Config, run_id: str, payload: dict | None, log) -> tuple[Run, Tra
             batch = tuple(t[:TIMING_WINDOWS].to(device) for t in next(iter(data.train_loader)))
             timer = step_timer(model, lambda m: build_optimizer(m, cfg.train, device.type), batch, device,
                                single_step)
-        state.precision = vars(choose_precision(cfg.train.amp, device, timer, log))
+        state.precision = vars(choose_precision(cfg.train.amp, device, timer))
     # Measured here, before a resumed state restores the RNG: the peak's random matrices draw from it,
     # at the same point for fresh and resumed runs, so both see the same dropout masks afterwards.
     peak = matmul_peak_flops(device, DTYPES[state.precision["dtype"]])
@@ -375,24 +371,19 @@ def build(cfg: Config, run_id: str, payload: dict | None, log) -> tuple[Run, Tra
         train_model = torch.compile(model, mode=cfg.system.compile_mode)
     if dist.enabled:
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    plan = plan_steps(cfg, data, state.n_params, log)
+    plan = plan_steps(cfg, data, state.n_params)
     run = Run(cfg, device, dist, data, plan, train_model, Precision(**state.precision).autocast(device), peak,
-              Path(cfg.outputs.out_dir) / run_id, Path(cfg.outputs.scores_dir) / run_id / cfg.outputs.log_csv, log)
+              Path(cfg.outputs.out_dir) / run_id, Path(cfg.outputs.scores_dir) / run_id / cfg.outputs.log_csv)
     if dist.is_main:
         run.ckpt_dir.mkdir(parents=True, exist_ok=True)
         run.curves_path.parent.mkdir(parents=True, exist_ok=True)
     return run, state
 
 
-def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | None = None,
-          log=default_log) -> dict:
-    """Train TinyGPT on the prepared train/val windows; returns a summary dict."""
-    payload = None
-    if resume is not None:
-        payload, cfg, run_id = resumed_config(resume, cfg, log)
-    run, state = build(cfg, run_id, payload, log)
-    log, plan = run.log, run.plan
-    log(f"[train] run {run_id} on {run.device} x{run.dist.world_size}: {state.n_params:,} params, "
+def announce(run: Run, state: TrainState, resume: str | Path | None) -> None:
+    """The run's opening log lines: size, plan, precision, warnings."""
+    cfg, plan = run.cfg, run.plan
+    log(f"[train] run {state.run_id} on {run.device} x{run.dist.world_size}: {state.n_params:,} params, "
         f"{len(run.data.train):,} train windows, {plan.steps_per_epoch} steps/epoch x {plan.epochs} epochs "
         f"= {plan.total_steps} steps, global batch "
         f"{cfg.train.batch_size * cfg.train.grad_accum_steps * run.dist.world_size} windows")
@@ -400,26 +391,38 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
         f"matmul peak {run.peak / 1e9:.1f} GFLOP/s in {state.precision['dtype']}")
     if warning := adafactor_lr_warning(cfg.train):
         log(f"[train] warning: {warning}")
-    if payload is not None:
+    if resume is not None:
         log(f"[train] resumed from {resume} at epoch {state.epoch}, step {state.step}")
-        if "curves" in payload:
-            write_curves(run, state)  # drop rows the interrupted run wrote after that checkpoint
     if cfg.system.compile:
         log(f"[train] compiling the model (torch.compile, mode {cfg.system.compile_mode}) during the first step")
-    meter, stopped_early, t_run = Meter(cfg.system.compile), False, time.perf_counter()
-    state.model.train()
-    with progress(total=plan.total_steps, initial=state.step, desc="train", unit="step", leave=False,
-                  disable=not run.dist.is_main) as bar:
-        while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
-            run_epoch(run, state, meter, bar)
-            stopped_early = end_epoch(run, state, meter)
-    summary = {"run_id": run_id, "steps": state.step, "epochs_done": state.epoch, "best_val_loss": state.best_val,
-               "best_perplexity": math.exp(state.best_val) if math.isfinite(state.best_val) else None,
-               "n_params": state.n_params, "nonfinite_steps": state.nonfinite_total, "stopped_early": stopped_early,
-               "precision": state.precision["dtype"], "tokens_per_s": round(meter.tokens_per_s, 1),
-               "timed_steps": meter.steps,
-               "seconds": round(time.perf_counter() - t_run, 1), "checkpoints": str(run.ckpt_dir),
-               "curves": str(run.curves_path)}
-    log(f"[train] done: {summary}")
-    shutdown(run.dist)
+
+
+def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | None = None) -> dict:
+    """Train TinyGPT on the prepared train/val windows; returns a summary dict. Only rank 0 logs."""
+    with contextlib.nullcontext() if is_main_rank() else log_to(None):
+        payload = None
+        if resume is not None:
+            payload, cfg, run_id = resumed_config(resume, cfg)
+        run, state = build(cfg, run_id, payload)
+        announce(run, state, resume)
+        if payload is not None and "curves" in payload:
+            write_curves(run, state)  # drop rows the interrupted run wrote after that checkpoint
+        meter, stopped_early, t_run = Meter(cfg.system.compile), False, time.perf_counter()
+        state.model.train()
+        plan = run.plan
+        with progress(total=plan.total_steps, initial=state.step, desc="train", unit="step", leave=False,
+                      disable=not run.dist.is_main) as bar:
+            while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
+                run_epoch(run, state, meter, bar)
+                stopped_early = end_epoch(run, state, meter)
+        summary = {"run_id": run_id, "steps": state.step, "epochs_done": state.epoch,
+                   "best_val_loss": state.best_val,
+                   "best_perplexity": math.exp(state.best_val) if math.isfinite(state.best_val) else None,
+                   "n_params": state.n_params, "nonfinite_steps": state.nonfinite_total,
+                   "stopped_early": stopped_early, "precision": state.precision["dtype"],
+                   "tokens_per_s": round(meter.tokens_per_s, 1), "timed_steps": meter.steps,
+                   "seconds": round(time.perf_counter() - t_run, 1), "checkpoints": str(run.ckpt_dir),
+                   "curves": str(run.curves_path)}
+        log(f"[train] done: {summary}")
+        shutdown(run.dist)
     return summary

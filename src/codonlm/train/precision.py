@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from codonlm.errors import UserError
+from codonlm.log import log
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -54,7 +55,7 @@ class Precision:
         return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def _mps_dtype(device: torch.device, log) -> str:
+def _mps_dtype(device: torch.device) -> str:
     """fp16, else bf16 autocast on MPS; float32 with a log line where neither works."""
     for dtype in (torch.float16, torch.bfloat16):
         try:
@@ -66,11 +67,11 @@ def _mps_dtype(device: torch.device, log) -> str:
     return "float32"
 
 
-def choose_precision(amp: bool | str, device: torch.device, measure: Callable[[], dict[str, float]] | None,
-                     log) -> Precision:
+def choose_precision(amp: bool | str, device: torch.device,
+                     measure: Callable[[], dict[str, float]] | None) -> Precision:
     """Apply `train.amp`; for `auto` on CPU, `measure()` gives tokens/s of the real model per dtype."""
     if device.type == "mps" and amp is not False:
-        dtype = _mps_dtype(device, log)
+        dtype = _mps_dtype(device)
         if dtype == "float32":
             return Precision("float32", "MPS autocast unsupported here: training in float32 (amp fallback)")
         return Precision(dtype, f"MPS autocast with {dtype} (amp: {amp})")
