@@ -54,6 +54,9 @@ CANDIDATES: dict[str, dict] = {
     "deep6L_d96": {"model": {"n_layer": 6, "n_head": 4, "n_embd": 96}},
     "deep8L_d64": {"model": {"n_layer": 8, "n_head": 4, "n_embd": 64}},
     "compile": {"system": {"compile": True}},
+    "block128": {"model": {"block_size": 128}, "train": {"batch_size": 64}},
+    "block128_lr3e-3": {"model": {"block_size": 128}, "train": {"batch_size": 64, "lr": 3e-3},
+                        "schedule": {"min_lr": 3e-4}},
     "lr3e-3_batch16": {"train": {"lr": 3e-3, "batch_size": 16}, "schedule": {"min_lr": 3e-4}},
 }
 
@@ -96,6 +99,7 @@ def _child(config_path: str, name: str, budget: float, threads: int, kn_orders: 
     probe_cfg.train.max_steps = 30
     probe_cfg.data.val_frac = 0.002  # its end-of-run validation is not what it is for: keep it short
     prepare(probe_cfg, show_progress=False, log=quiet)
+    prepare(cfg, show_progress=False, log=quiet)  # a candidate with its own block_size has its own windows
     stamps: list[float] = []
     hook = register_optimizer_step_post_hook(lambda *_: stamps.append(time.process_time()))
     train(probe_cfg, f"{name}-probe", log=quiet)
