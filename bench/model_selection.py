@@ -89,20 +89,22 @@ def _child(config_path: str, name: str, budget: float, threads: int, kn_orders: 
     from codonlm.config import load_config
     from codonlm.data.prepare import prepare
     from codonlm.evaluate.heldout import evaluate_run
+    from codonlm.log import log_to
     from codonlm.train.loop import train
 
     torch.set_num_threads(threads)
-    quiet = lambda *a, **k: None  # noqa: E731
     cfg = load_config(config_path)
     cfg.system.num_threads = threads
     probe_cfg = cfg.model_copy(deep=True)
     probe_cfg.train.max_steps = 30
     probe_cfg.data.val_frac = 0.002  # its end-of-run validation is not what it is for: keep it short
-    prepare(probe_cfg, show_progress=False, log=quiet)
-    prepare(cfg, show_progress=False, log=quiet)  # a candidate with its own block_size has its own windows
+    with log_to(None):
+        prepare(probe_cfg, show_progress=False)
+        prepare(cfg, show_progress=False)  # a candidate with its own block_size has its own windows
     stamps: list[float] = []
     hook = register_optimizer_step_post_hook(lambda *_: stamps.append(time.process_time()))
-    train(probe_cfg, f"{name}-probe", log=quiet)
+    with log_to(None):
+        train(probe_cfg, f"{name}-probe")
     hook.remove()
     cpu_per_step = statistics.median(b - a for a, b in zip(stamps[5:], stamps[6:], strict=False))
     tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
@@ -110,7 +112,8 @@ def _child(config_path: str, name: str, budget: float, threads: int, kn_orders: 
     cfg.train.max_steps, cfg.train.epochs = steps, 100
     cfg.train.eval_every = 0  # validation at the end only: the budget goes to training
     cpu0 = _cpu_seconds()
-    summary = train(cfg, name, log=quiet)
+    with log_to(None):
+        summary = train(cfg, name)
     cpu = _cpu_seconds() - cpu0
     metrics = evaluate_run(name, checkpoints_dir=cfg.outputs.out_dir, split="val", kn_orders=kn_orders,
                            out_dir=Path(cfg.outputs.runs_dir) / name / "evaluate_val")
@@ -159,12 +162,14 @@ def main() -> None:
 
     from codonlm.config import parse_config
     from codonlm.data.prepare import prepare
+    from codonlm.log import log_to
 
     base = yaml.safe_load((ROOT / args.config).read_text())
     names = args.only or list(CANDIDATES)
     workdir = (ROOT / args.workdir / time.strftime("%Y%m%d-%H%M%S")).resolve()
     workdir.mkdir(parents=True)
-    prepare(parse_config(candidate_config(base, {}, workdir)), show_progress=False, log=lambda *_: None)
+    with log_to(None):
+        prepare(parse_config(candidate_config(base, {}, workdir)), show_progress=False)
     print(f"model selection: {len(names)} candidates x {args.budget:.0f} CPU s of training, {args.threads} thread(s) each, "
           f"{args.parallel} at once; base {args.config}; outputs in {workdir}", flush=True)
     with ThreadPoolExecutor(args.parallel) as pool:
