@@ -137,6 +137,18 @@ def frame_gene(codons: np.ndarray) -> np.ndarray:
     return out
 
 
+def frame_genes(codons: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """frame_gene of every gene, laid end to end, in one pass: gene i is the next lengths[i] codons."""
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64) + 2)
+    starts = ends - (np.asarray(lengths, dtype=np.int64) + 2)
+    out = np.empty(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
+    is_codon = np.ones(out.size, dtype=bool)
+    is_codon[starts] = is_codon[ends - 1] = False
+    out[is_codon] = codons
+    out[starts], out[ends - 1] = BOS, EOS
+    return out
+
+
 def encode(dna: str, add_bos: bool = True, add_eos: bool = False) -> np.ndarray:
     """Token ids (uint8) of clean DNA, `<BOS_CDS>` first (the model expects it), `<EOS_CDS>` optional."""
     ids = as_codon_ids(dna).astype(np.uint8)
