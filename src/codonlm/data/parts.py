@@ -276,7 +276,7 @@ class Unit:
     dataset: str
     folder: Path  # where its spills and NPZs go
     settings: UnitSettings
-    size: int  # uncompressed bytes, for the progress bar
+    size: int  # uncompressed bytes: the progress bar, and the order units start in (largest first)
 
 
 @dataclass
@@ -341,8 +341,8 @@ def unit_results(units: list[Unit], workers: int) -> Iterator[Callable[[int], Un
         return
     pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_pool_context())
     try:
-        # in order: units finish about when the writer wants them, so few wait on disk
-        futures = [pool.submit(build_unit, unit) for unit in units]
+        # largest first (ties in order), so that no worker is left with a big file when the others are done
+        futures = {i: pool.submit(build_unit, units[i]) for i in sorted(range(len(units)), key=lambda i: -units[i].size)}
         yield lambda i: futures[i].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
