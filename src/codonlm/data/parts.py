@@ -40,7 +40,7 @@ from codonlm.data.store import (
     write_npz_streaming,
 )
 from codonlm.errors import UserError
-from codonlm.io import sha256_file, write_json
+from codonlm.io import write_json
 
 _RENDER_EVERY = 2048  # windows
 _COUNTS = ("genes", "windows", "target_tokens", "covered_targets", "lost_targets", "pad_tokens", "pad_only_windows",
@@ -218,8 +218,10 @@ class NpzSource:
             skip = 0
 
 
-def concatenate_npz(path: Path, sources: list, dataset_of: list[int], dataset_names: list[str], window: int) -> None:
-    """One prepared NPZ (docs/data_format.md) laying `sources` end to end; source i belongs to dataset_of[i]."""
+def concatenate_npz(path: Path, sources: list, dataset_of: list[int], dataset_names: list[str], window: int) -> dict:
+    """One prepared NPZ (docs/data_format.md) laying `sources` end to end; source i belongs to dataset_of[i].
+
+    Returns its {"sha256", "bytes"}."""
     n_windows = sum(s.windows for s in sources)
     n_genes = sum(s.genes for s in sources)
 
@@ -250,7 +252,7 @@ def concatenate_npz(path: Path, sources: list, dataset_of: list[int], dataset_na
         "gene_dataset": (np.int16, (n_genes,), per_source("genes")),
         "gene_names": (names_dtype, (n_genes,), chained("gene_names")),
     }
-    write_npz_streaming(path, columns)
+    return write_npz_streaming(path, columns)
 
 
 # --------------------------------------------------------------------------- units (worker side)
@@ -308,9 +310,7 @@ def build_unit(unit: Unit) -> UnitResult:
     files = {}
     for split, sink in sinks.items():
         sink.close()
-        path = unit.folder / f"{split}.npz"
-        concatenate_npz(path, [SinkSource(sink)], [0], [unit.dataset], s.window)
-        files[split] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        files[split] = concatenate_npz(unit.folder / f"{split}.npz", [SinkSource(sink)], [0], [unit.dataset], s.window)
     shutil.rmtree(unit.folder / "spill", ignore_errors=True)
     distinct = {split: np.unique(np.concatenate(h) if h else np.empty(0, np.uint64)) for split, h in hashes.items()}
     return UnitResult(stats, {split: sink.counts() for split, sink in sinks.items()}, files, distinct,
@@ -410,7 +410,7 @@ def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResul
             known[f"{split}.npz"] = results[0].files[split]
         else:
             sources = [NpzSource(folder / f"{split}.npz") for folder, _ in units]
-            concatenate_npz(staging / f"{split}.npz", sources, [0] * len(sources), [name], window)
+            known[f"{split}.npz"] = concatenate_npz(staging / f"{split}.npz", sources, [0] * len(sources), [name], window)
     shutil.rmtree(staging / "units")
     splits = {split: summarise([r.counts[split] for r in results], window) for split in SPLITS}
     report = {
