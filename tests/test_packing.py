@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codonlm.data.codons import BOS, EOS, PAD, SEP, frame_gene, loss_mask
-from codonlm.data.packing import WindowPacker, chunk_gene, render
+from codonlm.data import parts
+from codonlm.data.codons import BOS, EOS, PAD, SEP, frame_gene, frame_genes, loss_mask
+from codonlm.data.packing import WindowPacker, chunk_genes, render
 
 
 def _genes(rng, n, lo=3, hi=60):
@@ -15,14 +16,10 @@ def _genes(rng, n, lo=3, hi=60):
 
 def _pack(genes, window, multi, max_chunks=None):
     packer = WindowPacker(window, multi, pool_size=4)
-    out, lost = [], 0
-    for g in genes:
-        pieces, lo = chunk_gene(g, window, max_chunks)
-        lost += lo
-        for p in pieces:
-            out.extend(packer.add(p))
+    pieces, lost = chunk_genes([g.size for g in genes], window, max_chunks)
+    out = packer.pack(pieces.size.tolist(), pieces.continuation.tolist(), 0)
     out.extend(packer.flush())
-    return render(out, window), lost
+    return render(out, pieces, np.concatenate(genes), window), lost
 
 
 @pytest.mark.parametrize("multi", [True, False])
@@ -74,3 +71,36 @@ def test_windows_per_seq_cap_reports_lost_targets():
     g = frame_gene(np.arange(4, 4 + 20, dtype=np.uint8))
     _, lost = _pack([g], 8, multi=False, max_chunks=2)
     assert lost == 21 - 14
+
+
+def test_frame_genes_lays_frame_gene_end_to_end():
+    rng = np.random.default_rng(1)
+    codons = [rng.integers(4, 68, size=n, dtype=np.uint8) for n in (1, 5, 2, 9)]
+    flat = frame_genes(np.concatenate(codons), np.array([c.size for c in codons]))
+    assert flat.tolist() == np.concatenate([frame_gene(c) for c in codons]).tolist()
+
+
+@pytest.mark.parametrize(("multi", "max_chunks"), [(True, None), (False, None), (True, 2), (False, 1)])
+def test_sink_renders_the_same_windows_in_one_batch_or_many(tmp_path, monkeypatch, multi, max_chunks):
+    """Pieces left in open windows at a render move to a fresh table; the windows must not change."""
+    rng = np.random.default_rng(2)
+    records = [[rng.integers(4, 68, size=rng.integers(3, 90), dtype=np.uint8) for _ in range(rng.integers(1, 30))]
+               for _ in range(12)]
+
+    def windows(render_every):
+        monkeypatch.setattr(parts, "_RENDER_EVERY", render_every)
+        sink = parts.SplitSink(tmp_path / str(render_every), 33, multi, max_chunks)
+        for genes in records:
+            sink.add_genes(np.concatenate(genes), np.array([g.size for g in genes]), [""] * len(genes))
+        sink.close()
+        source = parts.SinkSource(sink)
+        return sink.counts(), [np.concatenate([c.copy() for c in source.column(name)])
+                               for name in ("tokens", "segment_ids", "positions", "gene_tokens")]
+
+    counts, arrays = windows(10**9)
+    assert counts["windows"] > 20
+    for render_every in (1, 7):
+        other_counts, other = windows(render_every)
+        assert other_counts == counts
+        for a, b in zip(arrays, other, strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -39,7 +39,7 @@ _COMPLEMENT = bytes.maketrans(b"ACGTURYKMBVDHSWNacgturykmbvdhswn", b"TGCAAYRMKVB
 # The same base codes as a bytes.translate table (much faster than a numpy lookup on whole genomes);
 # 4 marks anything that is not A/C/G/T/U.
 _BASE_TRANSLATE = bytes(int(c) if c != 255 else 4 for c in _BASE_CODE)
-NOT_A_CODON = 255  # codon_tracks: a codon with a base that is not A/C/G/T/U
+NOT_A_CODON = 255  # in_frame_codon_ids: a codon with a base that is not A/C/G/T/U
 
 
 def reverse_complement(seq: bytes) -> bytes:
@@ -55,32 +55,19 @@ def codon_ids(seq: bytes) -> np.ndarray | None:
     return (c[:, 0] * 16 + c[:, 1] * 4 + c[:, 2] + CODON_OFFSET).astype(np.uint8)
 
 
-def codon_tracks(seq: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of the codon at every offset of seq, read on each strand, in one pass over the sequence.
-
-    forward[i] is the codon seq[i:i+3]; reverse[i] is its reverse complement (the codon read on the
-    other strand from the same three bases). NOT_A_CODON where one of the bases is not A/C/G/T/U.
-    Both have len(seq) - 2 entries, so codon k of an in-frame sequence is forward[3 * k].
-    """
-    b = np.frombuffer(seq.translate(_BASE_TRANSLATE), dtype=np.uint8)
-    if b.size < 3:
-        return np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)
-    b0, b1, b2 = b[:-2], b[1:-1], b[2:]
-    middle = b1 << 2
-    forward = b0 << 4
-    forward |= middle
-    forward |= b2
-    forward += CODON_OFFSET
-    reverse = b2 << 4
-    reverse |= middle
-    reverse |= b0
-    np.subtract(63 + CODON_OFFSET, reverse, out=reverse)  # complement: base code c -> 3 - c, codon v -> 63 - v
-    if b.max() > 3:
-        bad = b > 3
-        bad = bad[:-2] | bad[1:-1] | bad[2:]
-        forward[bad] = NOT_A_CODON
-        reverse[bad] = NOT_A_CODON
-    return forward, reverse
+def in_frame_codon_ids(seq: bytes) -> np.ndarray:
+    """Token ids of the codons of an in-frame sequence (length a multiple of 3), in one numpy pass;
+    NOT_A_CODON where one of a codon's bases is not A/C/G/T/U."""
+    codes = np.frombuffer(seq.translate(_BASE_TRANSLATE), dtype=np.uint8).reshape(-1, 3)
+    first, second, third = codes[:, 0], codes[:, 1], codes[:, 2]
+    ids = first << 4
+    ids |= second << 2
+    ids |= third
+    ids += CODON_OFFSET
+    bad = (first | second | third) > 3  # 4 marks a base that is not A/C/G/T/U
+    if bad.any():
+        ids[bad] = NOT_A_CODON
+    return ids
 
 
 Gene = str | bytes | np.ndarray | Sequence[int]
@@ -134,6 +121,18 @@ def frame_gene(codons: np.ndarray) -> np.ndarray:
     out = np.empty(len(codons) + 2, dtype=np.uint8)
     out[0], out[-1] = BOS, EOS
     out[1:-1] = codons
+    return out
+
+
+def frame_genes(codons: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """frame_gene of every gene, laid end to end, in one pass: gene i is the next lengths[i] codons."""
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64) + 2)
+    starts = ends - (np.asarray(lengths, dtype=np.int64) + 2)
+    out = np.empty(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
+    is_codon = np.ones(out.size, dtype=bool)
+    is_codon[starts] = is_codon[ends - 1] = False
+    out[is_codon] = codons
+    out[starts], out[ends - 1] = BOS, EOS
     return out
 
 

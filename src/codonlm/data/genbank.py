@@ -21,7 +21,7 @@ import gb_io
 import numpy as np
 from Bio.SeqUtils import seq1
 
-from codonlm.data.codons import NOT_A_CODON, VOCAB_SIZE, codon_tracks, genetic_code, reverse_complement
+from codonlm.data.codons import NOT_A_CODON, VOCAB_SIZE, genetic_code, in_frame_codon_ids, reverse_complement
 from codonlm.errors import UserError
 
 DROP_REASONS = (
@@ -244,7 +244,7 @@ class _Candidate(NamedTuple):
     table_id: int | None  # None: unknown /transl_table
     aa_exceptions: tuple[tuple[int, str], ...]
     translation: gb_io.Qualifier | None
-    ids: np.ndarray  # codon ids, NOT_A_CODON where a base is ambiguous
+    codons: int  # how many, stop included (its in-frame DNA is 3 times as long)
 
 
 def _spliced_dna(seq: bytes, segs: list[Segment], record, number: int, source: str) -> bytes | None:
@@ -350,14 +350,15 @@ def _owners(ends: np.ndarray, positions: np.ndarray) -> np.ndarray:
 def extract_record_cds(record, min_len: int, default_table: int, stats: ExtractionStats, source: str) -> RecordCDS:
     """The kept CDS of one gb-io record as one RecordCDS; counts every drop in stats.
 
-    Per feature, only the annotation is read in Python; codons are sliced out of the record's
-    codon tracks (codons.codon_tracks, computed once per record), and the sequence checks run
-    once per record (_screen).
+    Per feature, only the annotation is read in Python and the CDS's in-frame DNA sliced out (reverse
+    complemented on the minus strand); the codon ids of all of them are computed in one pass, and the
+    sequence checks run once per record (_screen).
     """
     stats.records += 1
     seq = bytes(record.sequence)
     cds_features = [f for f in record.features if f.kind == "CDS"]
     candidates: list[_Candidate] = []
+    coding: list[bytes] = []  # each candidate's in-frame DNA, in transcription order
     if not seq:
         if cds_features:
             stats.records_without_sequence += 1
@@ -365,9 +366,8 @@ def extract_record_cds(record, min_len: int, default_table: int, stats: Extracti
                 f"{source}: record {record.name} has {len(cds_features)} CDS features but no sequence "
                 "(a CON/contig record?); skipped"
             )
-        return _keep(record.name, candidates, min_len, stats)
+        return _keep(record.name, candidates, coding, min_len, stats)
     n = len(seq)
-    tracks = None  # codon_tracks(seq), computed on first use
     for number, feat in enumerate(cds_features, 1):
         stats.cds_features += 1
         quals = _used_qualifiers(feat)
@@ -388,7 +388,7 @@ def extract_record_cds(record, min_len: int, default_table: int, stats: Extracti
             stats.dropped["partial"] += 1
             continue
         start, end, strand = segs[0].start, segs[0].end, segs[0].strand
-        simple = len(segs) == 1 and 0 <= start <= end <= n  # one interval inside the record: read from the tracks
+        simple = len(segs) == 1 and 0 <= start <= end <= n  # one interval inside the record: sliced from it
         dna = None if simple else _spliced_dna(seq, segs, record, number, source)
         if not simple and dna is None:
             stats.dropped["location_out_of_bounds"] += 1
@@ -402,16 +402,12 @@ def extract_record_cds(record, min_len: int, default_table: int, stats: Extracti
         if length % 3:
             stats.dropped["length_not_multiple_of_3"] += 1
             continue
-        if simple:
-            if tracks is None:
-                tracks = codon_tracks(seq)
-            forward, reverse = tracks
-            if strand == 1:
-                ids = forward[start + trim : start + trim + length : 3]
-            else:  # read backwards: the first codon sits at the end of the interval, less the trim
-                ids = reverse[start : start + length : 3][::-1]
-        else:
-            ids = codon_tracks(dna[trim:])[0][::3]
+        if not simple:
+            coding.append(dna[trim:])
+        elif strand == 1:
+            coding.append(seq[start + trim : start + trim + length])
+        else:  # the trimmed bases sit at the end of the interval: the 5' end on this strand
+            coding.append(reverse_complement(seq[start : start + length]))
         name = _first(quals, "locus_tag") or _first(quals, "protein_id") or _first(quals, "gene") or f"cds{number}"
         transl_except = [q.value for q in quals.get("transl_except", ())]
         candidates.append(
@@ -421,38 +417,38 @@ def extract_record_cds(record, min_len: int, default_table: int, stats: Extracti
                 _table_id(_first(quals, "transl_table"), default_table),
                 _exception_codons(transl_except, segs, trim) if transl_except else (),
                 quals["translation"][0] if "translation" in quals else None,
-                ids,
+                length // 3,
             )
         )
-    return _keep(record.name, candidates, min_len, stats)
+    return _keep(record.name, candidates, coding, min_len, stats)
 
 
-def _keep(record_id: str, candidates: list[_Candidate], min_len: int, stats: ExtractionStats) -> RecordCDS:
+def _keep(record_id: str, candidates: list[_Candidate], coding: list[bytes], min_len: int,
+          stats: ExtractionStats) -> RecordCDS:
     """Screen the candidates of one record and lay the kept ones out as a RecordCDS."""
-    ids = np.concatenate([c.ids for c in candidates]) if candidates else np.empty(0, dtype=np.uint8)
-    lengths = np.array([c.ids.size for c in candidates], dtype=np.int64)
+    ids = in_frame_codon_ids(b"".join(coding))
+    lengths = np.array([c.codons for c in candidates], dtype=np.int64)
     reasons = _screen(candidates, ids, lengths, min_len)
     kept = [c for c, reason in zip(candidates, reasons, strict=True) if reason is None]
     if len(kept) < len(candidates):
         stats.dropped.update(reason for reason in reasons if reason is not None)
         ids = ids[np.repeat(np.array([reason is None for reason in reasons]), lengths)]
-    kept_lengths = [c.ids.size for c in kept]
     stats.kept += len(kept)
     stats.kept_codons += ids.size
     batch = RecordCDS(
         record_id=record_id,
         ids=ids,
-        offsets=[0, *itertools.accumulate(kept_lengths)],
+        offsets=[0, *itertools.accumulate(c.codons for c in kept)],
         names=[c.name for c in kept],
         segments=[c.segs for c in kept],
         transl_tables=[c.table_id for c in kept],
         aa_exceptions=[c.aa_exceptions for c in kept],
         translations=[c.translation for c in kept],
     )
-    first_codons = ids[batch.offsets[:-1]].tolist()
-    stats.noncanonical_start += sum(
-        not genetic_code(t).is_start[first] for t, first in zip(batch.transl_tables, first_codons, strict=True)
-    )
+    first_codons = ids[batch.offsets[:-1]]
+    for table_id in set(batch.transl_tables):  # usually one
+        in_table = [t == table_id for t in batch.transl_tables]
+        stats.noncanonical_start += int((~genetic_code(table_id).is_start[first_codons[in_table]]).sum())
     return batch
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from codonlm.config import DatasetSpec
-from codonlm.data.codons import PAD, frame_gene, loss_mask
+from codonlm.data.codons import PAD, frame_genes, loss_mask
 from codonlm.data.genbank import ExtractionStats, extract_file_records
 from codonlm.data.layout import SPLITS, PartKey, part_dir, write_manifest
-from codonlm.data.packing import Piece, WindowPacker, chunk_gene, render
+from codonlm.data.packing import Pieces, WindowBatch, WindowPacker, chunk_genes, render
 from codonlm.data.store import (
     NpzReader,
     Spill,
@@ -39,7 +39,7 @@ from codonlm.data.store import (
     write_npz_streaming,
 )
 from codonlm.errors import UserError
-from codonlm.io import sha256_file, write_json
+from codonlm.io import write_json
 from codonlm.log import log, progress
 
 _RENDER_EVERY = 2048  # windows
@@ -47,15 +47,16 @@ _COUNTS = ("genes", "windows", "target_tokens", "covered_targets", "lost_targets
            "windows_without_targets")
 
 
-def split_of(protein: str, seed: int, val_frac: float, test_frac: float) -> str:
-    """Split from a seeded hash of the protein: identical proteins always land together (no leak)."""
-    digest = hashlib.blake2b(f"{seed}:{protein}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "little") / 2**64
-    if u < test_frac:
-        return "test"
-    if u < test_frac + val_frac:
-        return "val"
-    return "train"
+def assign_splits(proteins: list[str], seed: int, val_frac: float, test_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split of each protein (an index into SPLITS) from a seeded hash: identical proteins always land
+    together (no leak). Also returns the hashes (uint64), which tell distinct proteins apart."""
+    digests = b"".join([hashlib.blake2b(f"{seed}:{p}".encode(), digest_size=8).digest() for p in proteins])
+    hashes = np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    u = hashes.astype(np.float64) * 2.0**-64  # uniform in [0, 1), as int.from_bytes(digest) / 2**64
+    split = np.full(len(proteins), SPLITS.index("train"), dtype=np.int8)
+    split[u < test_frac + val_frac] = SPLITS.index("val")
+    split[u < test_frac] = SPLITS.index("test")
+    return split, hashes
 
 
 def summarise(counts: list[dict], window: int) -> dict:
@@ -74,14 +75,18 @@ def summarise(counts: list[dict], window: int) -> dict:
 
 @dataclass
 class SplitSink:
-    """Windows and whole genes of one (input file, split), spilled to disk."""
+    """Windows and whole genes of one (input file, split), spilled to disk.
+
+    Pieces wait in a small table over the tokens of the genes added since the last render (plus
+    the pieces still in open windows, moved to a fresh table at every render), so memory stays flat.
+    """
 
     folder: Path
     window: int
     multi: bool
     max_chunks: int | None
     packer: WindowPacker = field(init=False)
-    pending: list[list[Piece]] = field(default_factory=list)
+    pending: list[list[int]] = field(default_factory=list)  # closed windows not rendered yet (piece ids)
     genes: int = 0
     target_tokens: int = 0  # scored targets in whole genes (codons + EOS)
     covered_targets: int = 0  # scored targets that landed in some window
@@ -99,35 +104,47 @@ class SplitSink:
         self.gene_flat = Spill(self.folder / "gene_tokens.bin", np.uint8)
         self.gene_lengths = Spill(self.folder / "gene_lengths.bin", np.int64)
         self.names = TextSpill(self.folder / "gene_names.txt")
+        self._streams: list[np.ndarray] = []  # tokens the waiting pieces point into, laid end to end
+        self._tables: list[Pieces] = []
+        self._stream_size = self._piece_count = 0
 
-    def add_genes(self, genes: list[np.ndarray], names: list[str]) -> None:
-        """Add genes (codon ids each) in order: one spill append for all of them, then pack their pieces."""
-        if not genes:
+    def add_genes(self, codons: np.ndarray, lengths: np.ndarray, names: list[str]) -> None:
+        """Add genes in order (codon ids laid end to end, lengths[i] codons each): one spill append for
+        all of them, then pack their pieces."""
+        if not len(lengths):
             return
-        lengths = [g.size + 2 for g in genes]
-        flat = np.concatenate([frame_gene(g) for g in genes])
-        self.genes += len(genes)
-        self.target_tokens += flat.size - len(genes)
+        flat = frame_genes(codons, lengths)
+        framed = np.asarray(lengths, dtype=np.int64) + 2
+        self.genes += len(lengths)
+        self.target_tokens += flat.size - len(lengths)
         self.gene_flat.append(flat)
-        self.gene_lengths.append(np.array(lengths, dtype=np.int64))
+        self.gene_lengths.append(framed)
         self.names.append(names)
-        start = 0
-        for size in lengths:
-            pieces, lost = chunk_gene(flat[start : start + size], self.window, self.max_chunks)
-            start += size
-            self.lost_targets += lost
-            for piece in pieces:
-                closed = self.packer.place(piece)
-                if closed is not None:
-                    self.pending.append(closed)
+        pieces, lost = chunk_genes(framed, self.window, self.max_chunks)
+        self.lost_targets += lost
+        self.pending.extend(self.packer.pack(pieces.size.tolist(), pieces.continuation.tolist(), self._piece_count))
+        self._streams.append(flat)
+        self._tables.append(pieces._replace(start=pieces.start + self._stream_size))
+        self._stream_size += flat.size
+        self._piece_count += pieces.count
         if len(self.pending) >= _RENDER_EVERY:
             self._render()
 
     def _render(self) -> None:
-        if not self.pending:
+        if not self._tables:
             return
-        batch = render(self.pending, self.window)
-        self.pending = []
+        stream, table = np.concatenate(self._streams), Pieces.concatenate(self._tables)
+        if self.pending:
+            self._count(render(self.pending, table, stream, self.window))
+            self.pending = []
+        # the pieces of open windows move to a fresh table of their own
+        waiting = np.array(self.packer.open_pieces(), dtype=np.int64)
+        self.packer.renumber(dict(zip(waiting.tolist(), range(waiting.size), strict=True)))
+        kept_stream, kept_table = table.take(stream, waiting)
+        self._streams, self._tables = [kept_stream], [kept_table]
+        self._stream_size, self._piece_count = kept_stream.size, waiting.size
+
+    def _count(self, batch: WindowBatch) -> None:
         scored = loss_mask(batch.tokens[:, 1:])
         self.covered_targets += int(scored.sum())
         self.windows_without_targets += int((~scored.any(axis=1)).sum())
@@ -201,8 +218,10 @@ class NpzSource:
             skip = 0
 
 
-def concatenate_npz(path: Path, sources: list, dataset_of: list[int], dataset_names: list[str], window: int) -> None:
-    """One prepared NPZ (docs/data_format.md) laying `sources` end to end; source i belongs to dataset_of[i]."""
+def concatenate_npz(path: Path, sources: list, dataset_of: list[int], dataset_names: list[str], window: int) -> dict:
+    """One prepared NPZ (docs/data_format.md) laying `sources` end to end; source i belongs to dataset_of[i].
+
+    Returns its {"sha256", "bytes"}."""
     n_windows = sum(s.windows for s in sources)
     n_genes = sum(s.genes for s in sources)
 
@@ -233,7 +252,7 @@ def concatenate_npz(path: Path, sources: list, dataset_of: list[int], dataset_na
         "gene_dataset": (np.int16, (n_genes,), per_source("genes")),
         "gene_names": (names_dtype, (n_genes,), chained("gene_names")),
     }
-    write_npz_streaming(path, columns)
+    return write_npz_streaming(path, columns)
 
 
 # --------------------------------------------------------------------------- units (worker side)
@@ -259,7 +278,7 @@ class Unit:
     dataset: str
     folder: Path  # where its spills and NPZs go
     settings: UnitSettings
-    size: int  # uncompressed bytes, for the progress bar
+    size: int  # uncompressed bytes: the progress bar, and the order units start in (largest first)
 
 
 @dataclass
@@ -267,7 +286,7 @@ class UnitResult:
     stats: ExtractionStats
     counts: dict[str, dict]  # SplitSink.counts() per split
     files: dict[str, dict]  # per split: {"sha256", "bytes"} of the unit's NPZ
-    proteins: dict[str, np.ndarray]  # uint64 hash of each distinct protein, per split
+    proteins: dict[str, np.ndarray]  # distinct protein hashes (assign_splits), per split
     seconds: float
 
 
@@ -277,25 +296,23 @@ def build_unit(unit: Unit) -> UnitResult:
     s = unit.settings
     stats = ExtractionStats()
     sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
-    proteins: dict[str, list[int]] = {split: [] for split in SPLITS}
+    hashes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     for batch in extract_file_records(unit.path, s.min_len, s.transl_table, stats):  # one record at a time
-        genes = [batch.ids[a:b] for a, b in zip(batch.offsets, batch.offsets[1:], strict=False)]
-        names = [f"{batch.record_id}|{name}" for name in batch.names]
-        by_split: dict[str, list[int]] = {split: [] for split in SPLITS}
-        for i, protein in enumerate(batch.proteins()):
-            split = split_of(protein, s.seed, s.val_frac, s.test_frac)
-            proteins[split].append(int.from_bytes(hashlib.blake2b(protein.encode(), digest_size=8).digest(), "little"))
-            by_split[split].append(i)
-        for split, members in by_split.items():
-            sinks[split].add_genes([genes[i] for i in members], [names[i] for i in members])
+        lengths = np.diff(np.asarray(batch.offsets, dtype=np.int64))
+        split_index, protein_hashes = assign_splits(batch.proteins(), s.seed, s.val_frac, s.test_frac)
+        for k, split in enumerate(SPLITS):
+            members = split_index == k
+            if not members.any():
+                continue
+            hashes[split].append(protein_hashes[members])
+            names = [f"{batch.record_id}|{batch.names[i]}" for i in np.flatnonzero(members).tolist()]
+            sinks[split].add_genes(batch.ids[np.repeat(members, lengths)], lengths[members], names)
     files = {}
     for split, sink in sinks.items():
         sink.close()
-        path = unit.folder / f"{split}.npz"
-        concatenate_npz(path, [SinkSource(sink)], [0], [unit.dataset], s.window)
-        files[split] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        files[split] = concatenate_npz(unit.folder / f"{split}.npz", [SinkSource(sink)], [0], [unit.dataset], s.window)
     shutil.rmtree(unit.folder / "spill", ignore_errors=True)
-    distinct = {split: np.unique(np.array(h, dtype=np.uint64)) for split, h in proteins.items()}
+    distinct = {split: np.unique(np.concatenate(h) if h else np.empty(0, np.uint64)) for split, h in hashes.items()}
     return UnitResult(stats, {split: sink.counts() for split, sink in sinks.items()}, files, distinct,
                       time.perf_counter() - t0)
 
@@ -324,8 +341,8 @@ def unit_results(units: list[Unit], workers: int) -> Iterator[Callable[[int], Un
         return
     pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_pool_context())
     try:
-        # in order: units finish about when the writer wants them, so few wait on disk
-        futures = [pool.submit(build_unit, unit) for unit in units]
+        # largest first (ties in order), so that no worker is left with a big file when the others are done
+        futures = {i: pool.submit(build_unit, units[i]) for i in sorted(range(len(units)), key=lambda i: -units[i].size)}
         yield lambda i: futures[i].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -391,7 +408,7 @@ def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResul
             known[f"{split}.npz"] = results[0].files[split]
         else:
             sources = [NpzSource(folder / f"{split}.npz") for folder, _ in units]
-            concatenate_npz(staging / f"{split}.npz", sources, [0] * len(sources), [name], window)
+            known[f"{split}.npz"] = concatenate_npz(staging / f"{split}.npz", sources, [0] * len(sources), [name], window)
     shutil.rmtree(staging / "units")
     splits = {split: summarise([r.counts[split] for r in results], window) for split in SPLITS}
     report = {

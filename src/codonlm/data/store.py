@@ -4,10 +4,12 @@ and all-or-nothing publication of a folder. prepare's memory stays flat however 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import socket
 import struct
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from codonlm.io import atomic_path
 
 _FLUSH_BYTES = 32 << 20
 _CHUNK_BYTES = 16 << 20  # at most this much is read back from disk at a time
+_HASH_CHUNK = 4 << 20
 
 
 class Spill:
@@ -119,12 +122,13 @@ class TextSpill:
             self.path.unlink(missing_ok=True)
 
 
-def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int, ...], Iterable[np.ndarray]]]) -> None:
+def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int, ...], Iterable[np.ndarray]]]) -> dict:
     """Write an uncompressed .npz whose arrays arrive as chunks; atomic (temp file + rename).
 
     `columns` maps name -> (dtype, full shape, iterable of row chunks). np.load reads the result.
+    Returns its {"sha256", "bytes"}, hashed while it is written (_TrailingHash).
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _TrailingHash(tmp) as hasher:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, (dtype, shape, chunks) in columns.items():
                 dtype = np.dtype(dtype)
@@ -139,6 +143,74 @@ def write_npz_streaming(path: Path, columns: dict[str, tuple[np.dtype, tuple[int
                     expected = shape[0] if shape else 1
                     if written != expected:
                         raise RuntimeError(f"{name}: wrote {written} rows, header says {expected}")
+                # the member is closed: its header holds the final sizes and CRC, and the file is flushed
+                hasher.advance(zf.fp.tell())
+        size = tmp.stat().st_size
+        return {"sha256": hasher.hexdigest(size), "bytes": size}
+
+
+class _TrailingHash:
+    """sha256 of a file while it is being written: a thread hashes the bytes the writer has finished
+    (`advance`), so the hashing overlaps the writing instead of reading the whole file again after it."""
+
+    def __init__(self, path: Path):
+        self._fd = os.open(path, os.O_RDONLY)
+        self._sha = hashlib.sha256()
+        self._hashed = self._ready = 0
+        self._end: int | None = None  # the final size, once known
+        self._failed: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="npz-sha256", daemon=True)
+
+    def __enter__(self) -> _TrailingHash:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._changed:
+            if self._end is None:
+                self._end = -1  # the writer failed: stop
+            self._changed.notify()
+        self._thread.join()
+        os.close(self._fd)
+
+    def advance(self, final_up_to: int) -> None:
+        """Bytes before this offset will not change any more."""
+        with self._changed:
+            self._ready = max(self._ready, final_up_to)
+            self._changed.notify()
+
+    def hexdigest(self, size: int) -> str:
+        """The hash of the whole file, `size` bytes, once the writer is done."""
+        with self._changed:
+            self._ready, self._end = size, size
+            self._changed.notify()
+        self._thread.join()
+        if self._failed is not None:
+            raise self._failed
+        return self._sha.hexdigest()
+
+    def _run(self) -> None:
+        buffer = bytearray(_HASH_CHUNK)
+        try:
+            while True:
+                with self._changed:
+                    while self._hashed >= self._ready and self._end is None:
+                        self._changed.wait()
+                    ready, end = self._ready, self._end
+                if end == -1:
+                    return
+                while self._hashed < ready:
+                    view = memoryview(buffer)[: min(_HASH_CHUNK, ready - self._hashed)]
+                    n = os.preadv(self._fd, [view], self._hashed)
+                    if n <= 0:
+                        raise EOFError("file shorter than written")
+                    self._sha.update(view[:n])
+                    self._hashed += n
+                if end is not None and self._hashed >= end:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer by hexdigest
+            self._failed = exc
 
 
 def whole(arr: np.ndarray) -> tuple[np.dtype, tuple[int, ...], list[np.ndarray]]:
