@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -204,10 +205,38 @@ def read_yaml_mapping(path: str | Path, missing_hint: str, expected: str) -> dic
     return raw
 
 
+OVERRIDES_ENV = "CODONLM_CONFIG_OVERRIDES"
+"""Names a YAML file merged over every run config `load_config` reads (tests, quick experiments)."""
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in: mappings key by key, anything else (lists too) replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_overrides(merged[key], value) if both_mappings else value
+    return merged
+
+
+def config_overrides() -> tuple[str, dict] | None:
+    """(path, mapping) of the overrides file named by CODONLM_CONFIG_OVERRIDES, or None when unset."""
+    path = os.environ.get(OVERRIDES_ENV)
+    if not path:
+        return None
+    return path, read_yaml_mapping(path, f"{OVERRIDES_ENV} names it; fix the path or unset it",
+                                   "config sections to merge over the config (model, data, train, ...)")
+
+
 def load_config(path: str | Path) -> Config:
+    """The config in `path`, with CODONLM_CONFIG_OVERRIDES merged over it when set (the run's snapshot,
+    config.yaml, then holds the merged result, and provenance.json names the overrides file)."""
     raw = read_yaml_mapping(path, "pass -c configs/tiny_cpu.yaml or another YAML",
                             "config sections (model, data, train, ...)")
-    return parse_config(raw, source=str(path))
+    source = str(path)
+    if overrides := config_overrides():
+        raw = merge_overrides(raw, overrides[1])
+        source = f"{path} + {OVERRIDES_ENV}={overrides[0]}"
+    return parse_config(raw, source=source)
 
 
 def parse_config(raw: dict, source: str = "<config>") -> Config:

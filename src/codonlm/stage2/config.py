@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from codonlm.config import format_validation_error, read_yaml_mapping
 from codonlm.errors import UserError
+from codonlm.provenance import latest_run
 from codonlm.stage2.classifiers import KMER_MODELS, MODELS, PROBE_MODELS
 
 ModelName = Literal["probe_logreg", "probe_svm", "mlp", "kmer_logreg", "kmer_svm", "kmer_xgb"]
@@ -94,20 +95,6 @@ def load_classifier_config(path: str | Path) -> ClassifierConfig:
     raw = read_yaml_mapping(path, "pass --config configs/classifier/probe_aa.yaml or another classifier YAML",
                             "classifier settings (train_labels, models, out_dir, ...)")
     return parse_classifier_config(raw, source=str(path))
-
-
-def latest_run(checkpoints_dir: str | Path) -> str:
-    """The run under checkpoints_dir whose newest checkpoint is the most recent."""
-    folder = Path(checkpoints_dir)
-    stamps = {}
-    if folder.is_dir():
-        for run in folder.iterdir():
-            times = [p.stat().st_mtime for p in (run / "best.pt", run / "last.pt") if p.is_file()]
-            if times:
-                stamps[run.name] = max(times)
-    if not stamps:
-        raise UserError(f"run_id: latest, but no trained run under {folder}; train one first or set run_id")
-    return max(stamps, key=stamps.get)
 
 
 def resolve_paths(cfg: ClassifierConfig, run_id: str | None = None) -> ClassifierConfig:
