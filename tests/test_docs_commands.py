@@ -13,6 +13,7 @@ manual names, the curves columns it gives, README's outputs map (both ways) and 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import resource
@@ -173,7 +174,8 @@ def write_user_inputs(ws: Path, files: list[Path]) -> None:
 
 
 def shell(command: str, ws: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", command], cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(["bash", "-c", command], cwd=ws, env=env, capture_output=True, text=True,
+                          timeout=1800)  # generous: a loaded shared machine, not a speed target
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +242,7 @@ def test_every_script_the_manual_names_is_run_by_a_documented_command():
             f"the manual names {script}: add the command that runs it to a README bash block"
 
 
+@pytest.mark.slow
 def test_every_documented_command_runs(docs_run):
     _, run_id, results = docs_run
     failed = [f"$ {c}\n  exit {r.returncode}: {(r.stdout[-800:] + r.stderr[-1500:]).strip()}"
@@ -250,6 +253,7 @@ def test_every_documented_command_runs(docs_run):
         assert not_run_reason(command) or concrete(command, run_id).removeprefix("./") in ran, command
 
 
+@pytest.mark.slow
 def test_paths_and_columns_the_manual_names_exist_after_the_run(docs_run):
     ws, run_id, _ = docs_run
     text = MANUAL.read_text()
@@ -281,6 +285,7 @@ def _matches(path: str, pattern: str) -> bool:
     return fnmatch.fnmatch(path, pattern) or pattern.endswith("/") and path.startswith(pattern)
 
 
+@pytest.mark.slow
 def test_outputs_map_matches_the_files_a_run_writes(docs_run):
     ws, run_id, _ = docs_run
     entries = {e: _as_globs(e, run_id) for e in _outputs_map()}
@@ -295,11 +300,12 @@ def test_outputs_map_matches_the_files_a_run_writes(docs_run):
     assert not unmapped, f"files a run writes that README's outputs map does not list: {unmapped[:10]}"
 
 
+@pytest.mark.slow
 def test_the_run_records_its_overrides(docs_run):
     ws, run_id, _ = docs_run
     snapshot = yaml.safe_load((ws / "runs" / run_id / "config.yaml").read_text())
     assert snapshot["model"]["n_layer"] == 2 and snapshot["train"]["max_steps"] == 6
-    provenance = yaml.safe_load((ws / "runs" / run_id / "provenance.json").read_text())
+    provenance = json.loads((ws / "runs" / run_id / "provenance.json").read_text())
     assert provenance["config_overrides"]["path"] == str(ws / "overrides.yaml")
     assert provenance["config_overrides"]["merged"]["model"]["n_embd"] == 32
 
