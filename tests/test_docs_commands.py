@@ -166,9 +166,9 @@ def write_user_inputs(ws: Path, files: list[Path]) -> None:
     for f in files:
         genome = f.name.split(".")[0]
         write_cds_fasta([str(f)], ws / f"{genome}.fasta", min_len=10)
-        for name, seq in read_fasta(ws / f"{genome}.fasta"):
-            records.append((f"{genome}_{name}", seq))
-            rows.append(f"{genome}_{name},{genome},{seq}")
+        for i, (_, seq) in enumerate(read_fasta(ws / f"{genome}.fasta")):
+            records.append((f"{genome}_{i}", seq))
+            rows.append(f"{genome}_{i},{genome},{seq}")
     write_fasta(ws / MY_FASTA, records)
     (ws / MY_LABELS).write_text("\n".join(rows) + "\n")
 
