@@ -255,9 +255,12 @@ def test_bad_input_one_line_exit_2(run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0], (argv, err)
-    for script in ("analysis.sh", "post_process.sh"):
-        done = subprocess.run([str(REPO / script)], capture_output=True, text=True, timeout=60)
-        assert done.returncode == 2 and "usage" in done.stderr
+    empty = tmp_path / "no_runs"
+    for script in ("analysis.sh", "post_process.sh"):  # no RUN_ID: the latest trained run, and there is none
+        done = subprocess.run([str(REPO / script), "--checkpoints-dir", str(empty)], capture_output=True, text=True,
+                              timeout=60)
+        err = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(err) == 1 and f"no trained run under {empty}" in err[0], done.stderr
 
 
 def test_script_runs_its_step(run, monkeypatch, capsys):

@@ -365,6 +365,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from codonlm.analysis.runner import analyze, parse_steps
 
     steps = parse_steps(args.steps)  # an unknown step name fails before anything loads
+    _resolve_latest(args, "analyze")
     ctx = load_context(args.run_id, args.checkpoints_dir, args.runs_dir, device=args.device, seed=args.seed,
                        quiet=args.quiet)
     with run_log(ctx.run_dir):
@@ -393,9 +394,26 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_bundle(args: argparse.Namespace) -> None:
     from codonlm.analysis.bundle import bundle_run
 
+    _resolve_latest(args, "bundle")
     folder, archive = bundle_run(args.run_id, out_dir=args.out_dir, checkpoints_dir=args.checkpoints_dir,
                                  runs_dir=args.runs_dir, reports_dir=args.reports_dir)
     log(f"[bundle] {folder} and {archive} (checksums in {folder / 'MANIFEST.sha256'})")
+
+
+def _add_run_id_or_latest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", nargs="?", default="latest",
+                   help="run id (default: latest, the run with the newest checkpoint under --checkpoints-dir)")
+
+
+def _resolve_latest(args: argparse.Namespace, command: str) -> str:
+    """args.run_id, or the newest trained run when it is 'latest' (the manual's bare ./analysis.sh)."""
+    if args.run_id != "latest":
+        return args.run_id
+    from codonlm.provenance import latest_run
+
+    args.run_id = latest_run(args.checkpoints_dir)
+    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir})")
+    return args.run_id
 
 
 def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> None:
@@ -525,7 +543,7 @@ def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _analyze_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_id")
+    _add_run_id_or_latest(p)
     p.add_argument("--steps", nargs="+", metavar="STEP",
                    help="steps to run, in pipeline order whatever the order given (default: all six)")
     p.add_argument("--force", action="store_true", help="re-run steps that already finished")
@@ -543,7 +561,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _bundle_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_id")
+    _add_run_id_or_latest(p)
     p.add_argument("--out-dir", default="outputs/share", help="bundles go to <dir>/<RUN_ID>[.tar.gz]")
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     _add_analysis(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -35,13 +36,14 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    vocab_size: int = Field(68, ge=68)
-    block_size: int = Field(256, ge=MIN_BLOCK_SIZE)
-    n_layer: int = Field(6, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_embd: int = Field(256, ge=8)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    sep_mask_enabled: bool = True
+    vocab_size: int = Field(68, ge=68, description="token ids: 4 specials + 64 codons (more only pads the embedding)")
+    block_size: int = Field(256, ge=MIN_BLOCK_SIZE, description="tokens per window (context length)")
+    n_layer: int = Field(6, ge=1, description="transformer blocks")
+    n_head: int = Field(4, ge=1, description="attention heads; must divide n_embd, head size even")
+    n_embd: int = Field(256, ge=8, description="width of the residual stream")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training dropout (attention probabilities, residual branches)")
+    sep_mask_enabled: bool = Field(True, description="block-diagonal attention: a token sees only its own CDS "
+                                   "in a packed window (A/B switch)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -53,8 +55,8 @@ class ModelConfig(_Section):
 
 
 class DatasetSpec(_Section):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    gbff: str | list[str]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="dataset name (genome); unique")
+    gbff: str | list[str] = Field(description="GenBank file(s), plain or gzipped")
     min_len: int = Field(30, ge=1, description="minimum CDS length in sense codons (stop excluded)")
     transl_table: int = Field(11, ge=1, description="genetic code when a CDS has no /transl_table")
 
@@ -64,13 +66,15 @@ class DatasetSpec(_Section):
 
 
 class DataConfig(_Section):
-    datasets: list[DatasetSpec] = Field(min_length=1)
-    windows_per_seq: PositiveIntOrAuto = "auto"
-    val_frac: float = Field(0.05, ge=0.0, lt=1.0)
-    test_frac: float = Field(0.05, ge=0.0, lt=1.0)
-    pack_mode: Literal["multi", "single"] = "multi"
-    raw_dir: str = "data/raw"
-    processed_dir: str = "data/processed"
+    datasets: list[DatasetSpec] = Field(min_length=1, description="the genomes to train on")
+    windows_per_seq: PositiveIntOrAuto = Field("auto", description="cap on the windows one gene may fill; auto: "
+                                               "as many as it needs (full coverage)")
+    val_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes in validation (split by protein)")
+    test_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes held out for evaluation")
+    pack_mode: Literal["multi", "single"] = Field("multi", description="multi: genes joined by <SEP> in a "
+                                                  "window; single: one gene per window (A/B switch)")
+    raw_dir: str = Field("data/raw", description="where fetch-data puts the default corpus")
+    processed_dir: str = Field("data/processed", description="prepared windows, one folder per data key")
     prepare_workers: PositiveIntOrAuto = Field("auto", description="processes parsing input files in prepare; "
                                                    "auto = every core (one for small corpora)")
 
@@ -86,56 +90,60 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    batch_size: int = Field(32, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
-    lr: float = Field(3e-4, gt=0.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    epochs: PositiveIntOrAuto = 5
+    batch_size: int = Field(32, ge=1, description="windows per micro-batch (per process under torchrun)")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(3e-4, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(0.1, ge=0.0, description="decoupled weight decay (matrices only)")
+    epochs: PositiveIntOrAuto = Field(5, description="passes over the training windows; auto: "
+                                      "tokens_per_param x parameters worth of tokens")
     tokens_per_param: float = Field(20.0, gt=0.0, description="used when epochs is 'auto'")
     max_steps: int | None = Field(None, ge=1, description="optional hard cap on optimizer steps")
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="A/B switch; adafactor wants lr ~1e-2")
     amp: bool | Literal["auto"] = Field(
         "auto", description="auto: CUDA bf16 where supported, CPU the faster of bf16/fp32 timed on this "
         "model at start, MPS autocast with fallback; true/false force bf16 autocast on or off")
-    use_checkpoint: bool = False
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    grad_clip: float = Field(1.0, ge=0.0)
+    use_checkpoint: bool = Field(False, description="activation checkpointing: less memory, more compute")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
+    grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0: off)")
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before stopping")
     checkpoint_every: int = Field(200, ge=0, description="optimizer steps between mid-epoch last.pt (0: epoch ends only)")
     log_every: int = Field(10, ge=1, description="optimizer steps between curves.csv rows (mean train loss since the last)")
     eval_every: int = Field(50, ge=0, description="steps between validations on a fixed subset (0: epoch ends only)")
     eval_windows: int = Field(256, ge=1, description="windows in that fixed validation subset")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, else mps, else cpu")
 
 
 class ScheduleConfig(_Section):
-    scheduler: Literal["cosine", "plateau"] = "cosine"
-    warmup_steps: int = Field(100, ge=0)
-    min_lr: float = Field(3e-5, ge=0.0)
-    plateau_patience: int = Field(1, ge=0)
-    early_stop_patience: int = Field(3, ge=1)
+    scheduler: Literal["cosine", "plateau"] = Field("cosine", description="cosine: warmup then decay to min_lr; "
+                                                    "plateau: warmup, then halve lr on a stalled val loss (A/B switch)")
+    warmup_steps: int = Field(100, ge=0, description="linear warmup, optimizer steps")
+    min_lr: float = Field(3e-5, ge=0.0, description="floor of the learning rate")
+    plateau_patience: int = Field(1, ge=0, description="plateau: epochs without improvement before halving lr")
+    early_stop_patience: int = Field(3, ge=1, description="epochs without a better val loss before stopping")
 
 
 class SystemConfig(_Section):
-    compile: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    matmul_precision: Literal["highest", "high", "medium"] = "high"
-    num_workers: int = Field(0, ge=0)
-    pin_memory: bool = False
-    prefetch_factor: int | None = Field(None, ge=1)
-    persistent_workers: bool = False
+    compile: bool = Field(False, description="torch.compile the model (pays on GPUs; first step is slow)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode")
+    matmul_precision: Literal["highest", "high", "medium"] = Field(
+        "high", description="torch.set_float32_matmul_precision (high: TF32 on GPUs)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: read in the training process)")
+    pin_memory: bool = Field(False, description="page-locked batches (faster host-to-GPU copies)")
+    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker reads ahead (workers > 0)")
+    persistent_workers: bool = Field(False, description="keep workers between epochs (workers > 0)")
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
 
 
 class OutputsConfig(_Section):
-    out_dir: str = "outputs/checkpoints"
-    scores_dir: str = "outputs/scores"
-    runs_dir: str = "runs"
-    log_csv: str = "curves.csv"
-    seed: int = 1337
-    itos_path: str = "data/processed/itos.json"
-    saliency_window: int = Field(32, ge=1)
-    saliency_top: int = Field(20, ge=1)
+    out_dir: str = Field("outputs/checkpoints", description="checkpoints: <out_dir>/<RUN_ID>/best.pt, last.pt")
+    scores_dir: str = Field("outputs/scores", description="curves and generation: <scores_dir>/<RUN_ID>/")
+    runs_dir: str = Field("runs", description="run folders: <runs_dir>/<RUN_ID>/ (log, config, reports)")
+    log_csv: str = Field("curves.csv", description="training curves file name under scores_dir/<RUN_ID>/")
+    seed: int = Field(1337, description="seeds the split, the window order, init and sampling")
+    itos_path: str = Field("data/processed/itos.json", description="copy of the vocabulary (id -> token)")
+    saliency_window: int = Field(32, ge=1, description="analyze_saliency: codons before the predicted token")
+    saliency_top: int = Field(20, ge=1, description="analyze_saliency: top positions per gene for motifs")
 
 
 class Config(_Section):
@@ -209,8 +217,39 @@ def load_yaml(path: str | Path, parse: Callable[[dict, str], T], missing_hint: s
     return parse(raw, str(path))
 
 
+OVERRIDES_ENV = "CODONLM_CONFIG_OVERRIDES"
+"""Names a YAML file merged over every run config `load_config` reads (tests, quick experiments)."""
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in: mappings key by key, anything else (lists too) replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_overrides(merged[key], value) if both_mappings else value
+    return merged
+
+
+def config_overrides() -> tuple[str, dict] | None:
+    """(path, mapping) of the overrides file named by CODONLM_CONFIG_OVERRIDES, or None when unset."""
+    path = os.environ.get(OVERRIDES_ENV)
+    if not path:
+        return None
+    return path, load_yaml(path, lambda raw, _source: raw, f"{OVERRIDES_ENV} names it; fix the path or unset it",
+                           "config sections to merge over the config (model, data, train, ...)")
+
+
 def load_config(path: str | Path) -> Config:
-    return load_yaml(path, parse_config, "pass -c configs/tiny_cpu.yaml or another YAML",
+    """The config in `path`, with CODONLM_CONFIG_OVERRIDES merged over it when set (the run's snapshot,
+    config.yaml, then holds the merged result, and provenance.json names the overrides file)."""
+
+    def parse(raw: dict, source: str) -> Config:
+        if overrides := config_overrides():
+            raw = merge_overrides(raw, overrides[1])
+            source = f"{source} + {OVERRIDES_ENV}={overrides[0]}"
+        return parse_config(raw, source=source)
+
+    return load_yaml(path, parse, "pass -c configs/tiny_cpu.yaml or another YAML",
                      "config sections (model, data, train, ...)")
 
 
@@ -252,24 +291,38 @@ def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _bounds(field) -> str:
+    """' >= 1', ' in [0, 1)' ... from a field's constraints, for the reference table."""
+    marks = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in field.metadata
+             if type(m).__name__ in ("Ge", "Gt", "Le", "Lt")}  # annotated_types.Ge(ge=...) and friends
+    low = f"[{marks['Ge']}" if "Ge" in marks else f"({marks['Gt']}" if "Gt" in marks else None
+    high = f"{marks['Le']}]" if "Le" in marks else f"{marks['Lt']})" if "Lt" in marks else None
+    if low and high:
+        return f" in {low}, {high}"
+    if low:
+        return f" {'>=' if low[0] == '[' else '>'} {low[1:]}"
+    return f" {'<=' if high[-1] == ']' else '<'} {high[:-1]}" if high else ""
+
+
+def _reference_row(key: str, field, type_text: str | None = None) -> str:
+    default = "required" if field.is_required() else field.get_default(call_default_factory=True)
+    meaning = (field.description or "").replace("|", "\\|").replace("<", "&lt;")  # <SEP> is not an HTML tag
+    return f"| `{key}` | {type_text or _type_name(field.annotation) + _bounds(field)} | `{default}` | {meaning} |"
+
+
 def config_reference_markdown() -> str:
     """The config reference table (README) generated from the schema, so the docs cannot drift."""
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    sections = [("", Config)] + [(name, f.annotation) for name, f in Config.model_fields.items()
-                                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
-    for prefix, model in sections:
+    for section, top in Config.model_fields.items():
+        model = top.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            lines.append(_reference_row(section, top))
+            continue
         for name, field in model.model_fields.items():
-            ann = field.annotation
-            if not prefix and isinstance(ann, type) and issubclass(ann, BaseModel):
+            if (section, name) != ("data", "datasets"):
+                lines.append(_reference_row(f"{section}.{name}", field))
                 continue
-            key = f"{prefix}.{name}" if prefix else name
-            if key == "data.datasets":
-                key, ann = "data.datasets[]", "list of {name, gbff, min_len, transl_table}"
-            default = "required" if field.is_required() else field.get_default(call_default_factory=True)
-            meaning = (field.description or "").replace("|", "\\|")
-            lines.append(f"| `{key}` | {_type_name(ann)} | `{default}` | {meaning} |")
-    for name, field in DatasetSpec.model_fields.items():
-        default = "required" if field.is_required() else field.get_default()
-        lines.append(f"| `data.datasets[].{name}` | {_type_name(field.annotation)} | `{default}` | "
-                     f"{field.description or ''} |")
+            lines.append(_reference_row("data.datasets[]", field, "list of {name, gbff, min_len, transl_table}, "
+                                        "at least one"))
+            lines += [_reference_row(f"data.datasets[].{n}", f) for n, f in DatasetSpec.model_fields.items()]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from codonlm.config import Config, config_sha256, config_to_yaml
+from codonlm.config import OVERRIDES_ENV, Config, config_overrides, config_sha256, config_to_yaml
 from codonlm.errors import UserError
 from codonlm.io import atomic_write, read_json, sha256_file, write_json
 from codonlm.log import log
@@ -33,6 +33,22 @@ def unknown_run(run_id: str, missing: Path, runs_dir: str | Path = "runs") -> Us
     known = list_runs(runs_dir)
     listing = ", ".join(known) if known else "none yet (run ./main.sh)"
     return UserError(f"unknown run id '{run_id}' (no {missing}); runs that exist: {listing}")
+
+
+def latest_run(checkpoints_dir: str | Path = "outputs/checkpoints") -> str:
+    """The trained run (best.pt or last.pt under checkpoints_dir) whose newest checkpoint is the most
+    recent: what `latest` (and a missing RUN_ID of ./analysis.sh, post_process.sh) means."""
+    folder = Path(checkpoints_dir)
+    stamps = {}
+    if folder.is_dir():
+        for run in folder.iterdir():
+            times = [p.stat().st_mtime for p in (run / "best.pt", run / "last.pt") if p.is_file()]
+            if times:
+                stamps[run.name] = max(times)
+    if not stamps:
+        raise UserError(f"no trained run under {folder} (looking for the latest); train one first (./main.sh) "
+                        "or name a run id")
+    return max(stamps, key=stamps.get)
 
 
 def git_commit() -> str | None:
@@ -81,6 +97,11 @@ def snapshot(cfg: Config, directory: Path, config_path: str | None = None) -> st
     prov = read_json(prov_path, {})
     prov.update({"config_path": config_path, "config_sha256": digest, "git_commit": git_commit(),
                  "hardware": hardware(), "argv": sys.argv})
+    prov.pop("config_overrides", None)
+    if overrides := config_overrides():  # already merged into config.yaml; named so the run says how it was made
+        prov["config_overrides"] = {"env": OVERRIDES_ENV, "path": overrides[0], "merged": overrides[1]}
+        print(f"[config] {OVERRIDES_ENV}={overrides[0]} merged over {config_path}: the run's config.yaml holds "
+              "the result", flush=True)
     prov.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_json(prov_path, prov)
     return digest

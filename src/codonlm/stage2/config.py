@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from codonlm.config import load_yaml, validate
 from codonlm.errors import UserError
+from codonlm.provenance import latest_run
 from codonlm.stage2.classifiers import KMER_MODELS, MODELS, PROBE_MODELS
 
 ModelName = Literal["probe_logreg", "probe_svm", "mlp", "kmer_logreg", "kmer_svm", "kmer_xgb"]
@@ -91,20 +92,6 @@ def load_classifier_config(path: str | Path) -> ClassifierConfig:
     return load_yaml(path, parse_classifier_config,
                      "pass --config configs/classifier/probe_aa.yaml or another classifier YAML",
                      "classifier settings (train_labels, models, out_dir, ...)")
-
-
-def latest_run(checkpoints_dir: str | Path) -> str:
-    """The run under checkpoints_dir whose newest checkpoint is the most recent."""
-    folder = Path(checkpoints_dir)
-    stamps = {}
-    if folder.is_dir():
-        for run in folder.iterdir():
-            times = [p.stat().st_mtime for p in (run / "best.pt", run / "last.pt") if p.is_file()]
-            if times:
-                stamps[run.name] = max(times)
-    if not stamps:
-        raise UserError(f"run_id: latest, but no trained run under {folder}; train one first or set run_id")
-    return max(stamps, key=stamps.get)
 
 
 def resolve_paths(cfg: ClassifierConfig, run_id: str | None = None) -> ClassifierConfig:
