@@ -79,7 +79,7 @@ def test_training_time_estimate_is_logged_once_from_timed_steps(cfg_for):
     summary = loop.train(cfg_for(epochs=1, max_steps=12), "estimate", log=lines.append)
     found = [m for line in lines if (m := re.fullmatch(
         r"=== \[train\] estimate: (\d+) steps x ([\d.e+-]+) s/step = ~(\d+ h \d\d min|\d+ min|\d+ s) on cpu "
-        r"\((\d+) threads\); validation adds a little", line))]
+        r"\((\d+) threads?\); validation adds a little", line))]
     assert len(found) == 1, lines
     steps, per_step, _, threads = found[0].groups()
     assert int(steps) == 12 and float(per_step) > 0 and int(threads) == torch.get_num_threads()

@@ -129,7 +129,8 @@ class Estimate:
         per_step = (time.perf_counter() - self.t0) / timed
         steps = run.plan.total_steps - self.first_step
         self.seconds = steps * per_step
-        where = f"{run.device.type} ({torch.get_num_threads()} threads)" if run.device.type == "cpu" else str(run.device)
+        threads = torch.get_num_threads()
+        where = f"cpu ({threads} thread{'s' * (threads > 1)})" if run.device.type == "cpu" else str(run.device)
         run.log(f"=== [train] estimate: {steps:,} steps x {per_step:.3g} s/step = {duration(self.seconds)} on {where}; "
                 f"validation adds a little")
 
