@@ -62,6 +62,12 @@ def study(folder: Path, corpus: list[Path], tiny_config, write_config) -> Path:
     return write_config(folder / "configs" / "study.yaml", raw)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A command started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    then ignores it too: give the pipeline the terminal's default, so SIGINT raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def pipeline(folder: Path, kill: str | None = None) -> subprocess.CompletedProcess:
     """The same command every time (what ./main.sh runs, from the study's folder)."""
     env = {**os.environ, "CODONLM_QUIET": "1"}
@@ -70,7 +76,8 @@ def pipeline(folder: Path, kill: str | None = None) -> subprocess.CompletedProce
     if kill:
         env[KILL_IN_STAGE_ENV] = kill
     return subprocess.run([sys.executable, "-m", "codonlm.cli", "pipeline", "-c", "configs/study.yaml",
-                           "--run-id", RUN], cwd=folder, env=env, capture_output=True, text=True, timeout=1800)
+                           "--run-id", RUN], cwd=folder, env=env, capture_output=True, text=True, timeout=1800,
+                          preexec_fn=_ctrl_c_as_in_a_terminal)
 
 
 def stamps(folder: Path) -> dict[str, dict]:
