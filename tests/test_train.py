@@ -69,6 +69,22 @@ def test_curve_rows_follow_log_every(cfg_for):
     assert [bool(r["val_loss"]) for r in rows] == [False] * 5 + [True]  # only the epoch end validates
 
 
+def test_training_time_estimate_is_logged_once_from_timed_steps(cfg_for):
+    import re
+
+    lines: list[str] = []
+    summary = loop.train(cfg_for(epochs=1, max_steps=12), "estimate", log=lines.append)
+    found = [m for line in lines if (m := re.fullmatch(
+        r"=== \[train\] estimate: (\d+) steps x ([\d.e+-]+) s/step = ~(\d+ h \d\d min|\d+ min|\d+ s) on cpu "
+        r"\((\d+) threads?\); validation adds a little", line))]
+    assert len(found) == 1, lines
+    steps, per_step, _, threads = found[0].groups()
+    assert int(steps) == 12 and float(per_step) > 0 and int(threads) == torch.get_num_threads()
+    assert summary["estimated_seconds"] == pytest.approx(12 * float(per_step), rel=0.01)
+    assert lines.index(found[0].string) < next(i for i, line in enumerate(lines) if "epoch 1/1" in line)
+    assert loop.duration(7530) == "~2 h 06 min" and loop.duration(420) == "~7 min" and loop.duration(20) == "~20 s"
+
+
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     save_checkpoint(path, {"model": {}, "config": {}, "payload": Path("/etc/passwd")})  # a non-tensor object

@@ -13,7 +13,7 @@ import io as _io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 from codonlm.errors import UserError
+
+AFTER_WRITE: list[Callable[[Path], None]] = []
+"""Called with each file `atomic_path` has just put in place (the pipeline's fault-injection test uses it)."""
 
 
 @contextmanager
@@ -39,6 +42,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+        for hook in AFTER_WRITE:
+            hook(path)
     finally:
         if tmp.exists():
             tmp.unlink()

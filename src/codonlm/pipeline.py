@@ -6,6 +6,9 @@ stage's outputs) and whose outputs are still as it left them is skipped; an inte
 resumes from its last.pt; any other interrupted stage runs again from the start (every file is
 written atomically). A changed config is a new run. Each stage is one `codonlm` command, so a
 stage can always be run by hand as well; adding a stage is one line in STAGES.
+
+Each stage's wall and CPU seconds (this process and its child processes, all threads) go into the
+closing summary and its stamp: CPU far below wall means the stage waited (a busy machine, disk, network).
 """
 
 from __future__ import annotations
@@ -13,18 +16,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
+import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from codonlm.config import Config, config_sha256, load_config, parse_config
 from codonlm.errors import UserError
 from codonlm.headlines import headline_lines
+from codonlm.io import AFTER_WRITE
 from codonlm.log import log
 from codonlm.log import quiet as log_quiet
 from codonlm.provenance import checksums, mark_stage_done, read_stamp, snapshot, stage_is_done
+
+KILL_IN_STAGE_ENV = "CODONLM_TEST_KILL_IN_STAGE"
+"""tests: '<stage>[:<n>[:INT]]' makes the pipeline kill itself inside that stage, just after the n-th file
+the stage writes (default 1; as its command returns, before the stamp, when it writes fewer), with
+SIGKILL, or with SIGINT (what Ctrl-C sends) when INT is given."""
 
 
 @dataclass
@@ -100,7 +112,8 @@ STAGES = [
           lambda r: {"saliency_window": r.cfg.outputs.saliency_window, "saliency_top": r.cfg.outputs.saliency_top}),
     Stage("stage2", lambda r: ["stage2", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
           lambda r: [r.reports / r.run_id / "stage2"]),
-    Stage("report", lambda r: ["report", r.run_id], lambda r: [r.run_dir / "report.html"]),
+    Stage("report", lambda r: ["report", r.run_id, "--runs-dir", r.cfg.outputs.runs_dir],
+          lambda r: [r.run_dir / "report.html"]),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -147,6 +160,38 @@ def _digest(files: dict) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and its finished child processes (all threads)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextmanager
+def kill_hook(stage: str) -> Iterator[None]:
+    """The KILL_IN_STAGE_ENV fault injection around one stage's command (a no-op unless it names `stage`)."""
+    spec = os.environ.get(KILL_IN_STAGE_ENV, "").split(":")
+    if spec[0] != stage:
+        yield
+        return
+    after = int(spec[1]) if len(spec) > 1 and spec[1] else 1
+    sig, pid, writes = signal.SIGINT if spec[2:] == ["INT"] else signal.SIGKILL, os.getpid(), []
+
+    def kill(path: Path | None) -> None:
+        writes.append(path)
+        if len(writes) == after and os.getpid() == pid:  # not in a worker process
+            where = f"after its write {after} ({path})" if path else "as its command returns"
+            log(f"[pipeline] test: {sig.name} to this process in stage {stage}, {where}")
+            os.kill(pid, sig)
+
+    AFTER_WRITE.append(kill)
+    try:
+        yield
+    finally:
+        AFTER_WRITE.remove(kill)
+    while len(writes) < after:  # the stage wrote fewer files: kill it as its command returns
+        kill(None)
+
+
 def run_stages(ctx: RunContext, only: list[str], redo: list[str]) -> tuple[list[dict], int]:
     """Run, skip or stop at each stage in order; returns (one summary row per stage, exit code)."""
     from codonlm.cli import main as codonlm
@@ -161,33 +206,45 @@ def run_stages(ctx: RunContext, only: list[str], redo: list[str]) -> tuple[list[
         elif only and stage.name not in only:
             rows.append({"stage": stage.name, "status": "skipped", "note": "not selected (--stages)"})
         elif stage.name not in redo and stage_is_done(ctx.run_dir, stage.name, inputs, outputs):
-            took = (read_stamp(ctx.run_dir, stage.name) or {}).get("seconds")
-            rows.append({"stage": stage.name, "status": "skipped", "seconds": 0.0,
-                         "note": "done before" + (f" (took {took:.1f}s)" if took is not None else "")})
+            rows.append({"stage": stage.name, "status": "skipped", "seconds": 0.0, "cpu_seconds": 0.0,
+                         "note": "done before" + _took(read_stamp(ctx.run_dir, stage.name) or {})})
         else:
             argv = stage.command(ctx)
             log(f"=== [{stage.name}] {time.strftime('%Y-%m-%dT%H:%M:%S')}: codonlm {' '.join(argv)}")
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), cpu_seconds()
             try:
-                code = codonlm(argv)
+                with kill_hook(stage.name):
+                    code = codonlm(argv)
+            except KeyboardInterrupt:  # Ctrl-C between the command's own handling and here
+                code = 130
             except Exception:  # a bug, not a user error: show it, and still close with the summary
                 traceback.print_exc()
                 code = 1
-            seconds = round(time.perf_counter() - t0, 1)
-            log(f"=== [{stage.name}] {'finished' if code == 0 else f'failed (exit {code})'} in {seconds:.1f}s")
+            seconds, cpu = round(time.perf_counter() - t0, 1), round(cpu_seconds() - cpu0, 1)
+            log(f"=== [{stage.name}] {'finished' if code == 0 else f'failed (exit {code})'} in {seconds:.1f}s "
+                f"({cpu:.1f}s CPU)")
             outputs = checksums(stage.outputs(ctx))
             if code == 0:
-                mark_stage_done(ctx.run_dir, stage.name, inputs, outputs, seconds)
+                mark_stage_done(ctx.run_dir, stage.name, inputs, outputs, seconds, cpu)
             rows.append({"stage": stage.name, "status": "done" if code == 0 else "failed", "seconds": seconds,
-                         "note": "" if code == 0 else f"exit {code}"})
+                         "cpu_seconds": cpu, "note": "" if code == 0 else f"exit {code}"})
         upstream[stage.name] = _digest(outputs)
     return rows, code
 
 
-def summary_lines(run_id: str, rows: list[dict], seconds: float) -> list[str]:
-    lines = [f"=== summary of run {run_id} ({seconds:.1f}s in all):"]
+def _took(stamp: dict) -> str:
+    """' (took 9.2s, 15.1s CPU)' from a stage stamp ('' when it has no time)."""
+    if stamp.get("seconds") is None:
+        return ""
+    cpu = stamp.get("cpu_seconds")
+    return f" (took {stamp['seconds']:.1f}s" + (f", {cpu:.1f}s CPU)" if cpu is not None else ")")
+
+
+def summary_lines(run_id: str, rows: list[dict], seconds: float, cpu: float) -> list[str]:
+    lines = [f"=== summary of run {run_id} ({seconds:.1f}s in all, {cpu:.1f}s CPU; per stage: wall, CPU of "
+             "all threads and child processes):"]
     for r in rows:
-        took = f"{r['seconds']:8.1f}s" if "seconds" in r else " " * 9
+        took = f"{r['seconds']:8.1f}s {r['cpu_seconds']:8.1f}s CPU" if "seconds" in r else " " * 22
         lines.append(f"    {r['stage']:<16} {r['status']:<8} {took}  {r.get('note', '')}".rstrip())
     return lines
 
@@ -203,12 +260,12 @@ def run_pipeline(config_path: str | None = None, run_id: str | None = None, resu
         os.environ["CODONLM_QUIET"] = "1"
     cfg, run_id = resolve_run(config_path, run_id, resume, fresh)
     ctx = RunContext(cfg, run_id, prepare_force=force, quiet=quiet or log_quiet())
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     with run_log(ctx.run_dir):
         log(f"=== codonlm run {run_id} (config {ctx.config}; outputs in {ctx.run_dir}, {ctx.checkpoints}, "
             f"{ctx.scores})")
         rows, code = run_stages(ctx, only, again)
-        for line in summary_lines(run_id, rows, time.perf_counter() - t0):
+        for line in summary_lines(run_id, rows, time.perf_counter() - t0, cpu_seconds() - cpu0):
             log(line)
         for line in headline_lines(run_id, ctx.run_dir, ctx.checkpoints, ctx.scores, ctx.reports):
             log(line)

@@ -151,8 +151,9 @@ def read_stamp(directory: Path, stage: str) -> dict | None:
 
 
 def mark_stage_done(directory: Path, stage: str, inputs: dict, outputs: dict | None = None,
-                    seconds: float | None = None) -> None:
-    """Write the stage's stamp: last, after every output is in place, so a killed stage has none."""
+                    seconds: float | None = None, cpu_seconds: float | None = None) -> None:
+    """Write the stage's stamp: last, after every output is in place, so a killed stage has none.
+    `seconds` is wall time, `cpu_seconds` the CPU time it took (all threads and child processes)."""
     write_json(_stamp_path(directory, stage), {"stage": stage, "inputs": inputs, "outputs": outputs or {},
-                                               "seconds": seconds,
+                                               "seconds": seconds, "cpu_seconds": cpu_seconds,
                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -13,8 +13,10 @@ from codonlm.io import atomic_path
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """temp file + rename: a crash mid-write never leaves a half-written best.pt/last.pt."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # a file object, not the name: torch then names the archive inside 'archive' rather than after the
+        # temporary file, so the same state gives the same bytes (and checksums in stage stamps)
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

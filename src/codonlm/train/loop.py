@@ -42,6 +42,7 @@ from codonlm.train.state import TrainState
 
 TIMING_WINDOWS = 8  # windows per step when amp: auto times bf16 against fp32
 KILL_AT_STEP_ENV = "CODONLM_TEST_KILL_AT_STEP"  # tests: SIGKILL this process right after step k
+ESTIMATE_STEPS = 5  # timed steps, after the first, behind the training-time estimate logged at the start
 
 
 @dataclass
@@ -97,6 +98,40 @@ class Meter:
             return "?"
         s = int((time.perf_counter() - self.t_start) / self.steps * steps_left)
         return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def duration(seconds: float) -> str:
+    """'~2 h 05 min', '~7 min', '~40 s'."""
+    minutes = round(seconds / 60)
+    if minutes >= 60:
+        return f"~{minutes // 60} h {minutes % 60:02d} min"
+    return f"~{minutes} min" if minutes else f"~{max(1, round(seconds))} s"
+
+
+class Estimate:
+    """The training-time estimate, logged once near the start: the wall time per optimizer step (data,
+    logging and checkpoints included) over ESTIMATE_STEPS steps after the first (which allocates, and
+    compiles when asked), times the steps this invocation will take."""
+
+    def __init__(self, first_step: int) -> None:
+        self.first_step, self.t0, self.seconds = first_step, 0.0, None
+
+    def step_done(self, run: Run, state: TrainState) -> None:
+        timed = state.step - self.first_step - 1
+        if self.seconds is not None or timed < 0:
+            return
+        if timed == 0:
+            self.t0 = time.perf_counter()
+            return
+        if timed < ESTIMATE_STEPS:
+            return
+        per_step = (time.perf_counter() - self.t0) / timed
+        steps = run.plan.total_steps - self.first_step
+        self.seconds = steps * per_step
+        threads = torch.get_num_threads()
+        where = f"cpu ({threads} thread{'s' * (threads > 1)})" if run.device.type == "cpu" else str(run.device)
+        log(f"=== [train] estimate: {steps:,} steps x {per_step:.3g} s/step = {duration(self.seconds)} on {where}; "
+                f"validation adds a little")
 
 
 def load_data(cfg: Config, run_id: str, dist: DistInfo) -> Data:
@@ -295,7 +330,7 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
     return False
 
 
-def run_epoch(run: Run, state: TrainState, meter: Meter, bar) -> None:
+def run_epoch(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate) -> None:
     """The steps of one epoch (or until the step budget), from where the state left off."""
     accum, kill_at = run.cfg.train.grad_accum_steps, int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     run.data.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * run.cfg.train.batch_size)
@@ -318,6 +353,7 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", refresh=False)
         record_row(run, state, meter)
+        estimate.step_done(run, state)
         if run.cfg.train.checkpoint_every and state.step % run.cfg.train.checkpoint_every == 0:
             checkpoint(run, state, "last.pt")
         if state.step == kill_at:
@@ -408,12 +444,13 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
         if payload is not None and "curves" in payload:
             write_curves(run, state)  # drop rows the interrupted run wrote after that checkpoint
         meter, stopped_early, t_run = Meter(cfg.system.compile), False, time.perf_counter()
+        estimate = Estimate(state.step)
         state.model.train()
         plan = run.plan
         with progress(total=plan.total_steps, initial=state.step, desc="train", unit="step", leave=False,
                       disable=not run.dist.is_main) as bar:
             while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
-                run_epoch(run, state, meter, bar)
+                run_epoch(run, state, meter, bar, estimate)
                 stopped_early = end_epoch(run, state, meter)
         summary = {"run_id": run_id, "steps": state.step, "epochs_done": state.epoch,
                    "best_val_loss": state.best_val,
@@ -421,6 +458,7 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
                    "n_params": state.n_params, "nonfinite_steps": state.nonfinite_total,
                    "stopped_early": stopped_early, "precision": state.precision["dtype"],
                    "tokens_per_s": round(meter.tokens_per_s, 1), "timed_steps": meter.steps,
+                   "estimated_seconds": estimate.seconds,
                    "seconds": round(time.perf_counter() - t_run, 1), "checkpoints": str(run.ckpt_dir),
                    "curves": str(run.curves_path)}
         log(f"[train] done: {summary}")
