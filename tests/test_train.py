@@ -69,11 +69,11 @@ def test_curve_rows_follow_log_every(cfg_for):
     assert [bool(r["val_loss"]) for r in rows] == [False] * 5 + [True]  # only the epoch end validates
 
 
-def test_training_time_estimate_is_logged_once_from_timed_steps(cfg_for):
+def test_training_time_estimate_is_logged_once_from_timed_steps(cfg_for, capsys):
     import re
 
-    lines: list[str] = []
-    summary = loop.train(cfg_for(epochs=1, max_steps=12), "estimate", log=lines.append)
+    summary = loop.train(cfg_for(epochs=1, max_steps=12), "estimate")
+    lines = capsys.readouterr().out.splitlines()
     found = [m for line in lines if (m := re.fullmatch(
         r"=== \[train\] estimate: (\d+) steps x ([\d.e+-]+) s/step = ~(\d+ h \d\d min|\d+ min|\d+ s) on cpu "
         r"\((\d+) threads?\); validation adds a little", line))]
