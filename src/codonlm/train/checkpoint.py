@@ -15,7 +15,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """temp file + rename: a crash mid-write never leaves a half-written best.pt/last.pt."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         # a file object, not the name: torch then names the archive inside 'archive' rather than after the
-        # temporary file, so the same state gives the same bytes (and checksums in stage stamps)
+        # temporary file, so the bytes (and checksums in stage stamps) do not depend on a random name
         torch.save(state, fh)
 
 
