@@ -64,8 +64,7 @@ CANDIDATES: dict[str, dict] = {
 def candidate_config(base: dict, changes: dict, workdir: Path) -> dict:
     raw = json.loads(json.dumps(base))
     for section, keys in changes.items():
-        if isinstance(keys, dict):
-            raw.setdefault(section, {}).update(keys)
+        raw.setdefault(section, {}).update(keys)
     for d in raw["data"]["datasets"]:
         d["gbff"] = str((ROOT / d["gbff"]).resolve())
     raw["data"]["processed_dir"] = str(ROOT / raw["data"].get("processed_dir", "data/processed"))
