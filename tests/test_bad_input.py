@@ -34,6 +34,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     full = gzip.compress(good_text.encode() * 50)
     out["truncated_gzip"] = tmp_path / "trunc.gbk.gz"
     out["truncated_gzip"].write_bytes(full[: len(full) // 2])
+    out["corrupt_gzip"] = tmp_path / "corrupt.gbk.gz"  # a damaged deflate stream: the inflater itself fails
+    out["corrupt_gzip"].write_bytes(full[:40] + bytes(64) + full[104:])
     out["not_genbank"] = tmp_path / "notes.gbk"
     out["not_genbank"].write_text("this is a FASTA file\n>seq1\nACGT\n")
     out["malformed_location"] = write_genbank(
@@ -44,7 +46,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "truncated_gzip", "not_genbank", "malformed_location", "directory"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated_gzip", "corrupt_gzip", "not_genbank", "malformed_location",
+                                  "directory"])
 def test_bad_file_one_line_exit_2_outputs_intact(tmp_path, capsys, kind, make_corpus, write_cfg):
     files, _ = make_corpus(tmp_path, n_genes=20)
     good_cfg = write_cfg(tmp_path, files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import random
 
 import pytest
@@ -161,6 +162,17 @@ def test_gzip_and_plain_agree(cases, tmp_path):
     gz = write_genbank(tmp_path / "cases.gbff.gz", [path.read_text()], gz=True)
     plain = [(c.name, c.dna()) for c in extract_file(path, min_len=10)]
     assert plain == [(c.name, c.dna()) for c in extract_file(gz, min_len=10)]
+
+
+def test_multi_member_gzip_reads_as_one_file(cases, tmp_path):
+    """bgzip and `cat a.gz b.gz` write several gzip members; they are one GenBank text."""
+    path, _, _ = cases
+    text = path.read_bytes()
+    cut = text.index(b"\nLOCUS", 1) + 1 if b"\nLOCUS" in text[1:] else len(text) // 2
+    multi = tmp_path / "multi.gbff.gz"
+    multi.write_bytes(gzip.compress(text[:cut]) + gzip.compress(text[cut:]))
+    plain = [(c.name, c.dna()) for c in extract_file(path, min_len=10)]
+    assert plain and plain == [(c.name, c.dna()) for c in extract_file(multi, min_len=10)]
 
 
 def test_record_without_sequence_is_skipped_and_counted(tmp_path):
