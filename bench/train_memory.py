@@ -133,6 +133,14 @@ def scaled_config(base: dict, scale: int, workdir: Path, rundir: Path) -> dict:
     return raw
 
 
+def _run_child(what: str, *argv: str) -> dict:
+    """This script in a fresh process with argv; the JSON line it prints last."""
+    out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        sys.exit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/tiny_cpu.yaml")
@@ -173,17 +181,11 @@ def main() -> None:
         runs: dict[int, list[dict]] = {scale: [] for scale in args.scales}
         for rep in range(args.repeats):  # alternate the order (1 10 30, 30 10 1, ...): drifting load hits all alike
             for scale in args.scales if rep % 2 == 0 else args.scales[::-1]:
-                out = subprocess.run([sys.executable, __file__, "--child-train", str(configs[scale][0]),
-                                      "--steps", str(args.steps)], capture_output=True, text=True, cwd=ROOT)
-                if out.returncode != 0:
-                    sys.exit(f"training at {scale}x failed:\n{out.stderr[-3000:]}")
-                runs[scale].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                runs[scale].append(_run_child(f"training at {scale}x", "--child-train", str(configs[scale][0]),
+                                              "--steps", str(args.steps)))
         npz = [str(Path(configs[scale][2]["processed"]) / "all" / "train.npz") for scale in args.scales]
-        out = subprocess.run([sys.executable, __file__, "--child-paired", str(configs[args.scales[0]][0]),
-                              "--npz", *npz, "--rounds", str(args.rounds)], capture_output=True, text=True, cwd=ROOT)
-        if out.returncode != 0:
-            sys.exit(f"paired timing failed:\n{out.stderr[-3000:]}")
-        paired = json.loads(out.stdout.strip().splitlines()[-1])["step_s"]
+        paired = _run_child("paired timing", "--child-paired", str(configs[args.scales[0]][0]), "--npz", *npz,
+                            "--rounds", str(args.rounds))["step_s"]
     for scale in args.scales:
         _, raw, report, prep_s = configs[scale]
         rs = runs[scale]
