@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from codonlm.config import ModelConfig
 from codonlm.data.codons import BOS, EOS, ITOS, PAD, SEP, loss_mask
-from codonlm.model.tinygpt import TinyGPT, mlp_hidden_size
+from codonlm.model.tinygpt import TinyGPT, ablate_heads, mlp_hidden_size
 
 CFG = dict(vocab_size=68, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.0)
 
@@ -202,6 +202,10 @@ def test_run_with_cache_hooks() -> None:
     for name, t in cache.items():
         if name.endswith("hook_pattern"):
             assert t.shape == (B, H, T, T), name
+        elif name.endswith("hook_result"):
+            assert t.shape == (B, T, H, C), name
+        elif name.endswith("mlp.hook_post"):
+            assert t.shape == (B, T, mlp_hidden_size(C)), name
         elif ".attn." in name:
             assert t.shape == (B, T, H, D), name
         else:
@@ -231,33 +235,93 @@ def test_run_with_cache_names_filter_and_training_path_unchanged() -> None:
     assert model.attn_backend is None  # the analysis path does not change the training backend
 
 
-def test_head_mask_ablates_one_head_and_ones_change_nothing() -> None:
+def test_head_ablation_hook_zeroes_one_head_everywhere() -> None:
+    """Zeroing head (1, 2) at hook_z equals an independent reference (the head's columns of the output
+    projection zeroed), in forward, in run_with_cache and in the KV-cache decoder; nothing is left behind."""
     model = make_model()
     idx, targets = batch()
+    D = CFG["n_embd"] // CFG["n_head"]
     with torch.no_grad():
         logits, loss = model(idx, targets)
-        model.set_head_mask(torch.ones(CFG["n_layer"], CFG["n_head"]))
-        same_logits, same_loss = model(idx, targets)
-        _, cache = model.run_with_cache(idx, names_filter="blocks.1.attn.hook_z")
-        assert (cache["blocks.1.attn.hook_z"][:, :, 2] != 0).any()
-        mask = torch.ones(CFG["n_layer"], CFG["n_head"])
-        mask[1, 2] = 0.0
-        model.set_head_mask(mask)
-        ablated_logits, ablated_loss = model(idx, targets)
-        _, cache = model.run_with_cache(idx, names_filter="blocks.1.attn.hook_z")
-        assert (cache["blocks.1.attn.hook_z"][:, :, 2] == 0).all()  # the head's output is gone
-        assert (cache["blocks.1.attn.hook_z"][:, :, 1] != 0).any()  # its neighbour's is not
-        next_logits, _ = model.extend(idx[:, :5], None, 0)
-        model.set_head_mask(None)
+        with model.hooks(ablate_heads(1, [2])):
+            ablated_logits, ablated_loss = model(idx, targets)
+            _, cache = model.run_with_cache(idx, names_filter="blocks.1.attn.hook_z")
+            next_logits, _ = model.extend(idx[:, :5], None, 0)
+        assert not model.has_active_hooks()
         plain_next, _ = model.extend(idx[:, :5], None, 0)
         restored, _ = model(idx, targets)
-    torch.testing.assert_close(same_logits, logits, atol=0, rtol=0)
-    assert same_loss.item() == loss.item()
+        reference = make_model()
+        reference.blocks[1].attn.proj.weight[:, 2 * D : 3 * D] = 0.0
+        expected, _ = reference(idx, targets)
+    assert (cache["blocks.1.attn.hook_z"][:, :, 2] == 0).all()  # the head's output is gone
+    assert (cache["blocks.1.attn.hook_z"][:, :, 1] != 0).any()  # its neighbour's is not
+    torch.testing.assert_close(ablated_logits, expected, atol=1e-6, rtol=1e-6)
     assert abs(ablated_loss.item() - loss.item()) > 1e-6
-    assert not torch.allclose(next_logits, plain_next)  # incremental decoding honours the mask too
+    assert not torch.allclose(next_logits, plain_next)  # incremental decoding honours the hook too
     torch.testing.assert_close(restored, logits, atol=0, rtol=0)
-    with pytest.raises(ValueError, match="head mask"):
-        model.set_head_mask(torch.ones(3, 3))
+
+
+def test_noop_hooks_change_nothing_and_fast_path_is_kept() -> None:
+    """A read-only hook on every point gives forward's logits (fp32, <= 1e-6); without a pattern hook the
+    fused kernel runs, so a cache of residuals is bit-identical to forward."""
+    model = make_model()
+    a, b = gene(14, 4), gene(25, 5)
+    idx, seg, pos, _ = pack([a, b], 48)
+    with torch.no_grad():
+        ref, _ = model(idx, segment_ids=seg, positions=pos)
+        hooked = model.run_with_hooks(idx, [(lambda _n: True, lambda x, hook: None)], segment_ids=seg, positions=pos)
+    assert (hooked - ref).abs().max().item() <= 1e-6
+    logits, cache = model.run_with_cache(idx, segment_ids=seg, positions=pos, names_filter=lambda n: "resid" in n)
+    torch.testing.assert_close(logits, ref, atol=0, rtol=0)
+    assert len(cache) == 3 * CFG["n_layer"]
+
+
+def test_hook_replacement_patches_and_per_head_results_sum_to_the_output() -> None:
+    model = make_model()
+    idx, _ = batch()
+    _, clean = model.run_with_cache(idx)
+    for i in range(CFG["n_layer"]):  # hook_result: each head's share after the projection
+        torch.testing.assert_close(clean[f"blocks.{i}.attn.hook_result"].sum(2), clean[f"blocks.{i}.hook_attn_out"],
+                                   atol=1e-5, rtol=1e-5)
+        assert clean[f"blocks.{i}.mlp.hook_post"].shape[-1] == mlp_hidden_size(CFG["n_embd"])
+    corrupted = idx.clone()
+    corrupted[:, 3] = (corrupted[:, 3] - 4 + 1) % 64 + 4
+    last = f"blocks.{CFG['n_layer'] - 1}.hook_resid_post"
+    with torch.no_grad():
+        clean_logits, _ = model(idx)
+        patched = model.run_with_hooks(corrupted, [(last, lambda x, hook: clean[last])])
+        steered = model.run_with_hooks(idx, [("blocks.0.hook_resid_mid", lambda x, hook: x + 1.0)])
+    torch.testing.assert_close(patched, clean_logits, atol=1e-5, rtol=1e-5)  # the whole last residual restores it
+    assert not torch.allclose(steered, clean_logits)
+
+
+def test_hook_that_raises_leaves_no_hook_behind() -> None:
+    model = make_model()
+    idx, _ = batch()
+
+    def broken(x, hook):
+        raise RuntimeError(f"boom at {hook.name}")
+
+    with pytest.raises(RuntimeError, match="boom at blocks.0.attn.hook_pattern"):
+        model.run_with_hooks(idx, [("blocks.0.attn.hook_pattern", broken)])
+    assert not model.has_active_hooks()
+    with pytest.raises(KeyError, match="no hook point"):
+        model.run_with_hooks(idx, [("blocks.9.hook_resid_post", broken)])
+    assert not model.has_active_hooks()
+
+
+def test_plain_torch_hooks_reach_hook_points() -> None:
+    model = make_model()
+    idx, _ = batch()
+    seen = []
+    handle = model.hook_dict["blocks.0.hook_resid_post"].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        with torch.no_grad():
+            model(idx)
+    finally:
+        handle.remove()
+    assert seen == [(*idx.shape, CFG["n_embd"])]
+    assert model.hook_names()[0] == "hook_embed" and model.hook_names()[-1] == "ln_final.hook_normalized"
 
 
 # ---- loss ----------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ On a seeded draw of the run's held-out (val) windows, in the packed layout the m
 mass on the gene's <BOS_CDS> and on its start codon, share on the previous codon, and the
 attention mass that crosses into another gene of the same window. With `sep_mask_enabled` that
 mass must be exactly 0 (the per-CDS mask); anything else is flagged (`mask_ok: false` and a
-warning). Head ablation: the change in held-out loss when one head's output is zeroed
-(`TinyGPT.set_head_mask`). Everything for the trained model and its random-init twin.
+warning). Head ablation: the change in held-out loss when one head's output is zeroed (a hook
+on `blocks.{i}.attn.hook_z`, `tinygpt.ablate_heads`). Everything for the trained model and its
+random-init twin.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from codonlm.analysis.context import AnalysisContext
 from codonlm.data.codons import BOS, CODON_OFFSET, loss_mask
 from codonlm.io import save_figure, write_csv
 from codonlm.log import log, progress
-from codonlm.model.tinygpt import TinyGPT
+from codonlm.model.tinygpt import TinyGPT, ablate_heads
 
 NAME = "analyze_attention"
 N_PACKED, N_OTHER = 8, 8  # windows drawn (4,096 query tokens at block 256): several CDS pieces / the rest
@@ -157,15 +158,10 @@ def head_ablation(model: TinyGPT, windows: Windows) -> tuple[float, np.ndarray]:
 
     base = heldout_loss()
     delta = np.zeros((L, H))
-    try:
-        for i in range(L):
-            for h in range(H):
-                mask = torch.ones(L, H)
-                mask[i, h] = 0.0
-                model.set_head_mask(mask)
+    for i in range(L):
+        for h in range(H):
+            with model.hooks(ablate_heads(i, [h])):
                 delta[i, h] = heldout_loss() - base
-    finally:
-        model.set_head_mask(None)
     return base, delta
 
 

@@ -19,22 +19,26 @@ Attention backends (one module; `TinyGPT.set_attn_backend` forces one, tests com
     "math"  softmax(q k^T / sqrt(D) + bias) v with an additive 0/-inf bias from the same mask.
             Chosen on CPU under bf16/fp16 for T <= 1024: there two bf16 GEMMs plus a softmax
             run about 2x faster than the CPU flash kernel (`python bench/train_throughput.py`
-            prints both). Also what `run_with_cache` uses, so `hook_pattern` is exactly the
-            attention that produced the logits.
+            prints both). Also used whenever a hook reads or replaces `hook_pattern`, so the
+            pattern is exactly the attention that produced the logits.
     "flex"  FlexAttention with a document-causal BlockMask, which skips fully masked tiles. CUDA
             when `use_flex` is set (the trainer sets it when it compiles the model). It has no
             attention-probability dropout (residual dropout still applies), and in torch 2.13
             no backward on CPU.
 
-Hooks (TransformerLens names) are only recorded when a cache dict is passed down, which
-`run_with_cache` does; the training path pays one `is None` check per hook. `set_head_mask`
-scales each head's output before the projection (head ablation); unset, it costs one more check.
+Hooks: one mechanism, TransformerLens style. Every named activation passes through a `HookPoint`
+(an identity module; `model.hook_dict[name]`), so plain torch forward hooks reach it and may
+return a replacement. `hooks(...)` / `run_with_hooks` / `run_with_cache` register hooks for one
+call and always remove them; head ablation is a hook on `blocks.{i}.attn.hook_z`. Forward, the
+training path and `extend` (the KV-cache decoder) run the same Block code, so a hook applies to
+all of them. With no hook registered, each point costs one module call.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -101,114 +105,156 @@ def _keep(names_filter: NamesFilter) -> Callable[[str], bool]:
     return lambda name: name in wanted
 
 
-class HookCache(dict):
-    """Activation store for the analysis path: `hook(name, x)` records x (detached) if the filter keeps it."""
+class HookPoint(nn.Module):
+    """An identity module at a named activation (TransformerLens style).
 
-    def __init__(self, names_filter: NamesFilter = None):
+    Plain torch hooks work on it (`model.hook_dict[name].register_forward_hook(...)`), and a forward
+    hook that returns a tensor replaces the activation: ablate, patch, steer. `TinyGPT.hooks`,
+    `run_with_hooks` and `run_with_cache` register such hooks for one call and always remove them.
+    With no hook registered the module only passes its input through.
+    """
+
+    def __init__(self, name: str):
         super().__init__()
-        self.keep = _keep(names_filter)
+        self.name = name
 
-    def hook(self, name: str, x: Tensor) -> None:
-        if self.keep(name):
-            self[name] = x.detach()
+    @property
+    def active(self) -> bool:
+        """Whether a hook is registered (some activations, like per-head results, are only computed then)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+HookFn = Callable[[Tensor, HookPoint], Tensor | None]
+HookSpec = tuple[str | Callable[[str], bool], HookFn]
+
+
+def ablate_heads(layer: int, heads: Iterable[int], scale: float = 0.0) -> list[HookSpec]:
+    """Hooks that scale (default: zero) heads of one layer at `hook_z`, before the output projection:
+    head ablation, e.g. `with model.hooks(ablate_heads(1, [2])): ...`."""
+    heads = list(heads)
+
+    def scaled(z: Tensor, _hook: HookPoint) -> Tensor:
+        z = z.clone()
+        z[:, :, heads] *= scale
+        return z
+
+    return [(f"blocks.{layer}.attn.hook_z", scaled)]
 
 
 class Attention(nn.Module):
+    """Multi-head attention with rotary positions. One implementation for every path: training
+    (masks by backend), analysis (hooks) and incremental decoding (`past` keys/values)."""
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.dropout = cfg.dropout
-        self.name = f"blocks.{layer}.attn"
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
-        self.head_mask: Tensor | None = None  # [H] scales on each head's output (head ablation; not saved)
+        name = f"blocks.{layer}.attn"
+        for hook in ("q", "k", "v", "rot_q", "rot_k", "pattern", "z", "result"):
+            setattr(self, f"hook_{hook}", HookPoint(f"{name}.hook_{hook}"))
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str, cache: HookCache | None
-    ) -> Tensor:
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str,
+        past: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B,T,C] -> (output [B,T,C], this call's keys and values with `past` prepended [B,H,P+T,D]).
+
+        `mask` is what `TinyGPT._mask` built for the backend, or None: plain causal when there is no
+        `past`, every cached key visible when there is (the decoder passes a [T, P+T] mask for T > 1).
+        """
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
-        if cache is not None:
-            for i, name in enumerate("qkv"):
-                cache.hook(f"{self.name}.hook_{name}", qkv[:, :, i])  # [B, T, H, D]
-        q, k = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)  # q and k rotated in one pass
-        if cache is not None:
-            cache.hook(f"{self.name}.hook_rot_q", q)
-            cache.hook(f"{self.name}.hook_rot_k", k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # [B, H, T, D]
+        q, k, v = self.hook_q(qkv[:, :, 0]), self.hook_k(qkv[:, :, 1]), self.hook_v(qkv[:, :, 2])
+        if self.hook_q.active or self.hook_k.active:  # a hook may have replaced q or k: rotate each
+            q, k = apply_rope(q, cos.squeeze(-3), sin.squeeze(-3)), apply_rope(k, cos.squeeze(-3), sin.squeeze(-3))
+        else:  # q and k rotated in one pass
+            q, k = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)
+        q, k = self.hook_rot_q(q), self.hook_rot_k(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        if past is not None:
+            pk, pv = (t.expand(B, -1, -1, -1) for t in past)
+            k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)
         p_drop = self.dropout if self.training else 0.0
-        if backend == "math":
-            y = self._math(q, k, v, mask, p_drop, cache)
+        if backend == "math" or self.hook_pattern.active:
+            y = self._math(q, k, v, mask, p_drop)
         elif backend == "flex":
             from torch.nn.attention.flex_attention import flex_attention
 
             y = flex_attention(q, k, v, block_mask=mask)
         elif mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=past is None)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
-        y = y.transpose(1, 2)  # [B, T, H, D]
-        if self.head_mask is not None:
-            y = y * self.head_mask.view(-1, 1).to(y.dtype)
-        if cache is not None:
-            cache.hook(f"{self.name}.hook_z", y)
-        return self.proj(y.reshape(B, T, C))
+        z = self.hook_z(y.transpose(1, 2))  # [B, T, H, D]
+        if self.hook_result.active:  # each head's share of the output, [B, T, H, C]; they sum to it
+            w = self.proj.weight.view(C, self.n_head, self.head_dim)
+            return self.hook_result(torch.einsum("bthd,chd->bthc", z, w)).sum(2), (k, v)
+        return self.proj(z.reshape(B, T, C)), (k, v)
 
-    def _math(
-        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, p_drop: float, cache: HookCache | None
-    ) -> Tensor:
-        """Explicit attention with an additive mask: softmax(q k^T / sqrt(D) + bias) v."""
+    def _math(self, q: Tensor, k: Tensor, v: Tensor, mask: object, p_drop: float) -> Tensor:
+        """Explicit attention, softmax(q k^T / sqrt(D) + bias) v, with the probabilities at hook_pattern.
+
+        `mask` is the additive 0/-inf bias the math backend is given in training, a boolean mask
+        (True = attend) from the sdpa path, or None (causal without `past`, else everything)."""
         # Scale q [B,H,T,D] rather than the scores [B,H,T,T]: same result, a quarter of the work at
         # T=256, D=64 (exact in bf16 when D is a power of 4). The bias is added in place: matmul
         # does not keep its output for backward.
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
-        pattern = scores.add_(bias).softmax(dim=-1)
-        if cache is not None:
-            cache.hook(f"{self.name}.hook_pattern", pattern.float())
+        Tq, Tk = scores.shape[-2:]
+        if mask is None and Tq == Tk and Tq > 1:
+            mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril()
+        if mask is not None and mask.dtype == torch.bool:
+            scores = scores.masked_fill_(~mask, float("-inf"))
+        elif mask is not None:
+            scores = scores.add_(mask)
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
         return F.dropout(pattern, p_drop, self.training) @ v
 
 
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)); gate and up share one matmul."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.hidden = mlp_hidden_size(cfg.n_embd)
         self.gate_up = nn.Linear(cfg.n_embd, 2 * self.hidden, bias=False)
         self.down = nn.Linear(self.hidden, cfg.n_embd, bias=False)
+        self.hook_post = HookPoint(f"blocks.{layer}.mlp.hook_post")
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(self.hook_post(F.silu(gate) * up))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.name = f"blocks.{layer}"
         self.ln_1 = RMSNorm(cfg.n_embd)
         self.attn = Attention(cfg, layer)
         self.ln_2 = RMSNorm(cfg.n_embd)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, layer)
         self.drop = nn.Dropout(cfg.dropout)
+        for hook in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+            setattr(self, f"hook_{hook}", HookPoint(f"blocks.{layer}.hook_{hook}"))
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str, cache: HookCache | None = None
-    ) -> Tensor:
-        if cache is None:
-            x = x + self.drop(self.attn(self.ln_1(x), cos, sin, mask, backend, None))
-            return x + self.drop(self.mlp(self.ln_2(x)))
-        cache.hook(f"{self.name}.hook_resid_pre", x)
-        attn_out = self.drop(self.attn(self.ln_1(x), cos, sin, mask, backend, cache))
-        cache.hook(f"{self.name}.hook_attn_out", attn_out)
-        x = x + attn_out
-        cache.hook(f"{self.name}.hook_resid_mid", x)
-        mlp_out = self.drop(self.mlp(self.ln_2(x)))
-        cache.hook(f"{self.name}.hook_mlp_out", mlp_out)
-        x = x + mlp_out
-        cache.hook(f"{self.name}.hook_resid_post", x)
-        return x
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str,
+        past: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        x = self.hook_resid_pre(x)
+        attn_out, kv = self.attn(self.ln_1(x), cos, sin, mask, backend, past)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.drop(attn_out)))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.drop(self.mlp(self.ln_2(x)))))
+        return x, kv
 
 
 class TinyGPT(nn.Module):
@@ -227,6 +273,8 @@ class TinyGPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = RMSNorm(cfg.n_embd)
+        self.hook_embed = HookPoint("hook_embed")
+        self.hook_final = HookPoint("ln_final.hook_normalized")
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in nanoGPT / tie_word_embeddings
         self.gradient_checkpointing = False
@@ -237,6 +285,15 @@ class TinyGPT(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
             nn.init.normal_(block.mlp.down.weight, mean=0.0, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+        points = {m.name: m for m in self.modules() if isinstance(m, HookPoint)}
+        self.hook_dict: dict[str, HookPoint] = {n: points[n] for n in self._forward_order()}
+
+    def _forward_order(self) -> list[str]:
+        attn = [f"attn.hook_{n}" for n in ("q", "k", "v", "rot_q", "rot_k", "pattern", "z", "result")]
+        block = ["hook_resid_pre", *attn, "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
+                 "hook_resid_post"]
+        return ["hook_embed", *(f"blocks.{i}.{n}" for i in range(self.cfg.n_layer) for n in block),
+                "ln_final.hook_normalized"]
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -260,14 +317,6 @@ class TinyGPT(nn.Module):
         """
         T = seq_len or self.cfg.block_size
         return 6.0 * self.num_params() + 12.0 * self.cfg.n_layer * self.cfg.n_embd * T
-
-    def set_head_mask(self, mask: Tensor | None) -> None:
-        """Scale each head's output before its layer's projection: mask [n_layer, n_head] (0 = head
-        ablated, 1 = untouched), None to remove. For analysis; the mask is not part of the weights."""
-        if mask is not None and tuple(mask.shape) != (self.cfg.n_layer, self.cfg.n_head):
-            raise ValueError(f"head mask must be [{self.cfg.n_layer}, {self.cfg.n_head}], got {list(mask.shape)}")
-        for i, block in enumerate(self.blocks):
-            block.attn.head_mask = None if mask is None else mask[i].to(self.wte.weight.device)
 
     # ---- backends and masks --------------------------------------------------------------------
 
@@ -331,31 +380,25 @@ class TinyGPT(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
 
-    def _hidden(
-        self, idx: Tensor, segment_ids: Tensor | None, positions: Tensor | None, cache: HookCache | None
-    ) -> Tensor:
+    def _hidden(self, idx: Tensor, segment_ids: Tensor | None, positions: Tensor | None) -> Tensor:
         if idx.dtype != torch.long:
             idx = idx.long()
-        x = self.wte(idx)
-        if cache is not None:
-            cache.hook("hook_embed", x)
-        x = self.drop(x)
+        x = self.drop(self.hook_embed(self.wte(idx)))
         # q/k/v leave a Linear, so under autocast they are in the autocast dtype: mask and cos/sin match it.
         on = torch.is_autocast_enabled(idx.device.type)
         dtype = torch.get_autocast_dtype(idx.device.type) if on else x.dtype
-        backend = "math" if cache is not None else self._backend(idx.device, dtype, idx.shape[1])
+        backend = self._backend(idx.device, dtype, idx.shape[1])
+        if backend == "flex" and self.has_active_hooks():
+            backend = "sdpa"  # hooks run eagerly; the flex BlockMask path is for compiled training
         mask = self._mask(idx, segment_ids, backend, dtype)
         cos, sin = self._rope(idx, positions, dtype)
-        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not self.has_active_hooks()
         for block in self.blocks:
             if ckpt:
-                x = checkpoint(block, x, cos, sin, mask, backend, use_reentrant=False)
+                x, _ = checkpoint(block, x, cos, sin, mask, backend, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, backend, cache)
-        x = self.ln_f(x)
-        if cache is not None:
-            cache.hook("ln_final.hook_normalized", x)
-        return x
+                x, _ = block(x, cos, sin, mask, backend)
+        return self.hook_final(self.ln_f(x))
 
     def forward(
         self,
@@ -370,7 +413,7 @@ class TinyGPT(nn.Module):
         segment_ids [B, T] (default: cumsum of <BOS_CDS>) drive the per-CDS mask; positions
         [B, T] (per-CDS, from the NPZ) drive RoPE when the mask is on, else arange(T).
         """
-        logits = self.lm_head(self._hidden(idx, segment_ids, positions, None))
+        logits = self.lm_head(self._hidden(idx, segment_ids, positions))
         if targets is None:
             return logits, None
         return logits, self.loss(logits, targets, label_smoothing)
@@ -411,11 +454,11 @@ class TinyGPT(nn.Module):
         token and, causally, to the new ones before it. A cache of one row is shared by all B rows
         (one wild-type prefix under many variant suffixes). Returns the last token's logits [B, V],
         or every token's [B, T, V] with all_logits, and the cache (empty with keep_cache=False, which
-        frees each layer's keys/values as soon as it is done). Same modules as forward, so logits
-        equal `model(idx)` (tested) without recomputing the prefix.
+        frees each layer's keys/values as soon as it is done). The same Block code as forward (and
+        the same hook points), so logits equal `model(idx)` (tested) without recomputing the prefix.
         """
-        x = self.wte(idx.long())
-        B, T, C = x.shape
+        x = self.hook_embed(self.wte(idx.long()))
+        T = x.shape[1]
         cos, sin = self._rope_tables(torch.arange(start, start + T, device=idx.device), x.dtype)
         mask = None
         if past is not None and T > 1:  # query j (after P cached keys) sees keys 0 .. P + j
@@ -423,54 +466,82 @@ class TinyGPT(nn.Module):
             mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P)
         new_past = []
         for i, block in enumerate(self.blocks):
-            attn = block.attn
-            qkv = attn.qkv(block.ln_1(x)).view(B, T, 3, attn.n_head, attn.head_dim)
-            q, k = apply_rope(qkv[:, :, :2], cos, sin).unbind(2)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-            if past is not None:
-                pk, pv = (t.expand(B, -1, -1, -1) for t in past[i])
-                k, v = torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past is None and T > 1)
-            y = y.transpose(1, 2)
-            if attn.head_mask is not None:
-                y = y * attn.head_mask.view(-1, 1).to(y.dtype)
-            x = x + attn.proj(y.reshape(B, T, C))
-            x = x + block.mlp(block.ln_2(x))
+            x, kv = block(x, cos, sin, mask, "sdpa", None if past is None else past[i])
             if keep_cache:
-                new_past.append((k, v))
-        return self.lm_head(self.ln_f(x if all_logits else x[:, -1])), new_past
+                new_past.append(kv)
+        return self.lm_head(self.hook_final(self.ln_f(x if all_logits else x[:, -1]))), new_past
 
-    # ---- analysis ------------------------------------------------------------------------------
+    # ---- hooks (analysis and interventions) ---------------------------------------------------------
 
-    @torch.no_grad()
+    def hook_names(self) -> list[str]:
+        """Every hook point's name, in forward order."""
+        return list(self.hook_dict)
+
+    def has_active_hooks(self) -> bool:
+        return any(point.active for point in self.hook_dict.values())
+
+    def _points(self, name: str | Callable[[str], bool]) -> list[HookPoint]:
+        if callable(name):
+            return [p for n, p in self.hook_dict.items() if name(n)]
+        if name not in self.hook_dict:
+            raise KeyError(f"no hook point {name!r}; names are model.hook_names(), e.g. 'blocks.0.hook_resid_post'")
+        return [self.hook_dict[name]]
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[HookSpec]) -> Iterator[TinyGPT]:
+        """Register `(name or predicate, fn)` forward hooks for the `with` block; removed on exit, also
+        when the block raises. `fn(activation, hook)` may return a tensor that replaces the activation
+        (ablate, patch, steer) or None to leave it (read only). Works for forward, `extend` and
+        `run_with_cache` alike."""
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                for point in self._points(name):
+                    handles.append(point.register_forward_hook(lambda mod, _inp, out, fn=fn: fn(out, mod)))
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def run_with_hooks(
+        self,
+        idx: Tensor,
+        fwd_hooks: Iterable[HookSpec] = (),
+        segment_ids: Tensor | None = None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """Logits of a forward pass with `fwd_hooks` in place (see `hooks`); gradients flow unless the
+        caller disables them, so a hook may also substitute a leaf tensor (saliency)."""
+        with self.hooks(fwd_hooks):
+            logits, _ = self(idx, segment_ids=segment_ids, positions=positions)
+        return logits
+
     def run_with_cache(
         self,
         idx: Tensor,
         segment_ids: Tensor | None = None,
         names_filter: NamesFilter = None,
         positions: Tensor | None = None,
+        fwd_hooks: Iterable[HookSpec] = (),
     ) -> tuple[Tensor, Cache]:
-        """Eager forward that also returns activations by TransformerLens hook name.
+        """Forward (no gradients) that also returns activations by TransformerLens hook name.
 
-        Names: hook_embed; blocks.{i}.hook_resid_pre / hook_attn_out / hook_resid_mid /
+        Names (`hook_names()`): hook_embed; blocks.{i}.hook_resid_pre / hook_attn_out / hook_resid_mid /
         hook_mlp_out / hook_resid_post [B,T,C]; blocks.{i}.attn.hook_q / hook_k / hook_v /
-        hook_rot_q / hook_rot_k / hook_z [B,T,H,D] (rot_ = after RoPE);
-        blocks.{i}.attn.hook_pattern [B,H,T,T] float32 softmax probabilities;
-        ln_final.hook_normalized [B,T,C] (after the final norm's weight: the lm_head input).
-        names_filter: None (all), a name, a list of names, or a predicate.
+        hook_rot_q / hook_rot_k / hook_z [B,T,H,D] (rot_ = after RoPE); blocks.{i}.attn.hook_result
+        [B,T,H,C] (each head's output after the projection); blocks.{i}.attn.hook_pattern [B,H,T,T]
+        softmax probabilities; blocks.{i}.mlp.hook_post [B,T,hidden]; ln_final.hook_normalized
+        [B,T,C] (after the final norm's weight: the lm_head input). names_filter: None (all), a name,
+        a list of names, or a predicate. Attention runs on the fast fused kernel unless a pattern is
+        recorded (then the explicit math path, so the pattern is exactly the one used). `fwd_hooks`
+        (see `hooks`) run first, so the cache shows patched activations.
         """
-        cache = HookCache(names_filter)
-        logits = self.lm_head(self._hidden(idx, segment_ids, positions, cache))
-        return logits, dict(cache)
+        keep = _keep(names_filter)
+        cache: Cache = {}
 
-    def hook_names(self) -> list[str]:
-        """Every name run_with_cache can record, in forward order."""
-        attn = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_pattern", "hook_z")
-        names = ["hook_embed"]
-        for i in range(self.cfg.n_layer):
-            names += [f"blocks.{i}.hook_resid_pre"] + [f"blocks.{i}.attn.{n}" for n in attn]
-            names += [
-                f"blocks.{i}.{n}"
-                for n in ("hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
-            ]
-        return names + ["ln_final.hook_normalized"]
+        def record(x: Tensor, hook: HookPoint) -> None:
+            cache[hook.name] = x.detach()
+
+        with torch.no_grad(), self.hooks([*fwd_hooks, (keep, record)]):
+            logits, _ = self(idx, segment_ids=segment_ids, positions=positions)
+        return logits, cache
