@@ -115,11 +115,8 @@ class CodonScore:
 
     def __call__(self, embeddings: Tensor, tokens: Tensor, segment_ids: Tensor, positions: Tensor, at: Tensor,
                  target: Tensor) -> Tensor:
-        handle = self.model.wte.register_forward_hook(lambda _module, _inputs, _output: embeddings)
-        try:
-            logits, _ = self.model(tokens, segment_ids=segment_ids, positions=positions)
-        finally:
-            handle.remove()
+        logits = self.model.run_with_hooks(tokens, [("hook_embed", lambda _x, _hook: embeddings)],
+                                           segment_ids=segment_ids, positions=positions)
         return logits.float().log_softmax(-1)[torch.arange(tokens.shape[0]), at, target]
 
 

@@ -25,8 +25,6 @@ token budget, so a batch pads little.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,22 +111,6 @@ class _Pooler:
         return self.sums.astype(np.float32), None
 
 
-@contextmanager
-def _capture(model, names: list[str]) -> Iterator[dict]:
-    """Outputs of the modules behind hook names during a plain forward (the fast fused-attention path that
-    run_with_cache, which records attention patterns, does not take): blocks.{i}.hook_resid_post is block
-    i's output, ln_final.hook_normalized the final norm's."""
-    store: dict = {}
-    modules = {n: model.ln_f if n == FINAL else model.blocks[int(n.split(".")[1])] for n in names}
-    handles = [m.register_forward_hook(lambda _m, _in, out, key=n: store.__setitem__(key, out))
-               for n, m in modules.items()]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def window_batches(tokens: list[np.ndarray], block_size: int, stride: int, max_tokens: int):
     """Yield (rows, idx): rows are (gene, first token, first codon position, last codon position) and idx the
     right-padded [rows, width] token ids; windows sorted by width, rows x width within max_tokens."""
@@ -173,8 +155,8 @@ def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean"
     bar = progress(total=int(n_codons.sum()), desc="embed", unit="codon", disable=not show_progress)
     for batch, idx in window_batches(tokens, T, max(1, min(stride or T // 2, T)), max_tokens):
         idx = idx.to(device)
-        with torch.no_grad(), ctx, _capture(model, names) as cache:
-            model(idx, segment_ids=torch.ones_like(idx))
+        with ctx:
+            _, cache = model.run_with_cache(idx, segment_ids=torch.ones_like(idx), names_filter=names)
         pooler.add_batch(batch, torch.stack([cache[n] for n in names], dim=2).float(), n_codons)  # [B, W, L, C]
         bar.update(sum(hi + 1 - lo for _, _, lo, hi in batch))
     bar.close()
