@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The six analysis steps plus the report for a run that has finished training (the manual's
+# The seven analysis steps plus the report for a run that has finished training (the manual's
 # "./analysis.sh (motifs, artifacts)"): ./analysis.sh [RUN_ID] [--steps STEP ...] [--force] [--quiet]
 # Without RUN_ID: the latest trained run (newest checkpoint under outputs/checkpoints).
 # Other options pass through to `codonlm analyze` (--checkpoints-dir, --runs-dir, --device, --seed).

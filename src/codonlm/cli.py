@@ -545,7 +545,7 @@ def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
 def _analyze_arguments(p: argparse.ArgumentParser) -> None:
     _add_run_id_or_latest(p)
     p.add_argument("--steps", nargs="+", metavar="STEP",
-                   help="steps to run, in pipeline order whatever the order given (default: all six)")
+                   help="steps to run, in pipeline order whatever the order given (default: all seven)")
     p.add_argument("--force", action="store_true", help="re-run steps that already finished")
     p.add_argument("--report", action="store_true", help="then write runs/<RUN_ID>/report.html")
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
@@ -639,7 +639,7 @@ COMMANDS = (
      _eval_perplexity_arguments, cmd_eval_perplexity),
     ("generate-prefix", "prefix generation + gene quality metrics (gen_prefix/)",
      add_generate_prefix_arguments, cmd_generate_prefix),
-    ("analyze", "the six-step interpretability analysis -> runs/<RUN_ID>/analysis/",
+    ("analyze", "the interpretability analysis (six steps + patching) -> runs/<RUN_ID>/analysis/",
      _analyze_arguments, cmd_analyze),
     ("report", "runs/<RUN_ID>/report.html: one self-contained page per run",
      _report_arguments, cmd_report),

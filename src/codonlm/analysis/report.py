@@ -26,6 +26,7 @@ STEP_TITLES = {
     "analyze_embeddings": "Codon embedding geometry",
     "analyze_attention": "Attention heads",
     "analyze_saliency": "Saliency and motifs",
+    "analyze_patching": "Activation patching: what carries a premature stop",
 }
 MODEL_COLUMNS = ("trained", "random_init")
 HIDDEN_KEYS = {"step", "status", "seconds", "cpu_seconds", "reading", "reason", "notes", "files"}
