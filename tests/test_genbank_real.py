@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from Bio import SeqIO
 
-from codonlm.data.genbank import ExtractionStats, _open_binary, extract_file
+from codonlm.data.genbank import ExtractionStats, extract_file
+from codonlm.io import open_binary
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +28,7 @@ def test_ecoli_dna_equals_biopython_extract(raw_corpus):
     path = raw_corpus / "Escherichia_coli_K12_MG1655.gbk.gz"
     ours = {(c.record_id, c.name): c.dna() for c in extract_file(path, min_len=1)}
     checked = 0
-    with _open_binary(path) as fh:
+    with open_binary(path) as fh:
         import io
 
         for rec in SeqIO.parse(io.TextIOWrapper(fh), "genbank"):

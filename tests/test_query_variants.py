@@ -216,6 +216,6 @@ def test_score_is_one_function_for_query_and_eval_perplexity(run, tmp_path, caps
     table = pd.read_csv(out)
     rows = score(run[1], records)
     np.testing.assert_allclose(table["log_likelihood"], [r["log_likelihood"] for r in rows], rtol=1e-6)
-    assert list(table.columns) == ["id", "n_codons", "log_likelihood", "nll", "perplexity"]
+    assert list(table.columns) == ["id", "n_codons", "internal_stops", "log_likelihood", "nll", "perplexity"]
     printed = run_query(run[1], "score", records, out=io.StringIO())
     assert [r["perplexity"] for r in printed] == [r["perplexity"] for r in rows]

@@ -217,7 +217,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     from codonlm.io import read_dna_records, write_csv
     from codonlm.model.load import load_model
 
-    records = read_dna_records(fasta=args.fasta)
+    records = read_dna_records(fasta=args.fasta, skip_invalid=args.skip_invalid)
     model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
     rows = score(model, records, stride=args.stride, amp=args.amp)
     table = pd.DataFrame(rows).drop(columns="per_codon_log_likelihood")
@@ -242,7 +242,7 @@ def cmd_query(args: argparse.Namespace) -> None:
         if sys.stdin is None or sys.stdin.isatty():
             raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
         stdin_text = sys.stdin.read()
-    records = read_dna_records(args.dna, args.fasta, stdin_text)
+    records = read_dna_records(args.dna, args.fasta, stdin_text, args.skip_invalid, args.transl_table)
     model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
@@ -266,7 +266,8 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="run id (uses its best.pt) or a path to a .pt checkpoint")
     p.add_argument("--mode", choices=["next", "generate", "score", "mutate"], default="next")
     p.add_argument("--dna", help="DNA string (ACGT/U, any case, whitespace ignored)")
-    p.add_argument("--fasta", help="FASTA file of CDS (else --dna, else stdin)")
+    p.add_argument("--fasta", help="FASTA file of CDS, plain or gzipped (else --dna, else stdin)")
+    _add_skip_invalid(p)
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="next: codons to list")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sample-top-k", type=int, default=None, help="generate: sample among the k most likely")
@@ -274,7 +275,7 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-codons", "--max_codons", dest="max_codons", type=int, default=500)
     p.add_argument("--json", action="store_true", help="machine-readable output (mutate: JSON lines, streamed)")
-    p.add_argument("--transl-table", type=int, default=11, help="NCBI genetic code (default: %(default)s)")
+    p.add_argument("--transl-table", type=_transl_table, default=11, help="NCBI genetic code (default: %(default)s)")
     p.add_argument("--stride", type=int, help="score/mutate: window advance for genes longer than block_size "
                    "(default block_size/4, as evaluate)")
     p.add_argument("--amp", action="store_true", help=AMP_HELP)
@@ -423,6 +424,22 @@ def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> No
                    help="stage-2 results, read from <dir>/<RUN_ID>/stage2 (default: %(default)s)")
 
 
+def _add_skip_invalid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
+                   help="skip and count bad records (non-ACGT, length, internal stop codons) instead of stopping "
+                   "(default: a bad record stops; internal stops are kept, counted and warned about)")
+
+
+def _transl_table(text: str) -> int:
+    """--transl-table: an NCBI genetic code id that Biopython knows."""
+    from Bio.Data import CodonTable
+
+    if text.isdigit() and int(text) in CodonTable.unambiguous_dna_by_id:
+        return int(text)
+    known = ", ".join(str(i) for i in sorted(CodonTable.unambiguous_dna_by_id))
+    raise argparse.ArgumentTypeError(f"'{text}' is not an NCBI genetic code id ({known}; 11 for bacteria and archaea)")
+
+
 def _add_scoring(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size "
                    "(default block_size/4; 1 = every codon with the full window as context)")
@@ -535,8 +552,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
-    p.add_argument("--fasta", required=True)
+    p.add_argument("--fasta", required=True, help="FASTA file of CDS, plain or gzipped")
     p.add_argument("--out", help="CSV path (default: stdout)")
+    _add_skip_invalid(p)
     _add_scoring(p)
     p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
     p.add_argument("--device", default="cpu")
@@ -570,14 +588,13 @@ def _bundle_arguments(p: argparse.ArgumentParser) -> None:
 def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3)")
+    source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3), plain or gzipped")
     source.add_argument("--csv", help="CSV with a 'seq' column (and 'id' when present)")
     p.add_argument("--out", required=True, help="output NPZ (ids, embeddings, run_id, layer, pool)")
     p.add_argument("--layer", default="final", help="final (LM-head input, default), all, or a block index")
     p.add_argument("--pool", default="mean", choices=["mean", "last", "max", "per-codon"],
                    help="over the gene's codons, PADs and <BOS_CDS> excluded (default: mean)")
-    p.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
-                   help="skip and count bad records instead of stopping")
+    _add_skip_invalid(p)
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size (default block/2)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
     p.add_argument("--amp", action="store_true", help=AMP_HELP)

@@ -1,4 +1,5 @@
-"""The one home of file I/O: atomic writes, JSON, sha256, FASTA (Bio.SeqIO), a prepared split's genes.
+"""The one home of file I/O: atomic writes, JSON, sha256, plain or gzipped user files, FASTA (Bio.SeqIO), a
+prepared split's genes.
 
 Everything a stage writes goes through `atomic_path`/`atomic_write`: the data lands in a temporary
 file beside the target (same folder, so the rename is atomic) and replaces the target only when
@@ -17,9 +18,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from isal import igzip, isal_zlib
 
 from codonlm.errors import UserError
 
@@ -89,21 +91,75 @@ def sha256_file(path: str | Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+# --------------------------------------------------------------------------- reading user files
+
+GZIP_MAGIC = b"\x1f\x8b"
+FASTA_COMMENTS = ("#", ";")
+
+
+@contextmanager
+def open_binary(path: str | Path) -> Iterator[BinaryIO]:
+    """A file's bytes; gzip (known by its magic bytes, whatever the name) inflated by ISA-L, which takes
+    about half zlib's time (bench/prepare_throughput.py). A truncated or corrupt gzip is a one-line UserError."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == GZIP_MAGIC
+    fh = igzip.open(path, "rb") if gzipped else open(path, "rb")
+    try:
+        yield fh
+    except (EOFError, isal_zlib.error, OSError) as exc:  # OSError: gzip.BadGzipFile too
+        if not gzipped:
+            raise
+        raise UserError(f"{path}: truncated or corrupt gzip ({exc}); re-download the file or gzip it again") from None
+    finally:
+        fh.close()
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A plain or gzipped UTF-8 text file (a byte-order mark dropped, CRLF and CR line ends read as LF);
+    one line when it is missing, a corrupt gzip, or not text."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}; check the path")
+    with open_binary(path) as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file (byte 0x{data[exc.start]:02x} at offset {exc.start} is not UTF-8); "
+                        f"give the {what} as plain or gzipped text") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 # --------------------------------------------------------------------------- FASTA
 
 
+def fasta_body(text: str) -> tuple[str, int]:
+    """FASTA text from its first line that is neither blank nor a comment ('#', ';'), and that line's number.
+
+    Biopython's parser refuses such lines before the first record; many tools write a '# ...' header."""
+    lines = text.split("\n")
+    n = 0
+    while n < len(lines) and (not lines[n].strip() or lines[n].lstrip().startswith(FASTA_COMMENTS)):
+        n += 1
+    return "\n".join(lines[n:]), n + 1
+
+
 def read_fasta_text(text: str, source: str) -> list[tuple[str, str]]:
-    """(id, sequence) pairs of FASTA text, parsed by Biopython's SeqIO (sequences as written)."""
+    """(id, sequence) pairs of FASTA text, parsed by Biopython's SeqIO (sequences as written). Blank and
+    comment lines before the first record are skipped; any other line there is a one-line UserError."""
     from Bio import SeqIO
 
-    return [(rec.id or f"seq{i + 1}", str(rec.seq)) for i, rec in enumerate(SeqIO.parse(_io.StringIO(text), "fasta"))]
+    body, first = fasta_body(text)
+    if body and not body.startswith(">"):
+        raise UserError(f"{source}: line {first} is neither a FASTA header ('>ID') nor a comment ('#', ';'); "
+                        "start the file with a '>' record")
+    return [(rec.id or f"seq{i + 1}", str(rec.seq)) for i, rec in enumerate(SeqIO.parse(_io.StringIO(body), "fasta"))]
 
 
 def read_fasta(path: str | Path) -> list[tuple[str, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"FASTA file not found: {path}; check the path")
-    return read_fasta_text(path.read_text(errors="replace"), str(path))
+    """(id, sequence) pairs of a plain or gzipped FASTA file (see read_text, read_fasta_text)."""
+    return read_fasta_text(read_text(path, "FASTA file"), str(path))
 
 
 def write_fasta(path: str | Path, records: Iterable[tuple[str, str]], descriptions: Iterable[str] | None = None) -> int:
@@ -118,33 +174,31 @@ def write_fasta(path: str | Path, records: Iterable[tuple[str, str]], descriptio
         return SeqIO.write(recs, tmp, "fasta")
 
 
-def read_dna_records(
-    dna: str | None = None, fasta: str | Path | None = None, stdin_text: str | None = None
-) -> list[tuple[str, str]]:
-    """(name, clean DNA) pairs from a --dna string, a FASTA file, or stdin text (FASTA or bare DNA).
-
-    Every sequence is checked with the one tokenizer's `clean_dna`: a non-ACGT character or a length
-    that is not a multiple of 3 is a UserError naming the record and position.
-    """
-    from codonlm.data.codons import clean_dna
+def read_dna_records(dna: str | None = None, fasta: str | Path | None = None, stdin_text: str | None = None,
+                     skip_invalid: bool = False, table_id: int = 11) -> list[tuple[str, str]]:
+    """(name, clean DNA) pairs from a --dna string, a FASTA file (plain or gzipped), or stdin text (FASTA
+    or bare DNA), for a model to score: checked by `clean_sequences` (bad records named or skipped, records
+    with internal stop codons of `table_id` flagged or skipped)."""
+    from codonlm.data.codons import clean_sequences
 
     if dna is not None:
-        return [("seq1", clean_dna(dna))]
-    if fasta is not None:
-        path = Path(fasta)
-        if not path.is_file():
-            raise UserError(f"FASTA file not found: {path}; check the path")
-        text, source = path.read_text(errors="replace"), str(path)
-    elif stdin_text is not None:
-        text, source = stdin_text, "stdin"
+        records, source = [("seq1", dna)], "--dna"
     else:
-        raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
-    if not text.lstrip().startswith(">"):
-        return [("seq1", clean_dna(text, source))]
-    records = [(name, clean_dna(seq, f"{source} record '{name}'")) for name, seq in read_fasta_text(text, source)]
-    if not records:
-        raise UserError(f"{source}: no sequences found")
-    return records
+        if fasta is not None:
+            text, source = read_text(fasta, "FASTA file"), str(fasta)
+        elif stdin_text is not None:
+            text, source = stdin_text, "stdin"
+        else:
+            raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
+        body, _ = fasta_body(text)
+        if ">" in body:
+            records = read_fasta_text(text, source)
+        else:  # bare DNA
+            records = [("seq1", body)] if body.strip() else []
+        if not records:
+            raise UserError(f"{source}: no sequences found (empty, or only comments); give FASTA records or bare DNA")
+    ids, seqs, _ = clean_sequences([n for n, _ in records], [s for _, s in records], source, skip_invalid, table_id)
+    return list(zip(ids, seqs, strict=True))
 
 
 # --------------------------------------------------------------------------- prepared splits

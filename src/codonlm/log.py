@@ -57,6 +57,15 @@ def log(message: str) -> None:
         _logger().info(message)
 
 
+def warn(message: str) -> None:
+    """One "warning: ..." line on stderr, whatever log_to says (stdout may carry a command's product, such as
+    eval-perplexity's CSV), unless lines are dropped (log_to(None))."""
+    if _target[-1] is None:
+        return
+    with log_to("stderr"):
+        log(f"warning: {message}")
+
+
 @contextlib.contextmanager
 def log_to(target: Target) -> Iterator[None]:
     """Send log lines to stdout, stderr, or nowhere (None) while the block runs."""

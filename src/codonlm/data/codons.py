@@ -18,6 +18,7 @@ import numpy as np
 from Bio.Data import CodonTable
 
 from codonlm.errors import UserError
+from codonlm.log import warn
 
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 SPECIALS = ["<PAD>", "<BOS_CDS>", "<EOS_CDS>", "<SEP>"]
@@ -201,6 +202,50 @@ class GeneticCode:
 @cache
 def genetic_code(table_id: int) -> GeneticCode:
     return GeneticCode(table_id)
+
+
+def internal_stop_count(dna: str, table_id: int = 11) -> int:
+    """Stop codons before the last codon. A CDS has one stop, at its end: another is a nonsense mutation,
+    a frameshift or a wrong frame, which a model would still score or embed as if it were a gene."""
+    return int(genetic_code(table_id).is_stop[as_codon_ids(dna)[:-1]].sum())
+
+
+def clean_sequences(ids: list[str], seqs: list[str], source: str, skip_invalid: bool = False,
+                    stops_table: int | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(kept ids, clean DNA, skipped ids) of a user's records, each through `clean_dna`.
+
+    A bad record (non-ACGT, length not a multiple of 3) is a UserError naming the record and position, unless
+    skip_invalid, which drops and counts it. With `stops_table` (the genetic code of a model about to score or
+    embed them), records with internal stop codons are kept and flagged in one warning line, or with
+    skip_invalid dropped and counted like bad records; either way one stderr line says which.
+    """
+    kept_ids, kept, skipped, invalid, stopped = [], [], [], [], []
+    for name, seq in zip(ids, seqs, strict=True):
+        try:
+            dna = clean_dna(seq, f"{source} record '{name}'")
+        except UserError as exc:
+            if not skip_invalid:
+                raise UserError(f"{exc} (or pass --skip-invalid to skip bad records)") from None
+            invalid.append(name)
+            skipped.append(name)
+            continue
+        if stops_table is not None and internal_stop_count(dna, stops_table):
+            stopped.append(name)
+            if skip_invalid:
+                skipped.append(name)
+                continue
+        kept_ids.append(name)
+        kept.append(dna)
+    if skipped:
+        kinds = [f"{len(names)} {what} (first: '{names[0]}')" for names, what in
+                 ((invalid, "invalid"), (stopped, "with internal stop codons")) if names]
+        warn(f"{source}: skipped {len(skipped)} record(s): {', '.join(kinds)}")
+    elif stopped:
+        warn(f"{source}: {len(stopped)} record(s) with internal stop codons (first: '{stopped[0]}'), used as given; "
+             "the output counts them per record (internal_stops); --skip-invalid skips such records")
+    if not kept:
+        raise UserError(f"{source}: every record was skipped ({len(skipped)}); nothing left to use")
+    return kept_ids, kept, skipped
 
 
 def save_itos(path: str | Path) -> None:

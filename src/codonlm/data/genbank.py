@@ -18,10 +18,10 @@ from typing import NamedTuple
 import gb_io
 import numpy as np
 from Bio.SeqUtils import seq1
-from isal import igzip, isal_zlib
 
 from codonlm.data.codons import NOT_A_CODON, VOCAB_SIZE, genetic_code, in_frame_codon_ids, reverse_complement
 from codonlm.errors import UserError
+from codonlm.io import open_binary
 
 DROP_REASONS = (
     "pseudo",  # /pseudo or /pseudogene
@@ -451,13 +451,6 @@ def _keep(record_id: str, candidates: list[_Candidate], coding: list[bytes], min
     return batch
 
 
-def _open_binary(path: Path):
-    """The file's GenBank bytes; gzip inflated by ISA-L, which takes about half zlib's time (bench/prepare_throughput.py)."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return igzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-
-
 def check_genbank_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -474,18 +467,14 @@ def check_genbank_path(path: str | Path) -> Path:
 def iter_records(path: str | Path) -> Iterator:
     """Stream gb-io records from a plain or gzipped file, turning parser failures into one-line errors."""
     path = check_genbank_path(path)
-    fh = _open_binary(path)
     try:
-        yield from gb_io.iter(fh)
-    except (EOFError, isal_zlib.error, OSError) as exc:  # OSError: gzip.BadGzipFile too
-        raise UserError(f"{path}: truncated or corrupt gzip ({exc}); re-download the file") from None
+        with open_binary(path) as fh:  # a corrupt gzip: a UserError from open_binary
+            yield from gb_io.iter(fh)
     except (RuntimeError, ValueError) as exc:
         detail = str(exc).splitlines()[0][:120]
         raise UserError(
             f"{path}: not a valid GenBank file ({detail}); check the format (.gb/.gbk/.gbff) or re-download it"
         ) from None
-    finally:
-        fh.close()
 
 
 def extract_file_records(

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-from codonlm.data.codons import CODON_OFFSET, EOS, ITOS, decode, encode, genetic_code
+from codonlm.data.codons import CODON_OFFSET, EOS, ITOS, decode, encode, genetic_code, internal_stop_count
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import score_genes
 from codonlm.evaluate.sampling import generate
@@ -45,11 +45,13 @@ def next_codons(model, dna: str, top_k: int = 10, table_id: int = 11) -> list[di
 def score(model, records: list[tuple[str, str]], stride: int | None = None, amp: bool = False,
           table_id: int = 11) -> list[dict]:
     """Each record as a whole gene `<BOS_CDS> codons <EOS_CDS>` (score_genes: strided windows past
-    block_size): total log-likelihood, mean NLL, perplexity, and the per-target log-probabilities."""
+    block_size): total log-likelihood, mean NLL, perplexity, and the per-target log-probabilities; beside them
+    the count of internal stop codons, which make the number a score of something that is not a gene."""
     genes = [encode(dna, add_bos=True, add_eos=True) for _, dna in records]
     device = next(model.parameters()).device
     scores = score_genes(model, genes, device=device, stride=stride, amp=amp, table_id=table_id)
-    return [{"id": name, "n_codons": len(dna) // 3, "log_likelihood": float(s.logp.sum()), "nll": s.nll,
+    return [{"id": name, "n_codons": len(dna) // 3, "internal_stops": internal_stop_count(dna, table_id),
+             "log_likelihood": float(s.logp.sum()), "nll": s.nll,
              "perplexity": math.exp(s.nll), "per_codon_log_likelihood": [float(x) for x in s.logp]}
             for (name, dna), s in zip(records, scores, strict=True)]
 
@@ -109,6 +111,7 @@ def _print_table(mode: str, rows: list[dict], out) -> None:
             print(f">{r['id']} generated new_codons={r['new_codons']} ended={r['ended']}\n{r['dna']}\n"
                   f"# protein: {r['protein']}", file=out)
     else:
-        print("id\tn_codons\tlog_likelihood\tperplexity", file=out)
+        print("id\tn_codons\tinternal_stops\tlog_likelihood\tperplexity", file=out)
         for r in rows:
-            print(f"{r['id']}\t{r['n_codons']}\t{r['log_likelihood']:.4f}\t{r['perplexity']:.3f}", file=out)
+            print(f"{r['id']}\t{r['n_codons']}\t{r['internal_stops']}\t{r['log_likelihood']:.4f}\t{r['perplexity']:.3f}",
+                  file=out)

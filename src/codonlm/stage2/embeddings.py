@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codonlm.data.codons import PAD, encode
+from codonlm.data.codons import PAD, encode, internal_stop_count
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows
 from codonlm.io import atomic_path, read_npz, sha256_file
@@ -181,6 +181,7 @@ class EmbeddingFile:
     pool: str
     layers: list[str]
     offsets: np.ndarray | None = None
+    internal_stops: np.ndarray | None = None  # per gene: stop codons before its last codon (None: older files)
     meta: dict = field(default_factory=dict)  # checkpoint_sha256, seconds, n_skipped, ...
 
 
@@ -189,8 +190,9 @@ def save_embeddings(path: str | Path, emb: EmbeddingFile) -> None:
         "ids": np.array(emb.ids, dtype=str), "embeddings": emb.embeddings, "run_id": np.array(emb.run_id),
         "layer": np.array(emb.layer), "pool": np.array(emb.pool), "layers": np.array(emb.layers, dtype=str),
     }  # fmt: skip
-    if emb.offsets is not None:
-        arrays["offsets"] = emb.offsets
+    for name in ("offsets", "internal_stops"):
+        if getattr(emb, name) is not None:
+            arrays[name] = getattr(emb, name)
     arrays.update({f"meta_{k}": np.array(v) for k, v in emb.meta.items()})
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
@@ -206,6 +208,7 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
         path=path, ids=[str(i) for i in arrays["ids"]], embeddings=arrays["embeddings"],
         run_id=str(arrays["run_id"]), layer=str(arrays["layer"]), pool=str(arrays["pool"]),
         layers=[str(x) for x in arrays["layers"]], offsets=arrays.get("offsets"),
+        internal_stops=arrays.get("internal_stops"),
         meta={k.removeprefix("meta_"): arrays[k].item() for k in arrays if k.startswith("meta_")},
     )  # fmt: skip
 
@@ -229,6 +232,7 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     emb = EmbeddingFile(
         path=Path(out), ids=list(ids), embeddings=vectors, run_id=str(state.get("run_id") or run_id), layer=layer,
         pool=pool, layers=layers, offsets=offsets,
+        internal_stops=np.array([internal_stop_count(s) for s in seqs], dtype=np.int32),
         meta={"checkpoint_sha256": sha256_file(ckpt), "amp": amp, "seconds": round(seconds, 3), "n_skipped": n_skipped,
               "n_codons": n_codons, "embeddings_per_s": round(len(seqs) / max(seconds, 1e-9), 2),
               "codons_per_s": round(n_codons / max(seconds, 1e-9), 1)},
@@ -236,17 +240,17 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     save_embeddings(out, emb)
     log(f"[embeddings] {len(ids)} genes ({n_codons} codons) -> {out}: shape {list(vectors.shape)}, layer {layer}, "
         f"pool {pool}; {seconds:.1f} s ({emb.meta['embeddings_per_s']:.1f} genes/s, "
-        f"{emb.meta['codons_per_s']:.0f} codons/s)" + (f"; skipped {n_skipped} invalid" if n_skipped else ""))
+        f"{emb.meta['codons_per_s']:.0f} codons/s)" + (f"; skipped {n_skipped} record(s)" if n_skipped else ""))
     return emb
 
 
 def embed_file(run_id: str, out: str | Path, fasta: str | None = None, csv: str | None = None,
                skip_invalid: bool = False, **options) -> EmbeddingFile:
-    """extract_embeddings for a FASTA file or a CSV with a `seq` column; bad records fail (or are skipped)."""
-    from codonlm.stage2.inputs import clean_sequences, read_sequences
+    """extract_embeddings for a FASTA file or a CSV with a `seq` column; bad records fail (or are skipped),
+    records with internal stop codons are flagged (or skipped)."""
+    from codonlm.data.codons import clean_sequences
+    from codonlm.stage2.inputs import read_sequences
 
     ids, seqs, source = read_sequences(fasta=fasta, csv=csv)
-    ids, seqs, skipped = clean_sequences(ids, seqs, source, skip_invalid)
-    if skipped:
-        log(f"[embeddings] skipped {len(skipped)} invalid record(s) of {source} (first: '{skipped[0]}')")
+    ids, seqs, skipped = clean_sequences(ids, seqs, source, skip_invalid, stops_table=11)
     return extract_embeddings(run_id, out, ids, seqs, n_skipped=len(skipped), **options)

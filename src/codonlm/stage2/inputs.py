@@ -1,4 +1,5 @@
-"""Reading what a user hands stage 2: sequences (FASTA or CSV) and label tables, checked with one-line errors."""
+"""Reading what a user hands stage 2: sequences (FASTA or CSV) and label tables, checked with one-line errors
+(the sequences are cleaned by `codonlm.data.codons.clean_sequences`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from codonlm.data.codons import clean_dna
 from codonlm.errors import UserError
 from codonlm.io import read_fasta
 
@@ -68,24 +68,6 @@ def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = Non
         raise UserError(f"{csv}: no 'seq' column (columns: {', '.join(table.columns)}); name the DNA column 'seq'")
     ids = table_ids(table, csv, id_column) or [f"row{i + 1}" for i in range(len(table))]
     return ids, table["seq"].tolist(), str(csv)
-
-
-def clean_sequences(ids: list[str], seqs: list[str], source: str,
-                    skip_invalid: bool = False) -> tuple[list[str], list[str], list[str]]:
-    """(kept ids, clean DNA, skipped ids). A bad record (non-ACGT, length not a multiple of 3) is a UserError
-    naming the record and position, unless skip_invalid, which drops and counts it."""
-    kept_ids, kept, skipped = [], [], []
-    for name, seq in zip(ids, seqs, strict=True):
-        try:
-            kept.append(clean_dna(seq, f"{source} record '{name}'"))
-            kept_ids.append(name)
-        except UserError as exc:
-            if not skip_invalid:
-                raise UserError(f"{exc} (or pass --skip-invalid to skip bad records)") from None
-            skipped.append(name)
-    if not kept:
-        raise UserError(f"{source}: every record is invalid ({len(skipped)} skipped); nothing to embed")
-    return kept_ids, kept, skipped
 
 
 def align(wanted: list[str], have: list[str], wanted_src: str, have_src: str) -> np.ndarray:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from codonlm.data.codons import clean_sequences
 from codonlm.errors import UserError
 from codonlm.io import write_csv, write_json
 from codonlm.log import log
@@ -35,7 +36,7 @@ from codonlm.stage2.classifiers import (
 )
 from codonlm.stage2.config import ClassifierConfig, resolve_paths
 from codonlm.stage2.embeddings import load_embeddings
-from codonlm.stage2.inputs import align, clean_sequences, read_sequences, read_table, table_ids
+from codonlm.stage2.inputs import align, read_sequences, read_table, table_ids
 from codonlm.stage2.kmer import kmer_features, kmer_vectorizer
 from codonlm.stage2.metrics import (
     classification_metrics,

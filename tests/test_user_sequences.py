@@ -1,0 +1,281 @@
+"""A user's own sequences: every command that takes a FASTA reads plain, gzipped, commented and CRLF files alike
+(bad files end in one line, exit 2, nothing written), and genes with internal stop codons are scored and
+embedded with a count column and one warning line, or skipped with --skip-invalid."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from codonlm.cli import main
+from codonlm.config import parse_config
+from codonlm.data.codons import CODONS, ITOS, genetic_code, internal_stop_count
+from codonlm.model.tinygpt import TinyGPT
+from codonlm.stage2.embeddings import load_embeddings
+from codonlm.train.checkpoint import save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "us"
+THRL = "ATGAAACGCATTAGCACCACCATTACCACCACCATCACCATTACCACAGGTAACGGTGCGGGCTGA"  # E. coli thrL
+THRL_STOP = THRL[:9] + "TAA" + THRL[9:]  # an extra in-frame TAA after codon 3
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A checkpoint of a random tiny model (the plumbing under test needs no training)."""
+    tmp = tmp_path_factory.mktemp("user_seqs")
+    cfg = parse_config({"name": "u", "model": {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
+                        "data": {"datasets": [{"name": "d", "gbff": "x.gbk"}]},
+                        "outputs": {"runs_dir": str(tmp / "runs"), "out_dir": str(tmp / "ckpt")}})
+    torch.manual_seed(0)
+    model = TinyGPT(cfg.model)
+    save_checkpoint(tmp / "ckpt" / RUN / "best.pt", {"model": model.state_dict(), "run_id": RUN, "itos": ITOS,
+                                                     "config": cfg.model_dump(mode="json"), "step": 0})
+    return tmp
+
+
+def genes(n: int = 12) -> dict[str, str]:
+    """Random CDS (ATG, sense codons, TAA), half of them GC3-rich, named with a description after the id."""
+    rng = np.random.default_rng(3)
+    sense = [c for c in CODONS if not genetic_code(11).is_stop[ITOS.index(c)]]
+    out = {}
+    for i in range(n):
+        pool = [c for c in sense if (c[2] in "GC") == (i % 2 == 0)]
+        out[f"g{i} a gene of class {'ab'[i % 2]}"] = "ATG" + "".join(rng.choice(pool, rng.integers(8, 40))) + "TAA"
+    return out
+
+
+def fasta_text(records: dict[str, str]) -> str:
+    return "".join(f">{name}\n{dna[:50]}\n{dna[50:]}\n" for name, dna in records.items())
+
+
+VARIANTS = {
+    "plain": lambda t: ("genes.fasta", t.encode()),
+    "gzip": lambda t: ("genes.fa.gz", gzip.compress(t.encode())),
+    "gzip_without_gz_name": lambda t: ("genes.fa", gzip.compress(t.encode())),
+    "comments": lambda t: ("genes.fasta", f"# my genes\n; exported by hand\n\n{t}".encode()),
+    "crlf_bom": lambda t: ("genes.fasta", b"\xef\xbb\xbf" + t.replace("\n", "\r\n").encode()),
+}
+
+
+def write_variant(folder: Path, variant: str, text: str) -> Path:
+    name, data = VARIANTS[variant](text)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return folder / name
+
+
+def cli(args: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one command run through codonlm.cli.main (argparse exits: their code)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def warnings_of(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+def _ok(args: list[str]) -> str:
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert not warnings_of(err)  # clean genes: nothing to flag
+    return out
+
+
+def every_fasta_command(fasta: Path, work: Path, ckpt: Path) -> dict:
+    """Run each command that reads a FASTA on `fasta`; their results, to compare between file variants."""
+    base = ["--checkpoints-dir", str(ckpt)]
+    results: dict = {}
+    _ok(["eval-perplexity", RUN, "--fasta", str(fasta), "--out", str(work / "scores.csv"), *base])
+    results["eval-perplexity"] = pd.read_csv(work / "scores.csv").to_dict("list")
+    for mode in ("score", "next"):
+        results[mode] = json.loads(_ok(["query", RUN, "--mode", mode, "--fasta", str(fasta), "--json", *base]))
+    _ok(["query", RUN, "--mode", "mutate", "--fasta", str(fasta), "--region", "1-2", "--llr", "local",
+         "--out", str(work / "scan.tsv"), "--heatmaps", "0", *base])
+    results["mutate"] = pd.read_csv(work / "scan.tsv", sep="\t").to_dict("list")
+    _ok(["extract-embeddings", "--run_id", RUN, "--fasta", str(fasta), "--out", str(work / "e.npz"), "--quiet",
+         *base])
+    emb = load_embeddings(work / "e.npz")
+    results["extract-embeddings"] = (emb.ids, emb.embeddings.tolist(), emb.internal_stops.tolist())
+    labels = work / "labels.csv"
+    pd.DataFrame({"id": [f"g{i}" for i in range(12)], "label": list("ab" * 6)}).to_csv(labels, index=False)
+    config = work / "kmer.yaml"
+    config.write_text(json.dumps({"train_labels": str(labels), "train_seqs": str(fasta), "models": ["kmer_logreg"],
+                                  "bootstrap": 0, "out_dir": str(work / "kmer")}))
+    _ok(["train-classifier", "--config", str(config), "--quiet"])
+    trained = json.loads((work / "kmer" / "metrics.json").read_text())
+    results["train-classifier"] = (trained["n_train"], trained["models"]["kmer_logreg"]["confusion"])
+    _ok(["eval-classifier", "--kind", "kmer", "--model", str(work / "kmer" / "kmer_logreg.skops"), "--vectorizer",
+         str(work / "kmer" / "vectorizer.skops"), "--seqs", str(fasta), "--labels", str(labels),
+         "--out", str(work / "eval"), "--bootstrap", "0"])
+    evaluated = json.loads((work / "eval" / "eval_metrics.json").read_text())["models"]["kmer_logreg"]
+    results["eval-classifier"] = (evaluated["accuracy"], evaluated["confusion"])
+    return results
+
+
+@pytest.fixture(scope="module")
+def reference(run, tmp_path_factory) -> tuple[dict, Path]:
+    """Every command's results on the plain FASTA, and the folder of its outputs (the k-mer model)."""
+    work = tmp_path_factory.mktemp("plain")
+    return every_fasta_command(write_variant(work, "plain", fasta_text(genes())), work, run / "ckpt"), work
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "plain"])
+def test_every_fasta_command_reads_gzipped_commented_and_crlf_files_alike(run, reference, tmp_path, variant):
+    fasta = write_variant(tmp_path, variant, fasta_text(genes()))
+    results, expected = every_fasta_command(fasta, tmp_path, run / "ckpt"), reference[0]
+    assert list(results) == list(expected)
+    for command, result in results.items():
+        assert result == expected[command], command
+    assert results["extract-embeddings"][0] == [f"g{i}" for i in range(12)]  # ids without their descriptions
+
+
+def test_eval_perplexity_module_and_embeddings_script_read_a_gzipped_commented_crlf_file(run, reference, tmp_path):
+    """The manual's entry points, as subprocesses, on the file of the issue (gzipped, a comment, CRLF)."""
+    text = "# my genes\r\n" + fasta_text(genes()).replace("\n", "\r\n")
+    fasta = tmp_path / "genes.fa.gz"
+    fasta.write_bytes(gzip.compress(text.encode()))
+    ckpt = ["--checkpoints-dir", str(run / "ckpt")]
+    for args in (["-m", "codonlm.eval_perplexity", RUN, "--fasta", str(fasta), "--out", str(tmp_path / "s.csv"), *ckpt],
+                 ["-m", "scripts.extract_embeddings", "--run_id", RUN, "--fasta", str(fasta), "--out",
+                  str(tmp_path / "e.npz"), "--quiet", *ckpt]):
+        res = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert pd.read_csv(tmp_path / "s.csv").to_dict("list") == reference[0]["eval-perplexity"]
+    assert load_embeddings(tmp_path / "e.npz").embeddings.tolist() == reference[0]["extract-embeddings"][1]
+
+
+BAD_FILES = {  # kind: (file content, what the one line says)
+    "corrupt_gzip": (b"\x1f\x8b\x08\x00" + bytes(range(40)), "truncated or corrupt gzip"),
+    "truncated_gzip": (gzip.compress(fasta_text(genes()).encode())[:60], "truncated or corrupt gzip"),
+    "not_utf8": (b">a\n\xff\xfeATGAAATAA\n", "not UTF-8"),
+    "empty": (b"", "no sequences"),
+    "empty_gzip": (gzip.compress(b""), "no sequences"),
+    "only_comments": (b"# nothing yet\n\n", "no sequences"),
+    "text_before_first_record": (b"# my genes\nsee below\n>a\nATGAAATAA\n", "line 2"),
+    "missing": (None, "not found"),
+}
+
+
+def bad_input_commands(fasta: Path, tmp: Path, ckpt: Path, kmer: Path) -> dict[str, tuple[list[str], Path | None]]:
+    """Each command that reads a FASTA, pointed at `fasta`, with the output it must leave untouched."""
+    labels = tmp / "labels.csv"
+    labels.write_text("id,label\na,x\nb,y\n")
+    config = tmp / "kmer.yaml"
+    config.write_text(json.dumps({"train_labels": str(labels), "train_seqs": str(fasta), "models": ["kmer_logreg"],
+                                  "bootstrap": 0, "out_dir": str(tmp / "kmer")}))
+    base = ["--checkpoints-dir", str(ckpt)]
+    return {
+        "eval-perplexity": (["eval-perplexity", RUN, "--fasta", str(fasta), "--out", str(tmp / "s.csv"), *base],
+                            tmp / "s.csv"),
+        "query": (["query", RUN, "--mode", "score", "--fasta", str(fasta), *base], None),
+        "mutate": (["query", RUN, "--mode", "mutate", "--fasta", str(fasta), "--out", str(tmp / "scan.tsv"), *base],
+                   tmp / "scan.tsv"),
+        "extract-embeddings": (["extract-embeddings", "--run_id", RUN, "--fasta", str(fasta), "--out",
+                                str(tmp / "e.npz"), *base], tmp / "e.npz"),
+        "train-classifier": (["train-classifier", "--config", str(config)], tmp / "kmer" / "metrics.json"),
+        "eval-classifier": (["eval-classifier", "--kind", "kmer", "--model", str(kmer / "kmer_logreg.skops"),
+                             "--vectorizer", str(kmer / "vectorizer.skops"), "--seqs", str(fasta), "--labels",
+                             str(labels), "--out", str(tmp / "ev")], tmp / "ev" / "eval_metrics.json"),
+    }
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_a_bad_fasta_ends_in_one_line_naming_it_and_writes_nothing(run, reference, tmp_path, kind):
+    content, needle = BAD_FILES[kind]
+    fasta = tmp_path / "genes.fa.gz"
+    if content is not None:
+        fasta.write_bytes(content)
+    for command, (args, output) in bad_input_commands(fasta, tmp_path, run / "ckpt", reference[1] / "kmer").items():
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text("an earlier result\n")
+        code, _, err = cli(args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (command, err)
+        assert str(fasta) in lines[0] and needle in lines[0], (command, lines[0])
+        assert output is None or output.read_text() == "an earlier result\n", command
+
+
+# --------------------------------------------------------------------------- internal stop codons
+
+
+def test_internal_stops_are_stops_before_the_last_codon_of_the_genetic_code():
+    assert internal_stop_count(THRL) == 0  # the terminal TGA is the gene's own stop
+    assert internal_stop_count(THRL_STOP) == 1
+    assert internal_stop_count("ATGTAAAAA") == 1  # a prompt without a stop still has one inside
+    assert internal_stop_count("ATGTGAAAATAA") == 1 and internal_stop_count("ATGTGAAAATAA", table_id=4) == 0
+    assert internal_stop_count("TAA") == 0
+
+
+def stop_fasta(folder: Path, *extra: tuple[str, str]) -> Path:
+    path = folder / "thr.fasta"
+    two_stops = THRL_STOP[:18] + "TAG" + THRL_STOP[18:]
+    path.write_text(fasta_text({"thrL": THRL, "thrL_stop": THRL_STOP, "two_stops": two_stops, **dict(extra)}))
+    return path
+
+
+def test_scoring_counts_internal_stops_warns_once_and_skip_invalid_skips_them(run, tmp_path):
+    fasta, base = stop_fasta(tmp_path), ["--checkpoints-dir", str(run / "ckpt")]
+    code, out, err = cli(["eval-perplexity", RUN, "--fasta", str(fasta), *base])
+    table = pd.read_csv(io.StringIO(out))  # the CSV on stdout stays clean: the warning is on stderr
+    assert code == 0 and table["id"].tolist() == ["thrL", "thrL_stop", "two_stops"]
+    assert table["internal_stops"].tolist() == [0, 1, 2] and table["perplexity"].notna().all()
+    warning = warnings_of(err)
+    assert len(warning) == 1 and str(fasta) in warning[0]
+    assert "2 record(s) with internal stop codons (first: 'thrL_stop')" in warning[0]
+    code, out, err = cli(["eval-perplexity", RUN, "--fasta", str(fasta), "--skip-invalid", *base])
+    assert code == 0 and pd.read_csv(io.StringIO(out))["id"].tolist() == ["thrL"]
+    assert "skipped 2 record(s): 2 with internal stop codons (first: 'thrL_stop')" in err
+    code, out, err = cli(["query", RUN, "--mode", "score", "--fasta", str(fasta), "--json", *base])
+    assert code == 0 and [r["internal_stops"] for r in json.loads(out)] == [0, 1, 2] and "warning:" in err
+    code, out, _ = cli(["query", RUN, "--mode", "score", "--fasta", str(fasta), *base])
+    assert pd.read_csv(io.StringIO(out), sep="\t")["internal_stops"].tolist() == [0, 1, 2]
+
+
+def test_query_counts_stops_of_the_chosen_genetic_code(run):
+    tga_inside = "ATGTGAAAATAA"  # TGA is Trp in table 4 (Mycoplasma), a stop in table 11
+    base = ["query", RUN, "--mode", "score", "--dna", tga_inside, "--json", "--checkpoints-dir", str(run / "ckpt")]
+    code, out, err = cli(base)
+    assert code == 0 and json.loads(out)[0]["internal_stops"] == 1 and "--dna: 1 record(s)" in err
+    code, out, err = cli([*base, "--transl-table", "4"])
+    assert code == 0 and json.loads(out)[0]["internal_stops"] == 0 and not warnings_of(err)
+    code, _, err = cli([*base, "--transl-table", "99"])
+    assert code == 2 and "'99' is not an NCBI genetic code" in err and "Traceback" not in err
+
+
+def test_embeddings_count_internal_stops_and_skip_invalid_counts_them_with_bad_records(run, tmp_path):
+    base = ["extract-embeddings", "--run_id", RUN, "--out", str(tmp_path / "e.npz"), "--quiet",
+            "--checkpoints-dir", str(run / "ckpt")]
+    code, _, err = cli([*base, "--fasta", str(stop_fasta(tmp_path))])
+    emb = load_embeddings(tmp_path / "e.npz")
+    assert code == 0 and emb.ids == ["thrL", "thrL_stop", "two_stops"] and emb.internal_stops.tolist() == [0, 1, 2]
+    assert warnings_of(err) == [
+        f"warning: {tmp_path / 'thr.fasta'}: 2 record(s) with internal stop codons (first: 'thrL_stop'), used as "
+        "given; the output counts them per record (internal_stops); --skip-invalid skips such records"]
+    with_bad = stop_fasta(tmp_path, ("broken", "ATGNAATAA"))
+    code, _, err = cli([*base, "--fasta", str(with_bad)])
+    assert code == 2 and "'broken'" in err and "--skip-invalid" in err
+    code, _, err = cli([*base, "--fasta", str(with_bad), "--skip-invalid"])
+    emb = load_embeddings(tmp_path / "e.npz")
+    assert code == 0 and emb.ids == ["thrL"] and emb.meta["n_skipped"] == 3
+    assert ("skipped 3 record(s): 1 invalid (first: 'broken'), 2 with internal stop codons (first: 'thrL_stop')"
+            in err)
+    (tmp_path / "stops.fasta").write_text(f">s\n{THRL_STOP}\n")
+    code, _, err = cli([*base, "--fasta", str(tmp_path / "stops.fasta"), "--skip-invalid"])
+    assert code == 2 and "every record was skipped" in err
