@@ -213,8 +213,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from codonlm.data.codons import read_dna_records
     from codonlm.evaluate.query import score
-    from codonlm.io import read_dna_records, write_csv
+    from codonlm.io import write_csv
     from codonlm.model.load import load_model
 
     records = read_dna_records(fasta=args.fasta, skip_invalid=args.skip_invalid)
@@ -229,9 +230,9 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
+    from codonlm.data.codons import read_dna_records
     from codonlm.evaluate.query import run_query
     from codonlm.evaluate.variant_table import parse_region, table_format
-    from codonlm.io import read_dna_records
     from codonlm.model.load import load_model
 
     region = parse_region(args.region)  # check cheap arguments before reading input or loading the model
