@@ -5,8 +5,10 @@ On a seeded draw of the run's held-out (val) windows, in the packed layout the m
 mass on the gene's <BOS_CDS> and on its start codon, share on the previous codon, and the
 attention mass that crosses into another gene of the same window. With `sep_mask_enabled` that
 mass must be exactly 0 (the per-CDS mask); anything else is flagged (`mask_ok: false` and a
-warning). Head ablation: the change in held-out loss when one head's output is zeroed
-(`TinyGPT.set_head_mask`). Everything for the trained model and its random-init twin.
+warning). When no drawn query has another gene before it (single-gene windows), there is nothing to
+check: `mask_check: "not checked"`, `mask_ok: null`, never a leak. Head ablation: the change in
+held-out loss when one head's output is zeroed (`TinyGPT.set_head_mask`). Everything for the
+trained model and its random-init twin.
 """
 
 from __future__ import annotations
@@ -198,20 +200,28 @@ def model_summary(heads: pd.DataFrame, base_loss: float, extra: dict) -> dict:
 
 
 def mask_check(ctx: AnalysisContext, windows: Windows, result: dict) -> dict:
-    """With sep_mask_enabled, cross-gene attention must be exactly 0 in every head of both models."""
+    """With sep_mask_enabled, cross-gene attention must be exactly 0 in every head of both models.
+
+    `mask_check` says what was found: "holds", "leaks", "not checked" (no drawn query had another
+    gene before it in its window, so there was nothing that could leak: `mask_ok` is null, not false)
+    or "no mask" (genes may see each other by design)."""
     worst = max(result[label]["cross_gene_mass_max"] for label in ("trained", "random_init"))
     enabled = ctx.cfg.model.sep_mask_enabled
-    check = {"sep_mask_enabled": enabled, "cross_gene_mass_max": worst,
-             "cross_gene_queries": result["trained"]["queries_per_measure"]["cross_gene"], "warnings": []}
+    queries = result["trained"]["queries_per_measure"]["cross_gene"]
+    check = {"sep_mask_enabled": enabled, "cross_gene_mass_max": worst, "cross_gene_queries": queries,
+             "warnings": []}
     if not enabled:
-        check["mask_ok"] = None  # nothing to check: genes may see each other by design
-        return check
-    check["mask_ok"] = worst == 0.0 and check["cross_gene_queries"] > 0
+        return {**check, "mask_ok": None, "mask_check": "no mask"}
     if worst > 0.0:
+        check.update(mask_ok=False, mask_check="leaks")
         check["warnings"].append(f"sep_mask_enabled but {worst:.3g} of a query's attention reaches another "
                                  f"gene of its window: the per-CDS attention mask leaks")
-    elif check["cross_gene_queries"] == 0:
-        check["warnings"].append("no query had another gene before it in the drawn windows: mask not checked")
+    elif queries == 0:
+        check.update(mask_ok=None, mask_check="not checked")
+        check["warnings"].append(f"no query had another gene before it in the {len(windows)} drawn windows "
+                                 f"({int(windows.packed.sum())} packed): the per-CDS mask was not checked")
+    else:
+        check.update(mask_ok=True, mask_check="holds")
     for line in check["warnings"]:
         log(f"[{NAME}] WARNING: {line}")
     return check
@@ -220,8 +230,9 @@ def mask_check(ctx: AnalysisContext, windows: Windows, result: dict) -> dict:
 def reading(result: dict) -> str:
     t, r = result["trained"], result["random_init"]
     notable = t["notable_heads"]
-    mask = {True: "exactly 0 (mask holds)", False: f"{result['cross_gene_mass_max']:.3g} (MASK LEAKS)",
-            None: f"{result['cross_gene_mass_max']:.3g} (no per-CDS mask)"}[result["mask_ok"]]
+    mask = {"holds": "exactly 0 (mask holds)", "leaks": f"{result['cross_gene_mass_max']:.3g} (MASK LEAKS)",
+            "not checked": "not checked (no query had another gene before it in its window)",
+            "no mask": f"{result['cross_gene_mass_max']:.3g} (no per-CDS mask)"}[result["mask_check"]]
     return (f"mean attention entropy {t['mean_entropy']:.2f} nats (random init {r['mean_entropy']:.2f}, uniform "
             f"{result['uniform_entropy']:.2f}); {notable['previous_codon']['head']} puts "
             f"{notable['previous_codon']['value']:.2f} on the previous codon; zeroing {notable['most_needed']['head']} "
