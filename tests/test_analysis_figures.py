@@ -57,3 +57,18 @@ def test_per_genome_perplexity_legend_and_names_do_not_cover_anything():
     for a, b in itertools.combinations(_extents(fig, names), 2):
         assert not a.overlaps(b)
     assert "perplexity" in ax.get_xlabel() and ax.get_title()
+
+
+def test_head_grid_stays_narrow_enough_to_read_in_the_report(tmp_path):
+    """Six measures x two models of a 4-layer, 4-head model: the report shows figures at most 1,100 px wide,
+    so a grid wider than ~1,500 px would shrink its 7-point cell numbers below legibility."""
+    import struct
+
+    from codonlm.analysis.analyze_attention import MEASURES, draw_head_grid
+
+    rng = np.random.default_rng(0)
+    heads = pd.DataFrame([{"model": m, "layer": layer, "head": h, **{k: float(rng.random()) for k in MEASURES}}
+                          for m in ("trained", "random_init") for layer in range(4) for h in range(4)])
+    draw_head_grid(heads, tmp_path)
+    width, height = struct.unpack(">II", (tmp_path / "heads.png").read_bytes()[16:24])  # the PNG's IHDR
+    assert width <= 1500 and height > width

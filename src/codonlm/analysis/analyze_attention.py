@@ -257,20 +257,25 @@ def _annotated(ax, values: np.ndarray, vmin: float, vmax: float, cmap: str, fmt:
     return image
 
 
-def draw_head_grid(heads: pd.DataFrame, out) -> None:
-    """One heat map per measure (columns) and model (rows), layer x head, one scale per measure
-    starting at 0 (masses on 0..1)."""
+def draw_head_grid(heads: pd.DataFrame, out, per_row: int = 3) -> None:
+    """One heat map per measure and model, layer x head, one scale per measure starting at 0 (masses on
+    0..1). `per_row` measures side by side, each with its models stacked under it, so the figure stays
+    narrow enough for the numbers in its cells to be read where the report shows it."""
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(heads.model))
-    fig, axes = plt.subplots(len(models), len(MEASURES), figsize=(3.3 * len(MEASURES), 3.2 * len(models) + 1),
-                             squeeze=False, layout="constrained")
-    for j, m in enumerate(MEASURES):
-        vmax = max(float(heads[m].max()), 1e-6) if m in ("entropy", "distance") else 1.0
-        for i, label in enumerate(models):
-            image = _annotated(axes[i, j], _grid(heads, m, label), 0.0, vmax, "viridis")
-            axes[i, j].set_title(f"{label.replace('_', ' ')}: {MEASURE_LABELS[m].split(' (')[0]}", fontsize=9)
-        fig.colorbar(image, ax=axes[:, j], location="bottom", shrink=0.8, label=MEASURE_LABELS[m])
+    blocks = [MEASURES[i : i + per_row] for i in range(0, len(MEASURES), per_row)]
+    n_rows = len(blocks) * len(models)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(3.6 * per_row, 2.9 * n_rows + 1), squeeze=False,
+                             layout="constrained")
+    for b, block in enumerate(blocks):
+        rows = slice(b * len(models), (b + 1) * len(models))
+        for j, m in enumerate(block):
+            vmax = max(float(heads[m].max()), 1e-6) if m in ("entropy", "distance") else 1.0
+            for ax, label in zip(axes[rows, j], models, strict=True):
+                image = _annotated(ax, _grid(heads, m, label), 0.0, vmax, "viridis")
+                ax.set_title(f"{label.replace('_', ' ')}: {MEASURE_LABELS[m].split(' (')[0]}", fontsize=9)
+            fig.colorbar(image, ax=axes[rows, j], location="bottom", shrink=0.8, label=MEASURE_LABELS[m])
     fig.suptitle("Attention heads on held-out windows: what each head attends to (mean over codon queries)")
     save_figure(fig, out / "heads.png")
 

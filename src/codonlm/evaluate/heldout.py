@@ -40,6 +40,11 @@ def _baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)
     return out
 
 
+def model_label(name: str) -> str:
+    """A legend entry: the run's model ('model' in the tables) or a baseline."""
+    return "TinyGPT (this run)" if name == "model" else f"baseline: {name}"
+
+
 def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder: Path) -> None:
     import matplotlib
 
@@ -48,7 +53,7 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, part in by_pos.groupby("model", sort=False):
-        ax.plot(part["bin"], part["perplexity"], marker="o", label=name)
+        ax.plot(part["bin"], part["perplexity"], marker="o", label=model_label(name))
     ax.set_xlabel("codon position in gene (bin start)")
     ax.set_ylabel("perplexity")
     ax.legend(fontsize=8)
@@ -86,7 +91,7 @@ def per_dataset_figure(per_ds: pd.DataFrame):
     colours = dict(zip(models, plt.get_cmap("tab10").colors, strict=False))  # the model blue, as in heldout.png
     for k, name in enumerate(models[::-1]):  # the model's own bar on top of each group
         ax.barh(np.arange(len(wide)) + (k - (len(models) - 1) / 2) * height, wide[name], height, color=colours[name],
-                label="TinyGPT (this run)" if name == "model" else f"baseline: {name}")
+                label=model_label(name))
     ax.set_yticks(np.arange(len(wide)), wide.index)
     ax.set_xlabel("perplexity per codon (lower is better)")
     ax.set_title("Per-genome perplexity on the test genes: the model vs baselines")
