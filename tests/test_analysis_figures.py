@@ -72,3 +72,18 @@ def test_head_grid_stays_narrow_enough_to_read_in_the_report(tmp_path):
     draw_head_grid(heads, tmp_path)
     width, height = struct.unpack(">II", (tmp_path / "heads.png").read_bytes()[16:24])  # the PNG's IHDR
     assert width <= 1500 and height > width
+
+
+def test_cell_numbers_contrast_with_their_cell():
+    """viridis is dark at 0 and yellow at 1, RdBu_r dark at both ends: the number on a cell is white on the
+    dark cells and black on the light ones."""
+    import matplotlib.pyplot as plt
+
+    from codonlm.analysis.analyze_attention import _annotated
+
+    fig, (a, b) = plt.subplots(1, 2)
+    _annotated(a, np.array([[0.0, 0.5, 1.0]]), 0.0, 1.0, "viridis")
+    _annotated(b, np.array([[-1.0, 0.0, 1.0]]), -1.0, 1.0, "RdBu_r", "{:+.3f}")
+    assert [t.get_color() for t in a.texts] == ["white", "white", "black"]
+    assert [t.get_color() for t in b.texts] == ["white", "black", "white"]
+    plt.close(fig)

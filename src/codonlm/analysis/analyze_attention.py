@@ -246,10 +246,12 @@ def _grid(heads: pd.DataFrame, column: str, label: str) -> np.ndarray:
 
 
 def _annotated(ax, values: np.ndarray, vmin: float, vmax: float, cmap: str, fmt: str = "{:.2f}"):
+    """A heat map with each cell's value written on it, white on dark cells and black on light ones."""
     image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     for (i, h), v in np.ndenumerate(values):
+        red, green, blue, _ = image.cmap(image.norm(v))
         ax.text(h, i, fmt.format(v), ha="center", va="center", fontsize=7,
-                color="white" if (v - vmin) / max(vmax - vmin, 1e-12) > 0.6 else "black")
+                color="white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black")
     ax.set_xticks(range(values.shape[1]))
     ax.set_yticks(range(values.shape[0]))
     ax.set_xlabel("head")
