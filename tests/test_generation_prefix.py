@@ -148,4 +148,7 @@ def test_script_runs(run, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(REPO / "scripts" / "eval_generation_prefix.py"), run_name="__main__")
     assert exc.value.code == 0
-    assert "T=1.0: valid ORF" in capsys.readouterr().out and (tmp / "cli" / "summary.csv").is_file()
+    out = capsys.readouterr().out
+    assert "T=1.0: valid ORF" in out and (tmp / "cli" / "summary.csv").is_file()
+    cap = pd.read_csv(tmp / "cli" / "summary.csv").query("genome == 'all' and temperature == '1.0'").frac_hit_cap.iloc[0]
+    assert f"hit length cap {cap:.3f}" in out  # beside valid ORF: why a low valid-ORF share is low

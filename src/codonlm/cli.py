@@ -351,7 +351,7 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
         if row["genome"] == "all":
             log(
                 f"[gen-prefix] T={row['temperature']}: valid ORF {row['frac_valid_orf']:.3f}, "
-                f"ends with stop {row['frac_ends_with_stop']:.3f}, length ratio (median) "
+                f"hit length cap {row['frac_hit_cap']:.3f}, ends with stop {row['frac_ends_with_stop']:.3f}, length ratio (median) "
                 f"{row['length_ratio_median']:.2f}, codon JS {row['codon_js']:.4f} "
                 f"(floor {row['codon_js_floor']:.4f}), identity {row['nearest_identity_mean']:.3f}"
             )

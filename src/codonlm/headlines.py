@@ -31,7 +31,8 @@ def _generation(scores_dir: Path) -> str:
     for r in rows:
         t = r["temperature"]
         label = "real genes" if str(t) == "real" else f"T={t}"
-        parts.append(f"{label}: valid ORF {r['frac_valid_orf']:.2f}, codon JS {r['codon_js']:.4f}")
+        cap = "" if str(t) == "real" or r.get("frac_hit_cap") is None else f", hit length cap {r['frac_hit_cap']:.2f}"
+        parts.append(f"{label}: valid ORF {r['frac_valid_orf']:.2f}{cap}, codon JS {r['codon_js']:.4f}")
     return "; ".join(parts)
 
 

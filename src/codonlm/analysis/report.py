@@ -30,7 +30,7 @@ STEP_TITLES = {
 }
 MODEL_COLUMNS = ("trained", "random_init")
 HIDDEN_KEYS = {"step", "status", "seconds", "cpu_seconds", "reading", "reason", "notes", "files"}
-GENERATION_COLUMNS = ("temperature", "n", "frac_valid_orf", "frac_ends_with_stop", "length_ratio_median",
+GENERATION_COLUMNS = ("temperature", "n", "frac_valid_orf", "frac_hit_cap", "frac_ends_with_stop", "length_ratio_median",
                       "gc3_mean", "cai_mean", "codon_js", "codon_js_floor", "nearest_identity_mean")
 
 CSS = """
@@ -190,8 +190,12 @@ def generation_part(run_id: str, scores_dir: Path) -> str:
         return "<h3>Prefix generation</h3>" + note("missing", f"not run yet: <code>codonlm generate-prefix "
                                                              f"{esc(run_id)}</code>")
     rows = [[r.get(c) for c in GENERATION_COLUMNS] for r in gen.get("summary", []) if r.get("genome") == "all"]
+    settings = gen.get("settings", {})
     return (f"<h3>Prefix generation</h3><p>{fmt(gen.get('n_prompts'))} held-out genes prompted with their first "
-            f"{fmt(gen.get('settings', {}).get('prompt_codons'))} codons; 'real' = the real genes.</p>"
+            f"{fmt(settings.get('prompt_codons'))} codons; 'real' = the real genes. frac_hit_cap: the share of "
+            f"generated genes stopped by the length cap ({fmt(settings.get('length_factor'))}x the real gene, at most "
+            f"{fmt(settings.get('max_codons'))} codons) before the model wrote &lt;EOS_CDS&gt;: a gene cut there is "
+            "seldom a valid ORF.</p>"
             + table(list(GENERATION_COLUMNS), rows)
             + figure_if_any(scores_dir / "gen_prefix" / "temperature_tradeoff.png"))
 

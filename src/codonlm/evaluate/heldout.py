@@ -40,6 +40,11 @@ def _baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)
     return out
 
 
+def model_label(name: str) -> str:
+    """A legend entry: the run's model ('model' in the tables) or a baseline."""
+    return "TinyGPT (this run)" if name == "model" else f"baseline: {name}"
+
+
 def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder: Path) -> None:
     import matplotlib
 
@@ -48,7 +53,7 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, part in by_pos.groupby("model", sort=False):
-        ax.plot(part["bin"], part["perplexity"], marker="o", label=name)
+        ax.plot(part["bin"], part["perplexity"], marker="o", label=model_label(name))
     ax.set_xlabel("codon position in gene (bin start)")
     ax.set_ylabel("perplexity")
     ax.legend(fontsize=8)
@@ -67,13 +72,32 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
     save_figure(fig, folder / "calibration.png")
     plt.close(fig)
 
+    save_figure(per_dataset_figure(per_ds), folder / "per_dataset.png")
+
+
+def per_dataset_figure(per_ds: pd.DataFrame):
+    """Perplexity per genome, one bar per model: genomes down the side (their long names stay readable
+    at any count), the legend outside the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     wide = per_ds.pivot(index="dataset", columns="model", values="perplexity")
-    ax = wide.plot.bar(figsize=(8, 4.5), rot=30)
-    ax.set_ylabel("perplexity")
-    ax.set_title("Per-genome perplexity (test split)")
-    ax.figure.tight_layout()
-    save_figure(ax.figure, folder / "per_dataset.png")
-    plt.close(ax.figure)
+    models = ["model", *sorted(m for m in wide.columns if m != "model")]
+    wide = wide.loc[list(dict.fromkeys(per_ds["dataset"]))[::-1], models]  # first genome on top
+    fig, ax = plt.subplots(figsize=(8, 0.12 * len(wide) * (len(models) + 1) + 1.5))
+    height = 0.8 / len(models)
+    colours = dict(zip(models, plt.get_cmap("tab10").colors, strict=False))  # the model blue, as in heldout.png
+    for k, name in enumerate(models[::-1]):  # the model's own bar on top of each group
+        ax.barh(np.arange(len(wide)) + (k - (len(models) - 1) / 2) * height, wide[name], height, color=colours[name],
+                label=model_label(name))
+    ax.set_yticks(np.arange(len(wide)), wide.index)
+    ax.set_xlabel("perplexity per codon (lower is better)")
+    ax.set_title("Per-genome perplexity on the test genes: the model vs baselines")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return fig
 
 
 def _totals(logps: list[np.ndarray]) -> dict:
