@@ -3,12 +3,14 @@ and the one tiny config the tests train with.
 
 Use the fixtures (`make_corpus`, `prepared_corpus`, `tiny_config`, `write_config`); no test module imports
 another. (`tests/` is on sys.path because pytest imports this conftest from it, so the plain helper module
-`genbank_fixtures` imports as is.)
+`genbank_fixtures` imports as is; tests/support, added below, holds `codonlm_faults`, the fault injection
+that tests start processes with.)
 """
 
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from genbank_fixtures import SYNONYMS, genbank_text, write_genbank
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "data" / "raw"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 
 @pytest.fixture(scope="session")

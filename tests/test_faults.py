@@ -3,8 +3,8 @@
 One run of a tiny fixture study (relative paths, as ./main.sh runs it from the repository root) goes
 through a chain of invocations: the first is killed inside fetch-data, the next (the same command)
 inside prepare, the next inside train, ... inside report, and a last one finishes. Each kill comes
-from the pipeline's own test hook (KILL_IN_STAGE_ENV: the process signals itself right after the
-stage's n-th file write, so no timing races): SIGKILL for most stages, SIGINT (Ctrl-C) in train and
+from the test-only fault injection (codonlm_faults, KILL_IN_STAGE_ENV: the process signals itself right
+after the stage's n-th file write, so no timing races): SIGKILL for most stages, SIGINT (Ctrl-C) in train and
 analyze. After every invocation: the stages finished before it were skipped (stamps and outputs not
 rewritten), the interrupted stage of the previous invocation was redone (analyze: resumed at the
 interrupted step), the killed stage has no stamp, and every stamped output still has the checksum its
@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from codonlm_faults import fault_env
 
 from codonlm.io import sha256_file
-from codonlm.pipeline import KILL_IN_STAGE_ENV, STAGE_NAMES
+from codonlm.pipeline import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "faults"
@@ -71,11 +72,8 @@ def _ctrl_c_as_in_a_terminal() -> None:
 
 def pipeline(folder: Path, kill: str | None = None) -> subprocess.CompletedProcess:
     """The same command every time (what ./main.sh runs, from the study's folder)."""
-    env = {**os.environ, "CODONLM_QUIET": "1"}
+    env = fault_env({**os.environ, "CODONLM_QUIET": "1"}, kill_in_stage=kill)
     env.pop("CODONLM_TEED", None)
-    env.pop(KILL_IN_STAGE_ENV, None)
-    if kill:
-        env[KILL_IN_STAGE_ENV] = kill
     return subprocess.run([sys.executable, "-m", "codonlm.cli", "pipeline", "-c", "configs/study.yaml",
                            "--run-id", RUN], cwd=folder, env=env, capture_output=True, text=True, timeout=1800,
                           preexec_fn=_ctrl_c_as_in_a_terminal)
@@ -139,7 +137,7 @@ def comparable(folder: Path, path: str) -> object:
     """What of an output file must equal the uninterrupted run's."""
     f = folder / path
     if f.suffix == ".pt":
-        from codonlm.train.checkpoint import load_checkpoint
+        from codonlm.model.checkpoint import load_checkpoint
 
         return plain(load_checkpoint(f))
     if f.suffix == ".json":
@@ -176,7 +174,7 @@ def test_interrupted_in_every_stage_the_same_command_finishes_the_same_study(ref
         assert list(finished) == STAGE_NAMES[: max(i - 1, 0)]
         res = pipeline(folder, kill=f"{stage}:{after}:{sig}")
         log = res.stdout[-3000:] + res.stderr[-3000:]
-        assert f"[pipeline] test: SIG{sig} to this process in stage {stage}" in res.stdout, log
+        assert f"[test faults] SIG{sig} to this process in stage {stage}" in res.stdout, log
         if sig == "KILL":
             assert res.returncode == -signal.SIGKILL, log
         else:  # Ctrl-C: the stage is named as interrupted, the later ones not run, and the summary still closes

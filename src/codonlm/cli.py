@@ -9,69 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
 from codonlm.errors import TrainingDiverged, UserError
-from codonlm.log import log, log_to
+from codonlm.log import log, log_to, run_log
 
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
 AMP_HELP = ("bf16 autocast, slightly less exact; faster or slower than fp32 depending on the CPU (native bf16 "
             "helps; without it, 4-5x slower measured); training's 'amp: auto' times both")
-
-
-class _Tee:
-    """Copy a stream into runs/<RUN_ID>/log.txt.
-
-    With `lines_only` (stderr) the log gets whole lines only, each as its last carriage-return
-    segment: a progress bar redraws itself with '\\r', so the terminal shows it live while log.txt
-    keeps clean lines instead of bar fragments.
-    """
-
-    def __init__(self, stream, log, lines_only: bool = False):
-        self._stream, self._log, self._lines_only, self._pending = stream, log, lines_only, ""
-
-    def write(self, text: str) -> int:
-        if not self._lines_only:
-            self._log.write(text)
-        else:
-            *lines, self._pending = (self._pending + text).split("\n")
-            for line in lines:
-                line = line.rsplit("\r", 1)[-1].rstrip()
-                if line:
-                    self._log.write(line + "\n")
-        self._log.flush()
-        return self._stream.write(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def run_log(run_directory: Path):
-    """Tee stdout and stderr into runs/<RUN_ID>/log.txt while the block runs (once: nested calls,
-    such as the stages of `codonlm pipeline`, write through the outer tee)."""
-    if os.environ.get("CODONLM_TEED"):
-        yield
-        return
-    Path(run_directory).mkdir(parents=True, exist_ok=True)
-    saved = sys.stdout, sys.stderr
-    with open(Path(run_directory) / "log.txt", "a", buffering=1) as log_file:
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log_file), _Tee(sys.stderr, log_file, lines_only=True)
-        os.environ["CODONLM_TEED"] = "1"
-        try:
-            yield
-        except (UserError, TrainingDiverged) as exc:  # main() prints it after the tee is gone: log it too
-            log_file.write(f"error: {exc}\n")
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stdout, sys.stderr = saved
-            del os.environ["CODONLM_TEED"]
 
 
 def _claim_run(cfg, run_id: str | None, config_path: str | None):
@@ -143,8 +89,8 @@ def cmd_extract_cds(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from codonlm.config import load_config, parse_config
+    from codonlm.model.checkpoint import load_checkpoint
     from codonlm.provenance import timed_stage
-    from codonlm.train.checkpoint import load_checkpoint
     from codonlm.train.distributed import agree_on, is_main_rank
     from codonlm.train.loop import train
     from codonlm.train.precision import pick_device
@@ -174,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from codonlm.pipeline import run_pipeline
 
-    return run_pipeline(args.config, run_id=args.run_id, resume=args.resume, fresh=args.fresh, stages=args.stages,
+    return run_pipeline(main, args.config, run_id=args.run_id, resume=args.resume, fresh=args.fresh, stages=args.stages,
                         redo=args.redo, force=args.force, quiet=args.quiet)
 
 

@@ -14,7 +14,7 @@ import io as _io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +24,6 @@ import numpy as np
 from isal import igzip, isal_zlib
 
 from codonlm.errors import UserError
-
-AFTER_WRITE: list[Callable[[Path], None]] = []
-"""Called with each file `atomic_path` has just put in place (the pipeline's fault-injection test uses it)."""
 
 
 @contextmanager
@@ -44,8 +41,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-        for hook in AFTER_WRITE:
-            hook(path)
     finally:
         if tmp.exists():
             tmp.unlink()

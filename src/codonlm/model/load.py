@@ -8,8 +8,8 @@ import torch
 
 from codonlm.config import Config, parse_config
 from codonlm.errors import UserError
+from codonlm.model.checkpoint import load_checkpoint
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.train.checkpoint import load_checkpoint
 
 
 def checkpoint_path(

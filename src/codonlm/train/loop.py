@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +22,8 @@ from codonlm.data.layout import run_split_path
 from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
 from codonlm.errors import TrainingDiverged, UserError
 from codonlm.log import log, log_to, progress
+from codonlm.model.checkpoint import load_checkpoint
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.train.checkpoint import load_checkpoint
 from codonlm.train.curves import curve_row, plot_curves, write_curves_csv
 from codonlm.train.distributed import DistInfo, all_reduce_sum, init_distributed, is_main_rank, shutdown
 from codonlm.train.optim import adafactor_lr_warning, build_optimizer
@@ -41,7 +39,6 @@ from codonlm.train.schedule import Plateau, cosine_lr
 from codonlm.train.state import TrainState
 
 TIMING_WINDOWS = 8  # windows per step when amp: auto times bf16 against fp32
-KILL_AT_STEP_ENV = "CODONLM_TEST_KILL_AT_STEP"  # tests: SIGKILL this process right after step k
 ESTIMATE_STEPS = 5  # timed steps, after the first, behind the training-time estimate logged at the start
 
 
@@ -332,7 +329,7 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
 
 def run_epoch(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate) -> None:
     """The steps of one epoch (or until the step budget), from where the state left off."""
-    accum, kill_at = run.cfg.train.grad_accum_steps, int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+    accum = run.cfg.train.grad_accum_steps
     run.data.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * run.cfg.train.batch_size)
     batches = iter(run.data.train_loader)
     while state.step < run.plan.total_steps:
@@ -356,8 +353,6 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate
         estimate.step_done(run, state)
         if run.cfg.train.checkpoint_every and state.step % run.cfg.train.checkpoint_every == 0:
             checkpoint(run, state, "last.pt")
-        if state.step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def resumed_config(resume: str | Path, cfg: Config | None) -> tuple[dict, Config, str]:
