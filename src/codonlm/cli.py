@@ -54,7 +54,7 @@ def cmd_make_run_id(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from codonlm.config import load_config
     from codonlm.data.prepare import prepare
-    from codonlm.provenance import timed_stage
+    from codonlm.provenance import run_lock, timed_stage
 
     cfg = load_config(args.config)
     if args.datasets:  # one machine's share: only these datasets' NPZs, no run
@@ -63,7 +63,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
             f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
         return
     run_id, directory = _claim_run(cfg, args.run_id, args.config)
-    with run_log(directory):
+    with run_lock(directory), run_log(directory):
         log(f"[prepare] run {run_id}")
         with timed_stage(directory, "prepare"):
             report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet,
@@ -90,7 +90,7 @@ def cmd_extract_cds(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from codonlm.config import load_config, parse_config
     from codonlm.model.checkpoint import load_checkpoint
-    from codonlm.provenance import timed_stage
+    from codonlm.provenance import run_lock, timed_stage
     from codonlm.train.distributed import agree_on, is_main_rank
     from codonlm.train.loop import train
     from codonlm.train.precision import pick_device
@@ -112,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if last.is_file():
             raise UserError(f"run '{run_id}' already has checkpoints ({last.parent}); continue it with "
                             f"-r {last}, or leave out --run-id to start a new run")
-    with run_log(directory) if is_main else contextlib.nullcontext():
+    with (run_lock(directory) if is_main else contextlib.nullcontext(),
+          run_log(directory) if is_main else contextlib.nullcontext()):
         with timed_stage(directory if is_main else None, "train"):
             train(cfg, run_id, resume=args.resume)
 
@@ -121,7 +122,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from codonlm.pipeline import run_pipeline
 
     return run_pipeline(main, args.config, run_id=args.run_id, resume=args.resume, fresh=args.fresh, stages=args.stages,
-                        redo=args.redo, force=args.force, quiet=args.quiet)
+                        redo=args.redo, force=args.force, quiet=args.quiet, wait=not args.no_wait)
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -135,6 +136,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    "last.pt; start a new run with --fresh to train from scratch)")
     p.add_argument("--force", action="store_true", help="prepare: keep going when the integrity check fails")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (for CI logs)")
+    p.add_argument("--no-wait", action="store_true", help="when another process is working on the run, stop "
+                   "(exit 2) instead of waiting for it")
 
 
 def cmd_export_hf(args: argparse.Namespace) -> None:
@@ -311,12 +314,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     """The analysis steps (then the report with --report); exit 2 naming the steps that could not run."""
     from codonlm.analysis.context import load_context
     from codonlm.analysis.runner import analyze, parse_steps
+    from codonlm.provenance import run_lock
 
     steps = parse_steps(args.steps)  # an unknown step name fails before anything loads
     _resolve_latest(args, "analyze")
     ctx = load_context(args.run_id, args.checkpoints_dir, args.runs_dir, device=args.device, seed=args.seed,
                        quiet=args.quiet)
-    with run_log(ctx.run_dir):
+    with run_lock(ctx.run_dir), run_log(ctx.run_dir):
         results = analyze(args.run_id, steps, force=args.force, context=ctx)
         if args.report:
             from codonlm.analysis.report import write_report

@@ -30,9 +30,10 @@ from pathlib import Path
 from codonlm.config import Config, config_sha256, load_config, parse_config
 from codonlm.errors import UserError
 from codonlm.headlines import headline_lines
+from codonlm.io import folder_lock
 from codonlm.log import log, run_log
 from codonlm.log import quiet as log_quiet
-from codonlm.provenance import checksums, mark_stage_done, read_stamp, snapshot, stage_is_done
+from codonlm.provenance import checksums, mark_stage_done, read_stamp, run_lock, snapshot, stage_is_done
 
 CommandRunner = Callable[[list[str]], int]
 """Runs one `codonlm` command line (its arguments) and returns its exit code: cli.main."""
@@ -147,11 +148,12 @@ def resolve_run(config_path: str | None, run_id: str | None, resume: str | None,
         return cfg, state["run_id"]
     config_path = config_path or "configs/tiny_cpu.yaml"
     cfg = load_config(config_path)
-    if run_id is None and not fresh and (existing := find_run(cfg)):
-        return cfg, existing
-    run_id, new = claim_run(cfg, run_id)
-    if new:
-        snapshot(cfg, Path(cfg.outputs.runs_dir) / run_id, config_path)
+    with folder_lock(Path(cfg.outputs.runs_dir)):  # one at a time: a second ./main.sh finds the first's run
+        if run_id is None and not fresh and (existing := find_run(cfg)):
+            return cfg, existing
+        run_id, new = claim_run(cfg, run_id)
+        if new:
+            snapshot(cfg, Path(cfg.outputs.runs_dir) / run_id, config_path)
     return cfg, run_id
 
 
@@ -221,16 +223,16 @@ def summary_lines(run_id: str, rows: list[dict], seconds: float, cpu: float) -> 
 
 def run_pipeline(codonlm: CommandRunner, config_path: str | None = None, run_id: str | None = None,
                  resume: str | None = None, fresh: bool = False, stages: str | None = None, redo: str | None = None,
-                 force: bool = False, quiet: bool = False) -> int:
-    """./main.sh: resolve the run, then run its stages like make, each through `codonlm` (cli.main); returns
-    the exit code."""
+                 force: bool = False, quiet: bool = False, wait: bool = True) -> int:
+    """./main.sh: resolve the run, then, as its one writer (provenance.run_lock: wait for another holder, or
+    refuse when not `wait`), run its stages like make, each through `codonlm` (cli.main); returns the exit code."""
     only, again = stage_list(stages, "--stages"), stage_list(redo, "--redo")
     if quiet:
         os.environ["CODONLM_QUIET"] = "1"
     cfg, run_id = resolve_run(config_path, run_id, resume, fresh)
     ctx = RunContext(cfg, run_id, prepare_force=force, quiet=quiet or log_quiet())
     t0, cpu0 = time.perf_counter(), cpu_seconds()
-    with run_log(ctx.run_dir):
+    with run_lock(ctx.run_dir, wait=wait), run_log(ctx.run_dir):
         log(f"=== codonlm run {run_id} (config {ctx.config}; outputs in {ctx.run_dir}, {ctx.checkpoints}, "
             f"{ctx.scores})")
         rows, code = run_stages(ctx, only, again, codonlm)
