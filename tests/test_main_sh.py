@@ -64,6 +64,7 @@ def test_main_sh_help_exits_0():
     assert res.returncode == 0 and "--run-id NAME" in res.stdout and "--stages LIST" in res.stdout
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, monkeypatch, capsys):
     adamw, _, cfg = configs
     stem = make_run_id(cfg)
@@ -106,6 +107,7 @@ def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, m
     assert not (REPO / "runs" / stem).exists()  # the log lives under outputs.runs_dir
 
 
+@pytest.mark.slow
 def test_another_optimizer_is_another_run_and_leaves_the_first_untouched(configs, monkeypatch):
     adamw, adafactor, cfg = configs
     monkeypatch.setenv("CODONLM_QUIET", "1")

@@ -18,6 +18,7 @@ from codonlm_faults import fault_env
 
 from codonlm.provenance import WRITER, run_lock
 
+pytestmark = pytest.mark.slow  # whole pipelines (fetch-data, prepare, train), several per test
 STAGES = "fetch-data,prepare,train"
 
 
