@@ -118,7 +118,8 @@ class ScheduleConfig(_Section):
                                                     "plateau: warmup, then halve lr on a stalled val loss (A/B switch)")
     warmup_steps: int = Field(100, ge=0, description="linear warmup, optimizer steps")
     min_lr: float = Field(3e-5, ge=0.0, description="floor of the learning rate")
-    plateau_patience: int = Field(1, ge=0, description="plateau: epochs without improvement before halving lr")
+    plateau_patience: int = Field(1, ge=1, description="plateau: halve lr after this many epochs in a row "
+                                  "without a better val loss")
     early_stop_patience: int = Field(3, ge=1, description="epochs without a better val loss before stopping")
 
 
