@@ -100,8 +100,9 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1, description="optional hard cap on optimizer steps")
     optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="A/B switch; adafactor wants lr ~1e-2")
     amp: bool | Literal["auto"] = Field(
-        "auto", description="auto: CUDA bf16 where supported, CPU the faster of bf16/fp32 timed on this "
-        "model at start, MPS autocast with fallback; true/false force bf16 autocast on or off")
+        "auto", description="auto: CUDA bf16 where supported, CPU bf16 only when timed clearly faster than fp32 "
+        "on this model at start (runs/<RUN_ID>/precision.json), MPS autocast with fallback; true/false pin bf16 "
+        "autocast on or off")
     use_checkpoint: bool = Field(False, description="activation checkpointing: less memory, more compute")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
     grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0: off)")
