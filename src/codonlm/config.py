@@ -180,7 +180,7 @@ KEY_ALIASES = {  # names other trainers and habits use -> our key (suggested onl
     **dict.fromkeys(("n_heads", "num_heads", "heads"), "n_head"),
     **dict.fromkeys(("d_model", "n_embed", "hidden_size", "emb_dim", "embed_dim"), "n_embd"),
     **dict.fromkeys(("context_length", "seq_len", "max_seq_len", "ctx_len", "context"), "block_size"),
-    **dict.fromkeys(("gbf", "gbk", "gb", "genbank", "file", "files", "path"), "gbff"),
+    **dict.fromkeys(("gbf", "gbk", "gb", "genbank", "genbank_file", "gbk_file"), "gbff"),
     **dict.fromkeys(("random_seed",), "seed"),
     **dict.fromkeys(("workers", "dataloader_workers"), "num_workers"),
 }
