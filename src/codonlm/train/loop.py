@@ -23,6 +23,7 @@ from codonlm.data.codons import loss_mask
 from codonlm.data.layout import run_split_path
 from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
 from codonlm.errors import TrainingDiverged, UserError
+from codonlm.io import write_json
 from codonlm.log import log, log_to, progress
 from codonlm.model.tinygpt import TinyGPT
 from codonlm.train.checkpoint import load_checkpoint
@@ -369,6 +370,21 @@ def resumed_config(resume: str | Path, cfg: Config | None) -> tuple[dict, Config
     return payload, ckpt_cfg, payload["run_id"]
 
 
+def pick_precision(cfg: Config, run_id: str, device: torch.device, dist: DistInfo, data: Data,
+                   model: TinyGPT) -> dict:
+    """The run's precision (train.amp, timed on CPU for auto), recorded in runs/<RUN_ID>/precision.json."""
+    timer = None
+    if cfg.train.amp == "auto" and device.type == "cpu":
+        # a few windows tell the dtypes' speed ratio as well as a full batch, at a fraction of the cost
+        # (a CPU that emulates bf16 runs one full batch for half a minute)
+        batch = tuple(t[:TIMING_WINDOWS].to(device) for t in next(iter(data.train_loader)))
+        timer = step_timer(model, lambda m: build_optimizer(m, cfg.train, device.type), batch, device, single_step)
+    precision = vars(choose_precision(cfg.train.amp, device, timer))
+    if dist.is_main:
+        write_json(Path(cfg.outputs.runs_dir) / run_id / "precision.json", {"amp": cfg.train.amp, **precision})
+    return precision
+
+
 def build(cfg: Config, run_id: str, payload: dict | None) -> tuple[Run, TrainState]:
     """Device, data, model, optimizer and precision; the state restored from `payload` when resuming."""
     device = pick_device(cfg.train.device)
@@ -388,14 +404,7 @@ def build(cfg: Config, run_id: str, payload: dict | None) -> tuple[Run, TrainSta
     if payload is not None and payload.get("precision"):  # chosen once per run; a resumed run keeps it
         state.precision = payload["precision"]
     else:
-        timer = None
-        if cfg.train.amp == "auto" and device.type == "cpu":
-            # a few windows tell the dtypes' speed ratio as well as a full batch, at a fraction of the cost
-            # (a CPU that emulates bf16 runs one full batch for half a minute)
-            batch = tuple(t[:TIMING_WINDOWS].to(device) for t in next(iter(data.train_loader)))
-            timer = step_timer(model, lambda m: build_optimizer(m, cfg.train, device.type), batch, device,
-                               single_step)
-        state.precision = vars(choose_precision(cfg.train.amp, device, timer))
+        state.precision = pick_precision(cfg, run_id, device, dist, data, model)
     # Measured here, before a resumed state restores the RNG: the peak's random matrices draw from it,
     # at the same point for fresh and resumed runs, so both see the same dropout masks afterwards.
     peak = matmul_peak_flops(device, DTYPES[state.precision["dtype"]])
