@@ -127,3 +127,15 @@ def test_nonfinite_gradients_are_skipped_and_the_weights_stay_finite(corpus, tin
         loop.train(cfg, "nan-grad")
     last = load_checkpoint(Path(cfg.outputs.out_dir) / "nan-grad" / "last.pt")
     assert last["step"] == 0 and nonfinite_weights(last["model"]) == []
+
+
+def test_a_run_whose_validation_is_never_finite_fails_instead_of_finishing(corpus, tiny_config, monkeypatch):
+    """Finite training steps but a NaN validation loss at every epoch end: no best.pt; training ended
+    with exit 0 and 'best_val_loss inf' in its summary."""
+    monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: float("nan"))
+    cfg = parse_config(tiny_config(*corpus, epochs=1, max_steps=4, eval_every=0))
+    with pytest.raises(TrainingDiverged, match=r"^the validation loss was never finite \(1 epoch end\(s\), step 4\), "
+                                               r"so there is no best.pt; lower train.lr"):
+        loop.train(cfg, "nan-val")
+    assert not (Path(cfg.outputs.out_dir) / "nan-val" / "best.pt").exists()
+    assert load_checkpoint(Path(cfg.outputs.out_dir) / "nan-val" / "last.pt")["step"] == 4  # kept to inspect

@@ -542,6 +542,10 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
         meter, t_run = Meter(cfg.system.compile), time.perf_counter()
         estimate = Estimate(state.step)
         stopped_early = run_epochs(run, state, meter, estimate)
+        if not math.isfinite(state.best_val):  # no best.pt: a finished run must not look like a result
+            raise TrainingDiverged(f"the validation loss was never finite ({state.epoch} epoch end(s), step "
+                                   f"{state.step}), so there is no best.pt; "
+                                   + divergence_advice(cfg.train.lr, state.precision["dtype"]))
         summary = {"run_id": run_id, "steps": state.step, "steps_per_epoch": run.plan.steps_per_epoch,
                    "total_steps": run.plan.total_steps, "epochs_done": state.epoch,
                    "best_val_loss": state.best_val,
