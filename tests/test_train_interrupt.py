@@ -16,7 +16,8 @@ import torch
 
 from codonlm.cli import main
 from codonlm.config import parse_config
-from codonlm.errors import TrainingDiverged
+from codonlm.errors import TrainingDiverged, UserError
+from codonlm.model.load import checkpoint_path
 from codonlm.train import loop
 from codonlm.train.checkpoint import load_checkpoint, nonfinite_weights
 
@@ -139,3 +140,5 @@ def test_a_run_whose_validation_is_never_finite_fails_instead_of_finishing(corpu
         loop.train(cfg, "nan-val")
     assert not (Path(cfg.outputs.out_dir) / "nan-val" / "best.pt").exists()
     assert load_checkpoint(Path(cfg.outputs.out_dir) / "nan-val" / "last.pt")["step"] == 4  # kept to inspect
+    with pytest.raises(UserError, match=r"^run 'nan-val' has no best.pt: its validation loss was never finite"):
+        checkpoint_path("nan-val", cfg.outputs.out_dir)  # and commands that need a model say so

@@ -352,8 +352,7 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
 
     result = run_prefix_generation(
         args.run_id, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir, processed_dir=args.processed_dir,
-        split=args.split,
-        prompt_codons=args.prompt_codons, per_genome=args.per_genome, temperatures=args.temperatures,
+        split=args.split, prompt_codons=args.prompt_codons, per_genome=args.per_genome, temperatures=args.temperatures,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, out_dir=args.out_dir, max_codons=args.max_codons,
         length_factor=args.length_factor, end_at_stop=args.end_at_stop, batch_size=args.batch_size,
         device=args.device, show_progress=not args.quiet,
@@ -464,8 +463,7 @@ def cmd_extract_embeddings(args: argparse.Namespace) -> None:
 
     embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
                layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
-               device=args.device,
-               stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
+               device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:

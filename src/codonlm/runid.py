@@ -8,7 +8,6 @@ Continuing a run (resume, or ./main.sh re-run with the same config) is the only 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 
 from codonlm.config import Config, OutputsConfig, config_sha256, load_yaml, parse_config
@@ -89,19 +88,9 @@ def find_run(cfg: Config) -> str | None:
     return max(matches, key=lambda p: (p.stat().st_mtime, p.parent.name)).parent.name if matches else None
 
 
-@dataclass(frozen=True)
-class RunFiles:
-    """Where an existing run's files are."""
-
-    run_id: str
-    checkpoints: Path  # the folder of its best.pt / last.pt
-    run_dir: Path | None  # runs/<RUN_ID>, None when only its checkpoints are here
-    config: Config | None  # its recorded config (runs/<RUN_ID>/config.yaml), None without a run folder
-
-
-def locate_run(run_id: str, checkpoints_dir: str | Path | None = None, runs_dir: str | Path | None = None) -> RunFiles:
-    """An existing run's folders, from its own recorded config: every command that reads a run uses this,
-    so a run trained with a custom outputs.out_dir is found without flags.
+def locate_run(run_id: str, checkpoints_dir: str | Path | None = None, runs_dir: str | Path | None = None) -> Path:
+    """An existing run's checkpoint folder, from its own recorded config (runs/<RUN_ID>/config.yaml): every
+    command that reads a run comes here, so a run trained with a custom outputs.out_dir is found without flags.
 
     runs_dir defaults to outputs.runs_dir's default (runs); checkpoints_dir, when given, overrides the
     recorded out_dir (checkpoints moved elsewhere), and without a run folder it (default outputs/checkpoints)
@@ -117,4 +106,4 @@ def locate_run(run_id: str, checkpoints_dir: str | Path | None = None, runs_dir:
     folder = Path(checkpoints_dir or (cfg.outputs.out_dir if cfg else OutputsConfig().out_dir)) / run_id
     if cfg is None and not folder.is_dir():
         raise unknown_run(run_id, f"{recorded}, no {folder}", runs)
-    return RunFiles(run_id, folder, runs / run_id if cfg is not None else None, cfg)
+    return folder

@@ -439,8 +439,8 @@ def run_prefix_generation(run_id: str, checkpoints_dir: str | None = None, proce
     """
     s = PrefixSettings.parse(**settings)
     t0 = time.perf_counter()
-    model, cfg, run_name, ckpt, processed, train, held = _load_run(run_id, checkpoints_dir, processed_dir, s, device,
-                                                                        runs_dir)
+    model, cfg, run_name, ckpt, processed, train, held = _load_run(run_id, checkpoints_dir, processed_dir, s,
+                                                                   device, runs_dir)
     out = Path(out_dir) if out_dir else Path(cfg.outputs.scores_dir) / run_name / "gen_prefix"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(s.seed)

@@ -13,28 +13,35 @@ import torch
 from codonlm.config import Config, parse_config
 from codonlm.errors import UserError
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.runid import RunFiles, locate_run
+from codonlm.runid import locate_run
 from codonlm.train.checkpoint import divergence_advice, load_checkpoint, nonfinite_weights
+
+
+def _advice(path: Path, state: dict) -> str:
+    """What to change in a new run, for the run of this checkpoint (its lr and precision)."""
+    cfg = parse_config(state["config"], source=str(path))
+    return divergence_advice(cfg.train.lr, (state.get("precision") or {}).get("dtype", "float32"))
 
 
 def _diverged(path: Path, state: dict, bad: list[str]) -> str:
     """What a checkpoint with NaN/inf weights means, and what to do."""
-    cfg = parse_config(state["config"], source=str(path))
-    dtype = (state.get("precision") or {}).get("dtype", "float32")
     return (f"{path} (step {state.get('step', '?')}) holds NaN/inf weights ({len(bad)} tensor(s), first "
-            f"{bad[0]}): the training diverged; train a new run: {divergence_advice(cfg.train.lr, dtype)}")
+            f"{bad[0]}): the training diverged; train a new run: {_advice(path, state)}")
 
 
-def _no_best(run: RunFiles) -> UserError:
+def _no_best(run_id: str, folder: Path) -> UserError:
     """A run without best.pt: say why (never trained, diverged, or stopped before an epoch ended)."""
-    last = run.checkpoints / "last.pt"
+    last = folder / "last.pt"
     if not last.is_file():
-        return UserError(f"run '{run.run_id}' has no checkpoint in {run.checkpoints}; train it first "
-                         f"('codonlm train -c CONFIG --run-id {run.run_id}' or ./main.sh)")
+        return UserError(f"run '{run_id}' has no checkpoint in {folder}; train it first "
+                         f"('codonlm train -c CONFIG --run-id {run_id}' or ./main.sh)")
     state = load_checkpoint(last)
     if bad := nonfinite_weights(state["model"]):
-        return UserError(f"run '{run.run_id}' has no best.pt: {_diverged(last, state, bad)}")
-    return UserError(f"run '{run.run_id}' has no best.pt: its training stopped at step {state.get('step', '?')}, "
+        return UserError(f"run '{run_id}' has no best.pt: {_diverged(last, state, bad)}")
+    if state.get("epoch", 0) > 0:  # epochs ended, none with a finite validation loss
+        return UserError(f"run '{run_id}' has no best.pt: its validation loss was never finite ({last}, step "
+                         f"{state.get('step', '?')}); train a new run: {_advice(last, state)}")
+    return UserError(f"run '{run_id}' has no best.pt: its training stopped at step {state.get('step', '?')}, "
                      f"before an epoch ended (best.pt is written at epoch ends); continue it with "
                      f"'codonlm train -r {last}', or pass {last} to use that checkpoint as it is")
 
@@ -44,11 +51,10 @@ def checkpoint_path(run_id_or_path: str, checkpoints_dir: str | None = None, run
     as_path = Path(run_id_or_path)
     if as_path.suffix == ".pt":
         return as_path
-    run = locate_run(run_id_or_path, checkpoints_dir, runs_dir)
-    best = run.checkpoints / "best.pt"
-    if not best.is_file():
-        raise _no_best(run)
-    return best
+    folder = locate_run(run_id_or_path, checkpoints_dir, runs_dir)
+    if not (folder / "best.pt").is_file():
+        raise _no_best(run_id_or_path, folder)
+    return folder / "best.pt"
 
 
 def load_model(run_id_or_path: str, checkpoints_dir: str | None = None, device: str = "cpu",
