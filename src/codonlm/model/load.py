@@ -6,6 +6,7 @@ scores, evaluates, generates, analyzes or exports a diverged model.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ def _no_best(run_id: str, folder: Path) -> UserError:
     state = load_checkpoint(last)
     if bad := nonfinite_weights(state["model"]):
         return UserError(f"run '{run_id}' has no best.pt: {_diverged(last, state, bad)}")
-    if state.get("epoch", 0) > 0:  # epochs ended, none with a finite validation loss
+    if state.get("epoch", 0) > 0 and not math.isfinite(state.get("best_val", math.inf)):  # epochs ended, none finite
         return UserError(f"run '{run_id}' has no best.pt: its validation loss was never finite ({last}, step "
                          f"{state.get('step', '?')}); train a new run: {_advice(last, state)}")
     return UserError(f"run '{run_id}' has no best.pt: its training stopped at step {state.get('step', '?')}, "
