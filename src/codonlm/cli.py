@@ -214,17 +214,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
-    import pandas as pd
-
+    from codonlm.api import CodonLM
     from codonlm.data.codons import read_dna_records
-    from codonlm.evaluate.query import score
     from codonlm.io import write_csv
-    from codonlm.model.load import load_model
 
     records = read_dna_records(fasta=args.fasta, skip_invalid=args.skip_invalid)
-    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device, args.runs_dir)
-    rows = score(model, records, stride=args.stride, amp=args.amp)
-    table = pd.DataFrame(rows).drop(columns="per_codon_log_likelihood")
+    lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir)
+    table = lm.score(records, stride=args.stride, amp=args.amp, checked=True)
     if args.out:
         write_csv(table, args.out)
         log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
@@ -233,10 +229,10 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
+    from codonlm.api import CodonLM
     from codonlm.data.codons import read_dna_records
     from codonlm.evaluate.query import run_query
     from codonlm.evaluate.variant_table import parse_region, table_format
-    from codonlm.model.load import load_model
 
     region = parse_region(args.region)  # check cheap arguments before reading input or loading the model
     if args.out:
@@ -247,11 +243,11 @@ def cmd_query(args: argparse.Namespace) -> None:
             raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
         stdin_text = sys.stdin.read()
     records = read_dna_records(args.dna, args.fasta, stdin_text, args.skip_invalid, args.transl_table)
-    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device, args.runs_dir)
+    lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir, table_id=args.transl_table)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
-        run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
+        run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
                   as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
 
