@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from codonlm.errors import TrainingDiverged, UserError
+from codonlm.errors import Interrupted, TrainingDiverged, UserError
 
 Target = Literal["stdout", "stderr"] | None
 
@@ -140,6 +140,9 @@ def run_log(run_directory: Path):
             yield
         except (UserError, TrainingDiverged) as exc:  # main() prints it after the tee is gone: log it too
             log_file.write(f"error: {exc}\n")
+            raise
+        except Interrupted as exc:
+            log_file.write(f"{exc}\n")
             raise
         finally:
             sys.stdout.flush()

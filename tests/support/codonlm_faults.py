@@ -9,8 +9,8 @@ a monkeypatch inside the pytest process could not.
 - KILL_IN_STAGE_ENV='<stage>[:<n>[:<SIG>]]': inside that pipeline stage, just after the n-th file the
   stage puts in place through codonlm.io.atomic_path (default 1; as the stage's command returns, before
   its stamp, when it writes fewer), the process sends itself SIGKILL (or SIG<SIG>, e.g. INT: Ctrl-C).
-- KILL_AT_STEP_ENV='<k>[:<SIG>]': the trainer sends itself SIGKILL (or SIG<SIG>) right after step k's
-  curves row, before that step's checkpoint would be written.
+- KILL_AT_STEP_ENV='<k>[:<SIG>]': the trainer sends itself SIGKILL (or SIG<SIG>, e.g. TERM) right after
+  step k (its curves row and, when due, its last.pt written).
 """
 
 from __future__ import annotations
@@ -106,14 +106,16 @@ def _kill_in_stage(stage: str, after: str = "", *sig: str) -> None:
 
 
 def _kill_at_step(step: str, *sig: str) -> None:
+    """Signal this process as the trainer's bookkeeping of step k returns (loop.after_step: its curves row,
+    and its last.pt when one is due, are written)."""
     from codonlm.train import loop
 
-    k, sig_, real_record_row = int(step), _signal(list(sig)), loop.record_row
+    k, sig_, real_after_step = int(step), _signal(list(sig)), loop.after_step
 
-    @functools.wraps(real_record_row)
-    def record_row(run, state, meter) -> None:
-        real_record_row(run, state, meter)
+    @functools.wraps(real_after_step)
+    def after_step(run, state, *args) -> None:
+        real_after_step(run, state, *args)
         if state.step == k:
             os.kill(os.getpid(), sig_)
 
-    loop.record_row = record_row
+    loop.after_step = after_step
