@@ -56,3 +56,23 @@ def test_src_has_no_test_only_switches():
              for i, line in enumerate(path.read_text().splitlines(), 1)
              if re.search(r"CODONLM_TEST|AFTER_WRITE|kill_hook|KILL_(AT|IN)_", line)]
     assert not found, found
+
+
+def _docstrings(tree: ast.Module) -> set[int]:
+    """ids of the docstring nodes of a module and of its classes and functions."""
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef))]
+    return {id(n.body[0].value) for n in nodes
+            if n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
+def test_the_checkpoints_folder_comes_from_the_config():
+    """`outputs.out_dir` (default outputs/checkpoints) is written once, in config.py: code, defaults, help
+    and messages take it from a run's config (runid.locate_run) or from the schema's default, so a run with
+    another out_dir is found without flags (docstrings may still name the default as an example)."""
+    found = []
+    for module, tree in _modules().items():
+        docs = _docstrings(tree)
+        found += [f"{module}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+                  and "outputs/checkpoints" in node.value and module != "codonlm.config"]
+    assert not found, found

@@ -242,7 +242,7 @@ def add_run_location(p: argparse.ArgumentParser, runs_dir: bool = True) -> None:
     """--checkpoints-dir (and --runs-dir): by default a run's files are where its own recorded config
     (runs/<RUN_ID>/config.yaml) puts them (codonlm.runid.locate_run)."""
     p.add_argument("--checkpoints-dir", help="where <RUN_ID>/best.pt is (default: the run's outputs.out_dir, "
-                   "from runs/<RUN_ID>/config.yaml; else outputs/checkpoints)")
+                   "from runs/<RUN_ID>/config.yaml; else the default outputs.out_dir)")
     if runs_dir:
         p.add_argument("--runs-dir", help="where run folders live (default: runs)")
 
@@ -360,17 +360,18 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 def _add_run_id_or_latest(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", default="latest",
                    help="run id (default: latest, the run with the newest checkpoint under --checkpoints-dir, "
-                   "default outputs/checkpoints)")
+                   "default the default outputs.out_dir)")
 
 
 def _resolve_latest(args: argparse.Namespace, command: str) -> str:
     """args.run_id, or the newest trained run when it is 'latest' (the manual's bare ./analysis.sh)."""
     if args.run_id != "latest":
         return args.run_id
+    from codonlm.config import OutputsConfig
     from codonlm.provenance import latest_run
 
     args.run_id = latest_run(args.checkpoints_dir)
-    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir or 'outputs/checkpoints'})")
+    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir or OutputsConfig().out_dir})")
     return args.run_id
 
 
@@ -481,7 +482,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
     p.add_argument("--run-id", help="name of a new run, or of a run this config started (default: a fresh "
                    "id from the config, with a suffix when taken)")
-    p.add_argument("-r", "--resume", help="continue the run of outputs/checkpoints/<RUN_ID>/last.pt")
+    p.add_argument("-r", "--resume", help="continue the run of this last.pt (<outputs.out_dir>/<RUN_ID>/last.pt)")
 
 
 def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
