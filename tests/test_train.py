@@ -93,6 +93,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow  # two trainings in subprocesses (> 10 s)
 def test_resume_after_sigkill_matches_uninterrupted_run(corpus, tiny_config, write_config, tmp_path):
     """The trainer SIGKILLs itself right after step 51 (hook), between a checkpoint (48) and the next,
     after a curves row (50) that the resumed run must drop and write again identically."""

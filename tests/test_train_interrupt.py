@@ -56,6 +56,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0)
 
 
+@pytest.mark.slow  # two trainings in subprocesses (> 10 s)
 def test_sigterm_between_two_checkpoints_saves_that_step_and_the_curve_continues(
         corpus, tiny_config, write_config, tmp_path):
     """SIGTERM right after step 51, between the checkpoints of steps 48 and 52: last.pt holds step 51,
@@ -78,6 +79,7 @@ def test_sigterm_between_two_checkpoints_saves_that_step_and_the_curve_continues
     _assert_same_weights(last, Path(cfg.outputs.out_dir) / "straight" / "last.pt")
 
 
+@pytest.mark.slow  # two trainings in subprocesses (> 10 s)
 def test_ctrl_c_to_the_whole_process_group_with_loader_workers_saves_last_pt(
         corpus, tiny_config, write_config, tmp_path):
     """A real Ctrl-C (SIGINT to the trainer and its DataLoader worker) mid-epoch, with no step or time
