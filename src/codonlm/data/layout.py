@@ -62,18 +62,31 @@ def part_description(cfg: Config, spec: DatasetSpec, input_sha256: list[str]) ->
         "format_version": FORMAT_VERSION, "vocabulary": list(ITOS), "dataset": spec.name,
         "inputs_sha256": list(input_sha256), "min_len": spec.min_len, "transl_table": spec.transl_table,
         "block_size": cfg.model.block_size, "pack_mode": d.pack_mode, "windows_per_seq": d.windows_per_seq,
-        "val_frac": d.val_frac, "test_frac": d.test_frac, "seed": cfg.outputs.seed,
+        "val_frac": d.val_frac, "test_frac": d.test_frac, "seed": cfg.outputs.seed, **_input_kind(spec),
     }  # fmt: skip
+
+
+def _input_kind(spec: DatasetSpec) -> dict:
+    """What decides the CDS of a dataset that is not GenBank: the kind, and for called genes the mode asked
+    for and the caller's version (GenBank datasets add nothing, so their keys stay as they were)."""
+    if spec.kind == "gbff":
+        return {}
+    if spec.kind == "gff":
+        return {"input_kind": "gff"}
+    from importlib.metadata import version
+
+    return {"input_kind": "fasta", "gene_calling": spec.gene_calling, "gene_caller": f"pyrodigal {version('pyrodigal')}"}
 
 
 def hash_inputs(cfg: Config) -> dict[str, list[str]]:
     """sha256 of every input file, per dataset (files hashed in parallel threads)."""
-    from codonlm.data.genbank import check_genbank_path
+    from codonlm.data.inputs import dataset_paths
 
-    files = [check_genbank_path(f) for spec in cfg.data.datasets for f in spec.files]
+    per_dataset = [dataset_paths(spec) for spec in cfg.data.datasets]
+    files = [f for paths in per_dataset for f in paths]
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
         digests = iter(list(pool.map(sha256_file, files)))
-    return {spec.name: [next(digests) for _ in spec.files] for spec in cfg.data.datasets}
+    return {spec.name: [next(digests) for _ in paths] for spec, paths in zip(cfg.data.datasets, per_dataset, strict=True)}
 
 
 def data_key(cfg: Config, input_sha256: dict[str, list[str]] | None = None) -> DataKey:

@@ -26,7 +26,8 @@ import numpy as np
 
 from codonlm.config import DatasetSpec
 from codonlm.data.codons import PAD, frame_genes, loss_mask
-from codonlm.data.genbank import ExtractionStats, extract_file_records
+from codonlm.data.genbank import ExtractionStats
+from codonlm.data.inputs import InputFile, dataset_input_files, extract_input_records
 from codonlm.data.layout import SPLITS, PartKey, part_dir, write_manifest
 from codonlm.data.packing import Pieces, WindowBatch, WindowPacker, chunk_genes, render
 from codonlm.data.store import (
@@ -274,7 +275,7 @@ class UnitSettings:
 
 @dataclass(frozen=True)
 class Unit:
-    path: str
+    source: InputFile
     dataset: str
     folder: Path  # where its spills and NPZs go
     settings: UnitSettings
@@ -297,7 +298,7 @@ def build_unit(unit: Unit) -> UnitResult:
     stats = ExtractionStats()
     sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
     hashes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-    for batch in extract_file_records(unit.path, s.min_len, s.transl_table, stats):  # one record at a time
+    for batch in extract_input_records(unit.source, s.min_len, s.transl_table, stats):  # one record at a time
         lengths = np.diff(np.asarray(batch.offsets, dtype=np.int64))
         split_index, protein_hashes = assign_splits(batch.proteins(), s.seed, s.val_frac, s.test_frac)
         for k, split in enumerate(SPLITS):
@@ -367,8 +368,9 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
     Each part is written into a temporary folder and renamed into place when complete.
     """
     stagings = {plan.key.key: staging_dir(part_dir(root, plan.key.key)) for plan in plans}
-    units = [Unit(i["path"], plan.spec.name, stagings[plan.key.key] / "units" / str(j), plan.settings,
-                  i["uncompressed_bytes"]) for plan in plans for j, i in enumerate(plan.inputs)]
+    units = [Unit(source, plan.spec.name, stagings[plan.key.key] / "units" / str(j), plan.settings,
+                  i["uncompressed_bytes"])
+             for plan in plans for j, (source, i) in enumerate(zip(dataset_input_files(plan.spec), plan.inputs, strict=True))]
     try:
         with unit_results(units, workers) as result:  # the pool starts before the progress bar's thread
             bar = progress(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,
@@ -419,6 +421,7 @@ def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResul
         "seconds": round(sum(r.seconds for r in results), 3),  # worker time, summed over its files
     }
     write_json(staging / "part.json", {"key": plan.key.key, "description": plan.key.description, "report": report})
-    write_manifest(staging, {"key": plan.key.key, "dataset": name}, known)
+    calls = {"gene_calling": stats.gene_calls} if stats.gene_calls else {}  # provenance of called genes
+    write_manifest(staging, {"key": plan.key.key, "dataset": name, **calls}, known)
     log(f"[prepare] {name}: kept {stats.kept} of {stats.cds_features} CDS (dropped {stats.as_dict()['dropped_total']}), "
         + ", ".join(f"{s} {splits[s]['genes']} genes/{splits[s]['windows']} windows" for s in SPLITS))

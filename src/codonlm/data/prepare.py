@@ -24,7 +24,7 @@ from pathlib import Path
 
 from codonlm.config import Config, DatasetSpec, config_sha256
 from codonlm.data.codons import VOCAB_SIZE, save_itos
-from codonlm.data.genbank import check_genbank_path
+from codonlm.data.inputs import check_input_path, dataset_paths
 from codonlm.data.layout import (
     MANIFEST,
     RUN_RECORD,
@@ -55,6 +55,8 @@ from codonlm.log import log
 
 # Below this much GenBank text to parse, 'auto' uses one process: starting workers costs more than it saves.
 _PARALLEL_MIN_BYTES = 32 << 20
+# Calling genes in a bare assembly costs about this many times parsing as much GenBank text (bench/gene_calling.py)
+_GENE_CALLING_WEIGHT = 40
 
 
 def uncompressed_size(path: Path) -> int:
@@ -67,12 +69,23 @@ def uncompressed_size(path: Path) -> int:
 
 
 def _dataset_inputs(spec: DatasetSpec) -> list[dict]:
+    """Path, sha256 and sizes of each input file (and of the FASTA beside a GFF3, under "fasta")."""
+    dataset_paths(spec)  # every file checked before any is hashed
     out = []
-    for f in spec.files:
-        path = check_genbank_path(f)
-        out.append({"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                    "uncompressed_bytes": uncompressed_size(path)})
+    for f, companion in zip(spec.files, spec.companions, strict=True):
+        path = check_input_path(f, spec.kind)
+        entry = {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                 "uncompressed_bytes": uncompressed_size(path)}
+        if companion is not None:
+            fasta = Path(companion)
+            entry["fasta"] = {"path": str(fasta), "sha256": sha256_file(fasta), "bytes": fasta.stat().st_size}
+        out.append(entry)
     return out
+
+
+def input_sha256(inputs: list[dict]) -> list[str]:
+    """The sha256 of a dataset's files in the order of layout.dataset_paths: main files, then companions."""
+    return [i["sha256"] for i in inputs] + [i["fasta"]["sha256"] for i in inputs if "fasta" in i]
 
 
 def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[PartPlan]:
@@ -118,11 +131,12 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
     t0 = time.perf_counter()
     root = Path(cfg.data.processed_dir)
     inputs = {spec.name: _dataset_inputs(spec) for spec in cfg.data.datasets}  # fail fast on missing/empty files
-    key = data_key(cfg, {name: [i["sha256"] for i in v] for name, v in inputs.items()})
+    key = data_key(cfg, {name: input_sha256(v) for name, v in inputs.items()})
     plans = _plans(cfg, key, inputs)
     setting = workers if workers is not None else cfg.data.prepare_workers
     n_workers = prepare_workers(setting)
-    text_bytes = sum(i["uncompressed_bytes"] for v in inputs.values() for i in v)
+    weight = {spec.name: _GENE_CALLING_WEIGHT if spec.kind == "fasta" else 1 for spec in cfg.data.datasets}
+    text_bytes = sum(weight[name] * i["uncompressed_bytes"] for name, v in inputs.items() for i in v)
     if setting in (None, "auto") and text_bytes < _PARALLEL_MIN_BYTES:
         n_workers = 1
     if datasets is not None:
@@ -296,7 +310,10 @@ def _record_run(run_directory: Path, key: str, folder: Path, report: dict, input
     write_json(run_directory / "integrity.json", report["integrity"])
     write_json(run_directory / "pipeline_prepare.json", report)
     manifest = read_json(folder / MANIFEST)
+    calls = {name: d["extraction"]["gene_calling"] for name, d in report["datasets"].items()
+             if "gene_calling" in d["extraction"]}  # caller, version, mode and counts of each called genome
     write_json(run_directory / "dataset_manifest.json", {
         "key": key, "config_sha256": report["config_sha256"], "vocab_size": VOCAB_SIZE, "inputs": inputs,
+        **({"gene_calling": calls} if calls else {}),
         "outputs": {str(folder / rel): entry["sha256"] for rel, entry in manifest["files"].items()}})
     record_run_data(run_directory, key, folder)
