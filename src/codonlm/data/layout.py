@@ -4,8 +4,8 @@
     data/processed/parts/<part>/   one config dataset's NPZs, shared by every key that lists it
 
 The key hashes everything that decides the bytes: the format version, the vocabulary, and per
-config dataset (in order) its name, the sha256 of each input file, min_len and transl_table,
-plus block_size, pack_mode, windows_per_seq, val_frac, test_frac and the seed. Two configs that
+config dataset (in order) its name, the sha256 of each input file, min_len and transl_table (and
+for FASTA/GFF3 entries the input kind, gene_calling and the caller's version), plus block_size, pack_mode, windows_per_seq, val_frac, test_frac and the seed. Two configs that
 differ in any of these never share a folder; two that agree share one, whatever the file paths.
 
 A run records the key it uses in runs/<RUN_ID>/prepared_data.json, with the sha256 of each split
