@@ -227,3 +227,47 @@ def test_extract_cds_cli_gff_and_bad_pairing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gff and fasta" in err[0]
     assert out.read_text().startswith(">ONE L1")  # earlier output intact
+
+
+# --------------------------------------------------------------------------- the default corpus as assemblies
+
+
+def test_assemblies_config_is_the_default_corpus_as_bare_fasta():
+    from codonlm.config import load_config
+    from codonlm.data.fetch import assembly_path
+
+    root = Path(__file__).resolve().parents[1]
+    genbank, bare = (load_config(root / "configs" / n) for n in ("tiny_cpu.yaml", "tiny_cpu_assemblies.yaml"))
+    assert [d.name for d in bare.data.datasets] == [d.name for d in genbank.data.datasets]
+    for g, b in zip(genbank.data.datasets, bare.data.datasets, strict=True):
+        assert b.kind == "fasta" and b.fasta == str(assembly_path("data/raw", Path(g.gbff).name))
+    assert bare.model == genbank.model and bare.train == genbank.train
+
+
+def test_fetch_data_writes_the_bare_assemblies_a_config_names(tmp_path, raw_corpus, tiny_config, write_config, capsys):
+    """fetch-data --if-needed writes data/raw/assemblies/<genome>.fasta.gz from the GenBank file: its sequence, no
+    features; a second call finds it there."""
+    import gb_io
+
+    from codonlm.data.fetch import GENOMES, MANIFEST, assembly_path
+
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    for name in GENOMES:  # the corpus as fetch-data leaves it (links: no copy)
+        (dest / name).symlink_to(raw_corpus / name)
+    (dest / MANIFEST).write_text((raw_corpus / MANIFEST).read_text())
+    name = "Methanococcus_maripaludis_S2.gbk.gz"
+    fasta = assembly_path(dest, name)
+    raw = tiny_config(tmp_path, [])
+    raw["data"]["datasets"] = [{"name": "mm", "fasta": str(fasta)}]
+    raw["data"]["raw_dir"] = str(dest)
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["fetch-data", "--if-needed", "-c", str(cfg)]) == 0
+    with gzip.open(raw_corpus / name) as fh:
+        expected = [(r.name, bytes(r.sequence).decode().upper()) for r in gb_io.iter(fh)]
+    from codonlm.io import read_fasta
+
+    assert [(n, s.upper()) for n, s in read_fasta(fasta)] == expected
+    capsys.readouterr()
+    assert main(["fetch-data", "--if-needed", "-c", str(cfg)]) == 0
+    assert "nothing to fetch" in capsys.readouterr().out

@@ -88,14 +88,16 @@ def _claim_run(cfg, run_id: str | None, config_path: str | None):
 
 def cmd_fetch_data(args: argparse.Namespace) -> None:
     from codonlm.config import load_config
-    from codonlm.data.fetch import fetch_default_corpus, missing_default_files
+    from codonlm.data.fetch import fetch_default_corpus, missing_default_files, write_default_assemblies
 
     cfg = load_config(args.config)
     dest = args.dest or cfg.data.raw_dir  # the config's data.raw_dir unless --dest says otherwise
-    if args.if_needed and not missing_default_files(cfg, dest):
+    missing = missing_default_files(cfg, dest)
+    if args.if_needed and not missing:
         log("[fetch-data] every GenBank file the config names is present; nothing to fetch")
         return
     fetch_default_corpus(dest)
+    write_default_assemblies(dest, missing)  # bare FASTA copies of default genomes the config names
 
 
 def cmd_make_run_id(args: argparse.Namespace) -> None:
