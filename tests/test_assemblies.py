@@ -232,15 +232,18 @@ def test_extract_cds_cli_gff_and_bad_pairing(tmp_path, capsys):
 # --------------------------------------------------------------------------- the default corpus as assemblies
 
 
-def test_assemblies_config_is_the_default_corpus_as_bare_fasta():
+def test_assemblies_config_is_the_default_corpus_as_bare_fasta(raw_corpus):
+    """Same genomes, model and training as tiny_cpu.yaml; each domain the one its GenBank lineage names."""
     from codonlm.config import load_config
     from codonlm.data.fetch import assembly_path
+    from codonlm.stage2.tasks import genome_domain
 
     root = Path(__file__).resolve().parents[1]
     genbank, bare = (load_config(root / "configs" / n) for n in ("tiny_cpu.yaml", "tiny_cpu_assemblies.yaml"))
     assert [d.name for d in bare.data.datasets] == [d.name for d in genbank.data.datasets]
     for g, b in zip(genbank.data.datasets, bare.data.datasets, strict=True):
         assert b.kind == "fasta" and b.fasta == str(assembly_path("data/raw", Path(g.gbff).name))
+        assert b.domain == genome_domain(str(raw_corpus / Path(g.gbff).name))
     assert bare.model == genbank.model and bare.train == genbank.train
 
 

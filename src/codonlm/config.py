@@ -66,6 +66,8 @@ class DatasetSpec(_Section):
         "metagenome mode")
     min_len: int = Field(30, ge=1, description="minimum CDS length in sense codons (stop excluded)")
     transl_table: int = Field(11, ge=1, description="genetic code when a CDS has no /transl_table")
+    domain: str | None = Field(None, description="Bacteria, Archaea ... for stage 2's domain task (default: the "
+                               "GenBank lineage; FASTA and GFF3 name none)")
 
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> DatasetSpec:
@@ -102,6 +104,13 @@ class DataConfig(_Section):
     windows_per_seq: PositiveIntOrAuto = Field("auto", description="cap on the windows one gene may fill; auto: "
                                                "as many as it needs (full coverage)")
     val_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes in validation (split by protein)")
+    split_by: Literal["protein", "cluster"] = Field(
+        "protein", description="protein: identical proteins never straddle train/val/test; cluster: MMseqs2 "
+        "clusters of similar proteins (cluster_identity, cluster_coverage) go whole to one split")
+    cluster_identity: float = Field(0.5, gt=0.0, le=1.0, description="split_by cluster: minimum sequence identity "
+                                    "that puts two proteins in one cluster")
+    cluster_coverage: float = Field(0.8, gt=0.0, le=1.0, description="split_by cluster: minimum alignment "
+                                    "coverage of both proteins")
     test_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes held out for evaluation")
     pack_mode: Literal["multi", "single"] = Field("multi", description="multi: genes joined by <SEP> in a "
                                                   "window; single: one gene per window (A/B switch)")
@@ -355,7 +364,6 @@ def config_reference_markdown() -> str:
                 lines.append(_reference_row(f"{section}.{name}", field))
                 continue
             lines.append(_reference_row("data.datasets[]", field, "list of {name, gbff or fasta/gff, gene_calling, "
-                                        "min_len, transl_table}, "
-                                        "at least one"))
+                                        "min_len, transl_table, domain}, at least one"))
             lines += [_reference_row(f"data.datasets[].{n}", f) for n, f in DatasetSpec.model_fields.items()]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,9 @@
 
 The key hashes everything that decides the bytes: the format version, the vocabulary, and per
 config dataset (in order) its name, the sha256 of each input file, min_len and transl_table (and
-for FASTA/GFF3 entries the input kind, gene_calling and the caller's version), plus block_size, pack_mode, windows_per_seq, val_frac, test_frac and the seed. Two configs that
+for FASTA/GFF3 entries the input kind, gene_calling and the caller's version), plus block_size, pack_mode, windows_per_seq, val_frac, test_frac and the seed; under
+data.split_by: cluster also the cluster settings, the MMseqs2 version and a digest of what decides
+every dataset's proteins (a cluster split of one dataset depends on all of them). Two configs that
 differ in any of these never share a folder; two that agree share one, whatever the file paths.
 
 A run records the key it uses in runs/<RUN_ID>/prepared_data.json, with the sha256 of each split
@@ -78,6 +80,17 @@ def _input_kind(spec: DatasetSpec) -> dict:
     return {"input_kind": "fasta", "gene_calling": spec.gene_calling, "gene_caller": f"pyrodigal {version('pyrodigal')}"}
 
 
+def cluster_split_description(cfg: Config, descriptions: list[dict]) -> dict:
+    """What decides a cluster split: the settings, the MMseqs2 version, and what decides the proteins of
+    every dataset of the corpus (its input files and extraction settings)."""
+    from codonlm.data.homology import mmseqs_version
+
+    protein_fields = ("inputs_sha256", "min_len", "transl_table", "input_kind", "gene_calling", "gene_caller")
+    corpus = [{k: desc[k] for k in protein_fields if k in desc} for desc in descriptions]
+    return {"split_by": "cluster", "cluster_identity": cfg.data.cluster_identity,
+            "cluster_coverage": cfg.data.cluster_coverage, "mmseqs": mmseqs_version(), "corpus": _digest({"c": corpus})}
+
+
 def hash_inputs(cfg: Config) -> dict[str, list[str]]:
     """sha256 of every input file, per dataset (files hashed in parallel threads)."""
     from codonlm.data.inputs import dataset_paths
@@ -94,6 +107,9 @@ def data_key(cfg: Config, input_sha256: dict[str, list[str]] | None = None) -> D
     if input_sha256 is None:
         input_sha256 = hash_inputs(cfg)
     descriptions = [part_description(cfg, spec, input_sha256[spec.name]) for spec in cfg.data.datasets]
+    if cfg.data.split_by == "cluster":  # a dataset's split then depends on every dataset's proteins
+        split = cluster_split_description(cfg, descriptions)
+        descriptions = [{**desc, "split": split} for desc in descriptions]
     parts = tuple(PartKey(desc["dataset"], _digest(desc), desc) for desc in descriptions)
     description = {"format_version": FORMAT_VERSION, "datasets": descriptions}
     return DataKey(_digest(description), description, parts)

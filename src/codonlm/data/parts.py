@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,21 @@ def assign_splits(proteins: list[str], seed: int, val_frac: float, test_frac: fl
     split[u < test_frac + val_frac] = SPLITS.index("val")
     split[u < test_frac] = SPLITS.index("test")
     return split, hashes
+
+
+@cache
+def _split_table(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as table:
+        return table["hashes"], table["splits"]
+
+
+def table_splits(path: str, hashes: np.ndarray) -> np.ndarray:
+    """The split of each protein hash in a split table (sorted hashes, a split each)."""
+    known, splits = _split_table(path)
+    where = np.minimum(np.searchsorted(known, hashes), max(0, known.size - 1))
+    if known.size == 0 or not np.array_equal(known[where], hashes):
+        raise RuntimeError(f"{path}: a protein is missing from the cluster split table; run prepare --force")
+    return splits[where]
 
 
 def summarise(counts: list[dict], window: int) -> dict:
@@ -271,6 +287,7 @@ class UnitSettings:
     seed: int
     val_frac: float
     test_frac: float
+    split_table: str | None = None  # split_by cluster: the protein hash -> split table (clusters.py)
 
 
 @dataclass(frozen=True)
@@ -301,6 +318,8 @@ def build_unit(unit: Unit) -> UnitResult:
     for batch in extract_input_records(unit.source, s.min_len, s.transl_table, stats):  # one record at a time
         lengths = np.diff(np.asarray(batch.offsets, dtype=np.int64))
         split_index, protein_hashes = assign_splits(batch.proteins(), s.seed, s.val_frac, s.test_frac)
+        if s.split_table is not None:  # the split of each protein's cluster instead
+            split_index = table_splits(s.split_table, protein_hashes)
         for k, split in enumerate(SPLITS):
             members = split_index == k
             if not members.any():
@@ -318,7 +337,7 @@ def build_unit(unit: Unit) -> UnitResult:
                       time.perf_counter() - t0)
 
 
-def _pool_context():
+def pool_context():
     """fork while this process runs no other Python thread (cheapest: workers start with everything
     imported; native pools such as OpenBLAS's or torch's are idle, and workers never call into them);
     forkserver otherwise, spawn off Linux."""
@@ -340,7 +359,7 @@ def unit_results(units: list[Unit], workers: int) -> Iterator[Callable[[int], Un
     if workers <= 1 or len(units) <= 1:
         yield lambda i: build_unit(units[i])  # asked for in order: one unit at a time
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_pool_context())
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=pool_context())
     try:
         # largest first (ties in order), so that no worker is left with a big file when the others are done
         futures = {i: pool.submit(build_unit, units[i]) for i in sorted(range(len(units)), key=lambda i: -units[i].size)}

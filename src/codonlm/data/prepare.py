@@ -23,6 +23,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from codonlm.config import Config, DatasetSpec, config_sha256
+from codonlm.data.clusters import build_split_table, split_report, split_table_path
 from codonlm.data.codons import VOCAB_SIZE, save_itos
 from codonlm.data.inputs import check_input_path, dataset_paths
 from codonlm.data.layout import (
@@ -91,10 +92,22 @@ def input_sha256(inputs: list[dict]) -> list[str]:
 def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[PartPlan]:
     d = cfg.data
     max_chunks = None if d.windows_per_seq == "auto" else int(d.windows_per_seq)
+    table = str(split_table_path(Path(d.processed_dir), key.key)) if d.split_by == "cluster" else None
     return [PartPlan(part, spec, inputs[spec.name],
                      UnitSettings(spec.min_len, spec.transl_table, cfg.model.block_size + 1, d.pack_mode == "multi",
-                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac))
+                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table))
             for part, spec in zip(key.parts, d.datasets, strict=True)]
+
+
+def _build_missing(root: Path, cfg: Config, plans: list[PartPlan], chosen: list[PartPlan], workers: int,
+                   show_progress: bool) -> None:
+    """Build the parts of `chosen` that are missing (their locks held); under split_by cluster, first the
+    split table of the whole corpus (`plans`) when it is not there."""
+    missing = _missing_parts(root, chosen)
+    table = plans[0].settings.split_table
+    if missing and table is not None and not Path(table).is_file():
+        build_split_table(Path(table), plans, cfg.data.cluster_identity, cfg.data.cluster_coverage, workers)
+    build_parts(root, missing, workers, show_progress)
 
 
 def _cyclic_gc_paused(fn):
@@ -140,7 +153,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
     if setting in (None, "auto") and text_bytes < _PARALLEL_MIN_BYTES:
         n_workers = 1
     if datasets is not None:
-        return _prepare_parts(root, plans, datasets, n_workers, show_progress)
+        return _prepare_parts(root, cfg, plans, datasets, n_workers, show_progress)
     if run_dir is not None:
         _check_run_binding(Path(run_dir), key.key)
 
@@ -158,7 +171,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
             report = read_json(folder / "report.json")
         else:
             with _parts_locked(root, plans):
-                build_parts(root, _missing_parts(root, plans), n_workers, show_progress)
+                _build_missing(root, cfg, plans, plans, n_workers, show_progress)
                 report = _merge(root, key, plans, inputs, folder, force, n_workers, t0)
     if not report["integrity"]["ok"] and not force:
         if run_dir is not None:
@@ -174,7 +187,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
     return report
 
 
-def _prepare_parts(root: Path, plans: list[PartPlan], datasets: list[str], workers: int,
+def _prepare_parts(root: Path, cfg: Config, plans: list[PartPlan], datasets: list[str], workers: int,
                    show_progress: bool) -> dict:
     """prepare --datasets: only these datasets' parts, for one machine's share of the work."""
     known = [p.spec.name for p in plans]
@@ -183,7 +196,7 @@ def _prepare_parts(root: Path, plans: list[PartPlan], datasets: list[str], worke
         raise UserError(f"--datasets: no dataset named '{unknown[0]}' in the config; names: {', '.join(known)}")
     chosen = [p for p in plans if p.spec.name in datasets]
     with _parts_locked(root, chosen):
-        build_parts(root, _missing_parts(root, chosen), workers, show_progress)
+        _build_missing(root, cfg, plans, chosen, workers, show_progress)
     return {"parts": {p.spec.name: str(part_dir(root, p.key.key)) for p in chosen}}
 
 
@@ -274,9 +287,15 @@ def _report(key: DataKey, plans: list[PartPlan], part_reports: list[dict], input
         "kept_cds": sum(r["extraction"]["kept"] for r in part_reports), "dropped_cds": dropped,
         "input_bytes": sum(i["bytes"] for v in inputs.values() for i in v),
         "input_uncompressed_bytes": sum(i["uncompressed_bytes"] for v in inputs.values() for i in v),
-        "integrity": _integrity(totals), "workers": workers,
+        "integrity": _integrity(totals), "workers": workers, "split": _split_summary(plans),
         "timings_s": {name: r["seconds"] for name, r in zip(names, part_reports, strict=True)},
     }  # fmt: skip
+
+
+def _split_summary(plans: list[PartPlan]) -> dict:
+    """How genes were split: by protein, or by MMseqs2 cluster (its settings, counts and time)."""
+    table = plans[0].settings.split_table
+    return {"split_by": "protein"} if table is None else (split_report(Path(table)) or {"split_by": "cluster"})
 
 
 def _integrity(splits: dict[str, dict]) -> dict:

@@ -96,8 +96,8 @@ def heldout_table(run_cfg, run_id: str, processed: Path, per_genome: int | None 
     domains: dict[str, str] = {}
     for name, spec in specs.items():
         try:
-            # only GenBank names the lineage; FASTA and GFF3 inputs leave the domain unknown
-            domains[name] = genome_domain(spec.files[0]) if spec.kind == "gbff" else "unknown"
+            # the config's word, else the GenBank lineage (FASTA and GFF3 name none)
+            domains[name] = spec.domain or (genome_domain(spec.files[0]) if spec.kind == "gbff" else "unknown")
         except UserError as exc:
             log(f"[stage2] domain of {name} unknown ({exc})")
             domains[name] = "unknown"
