@@ -102,3 +102,14 @@ def test_missing_mmseqs_is_one_line_exit_2(tmp_path, capsys, monkeypatch, tiny_c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mmseqs2" in err[0] and "apt-get install" in err[0]
     assert not list((tmp_path / "processed").glob("*/manifest.json"))  # nothing prepared
+
+
+def test_best_identity_known_answer(mmseqs):
+    """A copy with every fifth residue changed is found at 80% identity; an unrelated protein not at all."""
+    rng = random.Random(1)
+    aas = [a for a in SYNONYMS if a not in "*MW"]
+    protein = "".join(rng.choice(aas) for _ in range(200))
+    copy = "".join("W" if i % 5 == 0 else a for i, a in enumerate(protein))
+    unrelated = "".join(rng.choice(aas) for _ in range(150))
+    best = best_identity([protein, unrelated], [copy])
+    assert abs(best[0] - 0.8) < 0.01 and best[1] == 0.0
