@@ -63,9 +63,10 @@ def cluster_proteins(proteins: list[str], identity: float, coverage: float, thre
     return representative
 
 
-def best_identity(queries: list[str], targets: list[str], threads: int = 1) -> np.ndarray:
+def best_identity(queries: list[str], targets: list[str], threads: int = 1, coverage: float = 0.0) -> np.ndarray:
     """For each query protein, the highest sequence identity (0..1) of an MMseqs2 hit among the targets
-    (0 when it has none): easy-search at its default sensitivity, every hit kept."""
+    (0 when it has none): easy-search at its default sensitivity, every hit kept that covers `coverage`
+    of both proteins (0: local hits of any length count)."""
     best = np.zeros(len(queries))
     if not queries or not targets:
         return best
@@ -74,7 +75,8 @@ def best_identity(queries: list[str], targets: list[str], threads: int = 1) -> n
         _write_fasta(work / "queries.fa", queries)
         _write_fasta(work / "targets.fa", targets)
         _mmseqs(["easy-search", "queries.fa", "targets.fa", "hits.m8", "tmp", "--format-output", "query,target,fident",
-                 "--max-seqs", "300", "--threads", str(threads), "-v", "1"], work)
+                 "--max-seqs", "300", "-c", str(coverage), "--cov-mode", "0", "--threads", str(threads), "-v", "1"],
+                work)
         text = (work / "hits.m8").read_text()
     if text.strip():
         hits = np.loadtxt(text.splitlines(), dtype=np.float64, ndmin=2)
