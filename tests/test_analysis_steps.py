@@ -164,6 +164,14 @@ def test_saliency_step(ctx):
     by_distance = pd.read_csv(out / "saliency_by_distance.csv")
     sums = by_distance.groupby(["model", "prediction", "method"]).share.sum()
     assert ((sums > 0) & (sums <= 1 + 1e-9)).all()
+    # every significant k-mer of the trained model is tested against random init; a learned one passed that test
+    tested = motifs[(motifs.model == "trained") & motifs.significant]
+    assert tested.p_vs_random_init_adjusted.between(0, 1).all() and motifs.p_vs_random_init[~motifs.index.isin(
+        tested.index)].isna().all()
+    assert (motifs.learned == (motifs.index.isin(tested.index) & (motifs.p_vs_random_init_adjusted < 0.05))).all()
+    assert result["n_learned_kmers"] == int(motifs.learned.sum()) and "sign test" in result["motif_test"]
+    assert (result["learned_motif"] is None) == (result["n_learned_kmers"] == 0)
+    assert ("no learned motif" in result["reading"]) == (result["learned_motif"] is None)
 
 
 def test_kmer_enrichment_finds_a_planted_motif():
@@ -174,6 +182,55 @@ def test_kmer_enrichment_finds_a_planted_motif():
     assert counts.loc["AAA", "log2_enrichment"] > 1 > counts.loc["CCC", "log2_enrichment"]
     assert counts.loc["CCC", "count_top"] == 0 and counts.loc["CCC", "p_value"] == 1.0
     assert counts.loc["AAA", "p_adjusted"] == pytest.approx(4 * counts.loc["AAA", "p_value"])  # 4 k-mers tested
+
+
+def _planted_positions(random_init_tops_ggg: bool, rows: int = 40, length: int = 12) -> pd.DataFrame:
+    """Saliency positions of both models on the same contexts: every row ends in the stop codon TAA (top for
+    both models, as the stop codon is for any <EOS_CDS> prediction) and holds GGG at codons 3 and 5; codon
+    5's GGG is top for the trained model, and for random init only when `random_init_tops_ggg`."""
+    from codonlm.data.codons import CODON_OFFSET, CODONS
+
+    rng = np.random.default_rng(0)
+    pool = [c for c in CODONS if c not in ("TAA", "TAG", "TGA", "GGG")]
+    frames = []
+    for model in ("trained", "random_init"):
+        rng_rows = np.random.default_rng(1)  # the same contexts for both models
+        for r in range(rows):
+            codons = list(rng_rows.choice(pool, size=length))
+            codons[3], codons[5], codons[-1] = "GGG", "GGG", "TAA"
+            top = np.zeros(length, dtype=bool)
+            others = rng.choice([i for i in range(length - 1) if i not in (3, 5)], size=2, replace=False)
+            top[[-1, others[0], 5 if model == "trained" or random_init_tops_ggg else others[1]]] = True  # 3 per row
+            frames.append(pd.DataFrame({"model": model, "prediction": "eos", "row": r, "index": np.arange(length),
+                                        "token": [CODON_OFFSET + CODONS.index(c) for c in codons], "codon": codons,
+                                        "top": top}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_a_motif_is_learned_only_beyond_random_init():
+    for random_init_tops_ggg in (False, True):
+        positions = _planted_positions(random_init_tops_ggg)
+        tables = analyze_saliency.kmer_tables(positions)
+        motifs = analyze_saliency.against_random_init(analyze_saliency.enriched_kmers(tables, positions.top),
+                                                      tables, positions)
+        trained = motifs[(motifs.model == "trained") & (motifs.k == 1)].set_index("kmer")
+        assert trained.loc["TAA", "significant"] and trained.loc["GGG", "significant"]
+        assert trained.loc["TAA", "only_trained"] == trained.loc["TAA", "only_random_init"] == 0
+        assert trained.loc["TAA", "p_vs_random_init"] == 1.0 and not trained.loc["TAA", "learned"]
+        assert trained.loc["TAA", "random_init_log2_enrichment"] == pytest.approx(trained.loc["TAA", "log2_enrichment"])
+        assert trained.loc["GGG", "learned"] == (not random_init_tops_ggg)
+        if not random_init_tops_ggg:  # 40 occurrences top for the trained model only: p = 2^-40 before Bonferroni
+            assert trained.loc["GGG", "only_trained"] == 40 and trained.loc["GGG", "only_random_init"] == 0
+            assert trained.loc["GGG", "p_vs_random_init"] == pytest.approx(0.5 ** 40)
+        mine = motifs[(motifs.model == "trained") & motifs.significant]
+        result = {"learned_motif": analyze_saliency.motif_entry(mine[mine.learned]),
+                  "trained": {"top_motif": analyze_saliency.motif_entry(mine)}}
+        text = analyze_saliency.motif_reading(result, {"TAA", "TAG", "TGA"})
+        if random_init_tops_ggg:
+            assert result["learned_motif"] is None and result["trained"]["top_motif"]["kmer"] == "TAA"
+            assert text.startswith("no learned motif beyond the stop codon: the trained model's top k-mer TAA")
+        else:
+            assert result["learned_motif"]["kmer"] == "GGG" and text.startswith("learned motif GGG")
 
 
 # ---- batching -------------------------------------------------------------------------------------

@@ -52,6 +52,37 @@ def test_unknown_key_names_closest():
     assert "did you mean 'min_len'" in _error(raw)
 
 
+@pytest.mark.parametrize("section,key,suggestion", [
+    ("train", "learning_rate", "lr"),  # a common alias, not the nearest spelling (weight_decay)
+    ("train", "n_epochs", "epochs"),
+    ("train", "block_size", "model.block_size"),  # a valid key in another section: named with it
+    ("model", "d_model", "n_embd"),
+    (None, "learning_rate", "train.lr"),
+    ("schedule", "min_learning_rate", "min_lr"),
+])
+def test_unknown_key_suggests_across_the_schema(section, key, suggestion):
+    raw = _base()
+    (raw[section] if section else raw)[key] = 1
+    where = f"{section}.{key}" if section else key
+    assert _error(raw) == f"cfg.yaml: unknown config key '{where}'; did you mean '{suggestion}'?"
+
+
+def test_misspelt_required_key_is_named_not_reported_as_missing():
+    raw = _base()
+    raw["data"]["datasets"][0]["gbf"] = raw["data"]["datasets"][0].pop("gbff")
+    msg = _error(raw)
+    assert msg == ("cfg.yaml: unknown config key 'data.datasets.0.gbf'; did you mean 'gbff'? "
+                   "(gbff is required: rename gbf to gbff)")
+
+
+def test_unknown_key_like_nothing_lists_the_valid_keys():
+    raw = _base()
+    raw["schedule"]["banana"] = 1
+    msg = _error(raw)
+    assert msg == ("cfg.yaml: unknown config key 'schedule.banana'; valid keys there: scheduler, warmup_steps, "
+                   "min_lr, plateau_patience, early_stop_patience")
+
+
 @pytest.mark.parametrize(
     "section,key,value,needle",
     [

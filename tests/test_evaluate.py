@@ -13,13 +13,12 @@ import torch
 
 from codonlm.cli import main
 from codonlm.config import parse_config
-from codonlm.data.codons import clean_dna
+from codonlm.data.codons import clean_dna, read_dna_records
 from codonlm.data.layout import run_split_path
 from codonlm.data.prepare import prepare
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows, score_genes
 from codonlm.evaluate.query import run_query
-from codonlm.io import read_dna_records
 from codonlm.model.load import load_model
 from codonlm.train import loop
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import warnings
 
@@ -88,6 +89,72 @@ def test_pipeline_continues_dna_codon_by_codon_as_our_sampler(exported):
         expected = decode(ours)
         assert text == expected and text.startswith(prompt) and len(text) % 3 == 0
         assert len(ours) - len(encode(prompt)) == 15 or ours[-1] == EOS
+
+
+def endless_model() -> TinyGPT:
+    """A model that never ends a gene, so generation runs until its length limit: a large constant feature
+    in every embedding, which the tied output layer turns into a large margin against <EOS_CDS>."""
+    model = peaked_model(1)
+    with torch.no_grad():
+        model.wte.weight[:, 0] = 5.0
+        model.wte.weight[EOS, 0] = -5.0
+        model.ln_f.weight[0] = 1.0
+    return model
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _generate_without_arguments(out, prompt: str, n: int) -> tuple[list[str], list[str]]:
+    """n texts of pipeline("text-generation")(prompt), and every warning (logged or raised) on the way."""
+    generator = transformers.pipeline("text-generation", model=str(out))
+    logging.Logger.warning_once.cache_clear()  # transformers logs the context warning once per process
+    handler, logger = _Messages(), logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.manual_seed(0)
+            texts = [generator(prompt)[0]["generated_text"] for _ in range(n)]
+    finally:
+        logger.removeHandler(handler)
+    return texts, handler.messages + [str(w.message) for w in caught]
+
+
+def test_pipeline_without_arguments_samples_and_stops_within_the_context(tmp_path):
+    model = endless_model()
+    out = export_hf(model, tmp_path / "endless", ITOS)
+    config = json.loads((out / "generation_config.json").read_text())
+    assert config["eos_token_id"] == EOS and config["do_sample"] is True
+    assert config["max_length"] <= model.cfg.block_size
+    texts, messages = _generate_without_arguments(out, "ATGAAAGCT", 3)
+    assert not [m for m in messages if "maximum length" in m or "exceed" in m], messages
+    for text in texts:
+        assert text.startswith("ATGAAAGCT") and set(text) <= set("ACGT")
+        assert len(text) == 3 * (model.cfg.block_size - 1)  # <BOS_CDS> + codons fill the context, no more
+    assert len(set(texts)) == 3  # sampled: greedy would give the same gene three times
+
+
+def test_card_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    out = export_hf(endless_model(), tmp_path / "codon-model", ITOS)
+    code = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
+    assert 'generate("ATGAAAGCT")[0]' in code  # the pipeline without generation arguments
+    assert "tok.decode(out[0], skip_special_tokens=True)" in code
+    monkeypatch.chdir(tmp_path)  # the card names the folder as ./codon-model
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(code, {})
+    scored, *genes = capsys.readouterr().out.splitlines()
+    assert scored == "ATGAAAGCTTAA" and len(genes) == 2
+    for gene in genes:  # the pipeline's and generate()'s: DNA only, within the 64-token context
+        assert gene.startswith("ATGAAAGCT") and set(gene) <= set("ACGT") and len(gene) == 3 * 63
 
 
 def test_export_refuses_another_vocabulary(tmp_path):

@@ -126,7 +126,7 @@ def test_sampling_is_seeded_and_respects_budgets(run):
 
 def test_user_errors(run, tmp_path, capsys):
     _, cfg = run
-    with pytest.raises(UserError, match="no checkpoint for run 'nope'"):
+    with pytest.raises(UserError, match="unknown run id 'nope'.*; runs that exist: "):
         run_prefix_generation("nope", checkpoints_dir=str(tmp_path))
     with pytest.raises(UserError, match="temperatures"):
         run_prefix_generation("tiny", checkpoints_dir=cfg.outputs.out_dir, temperatures=(0.0,))
@@ -136,7 +136,7 @@ def test_user_errors(run, tmp_path, capsys):
         )
     assert main(["generate-prefix", "nope", "--checkpoints-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("codonlm generate-prefix: error: no checkpoint")
+    assert len(err) == 1 and err[0].startswith("codonlm generate-prefix: error: unknown run id 'nope'")
 
 
 def test_script_runs(run, monkeypatch, capsys):
@@ -148,4 +148,7 @@ def test_script_runs(run, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(REPO / "scripts" / "eval_generation_prefix.py"), run_name="__main__")
     assert exc.value.code == 0
-    assert "T=1.0: valid ORF" in capsys.readouterr().out and (tmp / "cli" / "summary.csv").is_file()
+    out = capsys.readouterr().out
+    assert "T=1.0: valid ORF" in out and (tmp / "cli" / "summary.csv").is_file()
+    cap = pd.read_csv(tmp / "cli" / "summary.csv").query("genome == 'all' and temperature == '1.0'").frac_hit_cap.iloc[0]
+    assert f"hit length cap {cap:.3f}" in out  # beside valid ORF: why a low valid-ORF share is low

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codonlm.data.codons import frame_gene
+from codonlm.data.codons import frame_gene, read_dna_records
 from codonlm.errors import UserError
-from codonlm.io import atomic_path, atomic_write, read_dna_records, read_fasta, read_split_genes, write_fasta
+from codonlm.io import atomic_path, atomic_write, read_fasta, read_split_genes, write_fasta
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):

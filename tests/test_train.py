@@ -156,6 +156,39 @@ def test_early_stopping_and_best_only_on_improvement(cfg_for, monkeypatch):
     assert best["epoch"] == 1 and best["best_val"] == 3.0  # saved after the first epoch completed
 
 
+def test_plateau_halves_after_exactly_patience_stalled_epochs():
+    from codonlm.train.schedule import Plateau
+
+    for patience in (1, 2, 3):
+        plateau = Plateau(lr=1.0, min_lr=0.1, patience=patience)
+        plateau.step(3.0)  # the first epoch sets the best
+        lrs = []
+        for stalled in range(1, 2 * patience + 1):
+            plateau.step(3.0 + stalled)
+            lrs.append(plateau.lr)
+        # halved by the patience-th stalled epoch, again by the (2 x patience)-th
+        assert lrs == [1.0] * (patience - 1) + [0.5] * patience + [0.25], patience
+        plateau.step(1.0)  # an improvement resets the count and keeps the lr
+        assert (plateau.lr, plateau.bad_epochs) == (0.25, 0)
+
+
+def test_plateau_lr_in_training_halves_in_the_epoch_after_the_stalled_one(cfg_for, monkeypatch):
+    cfg = cfg_for(epochs=3, eval_every=0, log_every=38)  # one curves row per epoch (38 steps each)
+    cfg.schedule.scheduler, cfg.schedule.plateau_patience = "plateau", 1
+    vals = iter([3.0, 3.5, 3.6])  # epoch 2 is the first (and, with patience 1, the only) stalled epoch needed
+    monkeypatch.setattr(loop, "evaluate_loss", lambda *a, **k: next(vals))
+    loop.train(cfg, "plateau")
+    lrs = [float(r["lr"]) for r in _curves(cfg, "plateau")]
+    assert lrs == pytest.approx([3e-3, 3e-3, 1.5e-3])
+
+
+def test_plateau_patience_zero_is_refused():
+    from codonlm.config import ScheduleConfig
+
+    with pytest.raises(ValueError, match="plateau_patience"):
+        ScheduleConfig(plateau_patience=0)
+
+
 def test_epochs_auto_prints_derivation(cfg_for, capsys):
     loop.train(cfg_for(epochs="auto", tokens_per_param=0.5, max_steps=3), "auto")
     lines = capsys.readouterr().out.splitlines()

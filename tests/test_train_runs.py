@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.runid import make_run_id
 from codonlm.train import loop
-from codonlm.train.precision import choose_precision
+from codonlm.train.precision import BF16_MARGIN, StepTiming, choose_precision
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +102,29 @@ def test_amp_auto_times_both_precisions_and_logs_why(short, monkeypatch, capsys)
     lines = capsys.readouterr().out.splitlines()
     why = [line for line in lines if "amp auto on CPU, timed on this model" in line]
     assert len(why) == 1, lines
-    m = re.search(r"bf16 ([\d,]+) tokens/s, fp32 ([\d,]+) tokens/s -> (\w+)", why[0])
-    bf16, fp32 = (float(m.group(i).replace(",", "")) for i in (1, 2))
-    assert m.group(3) == summary["precision"] == ("bfloat16" if bf16 > fp32 else "float32")
+    m = re.search(r"bf16 ([\d,]+) tokens/s, fp32 ([\d,]+) tokens/s -> (\w+) \(bf16 ([\d.]+)(?:-[\d.]+)?x fp32 in "
+                  r"(\d) interleaved repeats?;", why[0])
+    slowest, repeats = float(m.group(4)), int(m.group(5))
+    assert m.group(3) == summary["precision"] == ("bfloat16" if slowest >= BF16_MARGIN else "float32")
+    assert repeats == 5 if m.group(3) == "bfloat16" else 1 <= repeats <= 5
+    # the run records the measurement, the decision rule and the choice
+    record = json.loads((Path(short()["outputs"]["runs_dir"]) / "auto" / "precision.json").read_text())
+    assert record["amp"] == "auto" and record["dtype"] == summary["precision"] and record["reason"] in why[0]
+    timing = record["measurement"]
+    assert timing["repeats"] == repeats and len(timing["seconds_per_step"]["float32"]) == repeats
+    assert timing["bf16_speedup_min"] == pytest.approx(slowest, abs=0.01) and "in each of" in timing["rule"]
+    assert timing["bf16_speedup_per_repeat"] == pytest.approx(
+        [f / b for b, f in zip(timing["seconds_per_step"]["bfloat16"], timing["seconds_per_step"]["float32"], strict=True)],
+        rel=1e-3)
+    assert timing["tokens_per_s_median"]["float32"] == pytest.approx(float(m.group(2).replace(",", "")), abs=1)
     # timing ran on a copy with the RNG restored: training computed what a forced run computes
     forced = parse_config(short(amp=summary["precision"] == "bfloat16"))
     loop.train(forced, "forced")
     auto_w = torch.load(Path(forced.outputs.out_dir) / "auto" / "last.pt", weights_only=True)
     forced_w = torch.load(Path(forced.outputs.out_dir) / "forced" / "last.pt", weights_only=True)
-    assert auto_w["precision"]["dtype"] == summary["precision"]
+    assert auto_w["precision"] == {k: record[k] for k in ("dtype", "reason", "measurement")}
+    pinned = json.loads((Path(forced.outputs.runs_dir) / "forced" / "precision.json").read_text())
+    assert pinned["amp"] is forced.train.amp and pinned["measurement"] is None and "forces" in pinned["reason"]
     for k, v in auto_w["model"].items():
         torch.testing.assert_close(v, forced_w["model"][k], atol=0, rtol=0)
     # a resumed run keeps the precision it started with, without timing again
@@ -122,11 +137,67 @@ def test_amp_auto_times_both_precisions_and_logs_why(short, monkeypatch, capsys)
 
 def test_choose_precision_keeps_the_faster_and_forced_values():
     cpu = torch.device("cpu")
-    assert choose_precision("auto", cpu, lambda: {"bfloat16": 900.0, "float32": 1000.0}).dtype == "float32"
-    pick = choose_precision("auto", cpu, lambda: {"bfloat16": 2000.0, "float32": 1000.0})
-    assert pick.dtype == "bfloat16" and "bf16 2,000 tokens/s, fp32 1,000 tokens/s -> bfloat16 (2.00x)" in pick.reason
+
+    def timed(bf16_tokens_per_s: float, fp32_tokens_per_s: float):
+        return lambda: StepTiming(1000, {"bfloat16": [1000 / bf16_tokens_per_s] * 3,
+                                         "float32": [1000 / fp32_tokens_per_s] * 3})
+
+    assert choose_precision("auto", cpu, timed(900.0, 1000.0)).dtype == "float32"
+    pick = choose_precision("auto", cpu, timed(2000.0, 1000.0))
+    assert pick.dtype == "bfloat16"
+    assert "bf16 2,000 tokens/s, fp32 1,000 tokens/s -> bfloat16 (bf16 2.00x fp32 in 3 interleaved" in pick.reason
+    assert pick.measurement["bf16_speedup_per_repeat"] == [2.0] * 3 and pick.measurement["repeats"] == 3
     assert choose_precision(True, cpu, None).dtype == "bfloat16"
     assert choose_precision(False, cpu, None).dtype == "float32"
+
+
+def _timed_choice(monkeypatch, seconds) -> tuple[str, str, list[str]]:
+    """amp auto's choice (dtype, reason, the dtypes stepped in order) when step k of a dtype takes
+    seconds(dtype, k) on a fake clock: the real step_timer and choose_precision, no real timing."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from codonlm.train import precision
+
+    clock, steps = [0.0], []
+
+    def fake_step(model, optimizer, batch, autocast) -> int:
+        dtype = "float32" if autocast is contextlib.nullcontext else "bfloat16"
+        clock[0] += seconds(dtype, sum(d == dtype for d in steps))
+        steps.append(dtype)
+        return 512
+
+    monkeypatch.setattr(precision, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    model = torch.nn.Linear(4, 4)
+    timer = precision.step_timer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), None,
+                                 torch.device("cpu"), fake_step)
+    chosen = choose_precision("auto", torch.device("cpu"), timer)
+    return chosen.dtype, chosen.reason, steps
+
+
+@pytest.mark.parametrize("case,expected,pairs", [
+    ("busy moment", "float32", 2),  # fp32 is 2x faster; its first timed step met a busy machine (6x slower)
+    ("bf16 barely faster", "float32", 1),  # 5% is within the noise of a shared machine: not worth leaving fp32
+    ("bf16 emulated", "float32", 1),  # 8x slower: settled by the first timed pair, no more slow bf16 steps
+    ("bf16 clearly faster", "bfloat16", 5),
+    ("bf16 faster, one busy bf16 step", "float32", 3),  # evidence that does not hold in every pair keeps fp32
+])
+def test_amp_auto_decides_on_interleaved_repeats_with_a_margin(monkeypatch, case, expected, pairs):
+    seconds = {
+        "busy moment": lambda d, k: 1.0 if d == "bfloat16" else (3.0 if k == 1 else 0.5),
+        "bf16 barely faster": lambda d, k: 0.95 if d == "bfloat16" else 1.0,
+        "bf16 emulated": lambda d, k: 4.0 if d == "bfloat16" else 0.5,
+        "bf16 clearly faster": lambda d, k: 0.5 if d == "bfloat16" else 1.0,
+        "bf16 faster, one busy bf16 step": lambda d, k: (2.0 if k == 3 else 0.5) if d == "bfloat16" else 1.0,
+    }[case]
+    dtype, reason, steps = _timed_choice(monkeypatch, seconds)
+    assert dtype == expected, reason
+    # a warm-up pair, then the timed pairs, the dtype that goes first alternating
+    order = [("float32", "bfloat16"), ("bfloat16", "float32")]
+    assert steps == [d for i in range(1 + pairs) for d in order[i % 2]], steps
+    assert f"in {pairs} interleaved repeat{'s' * (pairs > 1)};" in reason
+    if case == "bf16 emulated":
+        assert "bf16 128 tokens/s, fp32 1,024 tokens/s -> float32 (bf16 0.12x fp32 in 1 interleaved repeat;" in reason
 
 
 @pytest.mark.parametrize("amp,dtype", [(False, torch.float32), (True, torch.bfloat16)])

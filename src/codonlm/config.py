@@ -141,13 +141,16 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1, description="optional hard cap on optimizer steps")
     optimizer: Literal["adamw", "adafactor"] = Field("adamw", description="A/B switch; adafactor wants lr ~1e-2")
     amp: bool | Literal["auto"] = Field(
-        "auto", description="auto: CUDA bf16 where supported, CPU the faster of bf16/fp32 timed on this "
-        "model at start, MPS autocast with fallback; true/false force bf16 autocast on or off")
+        "auto", description="auto: CUDA bf16 where supported, CPU bf16 only when timed clearly faster than fp32 "
+        "on this model at start (runs/<RUN_ID>/precision.json), MPS autocast with fallback; true/false pin bf16 "
+        "autocast on or off")
     use_checkpoint: bool = Field(False, description="activation checkpointing: less memory, more compute")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
     grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0: off)")
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before stopping")
     checkpoint_every: int = Field(200, ge=0, description="optimizer steps between mid-epoch last.pt (0: epoch ends only)")
+    checkpoint_minutes: float = Field(10.0, ge=0.0, description="minutes of wall time after which a mid-epoch "
+                                      "last.pt is also written (0: off); Ctrl-C/SIGTERM save last.pt too")
     log_every: int = Field(10, ge=1, description="optimizer steps between curves.csv rows (mean train loss since the last)")
     eval_every: int = Field(50, ge=0, description="steps between validations on a fixed subset (0: epoch ends only)")
     eval_windows: int = Field(256, ge=1, description="windows in that fixed validation subset")
@@ -159,7 +162,8 @@ class ScheduleConfig(_Section):
                                                     "plateau: warmup, then halve lr on a stalled val loss (A/B switch)")
     warmup_steps: int = Field(100, ge=0, description="linear warmup, optimizer steps")
     min_lr: float = Field(3e-5, ge=0.0, description="floor of the learning rate")
-    plateau_patience: int = Field(1, ge=0, description="plateau: epochs without improvement before halving lr")
+    plateau_patience: int = Field(1, ge=1, description="plateau: halve lr after this many epochs in a row "
+                                  "without a better val loss")
     early_stop_patience: int = Field(3, ge=1, description="epochs without a better val loss before stopping")
 
 
@@ -203,9 +207,44 @@ class Config(_Section):
         return self
 
 
-def _closest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return f"; did you mean '{match[0]}'?" if match else ""
+KEY_ALIASES = {  # names other trainers and habits use -> our key (suggested only where the schema has it)
+    **dict.fromkeys(("learning_rate", "max_lr", "peak_lr", "lr_max"), "lr"),
+    **dict.fromkeys(("min_learning_rate", "lr_min", "final_lr"), "min_lr"),
+    **dict.fromkeys(("n_epochs", "num_epochs", "max_epochs", "epoch"), "epochs"),
+    **dict.fromkeys(("max_iters", "num_steps", "total_steps"), "max_steps"),
+    **dict.fromkeys(("warmup", "warmup_iters", "num_warmup_steps"), "warmup_steps"),
+    **dict.fromkeys(("bs", "batch", "micro_batch_size"), "batch_size"),
+    **dict.fromkeys(("gradient_accumulation_steps", "grad_accum", "accumulation_steps"), "grad_accum_steps"),
+    **dict.fromkeys(("wd",), "weight_decay"),
+    **dict.fromkeys(("patience",), "early_stop_patience"),
+    **dict.fromkeys(("lr_scheduler", "lr_schedule"), "scheduler"),
+    **dict.fromkeys(("precision", "mixed_precision", "bf16", "fp16"), "amp"),
+    **dict.fromkeys(("n_layers", "num_layers", "layers"), "n_layer"),
+    **dict.fromkeys(("n_heads", "num_heads", "heads"), "n_head"),
+    **dict.fromkeys(("d_model", "n_embed", "hidden_size", "emb_dim", "embed_dim"), "n_embd"),
+    **dict.fromkeys(("context_length", "seq_len", "max_seq_len", "ctx_len", "context"), "block_size"),
+    **dict.fromkeys(("gbf", "gbk", "gb", "genbank", "genbank_file", "gbk_file"), "gbff"),
+    **dict.fromkeys(("random_seed",), "seed"),
+    **dict.fromkeys(("workers", "dataloader_workers"), "num_workers"),
+}
+
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    """The section model a field holds (itself, or the items of a list of sections), else None."""
+    import typing
+
+    inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else annotation
+    return inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+
+
+def _sections(model: type[BaseModel], prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
+    """`model` and every section below it, each with its key path ('data.datasets[].' for list items)."""
+    found = [(prefix, model)]
+    for name, field in model.model_fields.items():
+        if (inner := _section_type(field.annotation)) is not None:
+            is_list = inner is not field.annotation
+            found += _sections(inner, f"{prefix}{name}{'[]' if is_list else ''}.")
+    return found
 
 
 def _section_for(loc: tuple, root: type[BaseModel]) -> type[BaseModel]:
@@ -216,25 +255,56 @@ def _section_for(loc: tuple, root: type[BaseModel]) -> type[BaseModel]:
         field = model.model_fields.get(part)
         if field is None:
             break
-        ann = field.annotation
-        inner = getattr(ann, "__args__", (ann,))[0] if getattr(ann, "__origin__", None) is list else ann
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            model = inner
+        model = _section_type(field.annotation) or model
     return model
 
 
+def suggest_key(key: str, section: type[BaseModel], root: type[BaseModel]) -> str | None:
+    """The valid key a user most likely meant by `key` in `section`: a known alias, the same name in
+    another section (as its dotted path), else the closest spelling here, else anywhere in the schema."""
+    typed = key.strip().lower().replace("-", "_")
+    wanted = KEY_ALIASES.get(typed, typed)
+    everywhere = _sections(root)
+    if wanted in section.model_fields:
+        return wanted
+    elsewhere = [f"{path}{wanted}" for path, model in everywhere if wanted in model.model_fields]
+    if elsewhere:
+        return elsewhere[0]
+    if match := difflib.get_close_matches(typed, list(section.model_fields), n=1, cutoff=0.6):
+        return match[0]
+    paths = {name: f"{path}{name}" for path, model in everywhere for name in model.model_fields}
+    match = difflib.get_close_matches(typed, list(paths), n=1, cutoff=0.75)
+    return paths[match[0]] if match else None
+
+
+def _config_loc(loc: tuple) -> tuple:
+    """`loc` without the union-member parts pydantic appends (e.g. 'int', "literal['auto']"): not config keys."""
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in ("int", "str", "float", "bool")
+                                                                 or "[" in p or "-" in p)))
+
+
+def _unknown_key_message(loc: tuple, errors: list[dict], root: type[BaseModel]) -> str:
+    """'unknown config key ...' with the key meant (and, when that key is required, that renaming fixes
+    the 'Field required' pydantic also reports), or the valid keys of the section."""
+    section = _section_for(loc, root)
+    where = ".".join(str(p) for p in loc)
+    meant = suggest_key(str(loc[-1]), section, root)
+    if meant is None:
+        return f"unknown config key '{where}'; valid keys there: {', '.join(section.model_fields)}"
+    missing = any(e["type"] == "missing" and _config_loc(e["loc"]) == (*loc[:-1], meant) for e in errors)
+    required = f" ({meant} is required: rename {loc[-1]} to {meant})" if missing else ""
+    return f"unknown config key '{where}'; did you mean '{meant}'?{required}"
+
+
 def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
-    """One line: the first problem, where it is, and the nearest valid key for typos (keys of `root`,
-    default the run config)."""
-    first = err.errors()[0]
-    # drop the union-member parts pydantic appends (e.g. 'int', "literal['auto']"): not config keys
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p in ("int", "str", "float", "bool")
-                                                                          or "[" in p or "-" in p)))
-    where = ".".join(str(p) for p in loc) or "<top level>"
+    """One line: the first problem (an unknown key before the rest: a typo causes the others), where it
+    is, and the key meant for typos (keys of `root`, default the run config)."""
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = _config_loc(first["loc"])
     if first["type"] == "extra_forbidden":
-        section = _section_for(loc, root or Config)
-        hint = _closest(str(loc[-1]), list(section.model_fields))
-        return f"{source}: unknown config key '{where}'{hint}"
+        return f"{source}: {_unknown_key_message(loc, errors, root or Config)}"
+    where = ".".join(str(p) for p in loc) or "<top level>"
     msg = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     got_txt = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""

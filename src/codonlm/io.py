@@ -174,33 +174,6 @@ def write_fasta(path: str | Path, records: Iterable[tuple[str, str]], descriptio
         return SeqIO.write(recs, tmp, "fasta")
 
 
-def read_dna_records(dna: str | None = None, fasta: str | Path | None = None, stdin_text: str | None = None,
-                     skip_invalid: bool = False, table_id: int = 11) -> list[tuple[str, str]]:
-    """(name, clean DNA) pairs from a --dna string, a FASTA file (plain or gzipped), or stdin text (FASTA
-    or bare DNA), for a model to score: checked by `clean_sequences` (bad records named or skipped, records
-    with internal stop codons of `table_id` flagged or skipped)."""
-    from codonlm.data.codons import clean_sequences
-
-    if dna is not None:
-        records, source = [("seq1", dna)], "--dna"
-    else:
-        if fasta is not None:
-            text, source = read_text(fasta, "FASTA file"), str(fasta)
-        elif stdin_text is not None:
-            text, source = stdin_text, "stdin"
-        else:
-            raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
-        body, _ = fasta_body(text)
-        if ">" in body:
-            records = read_fasta_text(text, source)
-        else:  # bare DNA
-            records = [("seq1", body)] if body.strip() else []
-        if not records:
-            raise UserError(f"{source}: no sequences found (empty, or only comments); give FASTA records or bare DNA")
-    ids, seqs, _ = clean_sequences([n for n, _ in records], [s for _, s in records], source, skip_invalid, table_id)
-    return list(zip(ids, seqs, strict=True))
-
-
 # --------------------------------------------------------------------------- prepared splits
 
 SPLIT_GENE_ARRAYS = ("gene_tokens", "gene_offsets", "gene_dataset", "gene_names", "dataset_names")

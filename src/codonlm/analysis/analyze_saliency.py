@@ -10,6 +10,10 @@ the predicted token (the whole gene when shorter). From these: saliency by dista
 (k = 1..3, ending at a top position) enriched there against all positions of the same contexts
 (hypergeometric test), drawn as sequence logos: the "motifs" of analysis.sh. Controls: the
 random-init model, and top positions drawn at random (shuffled positions).
+
+A k-mer is reported as a learned motif only when it also beats the random-init model on the same
+occurrences (MOTIF_TEST: a paired sign test, `against_random_init`): the stop codon before <EOS_CDS>
+is top for any model, trained or not, so its enrichment alone says nothing about training.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ MIN_COUNT = 5  # a k-mer seen fewer times at top positions is not ranked
 ALPHA = 0.05  # on Bonferroni-adjusted p: a significant k-mer
 N_SHUFFLES = 20
 PREDICTIONS = ("stop_codon", "eos")  # predicted from the last sense codon / from the stop codon
+MOTIF_TEST = (
+    "a k-mer is a learned motif when it is significant for the trained model (top positions vs all positions, "
+    "one-sided hypergeometric, Bonferroni over the k-mers, alpha 0.05) and the trained model's saliency picks out "
+    "its occurrences more often than the random-init model's on the same contexts: exact one-sided sign test "
+    "(McNemar) on the occurrences at a top position of one model only, Bonferroni over the trained model's "
+    "significant k-mers, alpha 0.05")
 
 
 def run(ctx: AnalysisContext) -> dict:
@@ -55,7 +65,7 @@ def run(ctx: AnalysisContext) -> dict:
     positions["top"] = top_positions(positions, top)
     by_distance = distance_profile(positions, window)
     tables = kmer_tables(positions)
-    motifs = enriched_kmers(tables, positions.top)
+    motifs = against_random_init(enriched_kmers(tables, positions.top), tables, positions)
     shuffled = shuffled_control(positions, tables, np.random.default_rng([ctx.seed, 6]))
     write_csv(by_distance, out / "saliency_by_distance.csv")
     write_csv(positions[positions.top].drop(columns="top"), out / "top_positions.csv")
@@ -69,9 +79,11 @@ def run(ctx: AnalysisContext) -> dict:
                    "context_codons": contexts.length, "saliency_window": window, "saliency_top": top,
                    "ig_steps": [IG_STEPS, IG_STEPS_FINE], "ig_gap_tolerance": GAP_TOLERANCE,
                    "baseline": "the mean codon embedding at every codon, <BOS_CDS> kept",
-                   "shuffled_positions": shuffled})
-    result["top_motif"] = result["trained"]["top_motif"]
-    result["reading"] = reading(result)
+                   "shuffled_positions": shuffled, "motif_test": MOTIF_TEST})
+    learned = motifs[(motifs.model == "trained") & motifs.learned]
+    result.update({"n_learned_kmers": len(learned), "learned_motif": motif_entry(learned),
+                   "top_motif": result["trained"]["top_motif"]})
+    result["reading"] = reading(result, set(positions.codon[positions.amino_acid == "*"]))
     log(f"[{NAME}] {result['reading']}")
     return result
 
@@ -258,6 +270,41 @@ def enriched_kmers(tables: list[pd.DataFrame], top: pd.Series) -> pd.DataFrame:
                    "log2_enrichment", "p_value", "p_adjusted", "significant"]].reset_index(drop=True)
 
 
+def against_random_init(motifs: pd.DataFrame, tables: list[pd.DataFrame], positions: pd.DataFrame) -> pd.DataFrame:
+    """motifs.csv with, for the trained model's significant k-mers, the random-init model's saliency on the
+    same occurrences (both models see the same contexts, so each occurrence is a pair): its count at top
+    positions and fold, the occurrences top for the trained model only and for random init only, the
+    one-sided sign-test p that the trained model picks the k-mer out more often (p_vs_random_init, and
+    Bonferroni-adjusted over the k-mers tested), and `learned` (see MOTIF_TEST)."""
+    from scipy.stats import binom
+
+    frames = []
+    for table in tables:
+        pairs = table.assign(top=positions.top.loc[table.index], row=positions.row.loc[table.index],
+                             at=positions["index"].loc[table.index])
+        key = ["prediction", "row", "at"]
+        both = pairs[pairs.model == "trained"].merge(pairs[pairs.model == "random_init"][[*key, "top"]], on=key,
+                                                     suffixes=("", "_random_init"))
+        n_top = both.groupby("prediction").top_random_init.transform("sum")
+        frames.append(both.assign(n_top_random_init=n_top,
+                                  only_trained=both.top & ~both.top_random_init,
+                                  only_random_init=~both.top & both.top_random_init)
+                      .groupby(["prediction", "k", "kmer"])
+                      .agg(random_init_count_top=("top_random_init", "sum"), n_top_random_init=("n_top_random_init", "first"),
+                           only_trained=("only_trained", "sum"), only_random_init=("only_random_init", "sum"))
+                      .reset_index().assign(model="trained"))
+    paired = motifs.merge(pd.concat(frames), on=["model", "prediction", "k", "kmer"], how="left")
+    tested = (paired.model == "trained") & paired.significant
+    paired["random_init_log2_enrichment"] = np.log2(((paired.random_init_count_top + 0.5) / (paired.n_top_random_init + 0.5))
+                                                   / ((paired.count_all + 0.5) / (paired.n_all + 0.5)))
+    b, c = paired.only_trained, paired.only_random_init
+    paired["p_vs_random_init"] = binom.sf(b - 1, b + c, 0.5)  # P(at least b of the b + c discordant pairs)
+    paired["p_vs_random_init_adjusted"] = (paired.p_vs_random_init * max(int(tested.sum()), 1)).clip(upper=1.0)
+    paired.loc[~tested, ["p_vs_random_init", "p_vs_random_init_adjusted"]] = np.nan
+    paired["learned"] = tested & (paired.p_vs_random_init_adjusted < ALPHA)
+    return paired.drop(columns="n_top_random_init")
+
+
 def shuffled_control(positions: pd.DataFrame, tables: list[pd.DataFrame], rng: np.random.Generator) -> dict:
     """The best k-mer enrichment when the 'top' positions are drawn at random among the codons of
     each context (trained model's rows, same number per row): what chance alone gives."""
@@ -302,26 +349,47 @@ def motif_entry(motifs: pd.DataFrame, by: str = "log2_enrichment") -> dict | Non
         return None
     order = ["log2_enrichment", "p_value", "count_top"] if by == "log2_enrichment" else ["p_value", "log2_enrichment"]
     best = motifs.sort_values(order, ascending=[c == "p_value" for c in order]).iloc[0]
-    return {"prediction": best.prediction, "kmer": best.kmer, "k": int(best.k), "count_top": int(best.count_top),
-            "count_all": int(best.count_all), "fold_enrichment": float(2 ** best.log2_enrichment),
-            "p_adjusted": float(best.p_adjusted)}
+    entry = {"prediction": best.prediction, "kmer": best.kmer, "k": int(best.k), "count_top": int(best.count_top),
+             "count_all": int(best.count_all), "fold_enrichment": float(2 ** best.log2_enrichment),
+             "p_adjusted": float(best.p_adjusted)}
+    if best.model == "trained" and best.significant:  # compared with random init (against_random_init)
+        entry.update({"random_init_count_top": int(best.random_init_count_top),
+                      "random_init_fold_enrichment": float(2 ** best.random_init_log2_enrichment),
+                      "p_vs_random_init_adjusted": float(best.p_vs_random_init_adjusted),
+                      "learned": bool(best.learned)})
+    return entry
 
 
-def reading(result: dict) -> str:
+def motif_text(motif: dict | None) -> str:
+    if motif is None:
+        return "none significant"
+    return (f"{motif['kmer']} for {'<EOS_CDS>' if motif['prediction'] == 'eos' else 'the stop codon'} "
+            f"({motif['fold_enrichment']:.1f}x at top positions, {motif['count_top']} of {motif['count_all']}, "
+            f"adjusted p={motif['p_adjusted']:.1g})")
+
+
+def motif_reading(result: dict, stop_codons: set[str]) -> str:
+    """The learned motif, or why there is none: the trained model's top k-mer is as salient at random init."""
+    learned, top = result["learned_motif"], result["trained"]["top_motif"]
+    if learned is not None:
+        return (f"learned motif {motif_text(learned)}, {learned['random_init_fold_enrichment']:.1f}x at random init "
+                f"(paired sign test adjusted p={learned['p_vs_random_init_adjusted']:.1g})")
+    if top is None:
+        return "no learned motif (no significant codon k-mer)"
+    beyond = "the stop codon" if top["kmer"] in stop_codons else "what random init also picks out"
+    return (f"no learned motif beyond {beyond}: the trained model's top k-mer {motif_text(top)} is as salient at "
+            f"random init ({top['random_init_fold_enrichment']:.1f}x; paired sign test adjusted "
+            f"p={top['p_vs_random_init_adjusted']:.2g})")
+
+
+def reading(result: dict, stop_codons: set[str]) -> str:
     t, r = result["trained"], result["random_init"]
-
-    def motif_text(motif: dict | None) -> str:
-        if motif is None:
-            return "none significant"
-        return (f"{motif['kmer']} for {'<EOS_CDS>' if motif['prediction'] == 'eos' else 'the stop codon'} "
-                f"({motif['fold_enrichment']:.1f}x at top positions, {motif['count_top']} of {motif['count_all']}, "
-                f"adjusted p={motif['p_adjusted']:.1g})")
-
     return (f"<EOS_CDS> predictions put {t['eos']['ig_share_at_distance_0']:.0%} of their integrated-gradients "
             f"saliency on the stop codon itself (random init {r['eos']['ig_share_at_distance_0']:.0%}); "
-            f"top motif {motif_text(t['top_motif'])} (random init: {motif_text(r['top_motif'])}); "
-            f"{t['n_significant_kmers']} significant codon k-mers (random init {r['n_significant_kmers']}, shuffled "
-            f"positions {result['shuffled_positions']['n_significant_kmers_mean']:.1f}); {result['n_genes']} held-out genes")
+            f"{motif_reading(result, stop_codons)}; {t['n_significant_kmers']} significant codon k-mers, "
+            f"{result['n_learned_kmers']} beyond random init (random init {r['n_significant_kmers']} significant, "
+            f"shuffled positions {result['shuffled_positions']['n_significant_kmers_mean']:.1f}); "
+            f"{result['n_genes']} held-out genes")
 
 
 def draw_distance(by_distance: pd.DataFrame, window: int, out) -> None:
@@ -376,7 +444,8 @@ def draw_logos(positions: pd.DataFrame, table: pd.DataFrame, motifs: pd.DataFram
             ax.set_xlabel("codon:base (codon 0 = the salient codon, -1 the one before)")
             ax.set_ylabel("information (bits)")
             best = motif_entry(motifs[(motifs.model == label) & (motifs.prediction == prediction) & motifs.significant])
-            top_text = "" if best is None else f"; top k-mer {best['kmer']} ({best['fold_enrichment']:.1f}x)"
+            versus = {True: "; learned", False: "; as at random init"}.get(best.get("learned")) if best else None
+            top_text = "" if best is None else f"; top k-mer {best['kmer']} ({best['fold_enrichment']:.1f}x{versus or ''})"
             name = "<EOS_CDS>" if prediction == "eos" else "stop codon"
             ax.set_title(f"{label.replace('_', ' ')}: {name} prediction, n={int((mine & top).sum())}"
                          f"{top_text}", fontsize=9)

@@ -11,10 +11,17 @@ random embedding already identifies the codon, hence its amino acid). The contro
 same probe on the trained model's features with the probe-train labels shuffled (seeded), and
 scores it against the true held-out labels: what a probe reaches when the labels carry no
 information (class frequencies, probe bias). Selectivity = accuracy - control accuracy.
+
+A task whose accuracy would mean nothing on this sample is not fitted but reported as not
+applicable, with the reason (`not_applicable` in summary.json): one class only (the genome of
+origin of a one-genome run), a probe split holding one class, or a label of the whole gene
+(genome, GC3) with a class that has no probe-train or no probe-test gene (too few genes: the
+probe-train majority class may then be absent from the held-out genes, a "majority class" of 0.00).
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +43,7 @@ TOL = 1e-3
 L2 = 1 / 30  # weight penalty per sample (C = 1 / (L2 * n_train)), on standardised features. Strong: with
 # C = 1 (L2 ~ 1/3000 on the default run's 3,000 probe-train positions) the weakly decodable next amino
 # acid overfits below the majority class; simple probes are the point
+GENE_LEVEL_TASKS = ("genome", "gc3")  # one label per gene: the genes, not the positions, are the samples
 TASKS = {
     "current_aa": "amino acid of the current codon",
     "next_aa": "amino acid of the next codon",
@@ -146,8 +154,6 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, is_test: np.ndarray, seed: int)
     from threadpoolctl import threadpool_limits
 
     train = ~is_test
-    if np.unique(y[train]).size < 2:  # one class only: the probe is the majority vote
-        return float((y[is_test] == y[train][0]).mean())
     C = 1.0 / (L2 * int(train.sum()))
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=MAX_ITER, tol=TOL, random_state=seed))
     # one BLAS thread: these small fits run ~10x slower when threads fight over a busy machine's cores
@@ -156,12 +162,30 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, is_test: np.ndarray, seed: int)
         return float(probe.score(x[is_test], y[is_test]))
 
 
+def not_applicable(probes: ProbeSet, task: str) -> str | None:
+    """Why the task's probe accuracy would mean nothing on this sample, or None when it is applicable."""
+    y = probes.labels[task]
+    classes = np.unique(y)
+    if classes.size < 2:
+        return "only one genome in the run" if task == "genome" else "every sampled position has the same class"
+    for split, members in (("probe-train", ~probes.is_test), ("probe-test", probes.is_test)):
+        if np.unique(y[members]).size < 2:
+            return f"the {split} genes hold one class only"
+        if task in GENE_LEVEL_TASKS:
+            missing = sum(not (members & (y == c)).any() for c in classes)
+            if missing:
+                verb = "has" if missing == 1 else "have"
+                return (f"too few genes: {missing} of the {classes.size} classes {verb} no {split} gene "
+                        f"({np.unique(probes.gene[members]).size} {split} genes in all)")
+    return None
+
+
 def majority(y: np.ndarray, is_test: np.ndarray) -> float:
     top = np.bincount(y[~is_test]).argmax()
     return float((y[is_test] == top).mean())
 
 
-def _plot(table: pd.DataFrame, path, own_next_aa: float) -> None:
+def _plot(table: pd.DataFrame, path, own_next_aa: float, skipped: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,6 +195,14 @@ def _plot(table: pd.DataFrame, path, own_next_aa: float) -> None:
     styles = {"trained": ("tab:blue", "-", "o"), "control_task": ("tab:purple", ":", "s"),
               "random_init": ("tab:grey", "--", "x")}
     for ax, task in zip(axes, TASKS, strict=True):
+        ax.set_title(TASKS[task], fontsize=9)
+        ax.set_xlabel("layer (0 = embedding)")
+        ax.set_ylim(0, 1.02)
+        if task in skipped:
+            ax.text(0.5, 0.5, "not applicable:\n" + textwrap.fill(skipped[task], 28), ha="center", va="center",
+                    fontsize=8, transform=ax.transAxes)
+            ax.set_xticks([])
+            continue
         part = table[table.task == task]
         for model, (color, ls, marker) in styles.items():
             rows = part[part.model == model]
@@ -179,12 +211,9 @@ def _plot(table: pd.DataFrame, path, own_next_aa: float) -> None:
         ax.axhline(part.majority.iloc[0], color="k", lw=0.8, ls="-.", label="majority class")
         if task == "next_aa":
             ax.axhline(own_next_aa, color="tab:green", lw=1.0, ls="--", label="trained model's own prediction")
-        ax.set_title(TASKS[task], fontsize=9)
-        ax.set_xlabel("layer (0 = embedding)")
         ax.set_xticks(sorted(part.layer.unique()))
-        ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("probe accuracy on held-out genes")
-    handles, labels = axes[1].get_legend_handles_labels()
+    handles, labels = axes[list(TASKS).index("next_aa")].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, bbox_to_anchor=(0.5, -0.06))
     fig.suptitle("Linear probes on the residual stream: what each layer makes linearly readable")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
@@ -198,10 +227,13 @@ def run(ctx: AnalysisContext) -> dict:
     genes = [test.genes[g] for g in picked]
     genome = test.groups[picked].astype(np.int64)
     probes = sample_positions(ctx, genes, genome)
-    if probes.is_test.all() or not probes.is_test.any():
-        from codonlm.analysis.runner import StepNotRun
+    from codonlm.analysis.runner import StepNotRun
 
+    if probes.is_test.all() or not probes.is_test.any():
         raise StepNotRun(f"too few held-out genes ({len(genes)}) to split into probe-train and probe-test genes")
+    skipped = {task: why for task in TASKS if (why := not_applicable(probes, task)) is not None}
+    if len(skipped) == len(TASKS):
+        raise StepNotRun("no probe task applies to this sample: " + "; ".join(f"{t}: {w}" for t, w in skipped.items()))
     features, own_next_aa = {}, {}
     for label, m in ctx.models().items():
         features[label], predicted = residual_features(ctx, m, genes, probes, label)
@@ -209,7 +241,7 @@ def run(ctx: AnalysisContext) -> dict:
         own_next_aa[label] = float(hit[probes.is_test].mean())
     names = layer_names(ctx.cfg.model.n_layer)
     rows = []
-    fits = [(task, layer) for task in TASKS for layer in range(len(names))]
+    fits = [(task, layer) for task in TASKS if task not in skipped for layer in range(len(names))]
     for task, layer in ctx.progress(fits, desc=f"{NAME} (probes)", unit="layer"):
         y = probes.labels[task]
         base = majority(y, probes.is_test)
@@ -221,14 +253,16 @@ def run(ctx: AnalysisContext) -> dict:
                          "majority": base, "classes": int(np.unique(y).size)})
     table = pd.DataFrame(rows)
     write_csv(table, out / "accuracy_by_layer.csv")
-    _plot(table, out / "accuracy_by_layer.png", own_next_aa["trained"])
-    return _headline(table, probes, len(genes), own_next_aa)
+    _plot(table, out / "accuracy_by_layer.png", own_next_aa["trained"], skipped)
+    return _headline(table, probes, len(genes), own_next_aa, skipped)
 
 
-def _headline(table: pd.DataFrame, probes: ProbeSet, n_genes: int, own_next_aa: dict[str, float]) -> dict:
+def _headline(table: pd.DataFrame, probes: ProbeSet, n_genes: int, own_next_aa: dict[str, float],
+              skipped: dict[str, str]) -> dict:
     wide = table.pivot_table(index=["task", "layer"], columns="model", values="accuracy")
     by_layer, best, selectivity, chance = {}, {}, {}, {}
-    for task in TASKS:
+    fitted = [task for task in TASKS if task not in skipped]
+    for task in fitted:
         w = wide.loc[task]
         by_layer[task] = {m: [round(float(v), 4) for v in w[m]] for m in ("trained", "random_init", "control_task")}
         layer = int(w["trained"].idxmax())
@@ -239,9 +273,10 @@ def _headline(table: pd.DataFrame, probes: ProbeSet, n_genes: int, own_next_aa: 
     short = {"current_aa": "current aa", "next_aa": "next aa", "genome": "genome", "relative_position": "position",
              "gc3": "GC3"}
     reading = "best-layer probe accuracy, trained vs random init (majority class): " + "; ".join(
-        f"{short[t]} {best[t]['trained']:.2f} vs {best[t]['random_init']:.2f} ({chance[t]:.2f})" for t in TASKS)
+        f"{short[t]} {best[t]['trained']:.2f} vs {best[t]['random_init']:.2f} ({chance[t]:.2f})" if t in best
+        else f"{short[t]} not applicable ({skipped[t]})" for t in TASKS)
     reading += f"; the trained model's own next-aa prediction {own_next_aa['trained']:.2f}"
     return {"reading": reading, "genes": n_genes, "positions": int(probes.gene.size),
             "probe_test_positions": int(probes.is_test.sum()), "best_layer_accuracy": best,
             "selectivity_at_best_layer": selectivity, "majority_class": chance, "accuracy_by_layer": by_layer,
-            "model_own_next_aa_accuracy": own_next_aa}
+            "model_own_next_aa_accuracy": own_next_aa, "not_applicable": skipped}

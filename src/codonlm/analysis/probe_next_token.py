@@ -10,13 +10,16 @@ Over a seeded sample of held-out genes (each model sees the same contexts):
   shipped in python-codon-tables (`e_coli_316407`).
 - the loss split at codon targets: -log p(codon) = -log p(amino acid) - log p(codon | amino acid)
   (the stops are one "amino acid"); beside it the same split for a per-genome codon-usage model.
-- <EOS_CDS>: its probability right after the in-frame stop codon vs at every other codon.
+- <EOS_CDS>: its probability right after the in-frame stop codon vs at every other codon (not
+  applicable, and said so, when no sampled gene ends inside the window the model sees).
 - P(next codon = the current one): a random-init model with tied embeddings puts extra mass on
   repeating its input, so its expected usage echoes the genome's (its RSCU r is not 0).
 - start codons: the first-codon distribution after <BOS_CDS> vs the genomes' first codons.
 """
 
 from __future__ import annotations
+
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -264,7 +267,8 @@ def _plot_loss_split(split: pd.DataFrame, path) -> None:
     save_figure(fig, path)
 
 
-def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path) -> None:
+def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path, no_stops: str | None) -> None:
+    """P(<EOS_CDS>) after the stop vs elsewhere (or why there is no 'after the stop'), and the first codons."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,11 +276,16 @@ def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     x = np.arange(len(eos))
-    a.bar(x - 0.2, eos["p_eos_after_stop"], 0.4, label="after the in-frame stop codon", color="tab:red")
-    a.bar(x + 0.2, eos["p_eos_elsewhere"], 0.4, label="after any other codon", color="tab:grey")
-    a.set_xticks(x, eos["model"])
+    bars = eos[["p_eos_after_stop", "p_eos_elsewhere"]].astype(float)
+    if no_stops is None:
+        a.bar(x - 0.2, bars["p_eos_after_stop"], 0.4, label="after the in-frame stop codon", color="tab:red")
+    else:
+        a.text(0.5, 0.75, "after the stop codon: not applicable\n" + textwrap.fill(no_stops, 60), ha="center",
+               va="center", fontsize=8, transform=a.transAxes)
+    a.bar(x + 0.2, bars["p_eos_elsewhere"], 0.4, label="after any other codon", color="tab:grey")
+    a.set_xticks(x, [m.replace("_", " ") for m in eos["model"]])
     a.set_yscale("log")
-    a.set_ylim(min(eos[["p_eos_after_stop", "p_eos_elsewhere"]].min().min() / 3, 1e-3), 1.5)
+    a.set_ylim(min(bars.min().min() / 3, 1e-3), 1.5)
     a.set_ylabel("mean P(<EOS_CDS>) (log scale)")
     a.set_title("Does the model end the gene at the stop codon?")
     a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
@@ -362,14 +371,19 @@ def loss_split_table(tallies: dict[str, _Tally], usage: np.ndarray, names: list[
     return pd.DataFrame(rows)
 
 
+def mean_or_none(values: np.ndarray, reduce=np.mean) -> float | None:
+    """A mean (or `reduce`) that is None, not NaN with a warning, over no values."""
+    return float(reduce(values)) if values.size else None
+
+
 def eos_table(tallies: dict[str, _Tally]) -> pd.DataFrame:
     rows = []
     for label, t in tallies.items():
         after, elsewhere = np.concatenate(t.eos_after_stop), np.concatenate(t.eos_elsewhere)
-        rows.append({"model": label, "stops": after.size, "p_eos_after_stop": float(after.mean()),
-                     "median_p_eos_after_stop": float(np.median(after)),
+        rows.append({"model": label, "stops": after.size, "p_eos_after_stop": mean_or_none(after),
+                     "median_p_eos_after_stop": mean_or_none(after, np.median),
                      "eos_top1_after_stop": t.eos_top_after_stop / max(after.size, 1),
-                     "p_eos_elsewhere": float(elsewhere.mean()), "positions_elsewhere": elsewhere.size,
+                     "p_eos_elsewhere": mean_or_none(elsewhere), "positions_elsewhere": elsewhere.size,
                      "p_repeat_current_codon": t.repeat[0] / max(t.repeat[1], 1)})
     return pd.DataFrame(rows)
 
@@ -396,11 +410,25 @@ def run(ctx: AnalysisContext) -> dict:
     starts = _start_table({label: first_codon_probs(m, ctx.device) for label, m in ctx.models().items()},
                           first_counts)
     write_csv(starts, out / "start_codons.csv")
-    _plot_eos_start(eos, starts, out / "eos_start.png")
-    return _headline(r_table, split, eos, starts, coli, len(genes))
+    not_applicable = {}
+    if (eos["stops"] == 0).all():
+        not_applicable["p_eos_after_stop"] = (f"no sampled gene ends within the model's window of "
+                                              f"{ctx.cfg.model.block_size} tokens, so no stop codon is followed by "
+                                              "its <EOS_CDS> target")
+    _plot_eos_start(eos, starts, out / "eos_start.png", not_applicable.get("p_eos_after_stop"))
+    return {**_headline(r_table, split, eos, starts, coli, len(genes), not_applicable),
+            "not_applicable": not_applicable}
 
 
-def _headline(r_table, split, eos, starts, coli, n_genes) -> dict:
+def _eos_reading(result: dict, not_applicable: dict[str, str]) -> str:
+    if "p_eos_after_stop" in not_applicable:
+        return f"P(<EOS_CDS>) after the stop not applicable ({not_applicable['p_eos_after_stop']})"
+    return (f"P(<EOS_CDS>) after the stop {result['p_eos_after_stop']['trained']:.2f} vs "
+            f"{result['p_eos_elsewhere']['trained']:.1e} elsewhere "
+            f"(random init {result['p_eos_after_stop']['random_init']:.3f})")
+
+
+def _headline(r_table, split, eos, starts, coli, n_genes, not_applicable: dict[str, str]) -> dict:
     pooled = split[split.genome == "all"].set_index("model")
     e = eos.set_index("model")
     s = starts.set_index("codon")
@@ -413,7 +441,8 @@ def _headline(r_table, split, eos, starts, coli, n_genes) -> dict:
         "aa_choice_nats": {lab: float(pooled.loc[lab, "aa_choice_nats"]) for lab in labels},
         "synonymous_choice_nats": {lab: float(pooled.loc[lab, "synonymous_choice_nats"]) for lab in labels},
         "synonymous_choice_nats_codon_usage_model": float(pooled.loc["genome_codon_usage", "synonymous_choice_nats"]),
-        "p_eos_after_stop": {lab: float(e.loc[lab, "p_eos_after_stop"]) for lab in labels},
+        "p_eos_after_stop": {lab: None if "p_eos_after_stop" in not_applicable else float(e.loc[lab, "p_eos_after_stop"])
+                             for lab in labels},
         "p_eos_elsewhere": {lab: float(e.loc[lab, "p_eos_elsewhere"]) for lab in labels},
         "p_repeat_current_codon": {lab: float(e.loc[lab, "p_repeat_current_codon"]) for lab in labels},
         "p_start_codon_after_bos": {lab: float(s.loc[list(STARTS), f"{lab}_model"].sum()) for lab in labels},
@@ -431,7 +460,5 @@ def _headline(r_table, split, eos, starts, coli, n_genes) -> dict:
         "current codon and so echoes the genome's usage); loss "
         f"{result['loss_nats']['trained']:.2f} nats = {result['aa_choice_nats']['trained']:.2f} amino-acid choice + "
         f"{result['synonymous_choice_nats']['trained']:.2f} synonymous choice (codon-usage model "
-        f"{result['synonymous_choice_nats_codon_usage_model']:.2f}); P(<EOS_CDS>) after the stop "
-        f"{result['p_eos_after_stop']['trained']:.2f} vs {result['p_eos_elsewhere']['trained']:.1e} elsewhere "
-        f"(random init {result['p_eos_after_stop']['random_init']:.3f})")
+        f"{result['synonymous_choice_nats_codon_usage_model']:.2f}); " + _eos_reading(result, not_applicable))
     return result

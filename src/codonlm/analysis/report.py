@@ -30,7 +30,7 @@ STEP_TITLES = {
 }
 MODEL_COLUMNS = ("trained", "random_init")
 HIDDEN_KEYS = {"step", "status", "seconds", "cpu_seconds", "reading", "reason", "notes", "files"}
-GENERATION_COLUMNS = ("temperature", "n", "frac_valid_orf", "frac_ends_with_stop", "length_ratio_median",
+GENERATION_COLUMNS = ("temperature", "n", "frac_valid_orf", "frac_hit_cap", "frac_ends_with_stop", "length_ratio_median",
                       "gc3_mean", "cai_mean", "codon_js", "codon_js_floor", "nearest_identity_mean")
 
 CSS = """
@@ -141,6 +141,16 @@ def figure_if_any(path: Path) -> str:
     return figure(path) if path.is_file() else ""
 
 
+def trained_steps(run_dir: Path, train_cfg: dict) -> str:
+    """How long the model trained ('900 steps (0.46 of an epoch)'), from the run's train_summary.json;
+    the configured epochs when training has not finished (a step budget can end it inside an epoch)."""
+    done = read_json(run_dir / "train_summary.json") or {}
+    if not done.get("steps_per_epoch"):
+        return f"{train_cfg.get('epochs')} epoch(s) planned"
+    epochs = done["steps"] / done["steps_per_epoch"]
+    return f"{done['steps']:,} steps ({epochs:.2f} {'of an epoch' if epochs < 1 else 'epochs'})"
+
+
 def config_part(run_dir: Path, record: dict) -> str:
     yaml = record.get("config_yaml")
     if not yaml and (run_dir / "config.yaml").is_file():
@@ -155,7 +165,8 @@ def config_part(run_dir: Path, record: dict) -> str:
                       f"window {m.get('block_size')} tokens, per-CDS mask {m.get('sep_mask_enabled')}"],
             ["parameters", record.get("n_params")],
             ["genomes", ", ".join(d["name"] for d in cfg.get("data", {}).get("datasets", []))],
-            ["training", f"{t.get('epochs')} epoch(s), batch {t.get('batch_size')}, lr {t.get('lr')}, {t.get('optimizer')}"],
+            ["training", f"{trained_steps(run_dir, t)}, batch {t.get('batch_size')}, lr {t.get('lr')}, "
+                         f"{t.get('optimizer')}"],
             ["checkpoint", f"{record.get('checkpoint', '–')} (sha256 {str(record.get('checkpoint_sha256', '–'))[:16]}…)"]]
     return ("<h3>Config</h3>" + table(["setting", "value"], rows)
             + f"<details><summary>full config</summary><pre>{esc(yaml)}</pre></details>")
@@ -190,8 +201,12 @@ def generation_part(run_id: str, scores_dir: Path) -> str:
         return "<h3>Prefix generation</h3>" + note("missing", f"not run yet: <code>codonlm generate-prefix "
                                                              f"{esc(run_id)}</code>")
     rows = [[r.get(c) for c in GENERATION_COLUMNS] for r in gen.get("summary", []) if r.get("genome") == "all"]
+    settings = gen.get("settings", {})
     return (f"<h3>Prefix generation</h3><p>{fmt(gen.get('n_prompts'))} held-out genes prompted with their first "
-            f"{fmt(gen.get('settings', {}).get('prompt_codons'))} codons; 'real' = the real genes.</p>"
+            f"{fmt(settings.get('prompt_codons'))} codons; 'real' = the real genes. frac_hit_cap: the share of "
+            f"generated genes stopped by the length cap ({fmt(settings.get('length_factor'))}x the real gene, at most "
+            f"{fmt(settings.get('max_codons'))} codons) before the model wrote &lt;EOS_CDS&gt;: a gene cut there is "
+            "seldom a valid ORF.</p>"
             + table(list(GENERATION_COLUMNS), rows)
             + figure_if_any(scores_dir / "gen_prefix" / "temperature_tradeoff.png"))
 

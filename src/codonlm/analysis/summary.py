@@ -56,24 +56,29 @@ def _sample_scores(ctx: AnalysisContext) -> dict[str, dict]:
     return out
 
 
-def _plot_curve(curves: pd.DataFrame, path: Path, run_id: str, random_init_loss: float) -> None:
+def curve_figure(curves: pd.DataFrame, run_id: str, random_init_loss: float, log_every: int):
+    """The training curve of curves.csv: a train-loss row every `log_every` steps, and the validation
+    loss only on the rows that have one (sparse: drawn as markers, or the line would never show)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    style = {"marker": "o"} if len(curves) < 30 else {}
-    ax.plot(curves["step"], curves["train_loss"], label="train loss (epoch mean)", **style)
-    ax.plot(curves["step"], curves["val_loss"], label="validation loss", **style)
+    val = curves.dropna(subset=["val_loss"])
+    ax.plot(curves["step"], curves["train_loss"], color="tab:blue", lw=1.2, marker="o" if len(curves) < 30 else None,
+            ms=3, label="train loss (mean since the previous row)")
+    ax.plot(val["step"], val["val_loss"], color="tab:orange", lw=1.0, marker="o", ms=5,
+            label=f"validation loss ({len(val)} rows)")
     ax.axhline(math.log(65), color="k", ls=":", lw=1, label="uniform over 65 targets")
     ax.axhline(random_init_loss, color="tab:grey", ls="--", lw=1, label="random init (test sample)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats per codon)")
     ax.set_xlim(0, curves["step"].max() * 1.05)
-    ax.set_title(f"Training curve of {run_id}\n(one point per epoch: {len(curves)} in curves.csv)", fontsize=10)
+    ax.set_title(f"Training curve of {run_id}\n({len(curves)} rows in curves.csv: train loss every {log_every} "
+                 f"steps, validation loss on {len(val)} of them)", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    save_figure(fig, path)
+    return fig
 
 
 def _plot_heldout(rows: list[tuple[str, float]], path: Path) -> None:
@@ -117,7 +122,8 @@ def run(ctx: AnalysisContext) -> dict:
     if curves_path.is_file():
         curves = pd.read_csv(curves_path)
         write_csv(curves, out / "curve.csv")
-        _plot_curve(curves, out / "curve.png", ctx.run_id, math.log(sample["random_init"]["perplexity"]))
+        save_figure(curve_figure(curves, ctx.run_id, math.log(sample["random_init"]["perplexity"]),
+                                 ctx.cfg.train.log_every), out / "curve.png")
         curve = {"points": len(curves), "last_step": int(curves["step"].iloc[-1]),
                  "final_train_loss": float(curves["train_loss"].iloc[-1]),
                  "best_val_loss": float(curves["val_loss"].min())}

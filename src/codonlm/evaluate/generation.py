@@ -183,8 +183,9 @@ def _group_summary(rows, genes: list[np.ndarray], ref: GenomeReference | None) -
 # --------------------------------------------------------------------------- output helpers
 
 
-def _plot(summary, temperatures: Sequence[float], path: Path) -> None:
-    """Temperature trade-off: validity and length against codon-usage fidelity and memorisation."""
+def tradeoff_figure(summary, temperatures: Sequence[float]):
+    """Temperature trade-off: validity, cap hits and length against codon-usage fidelity and memorisation
+    (the cap-hit panel shows why validity falls: a gene cut by the length cap is seldom a valid ORF)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,45 +193,36 @@ def _plot(summary, temperatures: Sequence[float], path: Path) -> None:
 
     panels = [
         ("frac_valid_orf", "valid ORF fraction"),
-        ("codon_js", "codon-usage JS vs genome (bits)"),
+        ("frac_hit_cap", "share stopped by the length cap"),
         ("length_ratio_median", "median length / real length"),
+        ("codon_js", "codon-usage JS vs genome (bits)"),
         ("nearest_identity_mean", "mean identity to nearest training protein"),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 8.5))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8.5))
     temps = [float(t) for t in temperatures]
-    for ax, (col, label) in zip(axes.flat, panels, strict=True):
+    for ax, (col, label) in zip(axes.flat, panels, strict=False):
         for genome, sub in summary[summary["temperature"] != "real"].groupby("genome", sort=False):
             is_all = genome == "all"
             ys = [sub.loc[sub["temperature"] == t, col].iloc[0] for t in temps]
-            ax.plot(
-                temps,
-                ys,
-                marker="o",
-                lw=2.5 if is_all else 0.8,
-                alpha=1.0 if is_all else 0.5,
-                color="black" if is_all else None,
-                label=genome,
-            )
+            ax.plot(temps, ys, marker="o", lw=2.5 if is_all else 0.8, alpha=1.0 if is_all else 0.5,
+                    color="black" if is_all else None, label=genome)
         real = summary[(summary["genome"] == "all") & (summary["temperature"] == "real")]
         if len(real) and not np.isnan(real[col].iloc[0]):
             ax.axhline(real[col].iloc[0], color="tab:green", ls="--", label="real held-out genes")
         if col == "codon_js":
             floor = summary[(summary["genome"] == "all") & (summary["temperature"] != "real")]
-            ax.plot(
-                temps,
-                [floor.loc[floor["temperature"] == t, "codon_js_floor"].iloc[0] for t in temps],
-                color="tab:red",
-                ls=":",
-                label="real-vs-real split-half floor",
-            )
+            ax.plot(temps, [floor.loc[floor["temperature"] == t, "codon_js_floor"].iloc[0] for t in temps],
+                    color="tab:red", ls=":", label="real-vs-real split-half floor")
         ax.set_xlabel("sampling temperature")
         ax.set_ylabel(label)
         ax.set_xticks(temps)
-    handles, labels = axes.flat[1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle("Prefix generation: temperature trade-off (thick: all genomes)")
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
-    save_figure(fig, path, dpi=110)
+    legend_ax = axes.flat[len(panels)]
+    legend_ax.axis("off")
+    handles, labels = axes.flat[[c for c, _ in panels].index("codon_js")].get_legend_handles_labels()
+    legend_ax.legend(handles, labels, loc="center", fontsize=9, frameon=False, title="genome (thick: all genomes)")
+    fig.suptitle("Prefix generation: temperature trade-off")
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------- settings
@@ -287,13 +279,14 @@ class Prompt:
 # --------------------------------------------------------------------------- the stages
 
 
-def _load_run(run_id: str, checkpoints_dir: str, processed_dir: str | None, s: PrefixSettings, device: str):
+def _load_run(run_id: str, checkpoints_dir: str | None, processed_dir: str | None, s: PrefixSettings, device: str,
+              runs_dir: str | None = None):
     """The model and the run's train / held-out genes."""
     from codonlm.data.layout import run_split_path
     from codonlm.model.load import checkpoint_path, load_model
 
-    ckpt = checkpoint_path(run_id, checkpoints_dir)
-    model, cfg, state = load_model(str(ckpt), checkpoints_dir, device=device)
+    ckpt = checkpoint_path(run_id, checkpoints_dir, runs_dir)
+    model, cfg, state = load_model(str(ckpt), device=device)
     if s.prompt_codons + 2 > cfg.model.block_size:
         raise UserError(f"prompt codons ({s.prompt_codons}) must be below block_size - 1 ({cfg.model.block_size - 1})")
     processed = Path(processed_dir or cfg.data.processed_dir)
@@ -413,7 +406,7 @@ def _write(out: Path, samples, summary, result: dict) -> dict:
     for name, df in (("samples.csv", samples), ("summary.csv", summary)):
         with atomic_path(out / name) as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
-    _plot(summary, result["settings"]["temperatures"], out / "temperature_tradeoff.png")
+    save_figure(tradeoff_figure(summary, result["settings"]["temperatures"]), out / "temperature_tradeoff.png", dpi=110)
     result["files"] = {k: str(out / k) for k in ("samples.csv", "summary.csv", "summary.json", "temperature_tradeoff.png")}
     result["summary"] = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                          for r in summary.to_dict("records")]
@@ -421,12 +414,12 @@ def _write(out: Path, samples, summary, result: dict) -> dict:
     return result
 
 
-def run_prefix_generation(run_id: str, checkpoints_dir: str = "outputs/checkpoints", processed_dir: str | None = None,
+def run_prefix_generation(run_id: str, checkpoints_dir: str | None = None, processed_dir: str | None = None,
                           out_dir: str | None = None, device: str = "cpu", show_progress: bool = True,
-                          **settings) -> dict:
+                          runs_dir: str | None = None, **settings) -> dict:
     """Prompt a trained run with the first codons of held-out genes and score what it writes.
 
-    run_id: a run under `checkpoints_dir` (best.pt, else last.pt) or a .pt path. processed_dir:
+    run_id: a run's best.pt (model.load.checkpoint_path) or a .pt path. processed_dir:
     default the run config's data.processed_dir. `settings` are PrefixSettings fields (split,
     prompt_codons, per_genome, temperatures, top_k, top_p, seed, max_codons, length_factor,
     end_at_stop, batch_size, n_align). out_dir: default <outputs.scores_dir>/<RUN_ID>/gen_prefix.
@@ -438,7 +431,8 @@ def run_prefix_generation(run_id: str, checkpoints_dir: str = "outputs/checkpoin
     """
     s = PrefixSettings.parse(**settings)
     t0 = time.perf_counter()
-    model, cfg, run_name, ckpt, processed, train, held = _load_run(run_id, checkpoints_dir, processed_dir, s, device)
+    model, cfg, run_name, ckpt, processed, train, held = _load_run(run_id, checkpoints_dir, processed_dir, s,
+                                                                   device, runs_dir)
     out = Path(out_dir) if out_dir else Path(cfg.outputs.scores_dir) / run_name / "gen_prefix"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(s.seed)

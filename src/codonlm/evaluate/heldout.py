@@ -8,7 +8,6 @@ reported as such (metrics.json: beats_baselines).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -19,13 +18,16 @@ import pandas as pd
 from codonlm.data.layout import run_split_path
 from codonlm.errors import UserError
 from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM
-from codonlm.evaluate.perplexity import POSITION_BINS, ece, position_bins, score_genes
+from codonlm.evaluate.perplexity import (
+    POSITION_BINS,
+    ece,
+    perplexity_of,
+    position_bins,
+    require_finite,
+    score_genes,
+)
 from codonlm.io import read_split_genes, save_figure, write_csv, write_json
 from codonlm.model.load import load_model
-
-
-def _ppl(nll: float) -> float:
-    return float(math.exp(nll)) if math.isfinite(nll) else float("inf")
 
 
 def _baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)) -> dict[str, list[np.ndarray]]:
@@ -42,6 +44,11 @@ def _baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)
     return out
 
 
+def model_label(name: str) -> str:
+    """A legend entry: the run's model ('model' in the tables) or a baseline."""
+    return "TinyGPT (this run)" if name == "model" else f"baseline: {name}"
+
+
 def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder: Path) -> None:
     import matplotlib
 
@@ -50,7 +57,7 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, part in by_pos.groupby("model", sort=False):
-        ax.plot(part["bin"], part["perplexity"], marker="o", label=name)
+        ax.plot(part["bin"], part["perplexity"], marker="o", label=model_label(name))
     ax.set_xlabel("codon position in gene (bin start)")
     ax.set_ylabel("perplexity")
     ax.legend(fontsize=8)
@@ -69,19 +76,38 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
     save_figure(fig, folder / "calibration.png")
     plt.close(fig)
 
+    save_figure(per_dataset_figure(per_ds), folder / "per_dataset.png")
+
+
+def per_dataset_figure(per_ds: pd.DataFrame):
+    """Perplexity per genome, one bar per model: genomes down the side (their long names stay readable
+    at any count), the legend outside the bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     wide = per_ds.pivot(index="dataset", columns="model", values="perplexity")
-    ax = wide.plot.bar(figsize=(8, 4.5), rot=30)
-    ax.set_ylabel("perplexity")
-    ax.set_title("Per-genome perplexity (test split)")
-    ax.figure.tight_layout()
-    save_figure(ax.figure, folder / "per_dataset.png")
-    plt.close(ax.figure)
+    models = ["model", *sorted(m for m in wide.columns if m != "model")]
+    wide = wide.loc[list(dict.fromkeys(per_ds["dataset"]))[::-1], models]  # first genome on top
+    fig, ax = plt.subplots(figsize=(8, 0.12 * len(wide) * (len(models) + 1) + 1.5))
+    height = 0.8 / len(models)
+    colours = dict(zip(models, plt.get_cmap("tab10").colors, strict=False))  # the model blue, as in heldout.png
+    for k, name in enumerate(models[::-1]):  # the model's own bar on top of each group
+        ax.barh(np.arange(len(wide)) + (k - (len(models) - 1) / 2) * height, wide[name], height, color=colours[name],
+                label=model_label(name))
+    ax.set_yticks(np.arange(len(wide)), wide.index)
+    ax.set_xlabel("perplexity per codon (lower is better)")
+    ax.set_title("Per-genome perplexity on the test genes: the model vs baselines")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return fig
 
 
 def _totals(logps: list[np.ndarray]) -> dict:
     flat = np.concatenate(logps)
     nll = float(-flat.mean())
-    return {"loss": nll, "perplexity": _ppl(nll), "n_targets": int(flat.size)}
+    return {"loss": nll, "perplexity": perplexity_of(nll), "n_targets": int(flat.size)}
 
 
 def _summary_rows(all_logp: dict[str, list[np.ndarray]], scores) -> tuple[list[dict], list[dict]]:
@@ -126,7 +152,7 @@ def _by_position_table(all_logp: dict[str, list[np.ndarray]]) -> pd.DataFrame:
             if sel.any():
                 nll = float(-flat[sel].mean())
                 rows.append({"model": name, "bin": POSITION_BINS[b], "bin_end": POSITION_BINS[b + 1] - 1,
-                             "n_targets": int(sel.sum()), "loss": nll, "perplexity": _ppl(nll)})
+                             "n_targets": int(sel.sum()), "loss": nll, "perplexity": perplexity_of(nll)})
     return pd.DataFrame(rows)
 
 
@@ -175,11 +201,11 @@ def _identity_report(cfg, test, train, all_logp: dict[str, list[np.ndarray]], fo
             "model_over_best_baseline": (wide["model"] / best).to_dict()}
 
 
-def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", split: str = "test",
+def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "test",
                  device: str = "cpu", out_dir: str | Path | None = None, kn_orders=(3, 5),
-                 stride: int | None = None, amp: bool = False) -> dict:
+                 stride: int | None = None, amp: bool = False, runs_dir: str | None = None) -> dict:
     t0 = time.perf_counter()
-    model, cfg, state = load_model(run_id, checkpoints_dir, device)
+    model, cfg, state = load_model(run_id, checkpoints_dir, device, runs_dir)
     run_id = state.get("run_id", run_id)
     test_path, train_path = run_split_path(cfg, run_id, split), run_split_path(cfg, run_id, "train")
     for p in (test_path, train_path):
@@ -195,6 +221,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
     all_logp = {"model": [s.logp for s in scores], **_baselines(train_genes, train_groups, test_genes, test_groups,
                                                                 kn_orders)}
     summary_rows, calib_rows = _summary_rows(all_logp, scores)
+    require_finite(summary_rows[0]["perplexity"], f"{split} perplexity")  # before any file is written
     summary = pd.DataFrame(summary_rows)
     per_ds = _per_dataset_table(all_logp, scores, test_groups, names)
     by_pos = _by_position_table(all_logp)

@@ -124,11 +124,16 @@ def codon_tokenizer(block_size: int):
     )
 
 
-def generation_config():
-    """Generation stops at `<EOS_CDS>` and samples only codons and `<EOS_CDS>` (as `codonlm query`)."""
+def generation_config(block_size: int):
+    """What `generate()` and `pipeline("text-generation")` do without arguments: stop at `<EOS_CDS>` or
+    when prompt and continuation fill the context (`max_length`: positions past it were never trained,
+    and the pipeline's own default, 256 new tokens, runs past it), and sample from the full distribution
+    over codons and `<EOS_CDS>` as `codonlm query --mode generate` does (greedy decoding falls into
+    repeats such as AAA AAA ...)."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, suppress_tokens=[PAD, BOS, SEP])
+    return GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, suppress_tokens=[PAD, BOS, SEP],
+                            max_length=block_size, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
 
 
 def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str] | None = None, card: str | None = None) -> Path:
@@ -145,7 +150,7 @@ def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str] | None = None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     hf = to_hf_llama(model)
-    hf.generation_config = generation_config()
+    hf.generation_config = generation_config(model.cfg.block_size)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp") as tmp:
         tmp_dir = Path(tmp)
         hf.save_pretrained(tmp_dir)
@@ -166,12 +171,50 @@ def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str] | None = None
     return out_dir
 
 
-def export_run(run_id: str, out_dir: str | Path, checkpoints_dir: str = "outputs/checkpoints",
+def export_run(run_id: str, out_dir: str | Path, checkpoints_dir: str | None = None,
                runs_dir: str | None = None) -> Path:
     """`codonlm export-hf`: a run's checkpoint with a card built from its run folder."""
     from codonlm.model.load import load_model
 
-    model, cfg, state = load_model(run_id, checkpoints_dir)
+    model, cfg, state = load_model(run_id, checkpoints_dir, runs_dir=runs_dir)
     run_id = state.get("run_id", run_id)
     card = model_card(model, Path(out_dir).name, run_facts(cfg, run_id, state, runs_dir))
     return export_hf(model, out_dir, state.get("itos"), card=card)
+
+
+def load_hf_export(folder: str | Path) -> TinyGPT:
+    """A TinyGPT from a folder `export_hf` wrote (config.json + model.safetensors; safetensors runs no code):
+    the inverse of `hf_state_dict`, so the export's logits and ours agree (tested)."""
+    from safetensors.torch import load_file
+
+    from codonlm.config import ModelConfig
+
+    folder = Path(folder)
+    try:
+        hf = json.loads((folder / "config.json").read_text())
+        weights = load_file(folder / "model.safetensors")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: not a readable Hugging Face export ({str(exc)[:100]}); "
+                        "make one with 'codonlm export-hf RUN_ID'") from None
+    if hf.get("model_type") != "llama" or hf.get("vocab_size") != len(ITOS):
+        raise UserError(f"{folder}: not a codonlm export (model_type {hf.get('model_type')}, vocab {hf.get('vocab_size')})")
+    cfg = ModelConfig(vocab_size=hf["vocab_size"], n_embd=hf["hidden_size"], n_layer=hf["num_hidden_layers"],
+                      n_head=hf["num_attention_heads"], block_size=hf["max_position_embeddings"], dropout=0.0)
+    model = TinyGPT(cfg)
+    if model.blocks[0].mlp.hidden != hf["intermediate_size"]:
+        raise UserError(f"{folder}: MLP width {hf['intermediate_size']} is not codonlm's for d{cfg.n_embd}")
+    state = {"wte.weight": weights["model.embed_tokens.weight"], "ln_f.weight": weights["model.norm.weight"]}
+    for i in range(cfg.n_layer):
+        p = f"model.layers.{i}."
+        state |= {
+            f"blocks.{i}.ln_1.weight": weights[p + "input_layernorm.weight"],
+            f"blocks.{i}.attn.qkv.weight": torch.cat([weights[p + f"self_attn.{n}_proj.weight"] for n in "qkv"]),
+            f"blocks.{i}.attn.proj.weight": weights[p + "self_attn.o_proj.weight"],
+            f"blocks.{i}.ln_2.weight": weights[p + "post_attention_layernorm.weight"],
+            f"blocks.{i}.mlp.gate_up.weight": torch.cat([weights[p + "mlp.gate_proj.weight"],
+                                                         weights[p + "mlp.up_proj.weight"]]),
+            f"blocks.{i}.mlp.down.weight": weights[p + "mlp.down_proj.weight"],
+        }
+    state["lm_head.weight"] = state["wte.weight"]
+    model.load_state_dict(state)
+    return model.eval()

@@ -124,11 +124,17 @@ logp = torch.log_softmax(model(ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, No
 print(tok.decode(ids[0], skip_special_tokens=True))                # ATGAAAGCTTAA
 
 generate = pipeline("text-generation", model="./{dir_name}")
-print(generate("ATGAAAGCT", max_new_tokens=30, do_sample=True, top_k=10)[0]["generated_text"])
+print(generate("ATGAAAGCT")[0]["generated_text"])                 # a sampled gene: DNA, no special tokens
+
+out = model.generate(**tok("ATGAAAGCT", return_tensors="pt"))    # the same defaults
+print(tok.decode(out[0], skip_special_tokens=True))               # DNA without <BOS_CDS> and <EOS_CDS>
 ```
 
-Generation continues the DNA codon by codon, samples only codons and `<EOS_CDS>`, and stops at
-`<EOS_CDS>` (`generation_config.json`).
+Generation continues the DNA codon by codon and, without arguments (`generation_config.json`),
+samples from the full distribution over codons and `<EOS_CDS>` (temperature 1; greedy decoding
+falls into repeats such as AAA AAA ...) until `<EOS_CDS>` or until the prompt and the continuation
+fill the {cfg.block_size}-token context. `max_length=N` caps prompt and continuation at N tokens,
+`do_sample=False` decodes greedily.
 
 ## Intended use and limits
 

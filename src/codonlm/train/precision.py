@@ -2,14 +2,19 @@
 
 `amp: auto` decides by measurement where the answer depends on the machine: on CPU, bf16 is about
 2x faster than fp32 on some cores (AMX, or a fast bf16 GEMM) and slower on others (AVX-512 BF16
-without AMX, or AVX2 only), so a few steps of the actual model are timed each way at start and the
-faster wins. On CUDA bf16 is used where the GPU supports it; on MPS autocast is tried as before.
+without AMX, or AVX2 only), so steps of the actual model are timed each way at start, in interleaved
+repeats, and bf16 is taken only when it is BF16_MARGIN faster in every repeat. On a busy machine step
+times swing several-fold (measured: 0.7-11 s for the same step), so an answer that rests on one step,
+or on a best-of or median of a few, flips between runs; noisy evidence keeps fp32, the safe default.
+On CUDA bf16 is used where the GPU supports it; on MPS autocast is tried as before. `train.amp:
+true|false` pins the choice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +25,11 @@ from codonlm.errors import UserError
 from codonlm.log import log
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BF16_MARGIN = 1.15  # amp auto leaves fp32 only when bf16 is at least this much faster in every repeat
+TIMED_REPEATS = 5  # interleaved (bf16, fp32) pairs of steps timed after a warm-up pair
+DECISION_RULE = (f"bfloat16 when fp32 step seconds / bf16 step seconds is at least {BF16_MARGIN} in each of "
+                 f"{TIMED_REPEATS} interleaved repeats after a warm-up pair, else float32 (timing stops at the "
+                 f"first repeat below {BF16_MARGIN})")
 
 
 def pick_device(choice: str) -> torch.device:
@@ -42,6 +52,7 @@ class Precision:
 
     dtype: str
     reason: str
+    measurement: dict | None = None  # amp auto on CPU: the timed steps behind the choice (StepTiming.record)
 
     @property
     def amp(self) -> bool:
@@ -53,6 +64,30 @@ class Precision:
             return contextlib.nullcontext
         dtype = DTYPES[self.dtype]
         return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Seconds of whole training steps per dtype, one per interleaved repeat (the warm-up pair left out)."""
+
+    tokens: int  # tokens per step
+    seconds: dict[str, list[float]]  # "bfloat16" / "float32" -> seconds of its step in each repeat
+
+    @property
+    def bf16_speedups(self) -> list[float]:
+        """fp32 over bf16 step time within each repeat: both met the same load, so the ratio is fair."""
+        return [f / b for b, f in zip(self.seconds["bfloat16"], self.seconds["float32"], strict=True)]
+
+    def tokens_per_s(self, dtype: str) -> float:
+        return self.tokens / statistics.median(self.seconds[dtype])
+
+    def record(self) -> dict:
+        """What the run keeps (runs/<RUN_ID>/precision.json, the checkpoint): every figure and the rule."""
+        return {"tokens_per_step": self.tokens, "repeats": len(self.bf16_speedups), "warmup_repeats": 1,
+                "seconds_per_step": self.seconds,
+                "tokens_per_s_median": {d: round(self.tokens_per_s(d), 1) for d in self.seconds},
+                "bf16_speedup_per_repeat": [round(r, 4) for r in self.bf16_speedups],
+                "bf16_speedup_min": round(min(self.bf16_speedups), 4), "rule": DECISION_RULE}
 
 
 def _mps_dtype(device: torch.device) -> str:
@@ -67,9 +102,8 @@ def _mps_dtype(device: torch.device) -> str:
     return "float32"
 
 
-def choose_precision(amp: bool | str, device: torch.device,
-                     measure: Callable[[], dict[str, float]] | None) -> Precision:
-    """Apply `train.amp`; for `auto` on CPU, `measure()` gives tokens/s of the real model per dtype."""
+def choose_precision(amp: bool | str, device: torch.device, measure: Callable[[], StepTiming] | None) -> Precision:
+    """Apply `train.amp`; for `auto` on CPU, `measure()` times training steps of the real model per dtype."""
     if device.type == "mps" and amp is not False:
         dtype = _mps_dtype(device)
         if dtype == "float32":
@@ -85,44 +119,47 @@ def choose_precision(amp: bool | str, device: torch.device,
         return Precision("float32", f"amp auto: {torch.cuda.get_device_name(device)} has no bf16; float32")
     if measure is None:
         return Precision("float32", "amp auto: nothing to time; float32")
-    speed = measure()
-    best = max(speed, key=speed.get)
-    other = min(speed, key=speed.get)
-    return Precision(best, f"amp auto on CPU, timed on this model: bf16 {speed['bfloat16']:,.0f} tokens/s, "
-                           f"fp32 {speed['float32']:,.0f} tokens/s -> {best} "
-                           f"({speed[best] / max(speed[other], 1e-9):.2f}x)")
+    timing = measure()
+    speedups = timing.bf16_speedups
+    best = "bfloat16" if min(speedups) >= BF16_MARGIN else "float32"
+    low, high = f"{min(speedups):.2f}", f"{max(speedups):.2f}"
+    n = len(speedups)
+    return Precision(best, f"amp auto on CPU, timed on this model: bf16 {timing.tokens_per_s('bfloat16'):,.0f} "
+                           f"tokens/s, fp32 {timing.tokens_per_s('float32'):,.0f} tokens/s -> {best} "
+                           f"(bf16 {low if low == high else f'{low}-{high}'}x fp32 in {n} interleaved "
+                           f"repeat{'s' * (n > 1)}; bf16 needs {BF16_MARGIN:.2f}x in each; pin with train.amp: "
+                           f"true or false)", timing.record())
 
 
 def step_timer(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
-               batch, device: torch.device, run_step: Callable, steps: int = 3,
-               clear_ratio: float = 2.5) -> Callable[[], dict[str, float]]:
-    """A `measure() -> {dtype: tokens/s}` over whole training steps of a copy of `model` on `batch`,
-    bf16 autocast and float32 taken in turns.
+               batch, device: torch.device, run_step: Callable) -> Callable[[], StepTiming]:
+    """A `measure() -> StepTiming` over whole training steps of a copy of `model` on `batch`, bf16
+    autocast and float32 in interleaved pairs.
 
     The copy and its own optimizer keep the real model untouched, and the RNG is restored afterwards
-    (dropout draws from it), so timing never changes what training computes. For each dtype the
-    fastest step counts: on a shared machine other processes only ever slow a step down, and taking
-    turns exposes both dtypes to the same load. The first turn warms up; then `steps` turns are
-    timed, but once one dtype is `clear_ratio` times slower than the other (a CPU without fast bf16
-    runs it several times slower) the answer is clear and timing stops, so it costs little there.
+    (dropout draws from it), so timing never changes what training computes. Each pair exposes both
+    dtypes to the same load, and which goes first alternates (no dtype always meets the state the
+    other left); the first pair warms up. TIMED_REPEATS pairs are timed, or fewer: the first pair in
+    which bf16 is not BF16_MARGIN faster settles the choice (fp32), which keeps the timing short on a
+    CPU that emulates bf16, where a bf16 step takes seconds.
     """
 
-    def measure() -> dict[str, float]:
+    def measure() -> StepTiming:
         clone = copy.deepcopy(model)
         optimizer = make_optimizer(clone)
-        best = {"bfloat16": float("inf"), "float32": float("inf")}
+        seconds: dict[str, list[float]] = {"bfloat16": [], "float32": []}
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for i in range(steps + 1):
-                for dtype in best:
+            for i in range(TIMED_REPEATS + 1):
+                for dtype in ("bfloat16", "float32") if i % 2 else ("float32", "bfloat16"):
                     t0 = time.perf_counter()
                     tokens = run_step(clone, optimizer, batch, Precision(dtype, "").autocast(device))
                     _sync(device)
-                    if i:  # the first turn warms up (allocations, kernel selection)
-                        best[dtype] = min(best[dtype], time.perf_counter() - t0)
-                slow, fast = max(best["bfloat16"], best["float32"]), min(best["bfloat16"], best["float32"])
-                if i and slow > clear_ratio * fast:
+                    if i:  # the first pair warms up (allocations, kernel selection)
+                        seconds[dtype].append(time.perf_counter() - t0)
+                timing = StepTiming(tokens, seconds)
+                if i and timing.bf16_speedups[-1] < BF16_MARGIN:
                     break
-        return {dtype: tokens / seconds for dtype, seconds in best.items()}
+        return timing
 
     return measure
 

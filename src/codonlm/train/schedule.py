@@ -15,7 +15,8 @@ def cosine_lr(step: int, lr: float, min_lr: float, warmup_steps: int, total_step
 
 
 class Plateau:
-    """Halve the learning rate after `patience` epochs without a better val loss (floor: min_lr)."""
+    """Halve the learning rate once `patience` epochs in a row bring no better val loss (floor: min_lr):
+    with patience 2, the second stalled epoch halves it, so the epoch after trains at half."""
 
     def __init__(self, lr: float, min_lr: float, patience: int, factor: float = 0.5):
         self.lr, self.min_lr, self.patience, self.factor = lr, min_lr, patience, factor
@@ -27,7 +28,7 @@ class Plateau:
             self.best, self.bad_epochs = val_loss, 0
             return
         self.bad_epochs += 1
-        if self.bad_epochs > self.patience:
+        if self.bad_epochs >= self.patience:
             self.lr = max(self.min_lr, self.lr * self.factor)
             self.bad_epochs = 0
 

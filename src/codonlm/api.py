@@ -1,0 +1,201 @@
+"""`CodonLM`: a trained codon model from a notebook, the same code path as the command line.
+
+    from codonlm import CodonLM
+    lm = CodonLM.load("2026-12-02_tiny_4L4H_d128_e1")     # a run id, a run folder, a .pt, or an HF export
+    lm.score(["ATGAAACGCATTAGCACCACCATTACCACCACCATCACCATTACCACAGGTAACGGTGCGGGCTGA"])
+
+Every method takes sequences as one DNA string, a list of strings, a {id: DNA} dict, (id, DNA) pairs, a
+FASTA path (plain or gzipped), a pandas Series / DataFrame (`seq_column`, ids from `id_column` or the
+index) or Biopython SeqRecords; RNA and lowercase are accepted. Results are numpy arrays and pandas
+DataFrames. The CLI's `query`, `eval-perplexity` and `extract-embeddings` call the functions these
+methods call, so a notebook and the shell give the same numbers (tested).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from codonlm.config import Config
+from codonlm.data.codons import clean_sequences, encode
+from codonlm.errors import UserError
+from codonlm.model.tinygpt import HookSpec, NamesFilter, TinyGPT
+
+Sequences = Any  # str | Path | list | dict | pandas | SeqRecord(s): see `as_records`
+
+
+def as_records(seqs: Sequences, id_column: str = "id", seq_column: str = "seq") -> list[tuple[str, str]]:
+    """(id, DNA as given) pairs of any of the accepted inputs; ids seq1, seq2, ... where none are given."""
+    if isinstance(seqs, (str, os.PathLike)):
+        text = str(seqs)
+        looks_like_dna = isinstance(seqs, str) and set(text.upper()) <= set("ACGTU \n\r\t")
+        if not looks_like_dna:
+            from codonlm.io import read_fasta
+
+            return read_fasta(text)
+        return [("seq1", text)]
+    if isinstance(seqs, pd.DataFrame):
+        if seq_column not in seqs.columns:
+            raise UserError(f"the DataFrame has no '{seq_column}' column; pass seq_column=")
+        ids = seqs[id_column] if id_column in seqs.columns else seqs.index
+        return [(str(i), str(s)) for i, s in zip(ids, seqs[seq_column], strict=True)]
+    if isinstance(seqs, pd.Series):
+        return [(str(i), str(s)) for i, s in seqs.items()]
+    if isinstance(seqs, dict):
+        return [(str(i), str(s)) for i, s in seqs.items()]
+    if hasattr(seqs, "seq") and hasattr(seqs, "id"):  # one Bio.SeqRecord
+        return [(str(seqs.id), str(seqs.seq))]
+    records = []
+    for n, item in enumerate(seqs, 1):
+        if isinstance(item, tuple) and len(item) == 2:
+            records.append((str(item[0]), str(item[1])))
+        elif hasattr(item, "seq") and hasattr(item, "id"):
+            records.append((str(item.id), str(item.seq)))
+        else:
+            records.append((f"seq{n}", str(item)))
+    return records
+
+
+class CodonLM:
+    """A trained TinyGPT with its config: score, embed, predict, generate, scan, and hook into it."""
+
+    def __init__(self, model: TinyGPT, cfg: Config | None = None, source: str = "", run_id: str | None = None,
+                 table_id: int = 11):
+        self.model = model.eval()
+        self.cfg = cfg
+        self.source = source
+        self.run_id = run_id
+        self.table_id = table_id
+
+    def __repr__(self) -> str:
+        c = self.model.cfg
+        return (f"CodonLM({self.run_id or self.source!r}: {c.n_layer} layers, {c.n_head} heads, d{c.n_embd}, "
+                f"context {c.block_size}, {self.model.num_params():,} params)")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, what: str | Path, device: str = "cpu", checkpoints_dir: str | None = None,
+             runs_dir: str | Path | None = None, table_id: int = 11) -> CodonLM:
+        """A run id, a run folder (runs/<RUN_ID>), a checkpoint (.pt) or a Hugging Face export folder."""
+        path = Path(what)
+        if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+            from codonlm.model.hf_export import load_hf_export
+
+            return cls(load_hf_export(path).to(device), source=str(path), table_id=table_id)
+        from codonlm.model.load import checkpoint_path, load_model
+
+        run_id, runs = str(what), runs_dir
+        if path.is_dir() and (path / "config.yaml").is_file():  # a run folder: runs/<RUN_ID>
+            run_id, runs = path.name, path.parent
+        checkpoint = checkpoint_path(run_id, checkpoints_dir, None if runs is None else str(runs))
+        model, cfg, state = load_model(str(checkpoint), device=device)
+        return cls(model, cfg, source=str(checkpoint), run_id=state.get("run_id"), table_id=table_id)
+
+    # ---- inputs ----------------------------------------------------------------------------------
+
+    def records(self, seqs: Sequences, skip_invalid: bool = False, checked: bool = False,
+                **columns) -> list[tuple[str, str]]:
+        """Clean (id, DNA) pairs: bad records a one-line UserError (or skipped), internal stops flagged.
+        checked: `seqs` are (id, DNA) pairs the caller has already cleaned (the CLI reads and checks its
+        input before loading the model, so bad input fails fast)."""
+        if checked:
+            return list(seqs)
+        raw = as_records(seqs, **columns)
+        if not raw:
+            raise UserError("no sequences given")
+        ids, dna, _ = clean_sequences([i for i, _ in raw], [s for _, s in raw], "input", skip_invalid,
+                                      stops_table=self.table_id)
+        return list(zip(ids, dna, strict=True))
+
+    def tokens(self, seq: str, eos: bool = False) -> torch.Tensor:
+        """[1, T] token ids of one clean DNA sequence: `<BOS_CDS> c1 .. cn` (+ `<EOS_CDS>`)."""
+        ((_, dna),) = self.records(seq)
+        return torch.from_numpy(encode(dna, add_bos=True, add_eos=eos).astype(np.int64))[None].to(self.device)
+
+    # ---- the user-facing measures -------------------------------------------------------------------
+
+    def score(self, seqs: Sequences, stride: int | None = None, per_codon: bool = False,
+              skip_invalid: bool = False, amp: bool = False, checked: bool = False) -> pd.DataFrame:
+        """One row per gene (whole `<BOS_CDS> codons <EOS_CDS>`): n_codons, internal_stops, log_likelihood,
+        nll (mean per target), perplexity; with per_codon, a column of per-target log-probability arrays."""
+        from codonlm.evaluate.query import score
+
+        rows = score(self.model, self.records(seqs, skip_invalid, checked), stride=stride, amp=amp,
+                     table_id=self.table_id)
+        table = pd.DataFrame(rows)
+        if per_codon:
+            table["per_codon_log_likelihood"] = [np.asarray(v) for v in table.per_codon_log_likelihood]
+            return table
+        return table.drop(columns="per_codon_log_likelihood")
+
+    def embed(self, seqs: Sequences, layer: str | int = "final", pool: str = "mean", stride: int | None = None,
+              skip_invalid: bool = False) -> np.ndarray:
+        """Pooled hidden states, [genes, channels] ([genes, layers, channels] for layer="all"; per-codon
+        pooling gives a list of [codons, channels] arrays)."""
+        from codonlm.stage2.embeddings import embed_genes
+
+        recs = self.records(seqs, skip_invalid)
+        vectors, offsets, _ = embed_genes(self.model, [d for _, d in recs], str(layer), pool, stride,
+                                          show_progress=False)
+        if offsets is not None:
+            return [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        return vectors
+
+    def next_codons(self, prefix: str, k: int = 10) -> pd.DataFrame:
+        """The k most likely next tokens after a gene's first codons: token, probability, amino_acid."""
+        from codonlm.evaluate.query import next_codons
+
+        ((_, dna),) = self.records(prefix)
+        return pd.DataFrame(next_codons(self.model, dna, k, self.table_id))
+
+    def generate(self, prefix: Sequences, max_codons: int = 500, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int = 0) -> pd.DataFrame:
+        """Continue each prompt until a stop codon then `<EOS_CDS>`, or max_codons: id, dna, protein, ..."""
+        from codonlm.evaluate.query import generate_rows
+
+        return pd.DataFrame(generate_rows(self.model, self.records(prefix), max_codons, temperature, top_k, top_p,
+                                          seed, self.table_id))
+
+    def scan_variants(self, seq: Sequences, llr: str = "exact", region: tuple[int, int] | None = None,
+                      kinds: list[str] | None = None, stride: int | None = None) -> pd.DataFrame:
+        """Every single-codon substitution's log-likelihood ratio (exact: whole-gene rescoring; local)."""
+        import io
+
+        from codonlm.evaluate.variant_table import scan_records
+
+        buffer = io.StringIO()
+        scan_records(self.model, self.records(seq), stream=buffer, fmt="tsv", llr=llr, region=region, kinds=kinds,
+                     stride=stride, table_id=self.table_id, show_progress=False)
+        buffer.seek(0)
+        return pd.read_csv(buffer, sep="\t")
+
+    # ---- interpretability ---------------------------------------------------------------------------
+
+    def _as_tokens(self, seq: str | torch.Tensor) -> torch.Tensor:
+        if isinstance(seq, torch.Tensor):
+            return (seq if seq.dim() == 2 else seq[None]).to(self.device)
+        return self.tokens(seq)
+
+    def run_with_cache(self, seq: str | torch.Tensor, names_filter: NamesFilter = None,
+                       fwd_hooks: Iterable[HookSpec] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and activations by hook name (`hook_names()`) for one DNA sequence or a token batch."""
+        return self.model.run_with_cache(self._as_tokens(seq), names_filter=names_filter, fwd_hooks=fwd_hooks)
+
+    def run_with_hooks(self, seq: str | torch.Tensor, fwd_hooks: Iterable[HookSpec]) -> torch.Tensor:
+        """Logits with `(name, fn)` hooks in place; fn(activation, hook) may return a replacement."""
+        with torch.no_grad():
+            return self.model.run_with_hooks(self._as_tokens(seq), fwd_hooks)
+
+    def hook_names(self) -> list[str]:
+        return self.model.hook_names()
