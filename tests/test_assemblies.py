@@ -274,3 +274,19 @@ def test_fetch_data_writes_the_bare_assemblies_a_config_names(tmp_path, raw_corp
     capsys.readouterr()
     assert main(["fetch-data", "--if-needed", "-c", str(cfg)]) == 0
     assert "nothing to fetch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ({}, "give either gbff, or fasta"),
+    ({"gbff": "a.gbk", "fasta": "a.fa"}, "give either gbff, or fasta"),
+    ({"fasta": ["a.fa", "b.fa"], "gff": ["a.gff"]}, "as many files"),
+    ({"fasta": "a.fa", "gene_calling": "fast"}, "gene_calling"),
+])
+def test_dataset_entry_takes_one_kind_of_input(tmp_path, tiny_config, entry, needle):
+    from codonlm.errors import UserError
+
+    raw = tiny_config(tmp_path, [])
+    raw["data"]["datasets"] = [{"name": "g", **entry}]
+    with pytest.raises(UserError) as err:
+        parse_config(raw, "cfg.yaml")
+    assert needle in str(err.value) and len(str(err.value).splitlines()) == 1

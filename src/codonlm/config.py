@@ -69,6 +69,20 @@ class DatasetSpec(_Section):
     domain: str | None = Field(None, description="Bacteria, Archaea ... for stage 2's domain task (default: the "
                                "GenBank lineage; FASTA and GFF3 name none)")
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_input_is_gbff_missing(cls, data, handler):
+        """An entry that names no input file at all also reports gbff as missing, as when it was required
+        (so a misspelt 'gbf' is answered with 'rename gbf to gbff')."""
+        try:
+            return handler(data)
+        except ValidationError as err:
+            if not isinstance(data, dict) or any(key in data for key in _INPUT_KEYS):
+                raise
+            details = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in err.errors()]
+            missing = {"type": "missing", "loc": ("gbff",), "input": data}
+            raise ValidationError.from_exception_data(err.title, [*details, missing]) from None
+
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> DatasetSpec:
         if (self.gbff is None) == (self.fasta is None and self.gff is None):
@@ -93,6 +107,9 @@ class DatasetSpec(_Section):
         if self.kind == "gff" and self.fasta is not None:
             return _listed(self.fasta)
         return [None] * len(self.files)
+
+
+_INPUT_KEYS = ("gbff", "fasta", "gff")
 
 
 def _listed(files: str | list[str]) -> list[str]:
