@@ -136,6 +136,8 @@ def _bad_inputs(tmp_path: Path, ecoli_seq: str) -> dict[str, tuple[dict, str]]:
         "gff_without_sequence": ({"gff": str(_write(tmp_path / "noseq.gff", "##gff-version 3\n" + cds.format(1, 99)))},
                                  "##FASTA"),
         "fasta_missing": ({"fasta": str(tmp_path / "nowhere.fa")}, "fasta"),
+        "gff_not_gff": ({"gff": str(_fasta(tmp_path / "fasta_as.gff", [("chr", ecoli_seq[:600])])), "fasta": str(good)},
+                        "no CDS lines"),
     }
     return out
 
@@ -146,7 +148,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["protein", "empty_contig", "all_n_contig", "duplicate_ids", "gff_seqid_not_in_fasta",
-                                  "gff_cds_past_contig", "gff_without_sequence", "fasta_missing"])
+                                  "gff_cds_past_contig", "gff_without_sequence", "fasta_missing", "gff_not_gff"])
 def test_bad_assembly_input_one_line_exit_2_prepared_untouched(tmp_path, capsys, kind, ecoli_seq, make_corpus,
                                                                tiny_config):
     files, _ = make_corpus(tmp_path, n_genes=20)

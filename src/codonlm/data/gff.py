@@ -133,6 +133,9 @@ def gff_records(path: str, fasta: str | None) -> list[gb_io.Record]:
     contigs, source = _sequences(path, fasta, embedded)
     lengths = {c.name: len(c.seq) for c in contigs}
     cds_list, circular = _cds_of(_gff_lines(annotation, path), path)
+    if not cds_list:
+        raise UserError(f"{path}: no CDS lines (column 3 'CDS'); is this a GFF3 file? give the genome's GFF3 "
+                        "annotation, or its FASTA alone (fasta:) to call its genes")
     features: dict[str, list[gb_io.Feature]] = defaultdict(list)
     for cds in cds_list:
         if cds.seqid not in lengths:
