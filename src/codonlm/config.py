@@ -121,6 +121,7 @@ class DataConfig(_Section):
     windows_per_seq: PositiveIntOrAuto = Field("auto", description="cap on the windows one gene may fill; auto: "
                                                "as many as it needs (full coverage)")
     val_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes in validation (split by protein)")
+    test_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes held out for evaluation")
     split_by: Literal["protein", "cluster"] = Field(
         "protein", description="protein: identical proteins never straddle train/val/test; cluster: MMseqs2 "
         "clusters of similar proteins (cluster_identity, cluster_coverage) go whole to one split")
@@ -128,7 +129,6 @@ class DataConfig(_Section):
                                     "that puts two proteins in one cluster")
     cluster_coverage: float = Field(0.8, gt=0.0, le=1.0, description="split_by cluster: minimum alignment "
                                     "coverage of both proteins")
-    test_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes held out for evaluation")
     pack_mode: Literal["multi", "single"] = Field("multi", description="multi: genes joined by <SEP> in a "
                                                   "window; single: one gene per window (A/B switch)")
     raw_dir: str = Field("data/raw", description="where fetch-data puts the default corpus")

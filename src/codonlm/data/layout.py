@@ -5,8 +5,8 @@
 
 The key hashes everything that decides the bytes: the format version, the vocabulary, and per
 config dataset (in order) its name, the sha256 of each input file, min_len and transl_table (and
-for FASTA/GFF3 entries the input kind, gene_calling and the caller's version), plus block_size, pack_mode, windows_per_seq, val_frac, test_frac and the seed; under
-data.split_by: cluster also the cluster settings, the MMseqs2 version and a digest of what decides
+for FASTA/GFF3 entries the input kind, gene_calling and the caller's version), plus block_size,
+pack_mode, windows_per_seq, val_frac, test_frac and the seed; under data.split_by: cluster also the cluster settings, the MMseqs2 version and a digest of what decides
 every dataset's proteins (a cluster split of one dataset depends on all of them). Two configs that
 differ in any of these never share a folder; two that agree share one, whatever the file paths.
 
