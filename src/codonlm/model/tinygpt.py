@@ -142,6 +142,10 @@ HookFn = Callable[[Tensor, HookPoint], Tensor | None]
 HookSpec = tuple[str | Callable[[str], bool], HookFn]
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 def ablate_heads(layer: int, heads: Iterable[int], scale: float = 0.0) -> list[HookSpec]:
     """Hooks that scale (default: zero) heads of one layer at `hook_z`, before the output projection:
     head ablation, e.g. `with model.hooks(ablate_heads(1, [2])): ...`."""
@@ -258,10 +262,11 @@ class Block(nn.Module):
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: object, backend: str,
         past: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        drop = self.drop if self.training else _identity  # no module call per block when decoding
         x = self.hook_resid_pre(x)
         attn_out, kv = self.attn(self.ln_1(x), cos, sin, mask, backend, past)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.drop(attn_out)))
-        x = self.hook_resid_post(x + self.hook_mlp_out(self.drop(self.mlp(self.ln_2(x)))))
+        x = self.hook_resid_mid(x + self.hook_attn_out(drop(attn_out)))
+        x = self.hook_resid_post(x + self.hook_mlp_out(drop(self.mlp(self.ln_2(x)))))
         return x, kv
 
 
