@@ -9,14 +9,16 @@ differs at one codon i (10 or more codons from either end):
 Two measures of a run, from the logits:
 
     eos      log p(<EOS_CDS>) predicted right after codon i: "does the model think the gene ends here?"
-    after    mean log p of the K = 10 true codons after i ("how well does it read on?")
+    after    mean log p of the K = 10 true codons after the next one, i+2 .. i+K+1 ("does it read on as
+             a gene?"; the codon right after i is left out: after a stop it is mostly the eos measure again)
 
 Clean activations are then patched into the corrupted run (a hook that replaces the activation) and
 we measure how much of the clean-minus-corrupted difference each patch restores, as a ratio of sums
 over genes, (sum patched - sum corrupted) / (sum clean - sum corrupted): 0 = nothing, 1 = all. Grid:
 the residual stream entering each block (`blocks.{l}.hook_resid_pre`) and leaving the last one,
-x the position (i, i+1, ..., i+5, or every position); then each head's output (`hook_z`, every
-position) of every layer. Known answer: the last residual at every position restores the clean run
+x the position (i, i+1, ..., i+3, or every position); then each head's output (`hook_z`, every
+position) of every layer. Inputs end at the last position a measure reads (the model is causal, so
+nothing is lost), which keeps the step within the analysis time budget. Known answer: the last residual at every position restores the clean run
 exactly (tested). Everything for the trained model and its random-init twin.
 """
 
@@ -29,17 +31,18 @@ from torch import Tensor
 
 from codonlm.analysis.context import AnalysisContext
 from codonlm.data.codons import EOS, PAD, STOI, genetic_code
+from codonlm.errors import UserError
 from codonlm.io import save_figure, write_csv
 from codonlm.model.tinygpt import TinyGPT
 
 NAME = "analyze_patching"
-GENES_PER_DATASET = 6
+GENES_PER_DATASET = 4
 MARGIN = 10  # codons kept clean at both ends; also K, the codons scored after i
-OFFSETS = 6  # patched positions i .. i + OFFSETS - 1, then "all"
-MIN_CODONS, MAX_CODONS = 3 * MARGIN, 200
+OFFSETS = 4  # patched positions i .. i + OFFSETS - 1, then "all"
+MIN_CODONS, MAX_CODONS = 3 * MARGIN, 160
 CORRUPTIONS = ("nonsense", "synonymous")
 MEASURES = ("eos", "after")
-MEASURE_LABELS = {"eos": "log p(<EOS_CDS>) right after codon i", "after": "log p of the 10 codons after i"}
+MEASURE_LABELS = {"eos": "log p(<EOS_CDS>) right after codon i", "after": "log p of codons i+2 .. i+11"}
 
 
 def settings(ctx: AnalysisContext) -> dict:
@@ -61,7 +64,7 @@ def make_pairs(ctx: AnalysisContext) -> pd.DataFrame:
         n = len(tokens) - 2
         stops = [t for t in np.flatnonzero(code.is_stop)]
         stop = STOI["TAA"] if code.is_stop[STOI["TAA"]] else int(stops[0])
-        candidates = np.arange(MARGIN, n - MARGIN)  # token position of codon i is i (after <BOS_CDS>)
+        candidates = np.arange(MARGIN, n - MARGIN - 1)  # token position of codon i is i (after <BOS_CDS>)
         i = int(rng.choice(candidates))
         rows.append({"gene": g, "name": genes.names[g], "dataset": dataset, "corruption": "nonsense",
                      "position": i, "clean": int(tokens[i]), "corrupted": stop})
@@ -76,22 +79,23 @@ def make_pairs(ctx: AnalysisContext) -> pd.DataFrame:
 
 
 def batch_tokens(ctx: AnalysisContext, pairs: pd.DataFrame) -> tuple[Tensor, Tensor]:
-    """Clean and corrupted inputs [N, W] (each gene's <BOS_CDS> c1..cn, padded after the gene)."""
+    """Clean and corrupted inputs [N, W]: each gene's <BOS_CDS> c1.. up to the last token a measure reads
+    (codon i + K + 1), padded after it."""
     genes = ctx.split("test").genes
-    width = max(len(genes[g]) - 1 for g in pairs.gene)
-    clean = torch.full((len(pairs), width), PAD, dtype=torch.long)
-    for r, g in enumerate(pairs.gene):
-        clean[r, : len(genes[g]) - 1] = torch.from_numpy(genes[g][:-1].astype(np.int64))
+    ends = [int(i) + MARGIN + 2 for i in pairs.position]
+    clean = torch.full((len(pairs), max(ends)), PAD, dtype=torch.long)
+    for r, (g, end) in enumerate(zip(pairs.gene, ends, strict=True)):
+        clean[r, :end] = torch.from_numpy(genes[g][:end].astype(np.int64))
     corrupted = clean.clone()
     corrupted[torch.arange(len(pairs)), torch.tensor(pairs.position.tolist())] = torch.tensor(pairs.corrupted.tolist())
     return clean.to(ctx.device), corrupted.to(ctx.device)
 
 
 def measures(logits: Tensor, targets: Tensor, position: Tensor) -> dict[str, Tensor]:
-    """Per gene: log p(<EOS_CDS>) at i (predicting target i + 1) and the mean log p of targets i+1..i+K."""
+    """Per gene: log p(<EOS_CDS>) at i (predicting target i + 1) and the mean log p of targets i+2..i+K+1."""
     logp = logits.float().log_softmax(-1)
     rows = torch.arange(logits.shape[0], device=logits.device)
-    steps = position[:, None] + torch.arange(MARGIN, device=logits.device)[None, :]  # predicting i+1 .. i+K
+    steps = position[:, None] + 1 + torch.arange(MARGIN, device=logits.device)[None, :]  # predicting i+2 .. i+K+1
     after = logp[rows[:, None], steps, targets[rows[:, None], steps + 1]].mean(1)
     return {"eos": logp[rows, position, EOS], "after": after}
 
@@ -161,7 +165,7 @@ def run(ctx: AnalysisContext) -> dict:
     out = ctx.out_dir(NAME)
     pairs = make_pairs(ctx)
     if pairs.empty:
-        raise ValueError("no held-out gene of 30..200 codons fits one context: nothing to patch")
+        raise UserError(f"no held-out gene of {MIN_CODONS}..{MAX_CODONS} codons fits one context: nothing to patch")
     grid, per_gene = [], []
     for corruption in CORRUPTIONS:
         sub = pairs[pairs.corruption == corruption].reset_index(drop=True)
@@ -214,19 +218,30 @@ def summarise(grid: pd.DataFrame, genes: pd.DataFrame, n_layer: int) -> dict:
 
 
 def reading(result: dict) -> str:
+    """Two or three sentences written from the numbers (which layer, which position, which head)."""
     t, r = result["trained"], result["random_init"]
     after = t["nonsense_after"]
     at_i, later = after["restored_at_i_by_layer"], after["restored_best_later_position_by_layer"]
-    head = after["best_head"] or {"head": "none", "restored": float("nan")}
+    mid = len(at_i) // 2
+    if at_i[-1] >= 0.5:
+        where = "the stop's own position still carries most of it at the last block"
+    elif later[-1] > at_i[-1]:
+        moved = next((k for k, v in enumerate(later) if v > at_i[k]), len(at_i) - 1)
+        where = (f"from block {moved} on a later position carries more of it than the stop's own: the signal "
+                 f"has moved into the codons after the stop")
+    else:
+        where = "no single position carries it at the last block: it is spread over the positions after i"
+    head = after["best_head"]
+    head_text = (f"the head whose output restores most is {head['head']} ({head['restored']:.0%})" if head
+                 else "no head restores any of it")
     return (f"A premature stop at codon i raises log p(<EOS_CDS>) right after it by "
             f"{-t['nonsense_eos']['clean_minus_corrupted']:.2f} nats (random init "
-            f"{-r['nonsense_eos']['clean_minus_corrupted']:.2f}) and changes the next 10 codons' mean log p by "
-            f"{-after['clean_minus_corrupted']:+.2f} nats/codon (random init "
-            f"{-r['nonsense_after']['clean_minus_corrupted']:+.2f}). For those codons, the clean residual at position i "
-            f"alone restores {at_i[0]:.0%} entering block 0 and {at_i[-1]:.0%} leaving the last block, while the best "
-            f"single later position restores {later[-1]:.0%} there: the stop's effect moves from its own position into "
-            f"the codons after it. Of the heads, {head['head']}'s output restores most ({head['restored']:.0%}). "
-            f"A synonymous change moves the next 10 codons' log p by "
+            f"{-r['nonsense_eos']['clean_minus_corrupted']:.2f}) and moves the log p of the codons after the next one "
+            f"by {-after['clean_minus_corrupted']:+.2f} nats/codon (random init "
+            f"{-r['nonsense_after']['clean_minus_corrupted']:+.2f}). Of that downstream effect, the clean residual at "
+            f"position i alone restores {at_i[0]:.0%} entering block 0, {at_i[mid]:.0%} entering block {mid} and "
+            f"{at_i[-1]:.0%} leaving the last block, the best single later position {later[-1]:.0%} there: {where}; "
+            f"{head_text}. A synonymous change moves those codons' log p by "
             f"{-t['synonymous_after']['clean_minus_corrupted']:+.3f} nats/codon (random init "
             f"{-r['synonymous_after']['clean_minus_corrupted']:+.3f}).")
 
