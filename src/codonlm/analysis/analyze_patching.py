@@ -217,33 +217,46 @@ def summarise(grid: pd.DataFrame, genes: pd.DataFrame, n_layer: int) -> dict:
     return result
 
 
+MIN_EFFECT = 0.05  # nats per codon: below this a downstream effect is too small for restored shares to mean much
+
+
+def _head_text(block: dict, what: str) -> str:
+    head = block["best_head"]
+    if head is None:
+        return f"no single head's output restores any of {what}"
+    return f"the single head whose output restores most of {what} is {head['head']} ({head['restored']:.0%})"
+
+
 def reading(result: dict) -> str:
-    """Two or three sentences written from the numbers (which layer, which position, which head)."""
+    """Sentences written from the numbers: the effects, then where the downstream effect lives (or that there is
+    none worth localising), then the synonymous control."""
     t, r = result["trained"], result["random_init"]
-    after = t["nonsense_after"]
-    at_i, later = after["restored_at_i_by_layer"], after["restored_best_later_position_by_layer"]
-    mid = len(at_i) // 2
-    if at_i[-1] >= 0.5:
-        where = "the stop's own position still carries most of it at the last block"
-    elif later[-1] > at_i[-1]:
-        moved = next((k for k, v in enumerate(later) if v > at_i[k]), len(at_i) - 1)
-        where = (f"from block {moved} on a later position carries more of it than the stop's own: the signal "
-                 f"has moved into the codons after the stop")
+    eos, after = t["nonsense_eos"], t["nonsense_after"]
+    text = (f"A premature stop at codon i raises log p(<EOS_CDS>) right after it by {-eos['clean_minus_corrupted']:.2f} "
+            f"nats (random init {-r['nonsense_eos']['clean_minus_corrupted']:.2f}); {_head_text(eos, 'that')}. ")
+    effect = -after["clean_minus_corrupted"]
+    if abs(effect) < MIN_EFFECT:
+        text += (f"The codons after the next one barely notice the stop ({effect:+.3f} nats/codon, random init "
+                 f"{-r['nonsense_after']['clean_minus_corrupted']:+.3f}): the model does not carry it downstream, so "
+                 f"there is nothing there to localise. ")
     else:
-        where = "no single position carries it at the last block: it is spread over the positions after i"
-    head = after["best_head"]
-    head_text = (f"the head whose output restores most is {head['head']} ({head['restored']:.0%})" if head
-                 else "no head restores any of it")
-    return (f"A premature stop at codon i raises log p(<EOS_CDS>) right after it by "
-            f"{-t['nonsense_eos']['clean_minus_corrupted']:.2f} nats (random init "
-            f"{-r['nonsense_eos']['clean_minus_corrupted']:.2f}) and moves the log p of the codons after the next one "
-            f"by {-after['clean_minus_corrupted']:+.2f} nats/codon (random init "
-            f"{-r['nonsense_after']['clean_minus_corrupted']:+.2f}). Of that downstream effect, the clean residual at "
-            f"position i alone restores {at_i[0]:.0%} entering block 0, {at_i[mid]:.0%} entering block {mid} and "
-            f"{at_i[-1]:.0%} leaving the last block, the best single later position {later[-1]:.0%} there: {where}; "
-            f"{head_text}. A synonymous change moves those codons' log p by "
-            f"{-t['synonymous_after']['clean_minus_corrupted']:+.3f} nats/codon (random init "
-            f"{-r['synonymous_after']['clean_minus_corrupted']:+.3f}).")
+        at_i, later = after["restored_at_i_by_layer"], after["restored_best_later_position_by_layer"]
+        mid = len(at_i) // 2
+        if at_i[-1] >= 0.5:
+            where = "the stop's own position still carries most of it at the last block"
+        elif later[-1] > at_i[-1]:
+            moved = next((k for k, v in enumerate(later) if v > at_i[k]), len(at_i) - 1)
+            where = f"from block {moved} on a later position carries more of it than the stop's own"
+        else:
+            where = "no single position carries it at the last block: it is spread over the positions after i"
+        text += (f"It moves the log p of the codons after the next one by {effect:+.2f} nats/codon (random init "
+                 f"{-r['nonsense_after']['clean_minus_corrupted']:+.2f}); the clean residual at position i alone "
+                 f"restores {at_i[0]:.0%} of that entering block 0, {at_i[mid]:.0%} entering block {mid} and "
+                 f"{at_i[-1]:.0%} leaving the last block, the best single later position {later[-1]:.0%} there: "
+                 f"{where}; {_head_text(after, 'it')}. ")
+    return text + (f"A synonymous change moves those codons' log p by "
+                   f"{-t['synonymous_after']['clean_minus_corrupted']:+.3f} nats/codon (random init "
+                   f"{-r['synonymous_after']['clean_minus_corrupted']:+.3f}).")
 
 
 def draw_residual(grid: pd.DataFrame, n_layer: int, out) -> None:
