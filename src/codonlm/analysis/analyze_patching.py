@@ -224,6 +224,9 @@ def _head_text(block: dict, what: str) -> str:
     head = block["best_head"]
     if head is None:
         return f"no single head's output restores any of {what}"
+    if head["restored"] < 0.1:
+        return (f"no single head's output restores more than {max(head['restored'], 0):.0%} of {what} (best "
+                f"{head['head']}): attention does not carry it, the stop codon's own residual stream does")
     return f"the single head whose output restores most of {what} is {head['head']} ({head['restored']:.0%})"
 
 
