@@ -282,7 +282,12 @@ def write_results(out: Path, title: str, classes: list[str], results: dict, pref
 
 def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: str | None = None,
                       show_progress: bool = True) -> dict:
-    """Build the ready data when asked, fit every model on one split, write out_dir; returns metrics.json."""
+    """Build the ready data when asked, fit every model on one split, write out_dir; returns metrics.json.
+    A `task: regression` config goes to `train_regression` (cross-validated regression)."""
+    if cfg.task == "regression":
+        from codonlm.stage2.train_regression import train_regression_from_config
+
+        return train_regression_from_config(cfg, run_id, task, show_progress)
     cfg = resolve_paths(cfg, run_id)
     if cfg.build_from_run:
         from codonlm.stage2.tasks import build_run_data

@@ -1,0 +1,230 @@
+"""Regression in stage 2: predict a measured gene property from sequence, probes against baselines.
+
+Every model (`regressors.py`) is scored by K-fold cross-validation (default 5 folds, `repeats` times with
+seeds seed, seed + 1, ...): out-of-fold predictions of every gene, then Spearman, Pearson and R^2 with 95%
+bootstrap intervals (`metrics.regression_metrics`). Folds are grouped: genes of one group (by default
+identical proteins; `group_column` for clusters) never sit on both sides of a split, and stratified by
+target quantile so each fold spans the range. With `layer: all` every layer is scored with the ridge probe
+(metric by layer), and in each outer fold the probes read the layer the ridge's inner group CV scored
+best on the training genes only, never on the test fold.
+
+out_dir:
+    metrics.json      per model: spearman, pearson, r2 (+ _ci, _per_repeat); the CV settings; the layer sweep
+    predictions.csv   id, target, fold (first repeat), each model's out-of-fold prediction (mean of repeats)
+    scatter.png       measured vs predicted per model;  layers.png  metric by layer (layer: all)
+    compare.csv/png   every model's Spearman / Pearson / R^2 with intervals
+    <model>.skops     each fitted model refitted on every gene; vectorizer.skops for kmer_ridge; model.skops
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from codonlm.errors import UserError
+from codonlm.stage2.regressors import ZERO_SHOT, codon_features, feature_source, make_regressor
+
+MIN_GENES = 20
+
+
+@dataclass
+class RegressionSet:
+    """Genes with a numeric target and what the models read."""
+
+    ids: list[str]
+    y: np.ndarray
+    seqs: list[str]
+    groups: np.ndarray
+    embeddings: np.ndarray | None = None  # [genes, channels] or [genes, layers, channels]
+    layers: list[str] = field(default_factory=lambda: ["final"])
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # per-gene cai, mean_loglik
+    source: str = "input"
+
+
+def check_target(data: RegressionSet, folds: int) -> None:
+    """One line saying why cross-validation cannot run (too few genes or groups, a constant target)."""
+    n = len(data.y)
+    if n < MIN_GENES:
+        raise UserError(f"{data.source}: {n} labelled genes; cross-validated regression needs at least "
+                        f"{MIN_GENES}, add genes")
+    if np.ptp(data.y) == 0:
+        raise UserError(f"{data.source}: the target is constant ({data.y[0]:g} for all {n} genes); nothing to "
+                        "predict, check the target column")
+    n_groups = len(set(data.groups))
+    if n_groups < folds:
+        raise UserError(f"{data.source}: {n_groups} groups of identical proteins / clusters for {folds} folds; "
+                        "lower 'folds' or add genes")
+
+
+def cv_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) rows of a shuffled group k-fold stratified by target quintile: no group straddles."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    bins = np.searchsorted(np.quantile(y, [0.2, 0.4, 0.6, 0.8]), y)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" when a quintile has few groups
+        return list(splitter.split(np.zeros(len(y)), bins, groups))
+
+
+def _inner(y: np.ndarray, groups: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return cv_folds(y, groups, min(3, len(set(groups))), seed)
+
+
+def feature_matrix(model: str, data: RegressionSet, vectorizer=None, layer: int = 0) -> np.ndarray:
+    """The features a fitted model reads (embeddings of one layer, codon or k-mer frequencies, CAI)."""
+    from codonlm.stage2.kmer import kmer_features
+
+    source = feature_source(model)
+    if source == "embedding":
+        return data.embeddings if data.embeddings.ndim == 2 else data.embeddings[:, layer]
+    if source == "codon":
+        return codon_features(data.seqs)
+    if source == "kmer":
+        return kmer_features(vectorizer, data.seqs)
+    return data.scores[source][:, None]
+
+
+def choose_layer(data: RegressionSet, rows: np.ndarray, seed: int) -> tuple[int, list[float]]:
+    """The layer whose ridge probe scores best (R^2) in inner group CV on `rows` only; the inner scores."""
+    if data.embeddings is None or data.embeddings.ndim == 2:
+        return 0, []
+    inner = _inner(data.y[rows], data.groups[rows], seed)
+    scores = []
+    for layer in range(data.embeddings.shape[1]):
+        fitted = make_regressor("probe_ridge", seed, inner).fit(data.embeddings[rows, layer], data.y[rows])
+        scores.append(float(fitted.named_steps["reg"].best_score_))
+    return int(np.argmax(scores)), scores
+
+
+def fit_one(model: str, data: RegressionSet, rows: np.ndarray, seed: int, layer: int, vectorizer=None):
+    """A fitted estimator of `model` on `rows` (ridge penalties by inner group CV on those rows only)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    inner = _inner(data.y[rows], data.groups[rows], seed) if model.endswith("ridge") else 3
+    estimator = make_regressor(model, seed, inner)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(feature_matrix(model, data, vectorizer, layer)[rows], data.y[rows])
+    if model.endswith("ridge"):
+        estimator.named_steps["reg"].set_params(cv=len(inner))  # fold indices stay out of the saved file
+    return estimator
+
+
+def cross_validate(data: RegressionSet, models: list[str], folds: int = 5, repeats: int = 1, seed: int = 0,
+                   vectorizer=None) -> tuple[dict[str, np.ndarray], dict]:
+    """Out-of-fold predictions [repeats, genes] per model, and the CV record (fold of each gene in the first
+    repeat, the layer each fold's inner CV chose, the per-layer ridge predictions of a layer sweep)."""
+    from threadpoolctl import threadpool_limits
+
+    n = len(data.y)
+    preds = {m: np.zeros((repeats, n)) for m in models}
+    sweep = data.embeddings is not None and data.embeddings.ndim == 3
+    layer_preds = np.zeros((data.embeddings.shape[1], repeats, n)) if sweep else None
+    record: dict = {"fold": np.zeros(n, dtype=np.int64), "chosen_layers": []}
+    with threadpool_limits(limits=1):  # small problems: one thread avoids OpenMP spin-waits on shared cores
+        for r in range(repeats):
+            for f, (train, test) in enumerate(cv_folds(data.y, data.groups, folds, seed + r)):
+                if r == 0:
+                    record["fold"][test] = f
+                layer, _ = choose_layer(data, train, seed + r)
+                record["chosen_layers"].append(data.layers[layer])
+                for m in models:
+                    if m in ZERO_SHOT:
+                        preds[m][r, test] = data.scores[feature_source(m)][test]
+                        continue
+                    fitted = fit_one(m, data, train, seed + r, layer, vectorizer)
+                    preds[m][r, test] = fitted.predict(feature_matrix(m, data, vectorizer, layer)[test])
+                if sweep:
+                    for i in range(data.embeddings.shape[1]):
+                        fitted = fit_one("probe_ridge", data, train, seed + r, i)
+                        layer_preds[i, r, test] = fitted.predict(data.embeddings[test, i])
+    record["layer_predictions"] = layer_preds
+    return preds, record
+
+
+def evaluate_models(data: RegressionSet, models: list[str], folds: int = 5, repeats: int = 1, seed: int = 0,
+                    bootstrap: int = 1000, kmer_k: int = 4) -> dict:
+    """Cross-validate every model and score it: {"models": metrics per model, "layers": sweep or {}, ...}.
+
+    What `train-regressor`, the ready tasks and `CodonLM.fit_probe` all call."""
+    from codonlm.stage2.kmer import kmer_vectorizer
+    from codonlm.stage2.metrics import regression_metrics
+
+    check_target(data, folds)
+    missing = [m for m in models if feature_source(m) == "embedding" and data.embeddings is None]
+    missing += [m for m in models if feature_source(m) in ("cai", "mean_loglik") and feature_source(m) not in data.scores]
+    if missing:
+        raise UserError(f"{data.source}: model {missing[0]} has no {feature_source(missing[0])} input; give it "
+                        "(embeddings, cai_reference, a run to score with) or drop the model")
+    t0 = time.perf_counter()
+    # the k-mer vocabulary is unsupervised (every k-mer of the alphabet): fitting it on all genes leaks no target
+    vectorizer = kmer_vectorizer(kmer_k).fit(data.seqs) if "kmer_ridge" in models else None
+    preds, record = cross_validate(data, models, folds, repeats, seed, vectorizer)
+    results = {m: regression_metrics(data.y, preds[m], bootstrap, seed, with_r2=m not in ZERO_SHOT) for m in models}
+    layers, chosen = {}, {}
+    if record["layer_predictions"] is not None:
+        layers = {name: regression_metrics(data.y, record["layer_predictions"][i], bootstrap, seed)
+                  for i, name in enumerate(data.layers)}
+        chosen = {name: record["chosen_layers"].count(name) for name in data.layers}
+    return {"models": results, "predictions": preds, "fold": record["fold"], "layers": layers,
+            "chosen_layers": chosen, "vectorizer": vectorizer, "cv_seconds": round(time.perf_counter() - t0, 2),
+            "cv": {"folds": folds, "repeats": repeats, "seed": seed, "grouped": True,
+                   "stratified": "target quintile", "bootstrap": bootstrap}}
+
+
+def refit_all(data: RegressionSet, models: list[str], seed: int, vectorizer) -> tuple[dict, str | None]:
+    """Every fitted model refitted on all genes (layer chosen by inner CV on all of them) for saving."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        layer, _ = choose_layer(data, np.arange(len(data.y)), seed)
+        fitted = {m: fit_one(m, data, np.arange(len(data.y)), seed, layer, vectorizer)
+                  for m in models if m not in ZERO_SHOT}
+    sweep = data.embeddings is not None and data.embeddings.ndim == 3
+    return fitted, data.layers[layer] if sweep else None
+
+
+def transform_target(values: np.ndarray, transform: str, where: str) -> np.ndarray:
+    """The target as the models see it: as given, log10 (every value > 0), or ranks scaled to (0, 1]."""
+    from scipy.stats import rankdata
+
+    if transform == "log10":
+        bad = np.flatnonzero(values <= 0)
+        if bad.size:
+            raise UserError(f"{where} row {bad[0] + 2}: {values[bad[0]]:g} has no log10 (not > 0); use transform "
+                            "rank or none, or drop the row")
+        return np.log10(values)
+    if transform == "rank":
+        return rankdata(values) / len(values)
+    return values
+
+
+def protein_groups(seqs: list[str], table_id: int = 11) -> np.ndarray:
+    """A group per distinct encoded protein: identical proteins (paralogous copies) share a CV fold."""
+    import hashlib
+
+    from codonlm.data.codons import translate
+
+    return np.array([hashlib.sha1(translate(s, table_id).encode()).hexdigest()[:16] for s in seqs])
+
+
+def mean_loglik(model, ids: list[str], seqs: list[str]) -> np.ndarray:
+    """The model's mean log-likelihood per token of each whole gene (`<BOS_CDS> codons <EOS_CDS>`, = -nll)."""
+    from codonlm.evaluate.query import score
+
+    return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)))])
+
+
+def cai_scores(seqs: list[str], reference_fasta: str) -> np.ndarray:
+    """CAI (Sharp & Li) of each gene against the codon usage of the reference genes in a FASTA file."""
+    from codonlm.data.codons import clean_sequences
+    from codonlm.evaluate.seqmetrics import CAIReference
+    from codonlm.stage2.inputs import read_sequences
+
+    ids, ref, source = read_sequences(fasta=reference_fasta)
+    _, ref, _ = clean_sequences(ids, ref, source)
+    return CAIReference().fit(ref).cai_many(seqs)
