@@ -126,7 +126,7 @@ def test_sampling_is_seeded_and_respects_budgets(run):
 
 def test_user_errors(run, tmp_path, capsys):
     _, cfg = run
-    with pytest.raises(UserError, match="no checkpoint for run 'nope'"):
+    with pytest.raises(UserError, match="unknown run id 'nope'.*; runs that exist: "):
         run_prefix_generation("nope", checkpoints_dir=str(tmp_path))
     with pytest.raises(UserError, match="temperatures"):
         run_prefix_generation("tiny", checkpoints_dir=cfg.outputs.out_dir, temperatures=(0.0,))
@@ -136,7 +136,7 @@ def test_user_errors(run, tmp_path, capsys):
         )
     assert main(["generate-prefix", "nope", "--checkpoints-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("codonlm generate-prefix: error: no checkpoint")
+    assert len(err) == 1 and err[0].startswith("codonlm generate-prefix: error: unknown run id 'nope'")
 
 
 def test_script_runs(run, monkeypatch, capsys):

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from codonlm.errors import TrainingDiverged, UserError
+from codonlm.errors import Interrupted, TrainingDiverged, UserError
 from codonlm.log import log, log_to
 
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
@@ -67,6 +67,9 @@ def run_log(run_directory: Path):
             yield
         except (UserError, TrainingDiverged) as exc:  # main() prints it after the tee is gone: log it too
             log_file.write(f"error: {exc}\n")
+            raise
+        except Interrupted as exc:
+            log_file.write(f"{exc}\n")
             raise
         finally:
             sys.stdout.flush()
@@ -203,7 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from codonlm.evaluate.heldout import evaluate_run
 
     m = evaluate_run(args.run_id, args.checkpoints_dir, split=args.split, device=args.device, out_dir=args.out_dir,
-                     stride=args.stride, amp=args.amp)
+                     stride=args.stride, amp=args.amp, runs_dir=args.runs_dir)
     beats = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m["beats_baselines"].items())
     log(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}, top-1 "
         f"{m['model']['top1_accuracy']:.3f}, aa accuracy {m['model']['aa_accuracy']:.3f}; baselines: "
@@ -219,7 +222,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     from codonlm.model.load import load_model
 
     records = read_dna_records(fasta=args.fasta, skip_invalid=args.skip_invalid)
-    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
+    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device, args.runs_dir)
     rows = score(model, records, stride=args.stride, amp=args.amp)
     table = pd.DataFrame(rows).drop(columns="per_codon_log_likelihood")
     if args.out:
@@ -244,7 +247,7 @@ def cmd_query(args: argparse.Namespace) -> None:
             raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
         stdin_text = sys.stdin.read()
     records = read_dna_records(args.dna, args.fasta, stdin_text, args.skip_invalid, args.transl_table)
-    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device)
+    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device, args.runs_dir)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
@@ -289,8 +292,17 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
                    "<stem>.<gene>.png heatmaps beside it (default: TSV on stdout)")
     m.add_argument("--heatmaps", type=int, default=20, help="heatmaps for the first N genes (default: %(default)s)")
     m.add_argument("--batch-tokens", type=int, default=8192, help="suffix tokens per batch (bounds memory)")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    add_run_location(p)
     p.add_argument("--device", default="cpu")
+
+
+def add_run_location(p: argparse.ArgumentParser, runs_dir: bool = True) -> None:
+    """--checkpoints-dir (and --runs-dir): by default a run's files are where its own recorded config
+    (runs/<RUN_ID>/config.yaml) puts them (codonlm.runid.locate_run)."""
+    p.add_argument("--checkpoints-dir", help="where <RUN_ID>/best.pt is (default: the run's outputs.out_dir, "
+                   "from runs/<RUN_ID>/config.yaml; else outputs/checkpoints)")
+    if runs_dir:
+        p.add_argument("--runs-dir", help="where run folders live (default: runs)")
 
 
 def _temperatures(text: str) -> list[float]:
@@ -304,8 +316,8 @@ def _temperatures(text: str) -> list[float]:
 
 def add_generate_prefix_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of scripts/eval_generation_prefix.py (and `codonlm generate-prefix`)."""
-    p.add_argument("run_id", help="run id under --checkpoints-dir (best.pt, else last.pt) or a .pt path")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    p.add_argument("run_id", help="run id (its best.pt) or a .pt path")
+    add_run_location(p)
     p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
     p.add_argument(
         "--split", default="test", choices=["test", "val"], help="held-out genes to prompt with (default: test)"
@@ -341,8 +353,8 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
     from codonlm.evaluate.generation import run_prefix_generation
 
     result = run_prefix_generation(
-        args.run_id, checkpoints_dir=args.checkpoints_dir, processed_dir=args.processed_dir, split=args.split,
-        prompt_codons=args.prompt_codons, per_genome=args.per_genome, temperatures=args.temperatures,
+        args.run_id, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir, processed_dir=args.processed_dir,
+        split=args.split, prompt_codons=args.prompt_codons, per_genome=args.per_genome, temperatures=args.temperatures,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, out_dir=args.out_dir, max_codons=args.max_codons,
         length_factor=args.length_factor, end_at_stop=args.end_at_stop, batch_size=args.batch_size,
         device=args.device, show_progress=not args.quiet,
@@ -404,7 +416,8 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 
 def _add_run_id_or_latest(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", default="latest",
-                   help="run id (default: latest, the run with the newest checkpoint under --checkpoints-dir)")
+                   help="run id (default: latest, the run with the newest checkpoint under --checkpoints-dir, "
+                   "default outputs/checkpoints)")
 
 
 def _resolve_latest(args: argparse.Namespace, command: str) -> str:
@@ -414,7 +427,7 @@ def _resolve_latest(args: argparse.Namespace, command: str) -> str:
     from codonlm.provenance import latest_run
 
     args.run_id = latest_run(args.checkpoints_dir)
-    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir})")
+    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir or 'outputs/checkpoints'})")
     return args.run_id
 
 
@@ -467,8 +480,8 @@ def cmd_extract_embeddings(args: argparse.Namespace) -> None:
     from codonlm.stage2.embeddings import embed_file
 
     embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
-               layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, device=args.device,
-               stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
+               layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
+               device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -538,14 +551,13 @@ def _pipeline_arguments(p: argparse.ArgumentParser) -> None:
 def _export_hf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="run id (uses best.pt) or a path to a .pt checkpoint")
     p.add_argument("out_dir")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
-    p.add_argument("--runs-dir", help="run folders, for the model card (default: the run config's outputs.runs_dir)")
+    add_run_location(p)
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("--split", default="test", choices=["test", "val"])
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    add_run_location(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", help="default: runs/<RUN_ID>/evaluate")
     _add_scoring(p)
@@ -557,7 +569,7 @@ def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="CSV path (default: stdout)")
     _add_skip_invalid(p)
     _add_scoring(p)
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    add_run_location(p)
     p.add_argument("--device", default="cpu")
 
 
@@ -567,7 +579,7 @@ def _analyze_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps to run, in pipeline order whatever the order given (default: all seven)")
     p.add_argument("--force", action="store_true", help="re-run steps that already finished")
     p.add_argument("--report", action="store_true", help="then write runs/<RUN_ID>/report.html")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    add_run_location(p, runs_dir=False)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of every gene/position draw (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -582,7 +594,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 def _bundle_arguments(p: argparse.ArgumentParser) -> None:
     _add_run_id_or_latest(p)
     p.add_argument("--out-dir", default="outputs/share", help="bundles go to <dir>/<RUN_ID>[.tar.gz]")
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    add_run_location(p, runs_dir=False)
     _add_analysis(p)
 
 
@@ -599,7 +611,7 @@ def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="window advance for genes longer than block_size (default block/2)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
     p.add_argument("--amp", action="store_true", help=AMP_HELP)
-    p.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    add_run_location(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -629,7 +641,8 @@ def _stage2_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("--configs-dir", default="configs/classifier")
     p.add_argument("--tasks", help="comma-separated subset (default: all ready tasks)")
-    p.add_argument("--checkpoints-dir", help="default: each config's (outputs/checkpoints)")
+    p.add_argument("--checkpoints-dir", help="default: each config's, else the run's outputs.out_dir "
+                   "(runs/<RUN_ID>/config.yaml)")
     p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -696,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except (UserError, TrainingDiverged) as exc:
         print(f"codonlm {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:  # training saved last.pt first
+        print(f"codonlm {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"codonlm {args.command}: interrupted", file=sys.stderr)

@@ -108,6 +108,8 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, ge=0.0, description="gradient norm clip (0: off)")
     max_nonfinite_steps: int = Field(5, ge=1, description="consecutive non-finite losses before stopping")
     checkpoint_every: int = Field(200, ge=0, description="optimizer steps between mid-epoch last.pt (0: epoch ends only)")
+    checkpoint_minutes: float = Field(10.0, ge=0.0, description="minutes of wall time after which a mid-epoch "
+                                      "last.pt is also written (0: off); Ctrl-C/SIGTERM save last.pt too")
     log_every: int = Field(10, ge=1, description="optimizer steps between curves.csv rows (mean train loss since the last)")
     eval_every: int = Field(50, ge=0, description="steps between validations on a fixed subset (0: epoch ends only)")
     eval_windows: int = Field(256, ge=1, description="windows in that fixed validation subset")

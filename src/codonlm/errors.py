@@ -13,3 +13,12 @@ class TrainingDiverged(Exception):
     The CLI prints it as one line (with the advice in the message) and exits 3."""
 
     exit_code = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving last.pt: the CLI prints the message (where the
+    checkpoint is, how to continue) and exits 128 + the signal number (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -36,6 +36,16 @@ def _generation(scores_dir: Path) -> str:
     return "; ".join(parts)
 
 
+def _model(checkpoints: Path) -> str:
+    """The checkpoints that exist, and what a missing best.pt means."""
+    best, last = checkpoints / "best.pt", checkpoints / "last.pt"
+    if best.is_file():
+        return f"{best}" + (" (last.pt to resume)" if last.is_file() else "")
+    if last.is_file():
+        return f"{last} only, no best.pt (training stopped before an epoch ended, or diverged: see log.txt)"
+    return f"{checkpoints}/: no checkpoint yet"
+
+
 def _stage2(stage2_dir: Path) -> list[str]:
     s = read_json(stage2_dir / "summary.json")
     if not s:
@@ -61,7 +71,7 @@ def headline_lines(run_id: str, run_dir: Path, checkpoints: Path, scores: Path, 
     return [
         f"=== outputs of run {run_id}:",
         f"    log, config, stage stamps  {run_dir}/ (log.txt, config.yaml, stages/)",
-        f"    model                      {checkpoints}/best.pt (last.pt to resume)",
+        f"    model                      {_model(checkpoints)}",
         f"    training curves            {scores}/curves.csv",
         f"    held-out evaluation        {run_dir}/evaluate/: {_heldout(run_dir)}",
         f"    generated genes            {scores}/gen_prefix/: {_generation(scores)}",

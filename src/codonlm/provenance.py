@@ -11,7 +11,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from codonlm.config import OVERRIDES_ENV, Config, config_overrides, config_sha256, config_to_yaml
+from codonlm.config import (
+    OVERRIDES_ENV,
+    Config,
+    OutputsConfig,
+    config_overrides,
+    config_sha256,
+    config_to_yaml,
+)
 from codonlm.errors import UserError
 from codonlm.io import atomic_write, read_json, sha256_file, write_json
 from codonlm.log import log
@@ -28,17 +35,18 @@ def list_runs(runs_dir: str | Path = "runs") -> list[str]:
     return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
 
 
-def unknown_run(run_id: str, missing: Path, runs_dir: str | Path = "runs") -> UserError:
+def unknown_run(run_id: str, missing: Path | str, runs_dir: str | Path = "runs") -> UserError:
     """The one-line error for a run id that does not exist, listing the runs that do."""
     known = list_runs(runs_dir)
     listing = ", ".join(known) if known else "none yet (run ./main.sh)"
     return UserError(f"unknown run id '{run_id}' (no {missing}); runs that exist: {listing}")
 
 
-def latest_run(checkpoints_dir: str | Path = "outputs/checkpoints") -> str:
-    """The trained run (best.pt or last.pt under checkpoints_dir) whose newest checkpoint is the most
-    recent: what `latest` (and a missing RUN_ID of ./analysis.sh, post_process.sh) means."""
-    folder = Path(checkpoints_dir)
+def latest_run(checkpoints_dir: str | Path | None = None) -> str:
+    """The trained run (best.pt or last.pt under checkpoints_dir, default outputs.out_dir's default) whose
+    newest checkpoint is the most recent: what `latest` (and a missing RUN_ID of ./analysis.sh,
+    post_process.sh) means."""
+    folder = Path(checkpoints_dir or OutputsConfig().out_dir)
     stamps = {}
     if folder.is_dir():
         for run in folder.iterdir():

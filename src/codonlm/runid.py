@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from codonlm.config import Config, config_sha256
+from codonlm.config import Config, OutputsConfig, config_sha256, load_yaml, parse_config
 from codonlm.errors import UserError
 
 
@@ -86,3 +86,24 @@ def find_run(cfg: Config) -> str | None:
     digest = config_sha256(cfg)
     matches = [p for p in runs.glob("*/config.sha256") if p.read_text().strip() == digest]
     return max(matches, key=lambda p: (p.stat().st_mtime, p.parent.name)).parent.name if matches else None
+
+
+def locate_run(run_id: str, checkpoints_dir: str | Path | None = None, runs_dir: str | Path | None = None) -> Path:
+    """An existing run's checkpoint folder, from its own recorded config (runs/<RUN_ID>/config.yaml): every
+    command that reads a run comes here, so a run trained with a custom outputs.out_dir is found without flags.
+
+    runs_dir defaults to outputs.runs_dir's default (runs); checkpoints_dir, when given, overrides the
+    recorded out_dir (checkpoints moved elsewhere), and without a run folder it (default outputs/checkpoints)
+    is where the run's checkpoints must be. An unknown id is one line listing the runs that exist.
+    """
+    from codonlm.provenance import unknown_run
+
+    runs = Path(runs_dir or OutputsConfig().runs_dir)
+    recorded = runs / run_id / "config.yaml"
+    cfg = None
+    if recorded.is_file():
+        cfg = load_yaml(recorded, parse_config, "the run's config snapshot", "config sections")
+    folder = Path(checkpoints_dir or (cfg.outputs.out_dir if cfg else OutputsConfig().out_dir)) / run_id
+    if cfg is None and not folder.is_dir():
+        raise unknown_run(run_id, f"{recorded}, no {folder}", runs)
+    return folder

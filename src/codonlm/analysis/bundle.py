@@ -56,7 +56,7 @@ def _swap_in(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def bundle_run(run_id: str, out_dir: str | Path = "outputs/share", checkpoints_dir: str = "outputs/checkpoints",
+def bundle_run(run_id: str, out_dir: str | Path = "outputs/share", checkpoints_dir: str | None = None,
                runs_dir: str | Path | None = None, reports_dir: str | Path = "outputs/reports") -> tuple[Path, Path]:
     """Gather a finished run into <out_dir>/<RUN_ID>/ and <out_dir>/<RUN_ID>.tar.gz; returns both paths."""
     from codonlm.analysis.context import load_context

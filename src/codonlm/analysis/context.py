@@ -12,10 +12,9 @@ import torch
 
 from codonlm.config import Config
 from codonlm.data.codons import PAD
-from codonlm.errors import UserError
 from codonlm.io import SplitGenes, read_split_genes
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.provenance import list_runs, unknown_run  # noqa: F401 - list_runs kept importable from here
+from codonlm.provenance import list_runs  # noqa: F401 - kept importable from here
 
 
 @dataclass
@@ -109,19 +108,14 @@ class AnalysisContext:
             yield chunk, idx.to(self.device)
 
 
-def load_context(run_id: str, checkpoints_dir: str = "outputs/checkpoints", runs_dir: str | Path | None = None,
+def load_context(run_id: str, checkpoints_dir: str | None = None, runs_dir: str | Path | None = None,
                  device: str = "cpu", seed: int = 0, quiet: bool = False) -> AnalysisContext:
-    """Load a finished run for analysis; one-line UserErrors for an unknown run or a run without best.pt."""
-    from codonlm.model.load import load_model
+    """Load a finished run for analysis (model.load: one-line UserErrors for an unknown run, a run
+    without best.pt, a diverged checkpoint)."""
+    from codonlm.model.load import checkpoint_path, load_model
 
-    folder = Path(checkpoints_dir) / run_id
-    if not folder.is_dir():
-        raise unknown_run(run_id, folder, runs_dir or "runs")
-    best = folder / "best.pt"
-    if not best.is_file():
-        raise UserError(f"run '{run_id}' has no best.pt in {folder}; finish training first "
-                        f"('codonlm train -c CONFIG --run-id {run_id}' or ./main.sh)")
-    model, cfg, state = load_model(str(best), checkpoints_dir, device)
+    best = checkpoint_path(run_id, checkpoints_dir, runs_dir)
+    model, cfg, state = load_model(str(best), device=device)
     run_dir = Path(runs_dir or cfg.outputs.runs_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     return AnalysisContext(run_id=run_id, run_dir=run_dir, cfg=cfg, model=model, checkpoint=best,

@@ -141,6 +141,16 @@ def figure_if_any(path: Path) -> str:
     return figure(path) if path.is_file() else ""
 
 
+def trained_steps(run_dir: Path, train_cfg: dict) -> str:
+    """How long the model trained ('900 steps (0.46 of an epoch)'), from the run's train_summary.json;
+    the configured epochs when training has not finished (a step budget can end it inside an epoch)."""
+    done = read_json(run_dir / "train_summary.json") or {}
+    if not done.get("steps_per_epoch"):
+        return f"{train_cfg.get('epochs')} epoch(s) planned"
+    epochs = done["steps"] / done["steps_per_epoch"]
+    return f"{done['steps']:,} steps ({epochs:.2f} {'of an epoch' if epochs < 1 else 'epochs'})"
+
+
 def config_part(run_dir: Path, record: dict) -> str:
     yaml = record.get("config_yaml")
     if not yaml and (run_dir / "config.yaml").is_file():
@@ -155,7 +165,8 @@ def config_part(run_dir: Path, record: dict) -> str:
                       f"window {m.get('block_size')} tokens, per-CDS mask {m.get('sep_mask_enabled')}"],
             ["parameters", record.get("n_params")],
             ["genomes", ", ".join(d["name"] for d in cfg.get("data", {}).get("datasets", []))],
-            ["training", f"{t.get('epochs')} epoch(s), batch {t.get('batch_size')}, lr {t.get('lr')}, {t.get('optimizer')}"],
+            ["training", f"{trained_steps(run_dir, t)}, batch {t.get('batch_size')}, lr {t.get('lr')}, "
+                         f"{t.get('optimizer')}"],
             ["checkpoint", f"{record.get('checkpoint', '–')} (sha256 {str(record.get('checkpoint_sha256', '–'))[:16]}…)"]]
     return ("<h3>Config</h3>" + table(["setting", "value"], rows)
             + f"<details><summary>full config</summary><pre>{esc(yaml)}</pre></details>")

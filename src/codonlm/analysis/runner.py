@@ -119,7 +119,7 @@ def write_run_record(ctx: AnalysisContext, checkpoint_sha256: str) -> None:
     })
 
 
-def analyze(run_id: str, steps: list[str] | str | None = None, checkpoints_dir: str = "outputs/checkpoints",
+def analyze(run_id: str, steps: list[str] | str | None = None, checkpoints_dir: str | None = None,
             runs_dir: str | Path | None = None, force: bool = False, device: str = "cpu", seed: int = 0,
             quiet: bool = False, context: AnalysisContext | None = None) -> dict[str, dict]:
     """Run the requested steps (default: all) in STEPS order; returns {step: summary}."""

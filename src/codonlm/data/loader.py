@@ -10,6 +10,7 @@ growing process; the kernel's page cache keeps hot rows in RAM either way.
 from __future__ import annotations
 
 import os
+import signal
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -136,10 +137,17 @@ def _whole_batch(batch: Batch) -> Batch:
     return batch
 
 
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """worker_init_fn: Ctrl-C reaches every process of the terminal's group; a worker it killed would fail
+    the trainer's next batch, so workers leave it to the trainer (which saves last.pt and stops them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: WindowDataset, cfg: Config, sampler: EpochSampler, batch_size: int) -> DataLoader:
     sysc = cfg.system
     extra = {}
     if sysc.num_workers > 0:
+        extra["worker_init_fn"] = _ignore_ctrl_c
         extra["persistent_workers"] = sysc.persistent_workers
         if sysc.prefetch_factor is not None:
             extra["prefetch_factor"] = sysc.prefetch_factor

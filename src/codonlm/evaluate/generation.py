@@ -279,13 +279,14 @@ class Prompt:
 # --------------------------------------------------------------------------- the stages
 
 
-def _load_run(run_id: str, checkpoints_dir: str, processed_dir: str | None, s: PrefixSettings, device: str):
+def _load_run(run_id: str, checkpoints_dir: str | None, processed_dir: str | None, s: PrefixSettings, device: str,
+              runs_dir: str | None = None):
     """The model and the run's train / held-out genes."""
     from codonlm.data.layout import run_split_path
     from codonlm.model.load import checkpoint_path, load_model
 
-    ckpt = checkpoint_path(run_id, checkpoints_dir)
-    model, cfg, state = load_model(str(ckpt), checkpoints_dir, device=device)
+    ckpt = checkpoint_path(run_id, checkpoints_dir, runs_dir)
+    model, cfg, state = load_model(str(ckpt), device=device)
     if s.prompt_codons + 2 > cfg.model.block_size:
         raise UserError(f"prompt codons ({s.prompt_codons}) must be below block_size - 1 ({cfg.model.block_size - 1})")
     processed = Path(processed_dir or cfg.data.processed_dir)
@@ -413,12 +414,12 @@ def _write(out: Path, samples, summary, result: dict) -> dict:
     return result
 
 
-def run_prefix_generation(run_id: str, checkpoints_dir: str = "outputs/checkpoints", processed_dir: str | None = None,
+def run_prefix_generation(run_id: str, checkpoints_dir: str | None = None, processed_dir: str | None = None,
                           out_dir: str | None = None, device: str = "cpu", show_progress: bool = True,
-                          **settings) -> dict:
+                          runs_dir: str | None = None, **settings) -> dict:
     """Prompt a trained run with the first codons of held-out genes and score what it writes.
 
-    run_id: a run under `checkpoints_dir` (best.pt, else last.pt) or a .pt path. processed_dir:
+    run_id: a run's best.pt (model.load.checkpoint_path) or a .pt path. processed_dir:
     default the run config's data.processed_dir. `settings` are PrefixSettings fields (split,
     prompt_codons, per_genome, temperatures, top_k, top_p, seed, max_codons, length_factor,
     end_at_stop, batch_size, n_align). out_dir: default <outputs.scores_dir>/<RUN_ID>/gen_prefix.
@@ -430,7 +431,8 @@ def run_prefix_generation(run_id: str, checkpoints_dir: str = "outputs/checkpoin
     """
     s = PrefixSettings.parse(**settings)
     t0 = time.perf_counter()
-    model, cfg, run_name, ckpt, processed, train, held = _load_run(run_id, checkpoints_dir, processed_dir, s, device)
+    model, cfg, run_name, ckpt, processed, train, held = _load_run(run_id, checkpoints_dir, processed_dir, s,
+                                                                   device, runs_dir)
     out = Path(out_dir) if out_dir else Path(cfg.outputs.scores_dir) / run_name / "gen_prefix"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(s.seed)

@@ -7,7 +7,6 @@ reported as such (metrics.json: beats_baselines).
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -17,13 +16,16 @@ import pandas as pd
 from codonlm.data.layout import run_split_path
 from codonlm.errors import UserError
 from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM
-from codonlm.evaluate.perplexity import POSITION_BINS, ece, position_bins, score_genes
+from codonlm.evaluate.perplexity import (
+    POSITION_BINS,
+    ece,
+    perplexity_of,
+    position_bins,
+    require_finite,
+    score_genes,
+)
 from codonlm.io import read_split_genes, save_figure, write_csv, write_json
 from codonlm.model.load import load_model
-
-
-def _ppl(nll: float) -> float:
-    return float(math.exp(nll)) if math.isfinite(nll) else float("inf")
 
 
 def _baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)) -> dict[str, list[np.ndarray]]:
@@ -103,7 +105,7 @@ def per_dataset_figure(per_ds: pd.DataFrame):
 def _totals(logps: list[np.ndarray]) -> dict:
     flat = np.concatenate(logps)
     nll = float(-flat.mean())
-    return {"loss": nll, "perplexity": _ppl(nll), "n_targets": int(flat.size)}
+    return {"loss": nll, "perplexity": perplexity_of(nll), "n_targets": int(flat.size)}
 
 
 def _summary_rows(all_logp: dict[str, list[np.ndarray]], scores) -> tuple[list[dict], list[dict]]:
@@ -148,15 +150,15 @@ def _by_position_table(all_logp: dict[str, list[np.ndarray]]) -> pd.DataFrame:
             if sel.any():
                 nll = float(-flat[sel].mean())
                 rows.append({"model": name, "bin": POSITION_BINS[b], "bin_end": POSITION_BINS[b + 1] - 1,
-                             "n_targets": int(sel.sum()), "loss": nll, "perplexity": _ppl(nll)})
+                             "n_targets": int(sel.sum()), "loss": nll, "perplexity": perplexity_of(nll)})
     return pd.DataFrame(rows)
 
 
-def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", split: str = "test",
+def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "test",
                  device: str = "cpu", out_dir: str | Path | None = None, kn_orders=(3, 5),
-                 stride: int | None = None, amp: bool = False) -> dict:
+                 stride: int | None = None, amp: bool = False, runs_dir: str | None = None) -> dict:
     t0 = time.perf_counter()
-    model, cfg, state = load_model(run_id, checkpoints_dir, device)
+    model, cfg, state = load_model(run_id, checkpoints_dir, device, runs_dir)
     run_id = state.get("run_id", run_id)
     test_path, train_path = run_split_path(cfg, run_id, split), run_split_path(cfg, run_id, "train")
     for p in (test_path, train_path):
@@ -172,6 +174,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str = "outputs/checkpoints", spli
     all_logp = {"model": [s.logp for s in scores], **_baselines(train_genes, train_groups, test_genes, test_groups,
                                                                 kn_orders)}
     summary_rows, calib_rows = _summary_rows(all_logp, scores)
+    require_finite(summary_rows[0]["perplexity"], f"{split} perplexity")  # before any file is written
     summary = pd.DataFrame(summary_rows)
     per_ds = _per_dataset_table(all_logp, scores, test_groups, names)
     by_pos = _by_position_table(all_logp)

@@ -15,12 +15,14 @@ the cost.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from codonlm.data.codons import CODON_OFFSET, EOS, PAD, genetic_code
+from codonlm.errors import UserError
 from codonlm.log import progress
 
 
@@ -38,6 +40,23 @@ class GeneScore:
     @property
     def nll(self) -> float:
         return float(-self.logp.mean())
+
+
+def perplexity_of(nll: float) -> float:
+    """exp(nll); inf (not OverflowError) past the float range: a hopeless model, which callers refuse to report."""
+    try:
+        return math.exp(nll)
+    except OverflowError:
+        return math.inf
+
+
+def require_finite(values: np.ndarray | torch.Tensor | float, what: str) -> None:
+    """Refuse a NaN/inf result (a model with finite but overflowing weights) instead of reporting it."""
+    values = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        raise UserError(f"the model's {what} came out NaN/inf ({bad} of {values.size}): its weights overflow, "
+                        "so there is no result to report; train a new run with a lower train.lr (or drop --amp)")
 
 
 def gene_windows(n_targets: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
@@ -99,8 +118,10 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
             # target t sits at column t - a - 1 of this window
             for k in _COLUMNS:
                 cols[k][g].append((lo, values[k][r, lo - a - 1 : hi - a]))
-    return [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])
-                         for k in _COLUMNS}) for g in range(len(genes))]
+    scores = [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])
+                           for k in _COLUMNS}) for g in range(len(genes))]
+    require_finite(np.concatenate([s.logp for s in scores]) if scores else [], "log-probabilities")
+    return scores
 
 
 _COLUMNS = ("logp", "top1", "top5", "aa_correct", "synonymous_mass", "confidence")

@@ -8,7 +8,6 @@ The checkpoint is loaded once by the caller. `score` is the one way DNA records 
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from codonlm.data.codons import CODON_OFFSET, EOS, ITOS, decode, encode, genetic_code, internal_stop_count
 from codonlm.errors import UserError
-from codonlm.evaluate.perplexity import score_genes
+from codonlm.evaluate.perplexity import perplexity_of, require_finite, score_genes
 from codonlm.evaluate.sampling import generate
 
 MODES = ("next", "generate", "score", "mutate")
@@ -37,6 +36,7 @@ def next_codons(model, dna: str, top_k: int = 10, table_id: int = 11) -> list[di
     tokens = tokens.to(next(model.parameters()).device)
     logits, _ = model(tokens, segment_ids=torch.ones_like(tokens))
     probs = torch.softmax(logits[0, -1].float(), dim=-1)
+    require_finite(probs, "next-codon probabilities")
     top = torch.topk(probs, top_k)
     return [{"token": ITOS[int(i)], "probability": float(p), "amino_acid": amino_acid(int(i), table_id)}
             for p, i in zip(top.values, top.indices, strict=True)]
@@ -50,9 +50,10 @@ def score(model, records: list[tuple[str, str]], stride: int | None = None, amp:
     genes = [encode(dna, add_bos=True, add_eos=True) for _, dna in records]
     device = next(model.parameters()).device
     scores = score_genes(model, genes, device=device, stride=stride, amp=amp, table_id=table_id)
+    require_finite([perplexity_of(s.nll) for s in scores], "perplexities")
     return [{"id": name, "n_codons": len(dna) // 3, "internal_stops": internal_stop_count(dna, table_id),
              "log_likelihood": float(s.logp.sum()), "nll": s.nll,
-             "perplexity": math.exp(s.nll), "per_codon_log_likelihood": [float(x) for x in s.logp]}
+             "perplexity": perplexity_of(s.nll), "per_codon_log_likelihood": [float(x) for x in s.logp]}
             for (name, dna), s in zip(records, scores, strict=True)]
 
 

@@ -171,12 +171,12 @@ def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str] | None = None
     return out_dir
 
 
-def export_run(run_id: str, out_dir: str | Path, checkpoints_dir: str = "outputs/checkpoints",
+def export_run(run_id: str, out_dir: str | Path, checkpoints_dir: str | None = None,
                runs_dir: str | None = None) -> Path:
     """`codonlm export-hf`: a run's checkpoint with a card built from its run folder."""
     from codonlm.model.load import load_model
 
-    model, cfg, state = load_model(run_id, checkpoints_dir)
+    model, cfg, state = load_model(run_id, checkpoints_dir, runs_dir=runs_dir)
     run_id = state.get("run_id", run_id)
     card = model_card(model, Path(out_dir).name, run_facts(cfg, run_id, state, runs_dir))
     return export_hf(model, out_dir, state.get("itos"), card=card)

@@ -33,7 +33,7 @@ class ClassifierConfig(BaseModel):
     task: Literal["classification"] = "classification"
     description: str = ""
     run_id: str = Field("latest", description="run whose model and data the paths refer to; latest = newest")
-    checkpoints_dir: str = "outputs/checkpoints"
+    checkpoints_dir: str | None = None  # default: the run's own outputs.out_dir (runs/<RUN_ID>/config.yaml)
     # ready tasks: build the labelled held-out genes (and generated genes) of the run into data_dir first
     build_from_run: list[Literal["heldout", "generated"]] = []
     data_dir: str = "outputs/reports/{run_id}/stage2/data"

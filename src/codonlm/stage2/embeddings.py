@@ -214,16 +214,16 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
 
 
 def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[str], layer: str = "final",
-                       pool: str = "mean", checkpoints_dir: str = "outputs/checkpoints", device: str = "cpu",
+                       pool: str = "mean", checkpoints_dir: str | None = None, device: str = "cpu",
                        stride: int | None = None, max_tokens: int = 16384, amp: bool = False, n_skipped: int = 0,
-                       show_progress: bool = True) -> EmbeddingFile:
+                       show_progress: bool = True, runs_dir: str | None = None) -> EmbeddingFile:
     """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling)."""
     from codonlm.model.load import checkpoint_path, load_model
 
     if pool not in POOLS:
         raise UserError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
-    ckpt = checkpoint_path(run_id, checkpoints_dir)
-    model, _, state = load_model(str(ckpt), checkpoints_dir, device=device)
+    ckpt = checkpoint_path(run_id, checkpoints_dir, runs_dir)
+    model, _, state = load_model(str(ckpt), device=device)
     hook_names(model.cfg.n_layer, layer)  # a bad --layer fails before any work
     t0 = time.perf_counter()
     vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)

@@ -155,7 +155,7 @@ def _run_context(cfg: ClassifierConfig):
     from codonlm.model.load import checkpoint_path
     from codonlm.train.checkpoint import load_checkpoint
 
-    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)
+    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)  # None: where the run's config says
     state = load_checkpoint(ckpt)
     run_cfg = parse_config(state["config"], source=str(ckpt))
     return ckpt, run_cfg, str(state.get("run_id") or cfg.run_id), Path(cfg.processed_dir or run_cfg.data.processed_dir)

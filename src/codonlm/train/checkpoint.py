@@ -37,3 +37,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{path}: not a codonlm checkpoint (no 'model'/'config' entries)")
     return state
+
+
+def nonfinite_weights(weights: dict) -> list[str]:
+    """Names of the floating-point tensors that hold NaN or inf (a diverged model)."""
+    return [name for name, t in weights.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def divergence_advice(lr: float, dtype: str = "float32") -> str:
+    """What to change when training goes non-finite (shared by the trainer and by commands that refuse
+    a diverged checkpoint)."""
+    amp = f"set train.amp: false (training runs in {dtype}), " if dtype != "float32" else ""
+    return (f"lower train.lr (now {lr:g}), {amp}reduce label_smoothing, or re-prep with --force "
+            "(see the manual's NaNs section)")

@@ -47,6 +47,13 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The largest value on any rank, on every rank (e.g. a stop signal one rank received)."""
+    if info.enabled:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
 def shutdown(info: DistInfo) -> None:
     """Barrier first: rank 0 hosts the rendezvous store, and a rank still talking to it when rank 0
     exits is aborted by gloo (seen as a flaky SIGABRT of rank 1)."""

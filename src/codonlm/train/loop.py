@@ -11,8 +11,9 @@ import contextlib
 import math
 import os
 import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,13 +23,20 @@ from codonlm.config import Config, config_to_yaml, parse_config
 from codonlm.data.codons import loss_mask
 from codonlm.data.layout import run_split_path
 from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
-from codonlm.errors import TrainingDiverged, UserError
+from codonlm.errors import Interrupted, TrainingDiverged, UserError
 from codonlm.io import write_json
 from codonlm.log import log, log_to, progress
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.train.checkpoint import load_checkpoint
+from codonlm.train.checkpoint import divergence_advice, load_checkpoint
 from codonlm.train.curves import curve_row, plot_curves, write_curves_csv
-from codonlm.train.distributed import DistInfo, all_reduce_sum, init_distributed, is_main_rank, shutdown
+from codonlm.train.distributed import (
+    DistInfo,
+    all_reduce_max,
+    all_reduce_sum,
+    init_distributed,
+    is_main_rank,
+    shutdown,
+)
 from codonlm.train.optim import adafactor_lr_warning, build_optimizer
 from codonlm.train.precision import (
     DTYPES,
@@ -42,7 +50,8 @@ from codonlm.train.schedule import Plateau, cosine_lr
 from codonlm.train.state import TrainState
 
 TIMING_WINDOWS = 8  # windows per step when amp: auto times bf16 against fp32
-KILL_AT_STEP_ENV = "CODONLM_TEST_KILL_AT_STEP"  # tests: SIGKILL this process right after step k
+KILL_AT_STEP_ENV = "CODONLM_TEST_KILL_AT_STEP"  # tests: 'k' SIGKILLs this process right after step k, 'k:INT' and
+# 'k:TERM' send it SIGINT / SIGTERM there instead
 ESTIMATE_STEPS = 5  # timed steps, after the first, behind the training-time estimate logged at the start
 
 
@@ -63,9 +72,40 @@ class Plan:
     total_steps: int
 
 
+class StopSignal:
+    """SIGINT (Ctrl-C) or SIGTERM while training: the step in progress finishes, last.pt is saved, then
+    training stops with errors.Interrupted. A repeated signal changes nothing (torchrun forwards the
+    terminal's Ctrl-C to workers that already got it). Not installed outside the main thread, nor over
+    an ignored SIGINT (a background job's)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0  # the first signal received, 0 while none
+
+    def __call__(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        saved = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s, handler in saved.items():
+            if handler is not signal.SIG_IGN:
+                signal.signal(s, self)
+        try:
+            yield
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
 @dataclass
 class Run:
-    """What stays fixed while training: settings, where things go, the wrapped model."""
+    """What stays fixed while training: settings, where things go, the wrapped model (and the two things
+    that do not: a stop request, and when last.pt was last written)."""
 
     cfg: Config
     device: torch.device
@@ -77,6 +117,8 @@ class Run:
     peak: float  # measured matmul FLOP/s in the training dtype (the MFU denominator)
     ckpt_dir: Path
     curves_path: Path
+    stop: StopSignal = field(default_factory=StopSignal)
+    saved_at: float = field(default_factory=time.monotonic)  # when last.pt was last written (or training began)
 
 
 class Meter:
@@ -227,20 +269,18 @@ def accumulate(run: Run, state: TrainState, group: list) -> tuple[torch.Tensor, 
     return all_reduce_sum(step_loss, run.dist), global_count
 
 
-def skip_nonfinite(run: Run, state: TrainState) -> None:
-    """Drop the step's gradients; after `max_nonfinite_steps` in a row, save last.pt and stop."""
+def skip_nonfinite(run: Run, state: TrainState, what: str) -> None:
+    """Drop the step's gradients (the weights stay finite); after `max_nonfinite_steps` in a row, save
+    last.pt and stop. `what` was non-finite: the loss, or the gradient norm of a finite loss."""
     state.optimizer.zero_grad(set_to_none=True)
     state.nonfinite_in_row += 1
     state.nonfinite_total += 1
-    log(f"[train] step {state.step}: non-finite loss, step skipped ({state.nonfinite_in_row} in a row)")
+    log(f"[train] step {state.step}: non-finite {what}, step skipped ({state.nonfinite_in_row} in a row)")
     if state.nonfinite_in_row >= run.cfg.train.max_nonfinite_steps:
         checkpoint(run, state, "last.pt")
-        amp = (f"set train.amp: false (training runs in {state.precision['dtype']}), "
-               if state.precision["dtype"] != "float32" else "")
         raise TrainingDiverged(
-            f"loss was non-finite for {state.nonfinite_in_row} steps in a row (step {state.step}); "
-            f"lower train.lr (now {run.cfg.train.lr:g}), {amp}reduce label_smoothing, or re-prep with --force "
-            "(see the manual's NaNs section)")
+            f"{what} was non-finite for {state.nonfinite_in_row} steps in a row (step {state.step}); "
+            + divergence_advice(run.cfg.train.lr, state.precision["dtype"]))
 
 
 def train_step(run: Run, state: TrainState, group: list) -> tuple[float, int] | None:
@@ -251,11 +291,16 @@ def train_step(run: Run, state: TrainState, group: list) -> tuple[float, int] | 
     step_loss, count = accumulate(run, state, group)
     state.batch_in_epoch += len(group)
     if not torch.isfinite(step_loss):
-        skip_nonfinite(run, state)
+        skip_nonfinite(run, state, "loss")
+        return None
+    params = [p for p in state.model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if not torch.isfinite(grad_norm):  # a step with these would write NaN into the weights
+        skip_nonfinite(run, state, "gradient norm")
         return None
     state.nonfinite_in_row = 0
     if run.cfg.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), run.cfg.train.grad_clip)
+        torch.nn.utils.clip_grads_with_norm_(params, run.cfg.train.grad_clip, grad_norm)
     state.optimizer.step()
     state.optimizer.zero_grad(set_to_none=True)
     state.step += 1
@@ -268,6 +313,33 @@ def train_step(run: Run, state: TrainState, group: list) -> tuple[float, int] | 
 def checkpoint(run: Run, state: TrainState, name: str) -> None:
     if run.dist.is_main:
         state.save(run.ckpt_dir / name)
+    if name == "last.pt":
+        run.saved_at = time.monotonic()
+
+
+def checkpoint_due(run: Run, state: TrainState) -> bool:
+    """A mid-epoch last.pt every checkpoint_every steps, and once checkpoint_minutes of wall time passed
+    since the last one (a slow machine loses at most that much work)."""
+    t = run.cfg.train
+    by_steps = bool(t.checkpoint_every) and state.step % t.checkpoint_every == 0
+    return by_steps or (t.checkpoint_minutes > 0 and time.monotonic() - run.saved_at >= 60 * t.checkpoint_minutes)
+
+
+def agreed_stop(run: Run) -> int:
+    """The stop signal any rank received (0: none), the same on every rank so that all stop at one step."""
+    if not run.dist.enabled:
+        return run.stop.signum
+    return int(all_reduce_max(torch.tensor([run.stop.signum], device=run.device), run.dist).item())
+
+
+def interrupted(run: Run, state: TrainState, signum: int) -> Interrupted:
+    """Save last.pt at this step boundary (exact resume) and say how to continue."""
+    checkpoint(run, state, "last.pt")
+    shutdown(run.dist)
+    name, last = signal.Signals(signum).name, run.ckpt_dir / "last.pt"
+    log(f"[train] {name}: saved {last} at step {state.step}")
+    return Interrupted(f"interrupted by {name} at step {state.step}/{run.plan.total_steps}; saved {last}: "
+                       f"continue with 'codonlm train -r {last}' (or run ./main.sh again)", signum)
 
 
 def write_curves(run: Run, state: TrainState, plot: bool = False) -> None:
@@ -333,10 +405,12 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
 
 def run_epoch(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate) -> None:
     """The steps of one epoch (or until the step budget), from where the state left off."""
-    accum, kill_at = run.cfg.train.grad_accum_steps, int(os.environ.get(KILL_AT_STEP_ENV, "0"))
+    accum, (kill_at, kill_signal) = run.cfg.train.grad_accum_steps, injected_kill()
     run.data.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * run.cfg.train.batch_size)
     batches = iter(run.data.train_loader)
     while state.step < run.plan.total_steps:
+        if signum := agreed_stop(run):
+            raise interrupted(run, state, signum)
         group = [b for _, b in zip(range(accum), batches, strict=False)]
         if not group:
             return
@@ -355,10 +429,16 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", refresh=False)
         record_row(run, state, meter)
         estimate.step_done(run, state)
-        if run.cfg.train.checkpoint_every and state.step % run.cfg.train.checkpoint_every == 0:
+        if checkpoint_due(run, state):
             checkpoint(run, state, "last.pt")
         if state.step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), kill_signal)
+
+
+def injected_kill() -> tuple[int, signal.Signals]:
+    """(step, signal) of the KILL_AT_STEP_ENV fault injection; step 0: none."""
+    step, _, name = os.environ.get(KILL_AT_STEP_ENV, "0").partition(":")
+    return int(step), signal.Signals[f"SIG{name or 'KILL'}"]
 
 
 def resumed_config(resume: str | Path, cfg: Config | None) -> tuple[dict, Config, str]:
@@ -442,6 +522,21 @@ def announce(run: Run, state: TrainState, resume: str | Path | None) -> None:
         log(f"[train] compiling the model (torch.compile, mode {cfg.system.compile_mode}) during the first step")
 
 
+def run_epochs(run: Run, state: TrainState, meter: Meter, estimate: Estimate) -> bool:
+    """Epochs until the plan, the step budget or early stopping (True); on SIGINT/SIGTERM, last.pt at the
+    next step boundary, then errors.Interrupted."""
+    plan, stopped_early = run.plan, False
+    state.model.train()
+    with run.stop.installed(), progress(total=plan.total_steps, initial=state.step, desc="train", unit="step",
+                                        leave=False, disable=not run.dist.is_main) as bar:
+        while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
+            run_epoch(run, state, meter, bar, estimate)
+            stopped_early = end_epoch(run, state, meter)
+        if signum := agreed_stop(run):  # it came during the last validation: training is complete and saved
+            raise interrupted(run, state, signum)
+    return stopped_early
+
+
 def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | None = None) -> dict:
     """Train TinyGPT on the prepared train/val windows; returns a summary dict. Only rank 0 logs."""
     with contextlib.nullcontext() if is_main_rank() else log_to(None):
@@ -452,16 +547,15 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
         announce(run, state, resume)
         if payload is not None and "curves" in payload:
             write_curves(run, state)  # drop rows the interrupted run wrote after that checkpoint
-        meter, stopped_early, t_run = Meter(cfg.system.compile), False, time.perf_counter()
+        meter, t_run = Meter(cfg.system.compile), time.perf_counter()
         estimate = Estimate(state.step)
-        state.model.train()
-        plan = run.plan
-        with progress(total=plan.total_steps, initial=state.step, desc="train", unit="step", leave=False,
-                      disable=not run.dist.is_main) as bar:
-            while state.epoch < plan.epochs and state.step < plan.total_steps and not stopped_early:
-                run_epoch(run, state, meter, bar, estimate)
-                stopped_early = end_epoch(run, state, meter)
-        summary = {"run_id": run_id, "steps": state.step, "epochs_done": state.epoch,
+        stopped_early = run_epochs(run, state, meter, estimate)
+        if not math.isfinite(state.best_val):  # no best.pt: a finished run must not look like a result
+            raise TrainingDiverged(f"the validation loss was never finite ({state.epoch} epoch end(s), step "
+                                   f"{state.step}), so there is no best.pt; "
+                                   + divergence_advice(cfg.train.lr, state.precision["dtype"]))
+        summary = {"run_id": run_id, "steps": state.step, "steps_per_epoch": run.plan.steps_per_epoch,
+                   "total_steps": run.plan.total_steps, "epochs_done": state.epoch,
                    "best_val_loss": state.best_val,
                    "best_perplexity": math.exp(state.best_val) if math.isfinite(state.best_val) else None,
                    "n_params": state.n_params, "nonfinite_steps": state.nonfinite_total,
@@ -471,5 +565,7 @@ def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | No
                    "seconds": round(time.perf_counter() - t_run, 1), "checkpoints": str(run.ckpt_dir),
                    "curves": str(run.curves_path)}
         log(f"[train] done: {summary}")
+        if run.dist.is_main:  # what the report says about the training (steps, not the configured epochs)
+            write_json(Path(cfg.outputs.runs_dir) / run_id / "train_summary.json", summary)
         shutdown(run.dist)
     return summary
