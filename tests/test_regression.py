@@ -174,9 +174,10 @@ def test_bad_regression_input_fails_in_one_line_and_writes_nothing(run, capsys, 
 
 def test_fit_probe_returns_the_metrics_of_the_config_path(run):
     from codonlm import CodonLM
+    from codonlm.model.load import load_model
 
     tmp, cfg, table = run
-    lm = CodonLM.load(RUN, checkpoints_dir=cfg.outputs.out_dir, runs_dir=cfg.outputs.runs_dir)
+    lm = CodonLM(load_model(RUN, cfg.outputs.out_dir)[0])
     result = lm.fit_probe(dict(zip(table["gene_id"], table["cds"], strict=True)), table["value"].to_numpy(),
                           models=["probe_ridge", "codon_ridge"], bootstrap=200)
     assert list(result["metrics"].index) == ["probe_ridge", "codon_ridge"]

@@ -324,6 +324,43 @@ def test_stage2_runs_the_ready_tasks_with_protocols(run, capsys, monkeypatch):
         for name in ("metrics.json", "confusion.png", "calibration.png", "model.skops"):
             assert (root / task / name).is_file()
     assert (root / "compare.png").stat().st_size > 0
+    _check_regression_tasks(summary, root, heldout)
+
+
+def _check_regression_tasks(summary: dict, root: Path, heldout: pd.DataFrame) -> None:
+    """The ready regression tasks (GRAVY, isoelectric point): CV metrics with intervals, layer sweep, files."""
+    assert set(summary["regression"]) == {"gravy", "isoelectric_point"}
+    for name, task in summary["regression"].items():
+        assert task["n"] == len(heldout) and task["cv"]["folds"] == 5
+        assert set(task["models"]) == {"probe_ridge", "probe_svr", "codon_ridge", "kmer_ridge", "cai_linear",
+                                       "zeroshot_cai", "zeroshot_loglik"}
+        for m in task["models"].values():
+            assert m["spearman_ci"][0] <= m["spearman"] <= m["spearman_ci"][1]
+        assert list(task["layers"]) == ["0", "1", "final"] and sum(task["chosen_layers"].values()) == 5
+        for f in ("metrics.json", "scatter.png", "layers.png", "compare.png", "predictions.csv", "model.skops"):
+            assert (root / name / f).is_file(), f
+    assert heldout["isoelectric_point"].between(3, 13).all() and heldout["gravy"].between(-4.5, 4.5).all()
+    scores = pd.read_csv(root / "data" / "heldout_scores.csv")
+    assert scores["id"].tolist() == heldout["id"].tolist()
+    assert scores["cai"].between(0, 1).all() and (scores["mean_loglik"] < 0).all()
+    references = json.loads((root / "data" / "tasks.json").read_text())["scores"]["cai_reference"]
+    assert {r["reference"] for r in references.values()} == {"all training genes"}  # no /product here
+    assert (root / "regression_compare.png").is_file() and summary["embedding"]["layer"] == "final"
+    from codonlm.analysis.report import stage2_section
+
+    page = stage2_section(summary["run_id"], root.parent.parent)
+    for name in ("gravy", "isoelectric_point"):
+        assert f"{name} (regression)" in page
+    assert page.count('alt="scatter"') == 2 and page.count('alt="layers"') == 2
+    assert 'alt="regression_compare"' in page and "Spearman (ridge probe)" in page
+
+
+def test_ribosomal_protein_genes_are_found_by_product(raw_corpus):
+    from codonlm.stage2.tasks import ribosomal_protein_tags
+
+    tags = ribosomal_protein_tags(str(raw_corpus / "Escherichia_coli_K12_MG1655.gbk.gz"))
+    assert 50 <= len(tags) <= 70  # E. coli has 54-57 ribosomal proteins (and their paralogs)
+    assert "b3319" in tags and "b3320" in tags  # rplD (L4), rplC (L3)
 
 
 def test_heldout_pool_is_a_seeded_capped_draw_that_keeps_the_prompts(run):

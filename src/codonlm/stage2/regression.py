@@ -102,12 +102,14 @@ def choose_layer(data: RegressionSet, rows: np.ndarray, seed: int) -> tuple[int,
 
 def fit_one(model: str, data: RegressionSet, rows: np.ndarray, seed: int, layer: int, vectorizer=None):
     """A fitted estimator of `model` on `rows` (ridge penalties by inner group CV on those rows only)."""
+    from scipy.linalg import LinAlgWarning
     from sklearn.exceptions import ConvergenceWarning
 
     inner = _inner(data.y[rows], data.groups[rows], seed) if model.endswith("ridge") else 3
     estimator = make_regressor(model, seed, inner)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", LinAlgWarning)  # codon frequencies sum to one: collinear by design
         estimator.fit(feature_matrix(model, data, vectorizer, layer)[rows], data.y[rows])
     if model.endswith("ridge"):
         estimator.named_steps["reg"].set_params(cv=len(inner))  # fold indices stay out of the saved file

@@ -22,7 +22,7 @@ PROBE_REGRESSORS = ("probe_ridge", "probe_svr", "probe_mlp")
 BASELINE_REGRESSORS = ("codon_ridge", "kmer_ridge", "cai_linear")
 ZERO_SHOT = ("zeroshot_cai", "zeroshot_loglik")
 REGRESSION_MODELS = PROBE_REGRESSORS + BASELINE_REGRESSORS + ZERO_SHOT
-RIDGE_ALPHAS = np.logspace(-3, 5, 17)
+RIDGE_ALPHAS = np.logspace(-2, 5, 15)
 SOURCES = {"probe_ridge": "embedding", "probe_svr": "embedding", "probe_mlp": "embedding", "codon_ridge": "codon",
            "kmer_ridge": "kmer", "cai_linear": "cai", "zeroshot_cai": "cai", "zeroshot_loglik": "mean_loglik"}
 

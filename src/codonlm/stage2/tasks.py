@@ -52,8 +52,10 @@ from codonlm.stage2.embeddings import EmbeddingFile, extract_embeddings, load_em
 from codonlm.stage2.inputs import read_table
 
 STANDARD_AA = frozenset("ACDEFGHIKLMNPQRSTVWY")
-# "50S ribosomal protein L2", "30S ribosomal subunit protein S12", "50S ribosomal protein L7Ae"; not their enzymes
-RIBOSOMAL_PRODUCT = re.compile(r"(?:\d+S )?ribosomal (?:subunit )?protein [LS]\d+[A-Za-z]*", re.IGNORECASE)
+# "50S ribosomal protein L2", "30S ribosomal subunit protein S7, initiates assembly", "LSU ribosomal protein
+# L37AE", "Ribosomal LX protein"; not "ribosomal protein L11 methyltransferase" or "... S6 modification protein"
+RIBOSOMAL_PRODUCT = re.compile(r"(?:\d+S |LSU |SSU )?ribosomal (?:subunit )?(?:protein )?[LS]\d*[A-Za-z]*\d*[a-z]*"
+                               r"(?:/[LS]\d+[A-Za-z]*)*(?: protein)?(?: \([^)]*\))?(?:[,;] .*)?", re.IGNORECASE)
 MIN_RIBOSOMAL = 10
 HYDROPATHY_CLASSES = ("hydrophilic", "intermediate", "hydrophobic")
 
@@ -106,7 +108,8 @@ def ribosomal_protein_tags(path: str) -> frozenset[str]:
             if feature.kind != "CDS":
                 continue
             quals = {q.key: q.value for q in feature.qualifiers if q.key in ("product", "locus_tag")}
-            if quals.get("locus_tag") and RIBOSOMAL_PRODUCT.fullmatch((quals.get("product") or "").strip()):
+            product = " ".join((quals.get("product") or "").split())  # multi-line values in the file
+            if quals.get("locus_tag") and RIBOSOMAL_PRODUCT.fullmatch(product):
                 tags.add(quals["locus_tag"])
     return frozenset(tags)
 
@@ -298,8 +301,9 @@ def build_run_data(cfg: ClassifierConfig, show_progress: bool = True) -> dict:
         info["scores"] = _ensure_scores(cfg, heldout, old.get("scores"), (ckpt, run_cfg, run_id, processed))
     info.update({
         "run_id": cfg.run_id, "checkpoint": str(ckpt), "processed_dir": str(processed),
-        "counts": {name: len(t) for name, t in tables.items()},
-        "embedding": {name: {"layer": e.layer, "pool": e.pool, **e.meta} for name, e in embeddings.items()},
+        "counts": {**old.get("counts", {}), **{name: len(t) for name, t in tables.items()}},
+        "embedding": {**old.get("embedding", {}),  # other layers of the same genes stay listed
+                      **{name: {"layer": e.layer, "pool": e.pool, **e.meta} for name, e in embeddings.items()}},
     })  # fmt: skip
     write_json(folder / "tasks.json", {**old, **info})
     log(f"[stage2] task data for {cfg.run_id} in {folder}: " + ", ".join(f"{k} {len(t)}" for k, t in tables.items()))
