@@ -188,3 +188,42 @@ def test_fit_probe_returns_the_metrics_of_the_config_path(run):
     for model in ("probe_ridge", "codon_ridge"):
         assert result["metrics"].loc[model, "spearman"] == pytest.approx(metrics["models"][model]["spearman"],
                                                                          abs=1e-6)
+
+
+def test_train_regressor_reads_fasta_plus_tsv_merges_repeated_ids_and_skips_bad_records(run, capsys, tmp_path):
+    """The FASTA + TSV-of-values layout: a repeated id fails by default, --dedupe mean averages it;
+    a record that is not a CDS is named, or skipped and counted with --skip-invalid; CAI needs a reference."""
+    tmp, cfg, table = run
+    fasta = tmp_path / "genes.fasta"
+    fasta.write_text("".join(f">{i}\n{s}\n" for i, s in zip(table["gene_id"], table["cds"], strict=True))
+                     + ">broken\nATGTGAAAATAA\n")  # an internal stop: not a CDS
+    values = pd.concat([table[["gene_id", "value"]], table[["gene_id", "value"]].head(3).assign(value=1.0)])
+    values = pd.concat([values, pd.DataFrame({"gene_id": ["broken"], "value": [0.3]})])
+    values.to_csv(tmp_path / "values.tsv", sep="\t", index=False)
+    out = tmp_path / "out"
+    base = ["train-regressor", "--csv", str(tmp_path / "values.tsv"), "--fasta", str(fasta), "--target", "value",
+            "--id-column", "gene_id", "--run_id", RUN, "--checkpoints-dir", cfg.outputs.out_dir, "--out", str(out),
+            "--models", "codon_ridge,cai_linear,zeroshot_cai", "--bootstrap", "100", "--quiet"]
+    code = main(base)
+    err = capsys.readouterr().err
+    assert code == 2 and "need cai_reference" in err and not out.exists()
+    reference = tmp_path / "reference.fasta"
+    reference.write_text("".join(f">{i}\n{s}\n" for i, s in zip(table["gene_id"][:10], table["cds"][:10],
+                                                                    strict=True)))
+    base += ["--cai-reference", str(reference)]
+    code = main(base)
+    err = capsys.readouterr().err
+    assert code == 2 and f"id '{table['gene_id'][0]}' appears twice" in err and len(err.strip().splitlines()) == 1
+    code = main([*base, "--dedupe", "mean"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'broken'" in err and "--skip-invalid" in err and not out.exists()
+    code = main([*base, "--dedupe", "mean", "--skip-invalid"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "skipped 1 record(s)" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == len(table) and set(metrics["models"]) == {"codon_ridge", "cai_linear", "zeroshot_cai"}
+    predictions = pd.read_csv(out / "predictions.csv").set_index("id")
+    first = table["gene_id"][0]
+    assert predictions.loc[first, "target"] == pytest.approx((table["value"][0] + 1.0) / 2)  # the mean of its rows
+    assert metrics["models"]["zeroshot_cai"]["r2"] is None and metrics["models"]["cai_linear"]["r2"] is not None

@@ -191,7 +191,7 @@ class CodonLM:
             protein_groups,
             transform_target,
         )
-        from codonlm.stage2.regressors import feature_source
+        from codonlm.stage2.regressors import CAI_MODELS, DEFAULT_REGRESSION_MODELS, feature_source
 
         raw = as_records(seqs)
         values = np.asarray(y, dtype=np.float64).ravel()
@@ -202,8 +202,7 @@ class CodonLM:
         kept = self.records(raw, skip_invalid)
         rows = np.array([i for i, (name, _) in enumerate(raw) if name in {k for k, _ in kept}], dtype=np.int64)
         ids, dna = [k for k, _ in kept], [d for _, d in kept]
-        models = models or ["probe_ridge", "codon_ridge", "kmer_ridge", "zeroshot_loglik"] + \
-            (["cai_linear", "zeroshot_cai"] if cai_reference else [])
+        models = models or list(DEFAULT_REGRESSION_MODELS) + (list(CAI_MODELS) if cai_reference else [])
         data = RegressionSet(ids=ids, y=transform_target(values[rows], transform, "y"), seqs=dna,
                              groups=protein_groups(dna, self.table_id) if groups is None else
                              np.asarray(groups, dtype=str)[rows], source="fit_probe")

@@ -19,7 +19,7 @@ from codonlm.config import load_yaml, validate
 from codonlm.errors import UserError
 from codonlm.provenance import latest_run
 from codonlm.stage2.classifiers import KMER_MODELS, MODELS, PROBE_MODELS
-from codonlm.stage2.regressors import REGRESSION_MODELS, feature_source
+from codonlm.stage2.regressors import CAI_MODELS, DEFAULT_REGRESSION_MODELS, REGRESSION_MODELS, feature_source
 
 ModelName = Literal["probe_logreg", "probe_svm", "mlp", "kmer_logreg", "kmer_svm", "kmer_xgb"]
 Paths = str | list[str]
@@ -110,11 +110,13 @@ class RegressionConfig(BaseModel):
     id_column: str = "id"
     seq_column: str = "seq"
     skip_invalid: bool = False  # drop (and count) records that are not a clean CDS instead of failing
+    dedupe: Literal["error", "first", "mean"] = "error"  # a repeated id: fail, keep its first row, average it
     group_column: str | None = None  # default: identical proteins form a group
     cai_reference: str | None = None  # FASTA of reference genes (e.g. the host's ribosomal proteins)
     zero_shot_scores: str | None = None  # CSV id, cai, mean_loglik (the ready tasks build it); default: computed
 
-    models: list[RegressionModelName] = Field(default_factory=lambda: list(REGRESSION_MODELS), min_length=1)
+    models: list[RegressionModelName] = Field(default_factory=lambda: list(DEFAULT_REGRESSION_MODELS), min_length=1,
+                                              description="default: all but the CAI ones (they need cai_reference)")
     kmer_k: int = Field(4, ge=1, le=4)
     folds: int = Field(5, ge=2)
     repeats: int = Field(1, ge=1, description="CV repeated with seeds seed, seed + 1, ...")
@@ -143,7 +145,12 @@ class RegressionConfig(BaseModel):
 
 def parse_classifier_config(raw: dict, source: str = "<classifier config>") -> ClassifierConfig | RegressionConfig:
     if isinstance(raw, dict) and raw.get("task") == "regression":
-        return validate(RegressionConfig, raw, source)
+        reg = validate(RegressionConfig, raw, source)
+        cai = [m for m in reg.models if m in CAI_MODELS]
+        if cai and not (reg.cai_reference or reg.zero_shot_scores):
+            raise UserError(f"{source}: models {', '.join(cai)} need cai_reference (a FASTA of reference genes, "
+                            "e.g. the host's ribosomal proteins); set it or drop them")
+        return reg
     cfg = validate(ClassifierConfig, raw, source)
     if cfg.probes and not cfg.train_embeddings:
         raise UserError(f"{source}: models {', '.join(cfg.probes)} read embeddings; set train_embeddings")

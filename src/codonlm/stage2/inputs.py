@@ -13,12 +13,12 @@ from codonlm.io import read_fasta
 
 
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
-    """A CSV as strings (no NA guessing: a gene called 'NA' stays 'NA')."""
+    """A CSV (a TSV when the name ends .tsv) as strings (no NA guessing: a gene called 'NA' stays 'NA')."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}; check the path")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:100]}); fix the file") from None
     if table.empty:

@@ -22,6 +22,8 @@ PROBE_REGRESSORS = ("probe_ridge", "probe_svr", "probe_mlp")
 BASELINE_REGRESSORS = ("codon_ridge", "kmer_ridge", "cai_linear")
 ZERO_SHOT = ("zeroshot_cai", "zeroshot_loglik")
 REGRESSION_MODELS = PROBE_REGRESSORS + BASELINE_REGRESSORS + ZERO_SHOT
+CAI_MODELS = ("cai_linear", "zeroshot_cai")  # they need a reference gene set (cai_reference)
+DEFAULT_REGRESSION_MODELS = tuple(m for m in REGRESSION_MODELS if m not in CAI_MODELS)
 RIDGE_ALPHAS = np.logspace(-2, 5, 15)
 SOURCES = {"probe_ridge": "embedding", "probe_svr": "embedding", "probe_mlp": "embedding", "codon_ridge": "codon",
            "kmer_ridge": "kmer", "cai_linear": "cai", "zeroshot_cai": "cai", "zeroshot_loglik": "mean_loglik"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from codonlm.data.codons import clean_sequences
+from codonlm.data.codons import clean_sequences, internal_stop_count
 from codonlm.errors import UserError
 from codonlm.io import write_csv, write_json
 from codonlm.log import log
@@ -48,6 +48,22 @@ def read_target(table: pd.DataFrame, path: str, column: str) -> np.ndarray:
     return values
 
 
+def dedupe(table: pd.DataFrame, y: np.ndarray, id_column: str, how: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows of repeated ids merged: `first` keeps the first row, `mean` averages the target over the rows
+    (the sequence of the first); `error` leaves them for `table_ids` to refuse in one line."""
+    if how == "error" or id_column not in table.columns:
+        return table, y
+    first = ~table[id_column].duplicated().to_numpy()
+    if first.all():
+        return table, y
+    if how == "mean":
+        y = pd.Series(y).groupby(table[id_column].to_numpy(), sort=False).mean().to_numpy()
+    else:
+        y = y[first]
+    log(f"[regression] {int((~first).sum())} repeated id row(s) merged ({how})")
+    return table[first].reset_index(drop=True), y
+
+
 def _raw_sequences(cfg: RegressionConfig, table: pd.DataFrame, path: str, ids: list[str]) -> list[str]:
     if cfg.seq_column in table.columns:
         return table[cfg.seq_column].tolist()
@@ -67,9 +83,14 @@ def load_regression_set(cfg: RegressionConfig) -> RegressionSet:
     path = cfg.as_list("train_labels")[0]
     table = read_table(path, "regression table")
     y = read_target(table, path, cfg.target_column)
+    table, y = dedupe(table, y, cfg.id_column, cfg.dedupe)
     ids = table_ids(table, path, cfg.id_column) or [f"row{i + 1}" for i in range(len(table))]
     seqs = _raw_sequences(cfg, table, path, ids)
-    kept, dna, _ = clean_sequences(ids, seqs, path, cfg.skip_invalid, stops_table=11)
+    kept, dna, _ = clean_sequences(ids, seqs, path, cfg.skip_invalid, stops_table=11 if cfg.skip_invalid else None)
+    stopped = next((name for name, s in zip(kept, dna, strict=True) if internal_stop_count(s)), None)
+    if stopped is not None:  # a measured property of a gene with internal stops is not one of its CDS
+        raise UserError(f"{path}: record '{stopped}' has internal stop codons, not a CDS; fix or drop it (or pass "
+                        "--skip-invalid to skip such records)")
     rows = np.array([i for i, name in enumerate(ids) if name in set(kept)], dtype=np.int64)
     if cfg.transform == "log10":
         transform_target(y, "log10", path)  # names a value <= 0 by its row in the file
