@@ -68,6 +68,17 @@ def test_regression_metrics_equal_scipy_and_scikit_learn():
     assert zero_shot["r2"] is None and zero_shot["spearman"] == pytest.approx(-spearmanr(y, pred[0]).statistic)
 
 
+def test_resample_ranks_equal_rankdata_with_ties_and_repeated_draws():
+    from scipy.stats import rankdata
+
+    from codonlm.stage2.metrics import resample_ranks
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 20, size=60).astype(float)  # many ties
+    idx = rng.integers(0, 60, size=(50, 60))  # bootstrap draws: repeats within a row
+    np.testing.assert_allclose(resample_ranks(values, idx), rankdata(values[idx], axis=1))
+
+
 def test_folds_never_split_identical_proteins(real_genes):
     seqs = real_genes[:60] + real_genes[:20]  # 20 proteins twice
     groups = protein_groups(seqs)

@@ -192,10 +192,20 @@ def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_
 REGRESSION_HEADLINE = ("spearman", "pearson", "r2")
 
 
+def resample_ranks(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Average ranks of values[idx] within each resample (row of idx), equal to rankdata(values[idx], axis=1)
+    from one sort of the values: an element's rank is the count of draws below its value plus (draws of
+    its value + 1) / 2. (rankdata sorts every resample: 5 of the 15 s of a ready task, profiled.)"""
+    dense = np.unique(values, return_inverse=True)[1]  # equal values share a dense rank
+    k = int(dense.max()) + 1
+    d = dense[idx]  # [B, n]
+    counts = np.bincount((np.arange(len(idx))[:, None] * k + d).ravel(), minlength=len(idx) * k).reshape(len(idx), k)
+    below = np.cumsum(counts, axis=1) - counts
+    return np.take_along_axis(below, d, 1) + (np.take_along_axis(counts, d, 1) + 1) / 2
+
+
 def _regression_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, with_r2: bool) -> dict[str, np.ndarray]:
     """Spearman, Pearson, R^2 of each resample (rows of idx) of each repeat (rows of pred): [repeats, B]."""
-    from scipy.stats import rankdata
-
     t, p = y[idx][None], pred[:, idx]  # [1, B, n], [R, B, n]
 
     def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -203,7 +213,8 @@ def _regression_scores(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, with_r2
         denom = np.sqrt((a**2).sum(-1) * (b**2).sum(-1))
         return np.where(denom > 0, (a * b).sum(-1) / np.where(denom > 0, denom, 1), np.nan)
 
-    out = {"pearson": corr(t, p), "spearman": corr(rankdata(t, axis=-1), rankdata(p, axis=-1))}
+    ranks = np.stack([resample_ranks(row, idx) for row in pred])
+    out = {"pearson": corr(t, p), "spearman": corr(resample_ranks(y, idx)[None], ranks)}
     total = ((t - t.mean(-1, keepdims=True)) ** 2).sum(-1)
     r2 = 1 - ((t - p) ** 2).sum(-1) / np.where(total > 0, total, np.nan)
     out["r2"] = r2 if with_r2 else np.full_like(r2, np.nan)

@@ -104,7 +104,8 @@ def _summary(run_id: str, results: dict, skipped: dict, out_root: Path, seconds:
     emb = info.get("embedding", {}).get("heldout", {})
     summary = {
         "run_id": run_id, "tasks": tasks, "protocols": protocols, "protocol_sets": sizes,
-        "embedding": {"layer": emb.get("layer"), "pool": emb.get("pool"), "seconds": emb.get("seconds"),
+        "embedding": {"layer": next((m["embedding"]["layer"] for m in results.values()), emb.get("layer")),
+                      "layers_stored": emb.get("layer"), "pool": emb.get("pool"), "seconds": emb.get("seconds"),
                       "embeddings_per_s": emb.get("embeddings_per_s"), "codons_per_s": emb.get("codons_per_s"),
                       "n_genes": info.get("counts", {}).get("heldout")},
         "regression": regression, "skipped": skipped, "seconds": round(seconds, 1), "data": {k: info.get(k) for k in

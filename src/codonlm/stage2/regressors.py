@@ -1,6 +1,6 @@
 """The regression models of stage 2 and the features each reads.
 
-    probe_ridge    embeddings -> standardise -> ridge, penalty chosen by inner group CV (RidgeCV)
+    probe_ridge    embeddings -> standardise -> ridge, penalty chosen by inner group CV
     probe_svr      embeddings -> standardise -> RBF SVR on the standardised target
     probe_mlp      embeddings -> standardise -> one hidden layer of 128 ReLU units, early stopping
     codon_ridge    baseline: the 64 codon frequencies + log length -> ridge (inner CV)
@@ -44,17 +44,18 @@ def codon_features(seqs: list[str]) -> np.ndarray:
     return out
 
 
-def make_regressor(model: str, seed: int, inner_cv=3):
-    """An unfitted estimator for a fitted model name (see the module docstring); inner_cv: RidgeCV's folds."""
+def make_regressor(model: str, seed: int, alpha: float | None = None):
+    """An unfitted estimator for a fitted model name (see the module docstring); alpha: the ridge penalty
+    (chosen by `regression.ridge_penalty`)."""
     from sklearn.compose import TransformedTargetRegressor
-    from sklearn.linear_model import LinearRegression, RidgeCV
+    from sklearn.linear_model import LinearRegression, Ridge
     from sklearn.neural_network import MLPRegressor
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVR
 
     if model.endswith("ridge"):
-        head = RidgeCV(alphas=RIDGE_ALPHAS, cv=inner_cv)
+        head = Ridge(alpha=1.0 if alpha is None else alpha)
     elif model == "probe_svr":
         head = TransformedTargetRegressor(SVR(kernel="rbf", C=1.0, epsilon=0.1), transformer=StandardScaler())
     elif model == "probe_mlp":

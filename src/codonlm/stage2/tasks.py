@@ -17,7 +17,7 @@ Files written to `data_dir` (a folder of the run's stage-2 reports):
                     membrane proteins. A property of the protein, not of codon choice.
                   - protein_group: hash of the protein; the ready configs split by it, so identical proteins
                     (paralogous copies) never sit on both sides of a train/test split
-    heldout.npz   their embeddings (layer and pooling from the config; heldout_layer_<L>.npz for another layer)
+    heldout.npz   their embeddings, every layer (pooling from the config); each config reads its `layer`
     heldout_scores.csv  id, cai, mean_loglik: the regression tasks' zero-shot scores. CAI is against the
                   host's ribosomal-protein genes (/product "ribosomal protein" in the GenBank file) of the
                   training split, else all its training genes (tasks.json says which); mean_loglik is the
@@ -130,7 +130,7 @@ def cai_references(run_cfg, run_id: str, processed: Path) -> tuple[dict, dict]:
                 tags |= ribosomal_protein_tags(path)
             except UserError as exc:
                 log(f"[stage2] ribosomal proteins of {genome} unknown ({exc})")
-        ribosomal = [g for g in members if genes.names[g] in tags]
+        ribosomal = [g for g in members if genes.names[g].rsplit("|", 1)[-1] in tags]  # names: record|locus_tag
         chosen = ribosomal if len(ribosomal) >= MIN_RIBOSOMAL else members
         refs[genome] = CAIReference().fit([genes.codons(g) for g in chosen], spec.transl_table if spec else 11)
         info[genome] = {"reference": "ribosomal proteins" if chosen is ribosomal else "all training genes",
@@ -256,16 +256,18 @@ def generated_tables(cfg: ClassifierConfig, heldout: pd.DataFrame) -> tuple[dict
 
 
 def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckpt: Path,
-                      show_progress: bool) -> EmbeddingFile:
-    """Embeddings of the table's genes at `out`, reused when ids, run, checkpoint, layer and pooling match."""
+                      show_progress: bool, layer: str | None = None) -> EmbeddingFile:
+    """Embeddings of the table's genes at `out` (the config's layer, or `layer`), reused when ids, run,
+    checkpoint, layer and pooling match."""
     sha = sha256_file(ckpt)
+    layer = layer or cfg.layer
     if out.is_file():
         old = load_embeddings(out)
         if (old.ids == table["id"].tolist() and old.meta.get("checkpoint_sha256") == sha
-                and (old.layer, old.pool) == (cfg.layer, cfg.pool)):
+                and (old.layer, old.pool) == (layer, cfg.pool)):
             log(f"[stage2] reusing {out} ({len(old.ids)} genes, layer {old.layer}, pool {old.pool})")
             return old
-    return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=cfg.layer,
+    return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=layer,
                               pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress)
 
 
@@ -293,17 +295,16 @@ def build_run_data(cfg: ClassifierConfig, show_progress: bool = True) -> dict:
         info.update(gen_info)
     for name, table in tables.items():
         write_csv(table, folder / f"{name}.csv")
-    suffix = "" if cfg.layer == "final" else f"_layer_{cfg.layer}"  # the classifiers' final-layer file stays
-    embeddings = {name + suffix: ensure_embeddings(cfg, tables[name], folder / f"{name}{suffix}.npz", ckpt,
-                                                   show_progress) for name in ("heldout", "generated") if name in tables}
+    # every layer in one forward pass: each ready config reads its layer from the same file
+    embeddings = {name: ensure_embeddings(cfg, tables[name], folder / f"{name}.npz", ckpt, show_progress, "all")
+                  for name in ("heldout", "generated") if name in tables}
     old = read_json(folder / "tasks.json", {}) or {}
     if cfg.task == "regression":
         info["scores"] = _ensure_scores(cfg, heldout, old.get("scores"), (ckpt, run_cfg, run_id, processed))
     info.update({
         "run_id": cfg.run_id, "checkpoint": str(ckpt), "processed_dir": str(processed),
         "counts": {**old.get("counts", {}), **{name: len(t) for name, t in tables.items()}},
-        "embedding": {**old.get("embedding", {}),  # other layers of the same genes stay listed
-                      **{name: {"layer": e.layer, "pool": e.pool, **e.meta} for name, e in embeddings.items()}},
+        "embedding": {name: {"layer": e.layer, "pool": e.pool, **e.meta} for name, e in embeddings.items()},
     })  # fmt: skip
     write_json(folder / "tasks.json", {**old, **info})
     log(f"[stage2] task data for {cfg.run_id} in {folder}: " + ", ".join(f"{k} {len(t)}" for k, t in tables.items()))

@@ -106,16 +106,19 @@ def load_regression_set(cfg: RegressionConfig) -> RegressionSet:
 
 
 def _embeddings(cfg: RegressionConfig, data: RegressionSet, show_progress: bool) -> tuple[np.ndarray, list[str]]:
-    """Embeddings of the genes from the config's files, else made with the run's model (cached in out_dir)."""
+    """Embeddings of the genes (every layer for `layer: all`) from the config's files, else made with the run's
+    model (cached in out_dir)."""
     from codonlm.stage2.embeddings import load_embeddings
+    from codonlm.stage2.train import one_layer
 
     if cfg.train_embeddings:
         files = [load_embeddings(p) for p in cfg.as_list("train_embeddings")]
-        if any(f.offsets is not None for f in files):
-            raise UserError(f"{files[0].path}: per-codon embeddings; extract with --pool mean, last or max")
-        matrix = np.concatenate([f.embeddings for f in files])
+        if cfg.layer == "all" and any(f.embeddings.ndim != 3 or f.offsets is not None for f in files):
+            raise UserError(f"{files[0].path}: one layer only; layer: all needs embeddings of every layer "
+                            "(extract-embeddings --layer all)")
+        matrix = np.concatenate([f.embeddings if cfg.layer == "all" else one_layer(f, cfg.layer) for f in files])
         rows = align(data.ids, [i for f in files for i in f.ids], data.source, ", ".join(cfg.as_list("train_embeddings")))
-        return matrix[rows], files[0].layers
+        return matrix[rows], files[0].layers if cfg.layer == "all" else [cfg.layer]
     from codonlm.model.load import checkpoint_path
     from codonlm.stage2.tasks import ensure_embeddings
 
