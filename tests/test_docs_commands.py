@@ -159,7 +159,10 @@ def scratch_repository(root: Path) -> Path:
 
 def write_user_inputs(ws: Path, files: list[Path]) -> None:
     """The manual's data/my.fasta and a labels CSV for it (label: the genome a gene comes from)."""
+    import pandas as pd
+
     from codonlm.data.extract_fasta import write_cds_fasta
+    from codonlm.evaluate.seqmetrics import gc3
     from codonlm.io import read_fasta, write_fasta
 
     records, rows = [], ["id,label,seq"]
@@ -171,6 +174,13 @@ def write_user_inputs(ws: Path, files: list[Path]) -> None:
             rows.append(f"{genome}_{i},{genome},{seq}")
     write_fasta(ws / MY_FASTA, records)
     (ws / MY_LABELS).write_text("\n".join(rows) + "\n")
+    # README's regression examples: a numeric value per gene (its GC3), as gene_id,value,cds and as a TSV of
+    # values beside data/my.fasta; a CAI reference of a few genes
+    values = pd.DataFrame({"gene_id": [i for i, _ in records], "value": [gc3(s) for _, s in records],
+                           "cds": [s for _, s in records]})
+    values.to_csv(ws / "data" / "my_values.csv", index=False)
+    values[["gene_id", "value"]].to_csv(ws / "data" / "my_values.tsv", sep="\t", index=False)
+    write_fasta(ws / "data" / "host_reference.fasta", records[:10])
 
 
 def shell(command: str, ws: Path, env: dict) -> subprocess.CompletedProcess:
