@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_id")
     parser.add_argument("--steps", nargs="+")
-    parser.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    parser.add_argument("--checkpoints-dir", help="default: the run's outputs.out_dir (runs/<RUN_ID>/config.yaml)")
     args = parser.parse_args()
     import torch
 

@@ -37,7 +37,7 @@ def bare_forward(model: TinyGPT, seqs: list[str], max_tokens: int, amp: bool) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="run id under --checkpoints-dir (default: untrained tiny_cpu model)")
-    ap.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    ap.add_argument("--checkpoints-dir", help="default: the run's outputs.out_dir (runs/<RUN_ID>/config.yaml)")
     ap.add_argument("--config", default="configs/tiny_cpu.yaml")
     ap.add_argument("--genes", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)

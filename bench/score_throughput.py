@@ -41,7 +41,7 @@ def naive_scores(model: TinyGPT, genes: list[np.ndarray], amp: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", help="run id under outputs/checkpoints (default: untrained tiny_cpu model)")
+    ap.add_argument("--run", help="run id (found from runs/<RUN_ID>/config.yaml; default: untrained tiny_cpu model)")
     ap.add_argument("--config", default="configs/tiny_cpu.yaml")
     ap.add_argument("--genes", type=int, default=10000)
     ap.add_argument("--naive-genes", type=int, default=300)

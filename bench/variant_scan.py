@@ -111,8 +111,9 @@ def child(args) -> None:
 
 def run_child(args, method: str, length: int) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--length", str(length), "--run", args.run,
-           "--checkpoints-dir", args.checkpoints_dir, "--every", str(args.every), "--old-positions", str(args.old_positions),
+           "--every", str(args.every), "--old-positions", str(args.old_positions),
            "--threads", str(args.threads)] + (["--processed-dir", args.processed_dir] if args.processed_dir else [])
+    cmd += ["--checkpoints-dir", args.checkpoints_dir] if args.checkpoints_dir else []
     cmd += ["--stride", str(args.stride)] if args.stride else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -146,7 +147,7 @@ def spearman_and_kinds(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="run id under --checkpoints-dir, or a .pt path")
-    ap.add_argument("--checkpoints-dir", default="outputs/checkpoints")
+    ap.add_argument("--checkpoints-dir", help="default: the run's outputs.out_dir (runs/<RUN_ID>/config.yaml)")
     ap.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
     ap.add_argument("--lengths", type=int, nargs="*", default=[300, 1000], help="gene lengths to time (none: skip)")
     ap.add_argument("--methods", nargs="+", default=["exact", "local"], choices=["exact", "local"])

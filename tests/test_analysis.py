@@ -88,8 +88,12 @@ def test_summary_step(run):
     for name in ("heldout.csv", "heldout.png", "curve.csv", "curve.png", "data.csv"):
         assert (out / name).stat().st_size > 0
     assert _png(out / "heldout.png") and _png(out / "curve.png")
-    assert s["heldout"]["source"].startswith("computed now")  # no evaluate/ folder before: computed it
-    assert (folder / "evaluate" / "metrics.json").is_file()
+    # `codonlm evaluate` has not run: the step says so and how to run it, and does not run it behind the user's back
+    assert not (folder / "evaluate").exists()
+    assert s["heldout"] is None and s["best_baseline"] is None
+    assert s["reading"].startswith("held-out evaluation not run yet ('codonlm evaluate')")
+    assert any(f"run 'codonlm evaluate tiny --checkpoints-dir {cfg.outputs.out_dir}'" in n for n in s["notes"])
+    assert list(pd.read_csv(out / "heldout.csv")["model"].str.split(" ").str[0]) == ["TinyGPT", "random", "uniform"]
     ppl = s["perplexity"]
     assert 1 < ppl["trained"] < ppl["random_init"] < 80  # training helped; random init is near uniform (65)
     assert 0 <= s["top1_accuracy"]["trained"] <= 1 and 0 <= s["aa_accuracy"]["random_init"] <= 1
@@ -199,8 +203,32 @@ def test_probe_positions_split_by_gene_and_seeded(run):
     np.testing.assert_allclose(feats[2, 5], cache["blocks.1.hook_resid_post"][0, t].numpy(), atol=1e-4)
 
 
+def _evaluated(cfg) -> None:
+    """`codonlm evaluate` on the fixture run (once)."""
+    if not (Path(cfg.outputs.runs_dir) / "tiny" / "evaluate" / "metrics.json").is_file():
+        assert main(["evaluate", "tiny", "--checkpoints-dir", cfg.outputs.out_dir]) == 0
+
+
+def test_summary_reads_the_evaluation_once_it_has_run(run, capsys):
+    _, cfg, folder = run
+    _evaluated(cfg)
+    capsys.readouterr()
+    assert main(["analyze", "tiny", "--checkpoints-dir", cfg.outputs.out_dir, "--steps", "summary", "--quiet"]) == 0
+    assert "summary: running" in capsys.readouterr().out  # no --force: the evaluation is one of its inputs
+    s = _summary(folder, "summary")
+    metrics = json.loads((folder / "evaluate" / "metrics.json").read_text())
+    assert s["heldout"]["source"] == f"read {folder / 'evaluate' / 'metrics.json'}" and not s["notes"]
+    assert s["heldout"]["perplexity"] == metrics["model"]["perplexity"]
+    assert s["best_baseline"]["name"] == metrics["best_baseline"] and s["reading"].startswith("held-out perplexity")
+    rows = list(pd.read_csv(folder / "analysis" / "summary" / "heldout.csv")["model"])
+    assert rows[0].startswith("TinyGPT (all") and sum(r.startswith("baseline: ") for r in rows) == len(metrics["baselines"])
+
+
 def test_rerun_skips_finished_steps_and_force_reruns(run, capsys):
     _, cfg, folder = run
+    _evaluated(cfg)
+    assert main(["analyze", "tiny", "--checkpoints-dir", cfg.outputs.out_dir, "--steps", "summary", "--quiet"]) == 0
+    capsys.readouterr()  # the step is now up to date with the evaluation
     path = folder / "analysis" / "summary" / "summary.json"
     before = path.stat().st_mtime_ns
     assert main(["analyze", "tiny", "--checkpoints-dir", cfg.outputs.out_dir, "--steps", "summary", "--quiet"]) == 0
@@ -208,7 +236,7 @@ def test_rerun_skips_finished_steps_and_force_reruns(run, capsys):
     assert main(["analyze", "tiny", "--checkpoints-dir", cfg.outputs.out_dir, "--steps", "summary", "--force",
                  "--quiet"]) == 0
     assert path.stat().st_mtime_ns > before
-    assert _summary(folder, "summary")["heldout"]["source"].startswith("reused")  # evaluate/ exists now
+    assert _summary(folder, "summary")["heldout"]["source"].startswith("read")  # evaluate/ exists now
 
 
 def test_missing_module_and_missing_inputs_are_recorded(run, monkeypatch, capsys):

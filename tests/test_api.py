@@ -16,7 +16,6 @@ from codonlm.config import parse_config
 from codonlm.data.prepare import prepare
 from codonlm.errors import UserError
 from codonlm.model.tinygpt import ablate_heads
-from codonlm.train.loop import train
 
 GENES = {
     "thrL": "ATGAAACGCATTAGCACCACCATTACCACCACCATCACCATTACCACAGGTAACGGTGCGGGCTGA",
@@ -33,7 +32,7 @@ def run(tmp_path_factory, make_corpus, tiny_config, write_config):
     raw["outputs"]["out_dir"] = str(tmp / "elsewhere" / "ckpts")
     cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, "apirun")
+    assert main(["train", "-c", str(write_config(tmp / "c.yaml", raw)), "--run-id", "apirun"]) == 0
     return tmp, cfg
 
 
@@ -85,7 +84,7 @@ def test_cli_and_api_give_the_same_numbers(run, tmp_path, capsys):
     cli = pd.read_csv(tmp_path / "s.csv")
     api = lm.score(fasta)
     np.testing.assert_allclose(cli.log_likelihood, api.log_likelihood, rtol=1e-6)
-    assert main(["extract-embeddings", "apirun", "--fasta", str(fasta), "--out", str(tmp_path / "e.npz"), *runs]) == 0
+    assert main(["extract-embeddings", "--run-id", "apirun", "--fasta", str(fasta), "--out", str(tmp_path / "e.npz"), *runs]) == 0
     with np.load(tmp_path / "e.npz") as npz:
         np.testing.assert_allclose(npz["embeddings"], lm.embed(fasta), rtol=1e-6, atol=1e-7)
 
@@ -106,7 +105,7 @@ def test_embed_next_generate_scan_and_hooks(run):
     assert out.dna[0].startswith(GENES["thrL"][:30]) and out.new_codons[0] <= 21
     assert out.equals(lm.generate(GENES["thrL"][:30], max_codons=20, seed=1))  # seeded
     scan = lm.scan_variants(GENES["short"], region=(2, 3))
-    assert len(scan) == 2 * 63 and {"position", "llr"} <= set(scan.columns)
+    assert len(scan) == 2 * 63 and set(scan.codon_position) == {2, 3} and scan.llr.notna().all()
     tokens = lm.tokens(GENES["thrL"])
     logits, cache = lm.run_with_cache(GENES["thrL"], names_filter=lambda n: n.endswith("hook_resid_post"))
     assert logits.shape == (1, tokens.shape[1], 68) and len(cache) == cfg.model.n_layer
@@ -117,7 +116,7 @@ def test_embed_next_generate_scan_and_hooks(run):
 
 def test_hugging_face_export_loads_back(run, tmp_path):
     tmp, _ = run
-    assert main(["export-hf", "apirun", "--out", str(tmp_path / "hf"), "--runs-dir", str(tmp / "runs")]) == 0
+    assert main(["export-hf", "apirun", str(tmp_path / "hf"), "--runs-dir", str(tmp / "runs")]) == 0
     exported = CodonLM.load(tmp_path / "hf")
     original = CodonLM.load("apirun", runs_dir=tmp / "runs")
     np.testing.assert_allclose(exported.score(GENES).log_likelihood, original.score(GENES).log_likelihood, rtol=1e-5)

@@ -1,11 +1,12 @@
 """The docs cannot drift: every command written in the manual (docs/MANUAL.md, a copy of the spec) and in
 README's bash blocks runs, as written, against one tiny fixture run.
 
-The commands are read from the docs, not listed here. They run in a scratch copy of the repository (the
-code linked, data/, outputs/ and runs/ its own) with the repository root and .venv/bin first on PATH, a
+The commands are read from the docs, not listed here. They run in the workspace of the fixture study
+(conftest.fixture_study, shared with tests/test_faults.py): a scratch copy of the repository (the code
+linked, data/, outputs/ and runs/ its own) with the repository root and .venv/bin first on PATH, a
 two-genome fixture corpus in data/raw/ and CODONLM_CONFIG_OVERRIDES shrinking whatever config a command
 loads to a 2-layer model trained for a few steps on that corpus; `RUN_ID`/`<RUN_ID>` stand for the run
-that `./main.sh -c configs/tiny_mps.yaml` made. A command the test cannot run is in NOT_RUN with the
+that the study's `./main.sh -c configs/tiny_mps.yaml` made. A command the test cannot run is in NOT_RUN with the
 reason; anything else the docs write runs and must exit 0. Also checked against that run: every path the
 manual names, the curves columns it gives, README's outputs map (both ways) and its config reference.
 """
@@ -14,11 +15,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
 import resource
 import shlex
-import subprocess
 import time
 from functools import cache
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from codonlm.config import OVERRIDES_ENV, load_config, merge_overrides
+from codonlm.config import OVERRIDES_ENV, load_config
 from codonlm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +40,8 @@ NOT_RUN = {  # documented commands this test cannot run (matched by prefix), and
 }
 # The manual's inputs, which a user supplies: placeholder -> what the fixture gives.
 GENE = "ATGAAACGCATTAGCACCACCATTACCACCACCATCACCATTACCACAGGTAACGGTGCGGGCTGA"  # E. coli thrL
-MY_FASTA, MY_LABELS = "data/my.fasta", "data/my_labels.csv"  # what configs/classifier/e1.yaml reads
-PLACEHOLDERS = {"ATG...": GENE, "<NPZ>": "outputs/reports/e1/train_embeddings.npz", "<CSV>": MY_LABELS}
+PLACEHOLDERS = {"ATG...": GENE, "<NPZ>": "outputs/reports/e1/train_embeddings.npz",
+                "<CSV>": "data/my_labels.csv"}  # the labels the fixture study writes beside data/my.fasta
 # Producers run before the commands that read what they write; commands that train a new run run last,
 # so the latest trained run (./analysis.sh, post_process.sh without RUN_ID) is the fixture's.
 FIRST = ("python -m scripts.extract_embeddings", "python -m scripts.train_classifier")
@@ -118,98 +117,18 @@ def run_order(command: str) -> int:
 # --------------------------------------------------------------------------- the fixture run
 
 
-def _differences(a: dict, b: dict) -> dict:
-    """The entries where config b differs from a, with b's values."""
-    out = {}
-    for key in a.keys() | b.keys():
-        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
-            if sub := _differences(a[key], b[key]):
-                out[key] = sub
-        elif a.get(key) != b.get(key):
-            out[key] = b[key] if key in b else a[key]
-    return out
-
-
-def fixture_overrides(files: list[Path]) -> dict:
-    """A 2-layer model, a few steps on the fixture corpus, one thread. The keys where tiny_cpu.yaml and
-    tiny_mps.yaml differ are pinned too, so README's `./main.sh` (tiny_cpu) finds the run that
-    `./main.sh -c configs/tiny_mps.yaml` made and does no work: one training serves both."""
-    shrink = {
-        "model": {"block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0},
-        "data": {"datasets": [{"name": f.name.split(".")[0], "gbff": f"data/raw/{f.name}", "min_len": 10}
-                              for f in files], "val_frac": 0.25, "test_frac": 0.25, "prepare_workers": 1},
-        "train": {"batch_size": 8, "grad_accum_steps": 1, "epochs": 1, "max_steps": 6, "amp": False,
-                  "log_every": 2, "eval_every": 0, "checkpoint_every": 0},
-        "schedule": {"warmup_steps": 2},
-        "system": {"num_workers": 0, "persistent_workers": False, "prefetch_factor": None, "num_threads": 1},
-    }
-    cpu, mps = (yaml.safe_load((REPO / "configs" / name).read_text()) for name in ("tiny_cpu.yaml", "tiny_mps.yaml"))
-    return merge_overrides(_differences(cpu, mps), shrink)
-
-
-def scratch_repository(root: Path) -> Path:
-    """The repository's code linked into `root`, with its own data/, outputs/ and runs/."""
-    own = {"data", "outputs", "runs", ".git", ".pytest_cache", ".ruff_cache", "__pycache__"}
-    for entry in REPO.iterdir():
-        if entry.name not in own:
-            (root / entry.name).symlink_to(entry)
-    (root / "data" / "raw").mkdir(parents=True)
-    return root
-
-
-def write_user_inputs(ws: Path, files: list[Path]) -> None:
-    """The manual's data/my.fasta and a labels CSV for it (label: the genome a gene comes from)."""
-    import pandas as pd
-
-    from codonlm.data.extract_fasta import write_cds_fasta
-    from codonlm.evaluate.seqmetrics import gc3
-    from codonlm.io import read_fasta, write_fasta
-
-    records, rows = [], ["id,label,seq"]
-    for f in files:
-        genome = f.name.split(".")[0]
-        write_cds_fasta([str(f)], ws / f"{genome}.fasta", min_len=10)
-        for i, (_, seq) in enumerate(read_fasta(ws / f"{genome}.fasta")):
-            records.append((f"{genome}_{i}", seq))
-            rows.append(f"{genome}_{i},{genome},{seq}")
-    write_fasta(ws / MY_FASTA, records)
-    (ws / MY_LABELS).write_text("\n".join(rows) + "\n")
-    # README's regression examples: a numeric value per gene (its GC3), as gene_id,value,cds and as a TSV of
-    # values beside data/my.fasta; a CAI reference of a few genes
-    values = pd.DataFrame({"gene_id": [i for i, _ in records], "value": [gc3(s) for _, s in records],
-                           "cds": [s for _, s in records]})
-    values.to_csv(ws / "data" / "my_values.csv", index=False)
-    values[["gene_id", "value"]].to_csv(ws / "data" / "my_values.tsv", sep="\t", index=False)
-    write_fasta(ws / "data" / "host_reference.fasta", records[:10])
-
-
-def shell(command: str, ws: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", command], cwd=ws, env=env, capture_output=True, text=True,
-                          timeout=1800)  # generous: a loaded shared machine, not a speed target
-
-
 @pytest.fixture(scope="module")
-def docs_run(tmp_path_factory, make_corpus):
+def docs_run(fixture_study):
     """The fixture run, then every other documented command in order: (workspace, run id, results)."""
-    ws = scratch_repository(tmp_path_factory.mktemp("docs"))
-    files, _ = make_corpus(ws / "data" / "raw", n_genes=30)
-    overrides = ws / "overrides.yaml"
-    overrides.write_text(yaml.safe_dump(fixture_overrides(files), sort_keys=False))
-    write_user_inputs(ws, files)
-    env = {**os.environ, "PATH": f"{ws}:{ws / '.venv' / 'bin'}:{os.environ['PATH']}", OVERRIDES_ENV: str(overrides),
-           "CODONLM_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("CODONLM_TEED", None)
-
-    first = shell(QUICK_START, ws, env)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    run_id = re.search(r"=== codonlm run (\S+) ", first.stdout).group(1)
-    results = {QUICK_START: first}
+    ws, run_id = fixture_study.ws, fixture_study.run_id
+    assert fixture_study.command == QUICK_START
+    results = {QUICK_START: fixture_study.result}
     with open(ws / "commands.log", "w", buffering=1) as timings:  # what ran, how long: for a slow or failed run
         for command in sorted((c for c in documented() if not not_run_reason(c)), key=run_order):
             command = concrete(command, run_id)
             if command.removeprefix("./") not in {c.removeprefix("./") for c in results}:
                 cpu, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-                results[command] = shell(command, ws, env)
+                results[command] = fixture_study.shell(command)
                 used = resource.getrusage(resource.RUSAGE_CHILDREN)
                 timings.write(f"{time.perf_counter() - t0:7.1f}s wall {used.ru_utime - cpu.ru_utime:7.1f}s CPU "
                               f"exit {results[command].returncode}  {command}\n")
@@ -314,7 +233,7 @@ def test_outputs_map_matches_the_files_a_run_writes(docs_run):
 def test_the_run_records_its_overrides(docs_run):
     ws, run_id, _ = docs_run
     snapshot = yaml.safe_load((ws / "runs" / run_id / "config.yaml").read_text())
-    assert snapshot["model"]["n_layer"] == 2 and snapshot["train"]["max_steps"] == 6
+    assert snapshot["model"]["n_layer"] == 2 and snapshot["train"]["max_steps"] == 8
     provenance = json.loads((ws / "runs" / run_id / "provenance.json").read_text())
     assert provenance["config_overrides"]["path"] == str(ws / "overrides.yaml")
     assert provenance["config_overrides"]["merged"]["model"]["n_embd"] == 32

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.data.prepare import prepare
-from codonlm.train.loop import train
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,11 +21,12 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
 
 
-def test_readme_python_blocks_run(tmp_path, monkeypatch, make_corpus, tiny_config):
+def test_readme_python_blocks_run(tmp_path, monkeypatch, make_corpus, tiny_config, write_config):
     files, _ = make_corpus(tmp_path, n_genes=20)
-    cfg = parse_config(tiny_config(tmp_path, files, epochs=1, max_steps=4))
+    raw = tiny_config(tmp_path, files, epochs=1, max_steps=4)
+    cfg = parse_config(raw)
     prepare(cfg, show_progress=False)
-    train(cfg, "docrun")
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", raw)), "--run-id", "docrun"]) == 0
     monkeypatch.chdir(tmp_path)  # CodonLM.load(RUN_ID) looks in ./runs, where the run folder is
     blocks = python_blocks(README.read_text())
     assert len(blocks) >= 2

@@ -17,9 +17,9 @@ from codonlm.data.codons import EOS, ITOS, decode, encode
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import score_genes
 from codonlm.evaluate.sampling import generate
+from codonlm.model.checkpoint import save_checkpoint
 from codonlm.model.hf_export import export_hf
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.train.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -15,12 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from codonlm_faults import fault_env
 
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.pipeline import STAGE_NAMES
 from codonlm.runid import make_run_id
-from codonlm.train.loop import KILL_AT_STEP_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = STAGE_NAMES[: STAGE_NAMES.index("generate-prefix") + 1]
@@ -28,8 +28,9 @@ CORE = STAGE_NAMES[: STAGE_NAMES.index("generate-prefix") + 1]
 ONLY_CORE = ["--stages", ",".join(CORE)]
 
 
-def main_sh(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "main.sh"), *args], env={**os.environ, "CODONLM_QUIET": "1", **env},
+def main_sh(*args: str, kill_at_step: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "main.sh"), *args],
+                          env=fault_env({**os.environ, "CODONLM_QUIET": "1"}, kill_at_step=kill_at_step),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -63,10 +64,11 @@ def test_main_sh_help_exits_0():
     assert res.returncode == 0 and "--run-id NAME" in res.stdout and "--stages LIST" in res.stdout
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, monkeypatch, capsys):
     adamw, _, cfg = configs
     stem = make_run_id(cfg)
-    killed = main_sh("-c", str(adamw), *ONLY_CORE, **{KILL_AT_STEP_ENV: "20"})
+    killed = main_sh("-c", str(adamw), *ONLY_CORE, kill_at_step="20")
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
     curves = Path(cfg.outputs.scores_dir) / stem / "curves.csv"
     assert curves.read_text().splitlines()[-1].startswith("20,")  # a row after the last checkpoint (at 18)
@@ -105,6 +107,7 @@ def test_killed_run_resumes_to_the_same_curves_and_rerun_does_no_work(configs, m
     assert not (REPO / "runs" / stem).exists()  # the log lives under outputs.runs_dir
 
 
+@pytest.mark.slow
 def test_another_optimizer_is_another_run_and_leaves_the_first_untouched(configs, monkeypatch):
     adamw, adafactor, cfg = configs
     monkeypatch.setenv("CODONLM_QUIET", "1")

@@ -16,8 +16,8 @@ from codonlm.data.codons import CODONS, ITOS, STOI, decode, frame_gene
 from codonlm.evaluate.perplexity import score_genes
 from codonlm.evaluate.query import run_query, score
 from codonlm.evaluate.variants import KINDS, VariantScanner, variant_kinds
+from codonlm.model.checkpoint import save_checkpoint
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.train.checkpoint import save_checkpoint
 
 BLOCK = 32
 

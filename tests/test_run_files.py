@@ -17,7 +17,7 @@ from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.data.prepare import prepare
 from codonlm.headlines import headline_lines
-from codonlm.train.checkpoint import load_checkpoint, save_checkpoint
+from codonlm.model.checkpoint import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "custom"

@@ -291,6 +291,7 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(labelled, capsys):
 # --------------------------------------------------------------------------- codonlm stage2
 
 
+@pytest.mark.slow  # every ready stage-2 task (> 10 s)
 def test_stage2_runs_the_ready_tasks_with_protocols(run, capsys, monkeypatch):
     tmp, cfg = run
     monkeypatch.chdir(tmp)  # the ready configs write under outputs/ of the working directory

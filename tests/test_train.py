@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from codonlm_faults import fault_env
 
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.errors import TrainingDiverged, UserError
+from codonlm.model.checkpoint import load_checkpoint, save_checkpoint
 from codonlm.train import loop
-from codonlm.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,7 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.slow  # two trainings in subprocesses (> 10 s)
 def test_resume_after_sigkill_matches_uninterrupted_run(corpus, tiny_config, write_config, tmp_path):
     """The trainer SIGKILLs itself right after step 51 (hook), between a checkpoint (48) and the next,
     after a curves row (50) that the resumed run must drop and write again identically."""
@@ -99,7 +101,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(corpus, tiny_config, wri
     cfg_path = write_config(tmp_path / "cfg.yaml", raw)
     cfg = parse_config(raw)
     loop.train(cfg, "straight")
-    env = {**os.environ, loop.KILL_AT_STEP_ENV: "51", "CODONLM_QUIET": "1"}
+    env = fault_env({**os.environ, "CODONLM_QUIET": "1"}, kill_at_step="51")
     proc = subprocess.run([sys.executable, "-m", "codonlm.cli", "train", "-c", str(cfg_path), "--run-id", "killed"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from codonlm_faults import fault_env
 
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.errors import TrainingDiverged, UserError
+from codonlm.model.checkpoint import load_checkpoint, nonfinite_weights
 from codonlm.model.load import checkpoint_path
 from codonlm.train import loop
-from codonlm.train.checkpoint import load_checkpoint, nonfinite_weights
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +43,10 @@ def _as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _train(cfg_path: Path, run_id: str, **env) -> subprocess.Popen:
+def _train(cfg_path: Path, run_id: str, kill_at_step: str | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "codonlm.cli", "train", "-c", str(cfg_path), "--run-id", run_id],
-                            env={**os.environ, "CODONLM_QUIET": "1", **env}, stdout=subprocess.PIPE,
+                            env=fault_env({**os.environ, "CODONLM_QUIET": "1"}, kill_at_step=kill_at_step),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal, start_new_session=True)
 
 
@@ -54,6 +56,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0)
 
 
+@pytest.mark.slow  # two trainings in subprocesses (> 10 s)
 def test_sigterm_between_two_checkpoints_saves_that_step_and_the_curve_continues(
         corpus, tiny_config, write_config, tmp_path):
     """SIGTERM right after step 51, between the checkpoints of steps 48 and 52: last.pt holds step 51,
@@ -61,7 +64,7 @@ def test_sigterm_between_two_checkpoints_saves_that_step_and_the_curve_continues
     raw = tiny_config(*corpus, epochs=3, checkpoint_every=4)
     cfg, cfg_path = parse_config(raw), write_config(tmp_path / "cfg.yaml", raw)
     loop.train(cfg, "straight")
-    proc = _train(cfg_path, "stopped", **{loop.KILL_AT_STEP_ENV: "51:TERM"})
+    proc = _train(cfg_path, "stopped", kill_at_step="51:TERM")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-3000:]
     last = Path(cfg.outputs.out_dir) / "stopped" / "last.pt"
@@ -76,6 +79,7 @@ def test_sigterm_between_two_checkpoints_saves_that_step_and_the_curve_continues
     _assert_same_weights(last, Path(cfg.outputs.out_dir) / "straight" / "last.pt")
 
 
+@pytest.mark.slow  # two trainings in subprocesses (> 10 s)
 def test_ctrl_c_to_the_whole_process_group_with_loader_workers_saves_last_pt(
         corpus, tiny_config, write_config, tmp_path):
     """A real Ctrl-C (SIGINT to the trainer and its DataLoader worker) mid-epoch, with no step or time
@@ -106,7 +110,7 @@ def test_checkpoint_minutes_writes_last_pt_by_wall_time(corpus, tiny_config, wri
     that has always passed, last.pt holds step 5; with it off, there is none."""
     raw = tiny_config(*corpus, epochs=1, checkpoint_every=0, checkpoint_minutes=minutes)
     run_id = f"timed-{minutes}"
-    proc = _train(write_config(tmp_path / "cfg.yaml", raw), run_id, **{loop.KILL_AT_STEP_ENV: "5"})
+    proc = _train(write_config(tmp_path / "cfg.yaml", raw), run_id, kill_at_step="5")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, err[-3000:]
     last = Path(parse_config(raw).outputs.out_dir) / run_id / "last.pt"

@@ -20,9 +20,9 @@ import torch
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.data.codons import CODONS, ITOS, genetic_code, internal_stop_count
+from codonlm.model.checkpoint import save_checkpoint
 from codonlm.model.tinygpt import TinyGPT
 from codonlm.stage2.embeddings import load_embeddings
-from codonlm.train.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "us"

@@ -86,23 +86,31 @@ class CodonLM:
 
     @classmethod
     def load(cls, what: str | Path, device: str = "cpu", checkpoints_dir: str | None = None,
-             runs_dir: str | Path = "runs", table_id: int = 11) -> CodonLM:
+             runs_dir: str | Path | None = None, table_id: int = 11) -> CodonLM:
         """A run id, a run folder (runs/<RUN_ID>), a checkpoint (.pt) or a Hugging Face export folder."""
         path = Path(what)
         if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
             from codonlm.model.hf_export import load_hf_export
 
             return cls(load_hf_export(path).to(device), source=str(path), table_id=table_id)
-        from codonlm.model.load import load_run_model
+        from codonlm.model.load import checkpoint_path, load_model
 
-        model, cfg, state, checkpoint = load_run_model(str(what), checkpoints_dir=checkpoints_dir,
-                                                       runs_dir=runs_dir, device=device)
+        run_id, runs = str(what), runs_dir
+        if path.is_dir() and (path / "config.yaml").is_file():  # a run folder: runs/<RUN_ID>
+            run_id, runs = path.name, path.parent
+        checkpoint = checkpoint_path(run_id, checkpoints_dir, None if runs is None else str(runs))
+        model, cfg, state = load_model(str(checkpoint), device=device)
         return cls(model, cfg, source=str(checkpoint), run_id=state.get("run_id"), table_id=table_id)
 
     # ---- inputs ----------------------------------------------------------------------------------
 
-    def records(self, seqs: Sequences, skip_invalid: bool = False, **columns) -> list[tuple[str, str]]:
-        """Clean (id, DNA) pairs: bad records a one-line UserError (or skipped), internal stops flagged."""
+    def records(self, seqs: Sequences, skip_invalid: bool = False, checked: bool = False,
+                **columns) -> list[tuple[str, str]]:
+        """Clean (id, DNA) pairs: bad records a one-line UserError (or skipped), internal stops flagged.
+        checked: `seqs` are (id, DNA) pairs the caller has already cleaned (the CLI reads and checks its
+        input before loading the model, so bad input fails fast)."""
+        if checked:
+            return list(seqs)
         raw = as_records(seqs, **columns)
         if not raw:
             raise UserError("no sequences given")
@@ -118,12 +126,13 @@ class CodonLM:
     # ---- the user-facing measures -------------------------------------------------------------------
 
     def score(self, seqs: Sequences, stride: int | None = None, per_codon: bool = False,
-              skip_invalid: bool = False) -> pd.DataFrame:
+              skip_invalid: bool = False, amp: bool = False, checked: bool = False) -> pd.DataFrame:
         """One row per gene (whole `<BOS_CDS> codons <EOS_CDS>`): n_codons, internal_stops, log_likelihood,
         nll (mean per target), perplexity; with per_codon, a column of per-target log-probability arrays."""
         from codonlm.evaluate.query import score
 
-        rows = score(self.model, self.records(seqs, skip_invalid), stride=stride, table_id=self.table_id)
+        rows = score(self.model, self.records(seqs, skip_invalid, checked), stride=stride, amp=amp,
+                     table_id=self.table_id)
         table = pd.DataFrame(rows)
         if per_codon:
             table["per_codon_log_likelihood"] = [np.asarray(v) for v in table.per_codon_log_likelihood]

@@ -9,72 +9,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
 from codonlm.errors import Interrupted, TrainingDiverged, UserError
-from codonlm.log import log, log_to
+from codonlm.log import log, log_to, run_log
 
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
 AMP_HELP = ("bf16 autocast, slightly less exact; faster or slower than fp32 depending on the CPU (native bf16 "
             "helps; without it, 4-5x slower measured); training's 'amp: auto' times both")
-
-
-class _Tee:
-    """Copy a stream into runs/<RUN_ID>/log.txt.
-
-    With `lines_only` (stderr) the log gets whole lines only, each as its last carriage-return
-    segment: a progress bar redraws itself with '\\r', so the terminal shows it live while log.txt
-    keeps clean lines instead of bar fragments.
-    """
-
-    def __init__(self, stream, log, lines_only: bool = False):
-        self._stream, self._log, self._lines_only, self._pending = stream, log, lines_only, ""
-
-    def write(self, text: str) -> int:
-        if not self._lines_only:
-            self._log.write(text)
-        else:
-            *lines, self._pending = (self._pending + text).split("\n")
-            for line in lines:
-                line = line.rsplit("\r", 1)[-1].rstrip()
-                if line:
-                    self._log.write(line + "\n")
-        self._log.flush()
-        return self._stream.write(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-@contextlib.contextmanager
-def run_log(run_directory: Path):
-    """Tee stdout and stderr into runs/<RUN_ID>/log.txt while the block runs (once: nested calls,
-    such as the stages of `codonlm pipeline`, write through the outer tee)."""
-    if os.environ.get("CODONLM_TEED"):
-        yield
-        return
-    Path(run_directory).mkdir(parents=True, exist_ok=True)
-    saved = sys.stdout, sys.stderr
-    with open(Path(run_directory) / "log.txt", "a", buffering=1) as log_file:
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log_file), _Tee(sys.stderr, log_file, lines_only=True)
-        os.environ["CODONLM_TEED"] = "1"
-        try:
-            yield
-        except (UserError, TrainingDiverged) as exc:  # main() prints it after the tee is gone: log it too
-            log_file.write(f"error: {exc}\n")
-            raise
-        except Interrupted as exc:
-            log_file.write(f"{exc}\n")
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stdout, sys.stderr = saved
-            del os.environ["CODONLM_TEED"]
 
 
 def _claim_run(cfg, run_id: str | None, config_path: str | None):
@@ -111,7 +54,7 @@ def cmd_make_run_id(args: argparse.Namespace) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from codonlm.config import load_config
     from codonlm.data.prepare import prepare
-    from codonlm.provenance import timed_stage
+    from codonlm.provenance import run_lock, timed_stage
 
     cfg = load_config(args.config)
     if args.datasets:  # one machine's share: only these datasets' NPZs, no run
@@ -120,7 +63,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
             f"dataset is prepared, 'codonlm prepare -c {args.config}' merges them")
         return
     run_id, directory = _claim_run(cfg, args.run_id, args.config)
-    with run_log(directory):
+    with run_lock(directory), run_log(directory):
         log(f"[prepare] run {run_id}")
         with timed_stage(directory, "prepare"):
             report = prepare(cfg, run_dir=directory, force=args.force, show_progress=not args.quiet,
@@ -146,8 +89,8 @@ def cmd_extract_cds(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from codonlm.config import load_config, parse_config
-    from codonlm.provenance import timed_stage
-    from codonlm.train.checkpoint import load_checkpoint
+    from codonlm.model.checkpoint import load_checkpoint
+    from codonlm.provenance import run_lock, timed_stage
     from codonlm.train.distributed import agree_on, is_main_rank
     from codonlm.train.loop import train
     from codonlm.train.precision import pick_device
@@ -169,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if last.is_file():
             raise UserError(f"run '{run_id}' already has checkpoints ({last.parent}); continue it with "
                             f"-r {last}, or leave out --run-id to start a new run")
-    with run_log(directory) if is_main else contextlib.nullcontext():
+    with (run_lock(directory) if is_main else contextlib.nullcontext(),
+          run_log(directory) if is_main else contextlib.nullcontext()):
         with timed_stage(directory if is_main else None, "train"):
             train(cfg, run_id, resume=args.resume)
 
@@ -177,8 +121,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from codonlm.pipeline import run_pipeline
 
-    return run_pipeline(args.config, run_id=args.run_id, resume=args.resume, fresh=args.fresh, stages=args.stages,
-                        redo=args.redo, force=args.force, quiet=args.quiet)
+    return run_pipeline(main, args.config, run_id=args.run_id, resume=args.resume, fresh=args.fresh, stages=args.stages,
+                        redo=args.redo, force=args.force, quiet=args.quiet, wait=not args.no_wait)
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
@@ -192,6 +136,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
                    "last.pt; start a new run with --fresh to train from scratch)")
     p.add_argument("--force", action="store_true", help="prepare: keep going when the integrity check fails")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (for CI logs)")
+    p.add_argument("--no-wait", action="store_true", help="when another process is working on the run, stop "
+                   "(exit 2) instead of waiting for it")
 
 
 def cmd_export_hf(args: argparse.Namespace) -> None:
@@ -214,17 +160,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
-    import pandas as pd
-
+    from codonlm.api import CodonLM
     from codonlm.data.codons import read_dna_records
-    from codonlm.evaluate.query import score
     from codonlm.io import write_csv
-    from codonlm.model.load import load_model
 
     records = read_dna_records(fasta=args.fasta, skip_invalid=args.skip_invalid)
-    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device, args.runs_dir)
-    rows = score(model, records, stride=args.stride, amp=args.amp)
-    table = pd.DataFrame(rows).drop(columns="per_codon_log_likelihood")
+    lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir)
+    table = lm.score(records, stride=args.stride, amp=args.amp, checked=True)
     if args.out:
         write_csv(table, args.out)
         log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
@@ -233,10 +175,10 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
+    from codonlm.api import CodonLM
     from codonlm.data.codons import read_dna_records
     from codonlm.evaluate.query import run_query
     from codonlm.evaluate.variant_table import parse_region, table_format
-    from codonlm.model.load import load_model
 
     region = parse_region(args.region)  # check cheap arguments before reading input or loading the model
     if args.out:
@@ -247,11 +189,11 @@ def cmd_query(args: argparse.Namespace) -> None:
             raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
         stdin_text = sys.stdin.read()
     records = read_dna_records(args.dna, args.fasta, stdin_text, args.skip_invalid, args.transl_table)
-    model, _, _ = load_model(args.run_id, args.checkpoints_dir, args.device, args.runs_dir)
+    lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir, table_id=args.transl_table)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
-        run_query(model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
+        run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
                   as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
 
@@ -300,7 +242,7 @@ def add_run_location(p: argparse.ArgumentParser, runs_dir: bool = True) -> None:
     """--checkpoints-dir (and --runs-dir): by default a run's files are where its own recorded config
     (runs/<RUN_ID>/config.yaml) puts them (codonlm.runid.locate_run)."""
     p.add_argument("--checkpoints-dir", help="where <RUN_ID>/best.pt is (default: the run's outputs.out_dir, "
-                   "from runs/<RUN_ID>/config.yaml; else outputs/checkpoints)")
+                   "from runs/<RUN_ID>/config.yaml; else the default outputs.out_dir)")
     if runs_dir:
         p.add_argument("--runs-dir", help="where run folders live (default: runs)")
 
@@ -377,12 +319,13 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     """The analysis steps (then the report with --report); exit 2 naming the steps that could not run."""
     from codonlm.analysis.context import load_context
     from codonlm.analysis.runner import analyze, parse_steps
+    from codonlm.provenance import run_lock
 
     steps = parse_steps(args.steps)  # an unknown step name fails before anything loads
     _resolve_latest(args, "analyze")
     ctx = load_context(args.run_id, args.checkpoints_dir, args.runs_dir, device=args.device, seed=args.seed,
                        quiet=args.quiet)
-    with run_log(ctx.run_dir):
+    with run_lock(ctx.run_dir), run_log(ctx.run_dir):
         results = analyze(args.run_id, steps, force=args.force, context=ctx)
         if args.report:
             from codonlm.analysis.report import write_report
@@ -417,17 +360,18 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 def _add_run_id_or_latest(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", default="latest",
                    help="run id (default: latest, the run with the newest checkpoint under --checkpoints-dir, "
-                   "default outputs/checkpoints)")
+                   "default the default outputs.out_dir)")
 
 
 def _resolve_latest(args: argparse.Namespace, command: str) -> str:
     """args.run_id, or the newest trained run when it is 'latest' (the manual's bare ./analysis.sh)."""
     if args.run_id != "latest":
         return args.run_id
+    from codonlm.config import OutputsConfig
     from codonlm.provenance import latest_run
 
     args.run_id = latest_run(args.checkpoints_dir)
-    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir or 'outputs/checkpoints'})")
+    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir or OutputsConfig().out_dir})")
     return args.run_id
 
 
@@ -557,7 +501,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help=f"YAML config (default: {DEFAULT_CONFIG}; with -r: the checkpoint's)")
     p.add_argument("--run-id", help="name of a new run, or of a run this config started (default: a fresh "
                    "id from the config, with a suffix when taken)")
-    p.add_argument("-r", "--resume", help="continue the run of outputs/checkpoints/<RUN_ID>/last.pt")
+    p.add_argument("-r", "--resume", help="continue the run of this last.pt (<outputs.out_dir>/<RUN_ID>/last.pt)")
 
 
 def _pipeline_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
-"""The one home of file I/O: atomic writes, JSON, sha256, plain or gzipped user files, FASTA (Bio.SeqIO), a
-prepared split's genes.
+"""The one home of file I/O: atomic writes, folder locks, JSON, sha256, plain or gzipped user files, FASTA
+(Bio.SeqIO), a prepared split's genes.
 
 Everything a stage writes goes through `atomic_path`/`atomic_write`: the data lands in a temporary
 file beside the target (same folder, so the rename is atomic) and replaces the target only when
@@ -9,6 +9,7 @@ cleanly.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io as _io
 import json
@@ -24,9 +25,6 @@ import numpy as np
 from isal import igzip, isal_zlib
 
 from codonlm.errors import UserError
-
-AFTER_WRITE: list[Callable[[Path], None]] = []
-"""Called with each file `atomic_path` has just put in place (the pipeline's fault-injection test uses it)."""
 
 
 @contextmanager
@@ -44,11 +42,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-        for hook in AFTER_WRITE:
-            hook(path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def folder_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on the directory `path` (created if needed) for the block.
+
+    A directory rather than a lock file: it leaves no file behind. The kernel drops the lock when
+    the holder dies (even by SIGKILL), so a killed process never blocks the next one. `on_wait` is
+    called once if another process holds the lock and this one has to wait (it may raise instead:
+    then this process does not wait).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:

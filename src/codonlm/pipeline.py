@@ -9,6 +9,10 @@ stage can always be run by hand as well; adding a stage is one line in STAGES.
 
 Each stage's wall and CPU seconds (this process and its child processes, all threads) go into the
 closing summary and its stamp: CPU far below wall means the stage waited (a busy machine, disk, network).
+
+The pipeline sits below the command line (codonlm.cli imports it, never the reverse): `codonlm pipeline`
+hands it the function that runs one `codonlm` command line (cli.main), so a stage runs exactly what a
+user would type, and the banner shows it.
 """
 
 from __future__ import annotations
@@ -17,26 +21,22 @@ import hashlib
 import json
 import os
 import resource
-import signal
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from codonlm.config import Config, config_sha256, load_config, parse_config
 from codonlm.errors import UserError
 from codonlm.headlines import headline_lines
-from codonlm.io import AFTER_WRITE
-from codonlm.log import log
+from codonlm.io import folder_lock
+from codonlm.log import log, run_log
 from codonlm.log import quiet as log_quiet
-from codonlm.provenance import checksums, mark_stage_done, read_stamp, snapshot, stage_is_done
+from codonlm.provenance import checksums, mark_stage_done, read_stamp, run_lock, snapshot, stage_is_done
 
-KILL_IN_STAGE_ENV = "CODONLM_TEST_KILL_IN_STAGE"
-"""tests: '<stage>[:<n>[:INT]]' makes the pipeline kill itself inside that stage, just after the n-th file
-the stage writes (default 1; as its command returns, before the stamp, when it writes fewer), with
-SIGKILL, or with SIGINT (what Ctrl-C sends) when INT is given."""
+CommandRunner = Callable[[list[str]], int]
+"""Runs one `codonlm` command line (its arguments) and returns its exit code: cli.main."""
 
 
 @dataclass
@@ -135,7 +135,7 @@ def resolve_run(config_path: str | None, run_id: str | None, resume: str | None,
     if resume:
         if run_id or fresh:
             raise UserError("-r continues the checkpoint's run: it excludes --run-id and --fresh")
-        from codonlm.train.checkpoint import load_checkpoint
+        from codonlm.model.checkpoint import load_checkpoint
 
         state = load_checkpoint(resume)
         cfg = parse_config(state["config"], source=resume)
@@ -148,11 +148,12 @@ def resolve_run(config_path: str | None, run_id: str | None, resume: str | None,
         return cfg, state["run_id"]
     config_path = config_path or "configs/tiny_cpu.yaml"
     cfg = load_config(config_path)
-    if run_id is None and not fresh and (existing := find_run(cfg)):
-        return cfg, existing
-    run_id, new = claim_run(cfg, run_id)
-    if new:
-        snapshot(cfg, Path(cfg.outputs.runs_dir) / run_id, config_path)
+    with folder_lock(Path(cfg.outputs.runs_dir)):  # one at a time: a second ./main.sh finds the first's run
+        if run_id is None and not fresh and (existing := find_run(cfg)):
+            return cfg, existing
+        run_id, new = claim_run(cfg, run_id)
+        if new:
+            snapshot(cfg, Path(cfg.outputs.runs_dir) / run_id, config_path)
     return cfg, run_id
 
 
@@ -166,36 +167,8 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-@contextmanager
-def kill_hook(stage: str) -> Iterator[None]:
-    """The KILL_IN_STAGE_ENV fault injection around one stage's command (a no-op unless it names `stage`)."""
-    spec = os.environ.get(KILL_IN_STAGE_ENV, "").split(":")
-    if spec[0] != stage:
-        yield
-        return
-    after = int(spec[1]) if len(spec) > 1 and spec[1] else 1
-    sig, pid, writes = signal.SIGINT if spec[2:] == ["INT"] else signal.SIGKILL, os.getpid(), []
-
-    def kill(path: Path | None) -> None:
-        writes.append(path)
-        if len(writes) == after and os.getpid() == pid:  # not in a worker process
-            where = f"after its write {after} ({path})" if path else "as its command returns"
-            log(f"[pipeline] test: {sig.name} to this process in stage {stage}, {where}")
-            os.kill(pid, sig)
-
-    AFTER_WRITE.append(kill)
-    try:
-        yield
-    finally:
-        AFTER_WRITE.remove(kill)
-    while len(writes) < after:  # the stage wrote fewer files: kill it as its command returns
-        kill(None)
-
-
-def run_stages(ctx: RunContext, only: list[str], redo: list[str]) -> tuple[list[dict], int]:
+def run_stages(ctx: RunContext, only: list[str], redo: list[str], codonlm: CommandRunner) -> tuple[list[dict], int]:
     """Run, skip or stop at each stage in order; returns (one summary row per stage, exit code)."""
-    from codonlm.cli import main as codonlm
-
     rows, upstream, code = [], {}, 0
     config_sha = config_sha256(ctx.cfg)
     for stage in STAGES:
@@ -213,8 +186,7 @@ def run_stages(ctx: RunContext, only: list[str], redo: list[str]) -> tuple[list[
             log(f"=== [{stage.name}] {time.strftime('%Y-%m-%dT%H:%M:%S')}: codonlm {' '.join(argv)}")
             t0, cpu0 = time.perf_counter(), cpu_seconds()
             try:
-                with kill_hook(stage.name):
-                    code = codonlm(argv)
+                code = codonlm(argv)
             except KeyboardInterrupt:  # Ctrl-C between the command's own handling and here
                 code = 130
             except Exception:  # a bug, not a user error: show it, and still close with the summary
@@ -249,22 +221,21 @@ def summary_lines(run_id: str, rows: list[dict], seconds: float, cpu: float) -> 
     return lines
 
 
-def run_pipeline(config_path: str | None = None, run_id: str | None = None, resume: str | None = None,
-                 fresh: bool = False, stages: str | None = None, redo: str | None = None,
-                 force: bool = False, quiet: bool = False) -> int:
-    """./main.sh: resolve the run, then run its stages like make; returns the exit code."""
-    from codonlm.cli import run_log
-
+def run_pipeline(codonlm: CommandRunner, config_path: str | None = None, run_id: str | None = None,
+                 resume: str | None = None, fresh: bool = False, stages: str | None = None, redo: str | None = None,
+                 force: bool = False, quiet: bool = False, wait: bool = True) -> int:
+    """./main.sh: resolve the run, then, as its one writer (provenance.run_lock: wait for another holder, or
+    refuse when not `wait`), run its stages like make, each through `codonlm` (cli.main); returns the exit code."""
     only, again = stage_list(stages, "--stages"), stage_list(redo, "--redo")
     if quiet:
         os.environ["CODONLM_QUIET"] = "1"
     cfg, run_id = resolve_run(config_path, run_id, resume, fresh)
     ctx = RunContext(cfg, run_id, prepare_force=force, quiet=quiet or log_quiet())
     t0, cpu0 = time.perf_counter(), cpu_seconds()
-    with run_log(ctx.run_dir):
+    with run_lock(ctx.run_dir, wait=wait), run_log(ctx.run_dir):
         log(f"=== codonlm run {run_id} (config {ctx.config}; outputs in {ctx.run_dir}, {ctx.checkpoints}, "
             f"{ctx.scores})")
-        rows, code = run_stages(ctx, only, again)
+        rows, code = run_stages(ctx, only, again, codonlm)
         for line in summary_lines(run_id, rows, time.perf_counter() - t0, cpu_seconds() - cpu0):
             log(line)
         for line in headline_lines(run_id, ctx.run_dir, ctx.checkpoints, ctx.scores, ctx.reports):

@@ -1,13 +1,16 @@
-"""Run folders and what they record: config snapshot + sha256, hardware, git commit, stage timings."""
+"""Run folders and what they record: config snapshot + sha256, hardware, git commit, stage timings; and
+the run's lock (one writer per run)."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from codonlm.config import (
     config_to_yaml,
 )
 from codonlm.errors import UserError
-from codonlm.io import atomic_write, read_json, sha256_file, write_json
+from codonlm.io import atomic_write, folder_lock, read_json, sha256_file, write_json
 from codonlm.log import log
 
 
@@ -165,3 +168,45 @@ def mark_stage_done(directory: Path, stage: str, inputs: dict, outputs: dict | N
     write_json(_stamp_path(directory, stage), {"stage": stage, "inputs": inputs, "outputs": outputs or {},
                                                "seconds": seconds, "cpu_seconds": cpu_seconds,
                                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+WRITER = ".writer.json"
+"""In a run folder while a process holds the run's lock: which process (removed when it lets go)."""
+_locked_runs: set[Path] = set()  # the run folders this process holds the lock of
+
+
+def _writer_line(run_directory: Path) -> str:
+    """'process 123 on host (codonlm pipeline ..., since ...)', from the holder's WRITER record."""
+    w = read_json(Path(run_directory) / WRITER) or {}
+    if "pid" not in w:
+        return "another process"
+    return f"process {w['pid']} on {w.get('host', '?')} ({w.get('command', '?')}, since {w.get('since', '?')})"
+
+
+@contextmanager
+def run_lock(run_directory: Path, wait: bool = True) -> Iterator[None]:
+    """Be the run's one writer while the block runs: an exclusive flock on its folder (io.folder_lock, as
+    prepare locks a data key). Another holder makes this process wait, with a line naming that process, or
+    with wait=False refuse (UserError). The kernel drops a killed holder's lock, so the next one takes over.
+    Re-entrant: the stages that `codonlm pipeline` runs in its own process take the lock it holds."""
+    folder = Path(run_directory).resolve()
+    if folder in _locked_runs:
+        yield
+        return
+
+    def busy() -> None:
+        holder = _writer_line(folder)
+        if not wait:
+            raise UserError(f"run {folder.name} is in use by {holder}; wait for it to finish, or run again "
+                            "without --no-wait to wait for it")
+        log(f"[run] run {folder.name} is in use by {holder}; waiting for it to finish (one writer per run)")
+
+    with folder_lock(folder, on_wait=busy):
+        write_json(folder / WRITER, {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(
+            ["codonlm", *sys.argv[1:]]), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        _locked_runs.add(folder)
+        try:
+            yield
+        finally:
+            _locked_runs.discard(folder)
+            (folder / WRITER).unlink(missing_ok=True)

@@ -61,8 +61,8 @@ def bundle_run(run_id: str, out_dir: str | Path = "outputs/share", checkpoints_d
     """Gather a finished run into <out_dir>/<RUN_ID>/ and <out_dir>/<RUN_ID>.tar.gz; returns both paths."""
     from codonlm.analysis.context import load_context
     from codonlm.analysis.report import write_report
+    from codonlm.model.checkpoint import load_checkpoint
     from codonlm.model.hf_export import export_hf
-    from codonlm.train.checkpoint import load_checkpoint
 
     ctx = load_context(run_id, checkpoints_dir, runs_dir)
     write_report(run_id, ctx.run_dir.parent, reports_dir)  # the report reflects what is there now

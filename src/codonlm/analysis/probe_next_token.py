@@ -27,7 +27,6 @@ import torch
 
 from codonlm.analysis.context import AnalysisContext
 from codonlm.data.codons import BOS, CODON_OFFSET, CODONS, EOS, VOCAB_SIZE, genetic_code
-from codonlm.evaluate.perplexity import _aa_for
 from codonlm.io import save_figure, write_csv
 
 NAME = "probe_next_token"
@@ -143,7 +142,7 @@ def _tally(ctx: AnalysisContext, model, genes: list[np.ndarray], genome: np.ndar
 
 def _aa_classes(table_id: int) -> np.ndarray:
     """Token -> dense amino-acid class index (<EOS_CDS> its own class, -1 for PAD/BOS/SEP)."""
-    letters = _aa_for(table_id)
+    letters = genetic_code(table_id).aa_classes()
     uniq = sorted(set(letters[letters >= 0].tolist()))
     return np.array([uniq.index(v) if v >= 0 else -1 for v in letters], dtype=np.int64)
 

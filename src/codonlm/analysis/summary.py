@@ -1,9 +1,10 @@
 """Step 1, summary: the held-out evaluation, the training curve and the data of a run, in one place.
 
-The held-out numbers come from runs/<RUN_ID>/evaluate/metrics.json when `codonlm evaluate` has run
-(else the evaluation runs here and writes that folder). Beside them: a random-init model of the same
-shape and the trained model scored on the same seeded sample of test genes, so the gain from
-training reads directly.
+The held-out numbers come from runs/<RUN_ID>/evaluate/metrics.json, written by `codonlm evaluate` (the
+pipeline runs it before the analysis). This step never runs the evaluation itself: without that file it
+says so and how to run it, and it runs again once the file appears (its checksum is one of the step's
+settings). Beside them: a random-init model of the same shape and the trained model scored on the same
+seeded sample of test genes, so the gain from training reads directly.
 """
 
 from __future__ import annotations
@@ -17,26 +18,40 @@ import pandas as pd
 from codonlm.analysis.context import AnalysisContext
 from codonlm.analysis.report import data_table
 from codonlm.evaluate.perplexity import score_genes
-from codonlm.io import read_json, save_figure, write_csv
+from codonlm.io import read_json, save_figure, sha256_file, write_csv
 
 NAME = "summary"
 GENES_PER_GENOME = 20  # test genes per genome scored by both models for the random-init comparison
 
 
+def metrics_path(ctx: AnalysisContext) -> Path:
+    return ctx.run_dir / "evaluate" / "metrics.json"
+
+
 def settings(ctx: AnalysisContext) -> dict:
-    return {"genes_per_genome": GENES_PER_GENOME}
+    """What decides the outputs besides the checkpoint: the sample size, and the evaluation read (or its absence)."""
+    path = metrics_path(ctx)
+    return {"genes_per_genome": GENES_PER_GENOME, "evaluate_sha256": sha256_file(path) if path.is_file() else None}
 
 
-def heldout_metrics(ctx: AnalysisContext) -> tuple[dict, str]:
-    """metrics.json of `codonlm evaluate` (computed here when absent) and where it came from."""
-    path = ctx.run_dir / "evaluate" / "metrics.json"
-    metrics = read_json(path)
-    if metrics is not None:
-        return metrics, f"reused {path}"
-    from codonlm.evaluate.heldout import evaluate_run
+def not_evaluated(ctx: AnalysisContext) -> str:
+    """What to run when `codonlm evaluate` has not (the held-out numbers are its job, not this step's)."""
+    return (f"held-out evaluation not run yet (no {metrics_path(ctx)}): run 'codonlm evaluate {ctx.run_id} "
+            f"--checkpoints-dir {ctx.checkpoint.parent.parent}', then analyze again")
 
-    return evaluate_run(str(ctx.checkpoint), split="test", device=str(ctx.device), out_dir=path.parent), \
-        f"computed now into {path.parent}"
+
+def heldout_summary(metrics: dict | None, source: Path) -> dict:
+    """The summary.json entries taken from `codonlm evaluate`'s metrics (None each when it has not run)."""
+    if metrics is None:
+        return {"heldout": None, "best_baseline": None, "beats_every_baseline": None}
+    model, best = metrics["model"], metrics.get("best_baseline")
+    return {
+        "heldout": {"source": f"read {source}", "genes": metrics["genes"], "perplexity": model["perplexity"],
+                    "top1_accuracy": model.get("top1_accuracy"), "aa_accuracy": model.get("aa_accuracy"),
+                    "synonymous_mass": model.get("synonymous_mass"), "ece": model.get("ece")},
+        "best_baseline": {"name": best, "perplexity": metrics["baselines"][best]["perplexity"]},
+        "beats_every_baseline": all((metrics.get("beats_baselines") or {"none": False}).values()),
+    }
 
 
 def _sample_scores(ctx: AnalysisContext) -> dict[str, dict]:
@@ -102,15 +117,21 @@ def _plot_heldout(rows: list[tuple[str, float]], path: Path) -> None:
     save_figure(fig, path)
 
 
+def heldout_rows(metrics: dict | None) -> list[tuple[str, float]]:
+    """The evaluation's rows of heldout.csv: the model on every test gene, then the baselines, best first."""
+    if metrics is None:
+        return []
+    baselines = {k: v["perplexity"] for k, v in metrics["baselines"].items()}
+    return [(f"TinyGPT (all {metrics['genes']} test genes)", metrics["model"]["perplexity"])] + \
+        [(f"baseline: {k}", v) for k, v in sorted(baselines.items(), key=lambda kv: kv[1])]
+
+
 def run(ctx: AnalysisContext) -> dict:
     out = ctx.out_dir(NAME)
-    notes = []
-    metrics, source = heldout_metrics(ctx)
+    metrics = read_json(metrics_path(ctx))
+    notes = [] if metrics is not None else [not_evaluated(ctx)]
     sample = _sample_scores(ctx)
-    model = metrics["model"]
-    baselines = {k: v["perplexity"] for k, v in metrics["baselines"].items()}
-    rows = [(f"TinyGPT (all {metrics['genes']} test genes)", model["perplexity"])]
-    rows += [(f"baseline: {k}", v) for k, v in sorted(baselines.items(), key=lambda kv: kv[1])]
+    rows = heldout_rows(metrics)
     rows += [(f"TinyGPT ({sample['trained']['genes']}-gene sample)", sample["trained"]["perplexity"]),
              (f"random init ({sample['random_init']['genes']}-gene sample)", sample["random_init"]["perplexity"]),
              ("uniform over 64 codons + <EOS_CDS>", 65.0)]
@@ -142,21 +163,18 @@ def run(ctx: AnalysisContext) -> dict:
     else:
         notes.append(f"data report not found ({prepare_path}; written by 'codonlm prepare --run-id')")
 
-    best = metrics.get("best_baseline")
-    reading = (f"held-out perplexity {model['perplexity']:.1f} over {metrics['genes']} test genes "
-               f"(best baseline {best} {baselines[best]:.1f}); on a {sample['trained']['genes']}-gene sample "
-               f"{sample['trained']['perplexity']:.1f} against {sample['random_init']['perplexity']:.1f} "
-               "at random init")
+    heldout = heldout_summary(metrics, metrics_path(ctx))
+    evaluated = (f"held-out perplexity {heldout['heldout']['perplexity']:.1f} over {metrics['genes']} test genes "
+                 f"(best baseline {heldout['best_baseline']['name']} {heldout['best_baseline']['perplexity']:.1f})"
+                 if metrics is not None else "held-out evaluation not run yet ('codonlm evaluate')")
+    reading = (f"{evaluated}; on a {sample['trained']['genes']}-gene sample {sample['trained']['perplexity']:.1f} "
+               f"against {sample['random_init']['perplexity']:.1f} at random init")
     return {
         "reading": reading,
         "perplexity": {k: v["perplexity"] for k, v in sample.items()},
         "top1_accuracy": {k: v["top1_accuracy"] for k, v in sample.items()},
         "aa_accuracy": {k: v["aa_accuracy"] for k, v in sample.items()},
-        "heldout": {"source": source, "genes": metrics["genes"], "perplexity": model["perplexity"],
-                    "top1_accuracy": model.get("top1_accuracy"), "aa_accuracy": model.get("aa_accuracy"),
-                    "synonymous_mass": model.get("synonymous_mass"), "ece": model.get("ece")},
-        "best_baseline": {"name": best, "perplexity": baselines[best]},
-        "beats_every_baseline": all((metrics.get("beats_baselines") or {"none": False}).values()),
+        **heldout,
         "curve": curve,
         "data": data,
         "notes": notes,

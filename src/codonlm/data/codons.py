@@ -198,6 +198,14 @@ class GeneticCode:
                 aa[index] = ord(letter)
         return aa.tobytes().decode("ascii")
 
+    def aa_classes(self) -> np.ndarray:
+        """Amino-acid class per token id, what amino-acid accuracy compares: a codon's amino acid (the
+        letter's code, '*' for stops), <EOS_CDS> a class of its own ('$'), the other specials -1."""
+        aa = self.aa.astype(np.int64)
+        aa[:CODON_OFFSET] = -1
+        aa[EOS] = ord("$")
+        return aa
+
 
 @cache
 def genetic_code(table_id: int) -> GeneticCode:

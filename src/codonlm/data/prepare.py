@@ -43,14 +43,13 @@ from codonlm.data.layout import (
 from codonlm.data.parts import NpzSource, PartPlan, UnitSettings, build_parts, concatenate_npz, summarise
 from codonlm.data.store import (
     discard_dir,
-    folder_lock,
     link_or_copy,
     publish_dir,
     remove_stale_staging,
     staging_dir,
 )
 from codonlm.errors import UserError
-from codonlm.io import read_json, sha256_file, write_json
+from codonlm.io import folder_lock, read_json, sha256_file, write_json
 from codonlm.log import log
 
 # Below this much GenBank text to parse, 'auto' uses one process: starting workers costs more than it saves.

@@ -1,9 +1,8 @@
-"""Disk mechanics of prepared data: disk-backed columns, a streaming NPZ writer and reader, folder locks
-and all-or-nothing publication of a folder. prepare's memory stays flat however big the corpus."""
+"""Disk mechanics of prepared data: disk-backed columns, a streaming NPZ writer and reader, and
+all-or-nothing publication of a folder (its lock: codonlm.io.folder_lock). prepare's memory stays flat however big the corpus."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -11,8 +10,7 @@ import socket
 import struct
 import threading
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -278,28 +276,6 @@ class NpzReader:
 
 
 # --------------------------------------------------------------------------- folders
-
-
-@contextmanager
-def folder_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold an exclusive flock on the directory `path` (created if needed) for the block.
-
-    A directory rather than a lock file: it leaves no file behind. The kernel drops the lock when
-    the holder dies (even by SIGKILL), so a killed prepare never blocks the next one. `on_wait` is
-    called once if another process holds the lock and this one has to wait.
-    """
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def staging_dir(final: Path) -> Path:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codonlm.data.codons import CODON_OFFSET, EOS, PAD, genetic_code
+from codonlm.data.codons import PAD, genetic_code
 from codonlm.errors import UserError
 from codonlm.log import progress
 
@@ -79,7 +79,7 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
     """
     model.eval()
     device = torch.device(device)
-    aa = torch.from_numpy(_aa_for(table_id)).to(device)
+    aa = torch.from_numpy(genetic_code(table_id).aa_classes()).to(device)
     T = model.cfg.block_size
     stride = max(1, min(stride or T // 4, T))
     # every window of every gene: (gene, input start, first target, last target), shortest first
@@ -125,14 +125,6 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
 
 
 _COLUMNS = ("logp", "top1", "top5", "aa_correct", "synonymous_mass", "confidence")
-
-
-def _aa_for(table_id: int) -> np.ndarray:
-    """Amino-acid class per token id: codons -> their amino acid, <EOS_CDS> its own class, specials none."""
-    aa = genetic_code(table_id).aa.astype(np.int64).copy()
-    aa[:CODON_OFFSET] = -1
-    aa[EOS] = ord("$")
-    return aa
 
 
 def ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:

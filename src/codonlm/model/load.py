@@ -13,9 +13,9 @@ import torch
 
 from codonlm.config import Config, parse_config
 from codonlm.errors import UserError
+from codonlm.model.checkpoint import divergence_advice, load_checkpoint, nonfinite_weights
 from codonlm.model.tinygpt import TinyGPT
 from codonlm.runid import locate_run
-from codonlm.train.checkpoint import divergence_advice, load_checkpoint, nonfinite_weights
 
 
 def _advice(path: Path, state: dict) -> str:

@@ -155,8 +155,8 @@ def zero_shot_table(heldout: pd.DataFrame, ckpt: Path, run_cfg, run_id: str, pro
 def _run_context(cfg: ClassifierConfig):
     """The run's checkpoint path, its config, its run id and the prepared-data folder."""
     from codonlm.config import parse_config
+    from codonlm.model.checkpoint import load_checkpoint
     from codonlm.model.load import checkpoint_path
-    from codonlm.train.checkpoint import load_checkpoint
 
     ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)  # None: where the run's config says
     state = load_checkpoint(ckpt)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import threading
 import time
@@ -26,8 +25,8 @@ from codonlm.data.loader import EpochSampler, WindowDataset, make_loader
 from codonlm.errors import Interrupted, TrainingDiverged, UserError
 from codonlm.io import write_json
 from codonlm.log import log, log_to, progress
+from codonlm.model.checkpoint import divergence_advice, load_checkpoint
 from codonlm.model.tinygpt import TinyGPT
-from codonlm.train.checkpoint import divergence_advice, load_checkpoint
 from codonlm.train.curves import curve_row, plot_curves, write_curves_csv
 from codonlm.train.distributed import (
     DistInfo,
@@ -50,8 +49,6 @@ from codonlm.train.schedule import Plateau, cosine_lr
 from codonlm.train.state import TrainState
 
 TIMING_WINDOWS = 8  # windows per step when amp: auto times bf16 against fp32
-KILL_AT_STEP_ENV = "CODONLM_TEST_KILL_AT_STEP"  # tests: 'k' SIGKILLs this process right after step k, 'k:INT' and
-# 'k:TERM' send it SIGINT / SIGTERM there instead
 ESTIMATE_STEPS = 5  # timed steps, after the first, behind the training-time estimate logged at the start
 
 
@@ -405,7 +402,7 @@ def end_epoch(run: Run, state: TrainState, meter: Meter) -> bool:
 
 def run_epoch(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate) -> None:
     """The steps of one epoch (or until the step budget), from where the state left off."""
-    accum, (kill_at, kill_signal) = run.cfg.train.grad_accum_steps, injected_kill()
+    accum = run.cfg.train.grad_accum_steps
     run.data.sampler.set_epoch(state.epoch, skip=state.batch_in_epoch * run.cfg.train.batch_size)
     batches = iter(run.data.train_loader)
     while state.step < run.plan.total_steps:
@@ -416,29 +413,25 @@ def run_epoch(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate
             return
         t0 = time.perf_counter()
         result = train_step(run, state, group)
-        if result is None:
-            continue
-        loss, tokens = result
-        seconds = time.perf_counter() - t0
-        if meter.compiling:  # this step compiled the model: say so, and keep it out of tokens/s
-            meter.compiling = False
-            log(f"[train] compiled in {seconds:.1f}s (first step); tokens/s excludes it")
-        else:
-            meter.add(tokens, seconds)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", refresh=False)
-        record_row(run, state, meter)
-        estimate.step_done(run, state)
-        if checkpoint_due(run, state):
-            checkpoint(run, state, "last.pt")
-        if state.step == kill_at:
-            os.kill(os.getpid(), kill_signal)
+        if result is not None:
+            after_step(run, state, meter, bar, estimate, *result, time.perf_counter() - t0)
 
 
-def injected_kill() -> tuple[int, signal.Signals]:
-    """(step, signal) of the KILL_AT_STEP_ENV fault injection; step 0: none."""
-    step, _, name = os.environ.get(KILL_AT_STEP_ENV, "0").partition(":")
-    return int(step), signal.Signals[f"SIG{name or 'KILL'}"]
+def after_step(run: Run, state: TrainState, meter: Meter, bar, estimate: Estimate, loss: float, tokens: int,
+               seconds: float) -> None:
+    """The bookkeeping of an optimizer step just taken: throughput, progress bar, curves row, the time
+    estimate, and last.pt when one is due. When it returns, the step is complete on disk as planned."""
+    if meter.compiling:  # this step compiled the model: say so, and keep it out of tokens/s
+        meter.compiling = False
+        log(f"[train] compiled in {seconds:.1f}s (first step); tokens/s excludes it")
+    else:
+        meter.add(tokens, seconds)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{meter.tokens_per_s:,.0f}", refresh=False)
+    record_row(run, state, meter)
+    estimate.step_done(run, state)
+    if checkpoint_due(run, state):
+        checkpoint(run, state, "last.pt")
 
 
 def resumed_config(resume: str | Path, cfg: Config | None) -> tuple[dict, Config, str]:

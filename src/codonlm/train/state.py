@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from codonlm.data.codons import ITOS
-from codonlm.train.checkpoint import save_checkpoint
+from codonlm.model.checkpoint import save_checkpoint
 from codonlm.train.schedule import Plateau
 
 _LIVE = ("model", "optimizer", "plateau")  # objects with their own state_dict()

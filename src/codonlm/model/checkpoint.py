@@ -23,7 +23,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load without running code from the file: anything but tensors and plain values is refused."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}; expected outputs/checkpoints/<RUN_ID>/last.pt or best.pt")
+        raise UserError(f"checkpoint not found: {path}; give a run's best.pt or last.pt (in the config's "
+                        "outputs.out_dir, <out_dir>/<RUN_ID>/), or its run id")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
