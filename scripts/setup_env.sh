@@ -4,6 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+# MMseqs2 (data.split_by: cluster, evaluate's identity bins): Debian's package, when this user can install it
+if ! command -v mmseqs >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  echo "[setup] installing mmseqs2 (apt) for homology-aware splits"
+  { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmseqs2 >/dev/null; } \
+    || echo "[setup] could not install mmseqs2; data.split_by: cluster will say how to install it"
+fi
 stamp_key=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ -f .venv/.setup-stamp ] && [ "$(cat .venv/.setup-stamp)" = "$stamp_key" ]; then
   exit 0

@@ -152,3 +152,29 @@ def test_export_hf_cli_loads_with_transformers(trained, tmp_path):
         theirs = hf(gene).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
     assert json.loads((out / "itos.json").read_text())[1] == "<BOS_CDS>"
+
+
+def test_evaluate_reports_perplexity_by_identity_to_training(trained):
+    """Each test gene's best identity to a training protein (MMseqs2), and every model's perplexity per bin."""
+    import shutil
+
+    if shutil.which("mmseqs") is None:
+        pytest.skip("MMseqs2 is not installed (./scripts/setup_env.sh installs it when run as root)")
+    assert main(["evaluate", "ev", "--checkpoints-dir", trained.outputs.out_dir]) == 0
+    folder = f"{trained.outputs.runs_dir}/ev/evaluate"
+    m = json.load(open(f"{folder}/metrics.json"))
+    genes = pd.read_csv(f"{folder}/test_identity.csv")
+    assert len(genes) == m["genes"] and genes["best_identity"].between(0, 1).all()
+    table = pd.read_csv(f"{folder}/by_identity.csv")
+    assert set(table["model"]) == {"model", *m["baselines"]}
+    ours = table[table.model == "model"]
+    assert ours["genes"].sum() == m["genes"] and ours["n_targets"].sum() == m["model"]["n_targets"]
+    edges = [0.0, 0.3, 0.5, 0.7, 0.9, 1.01]
+    for _, row in ours.iterrows():
+        low = float(row["identity_bin"].split("%")[0]) / 100
+        high = edges[edges.index(low) + 1]
+        assert row["genes"] == genes["best_identity"].between(low, high, inclusive="left").sum()
+    by_identity = m["by_identity"]
+    assert set(by_identity["model_perplexity"]) == set(ours["identity_bin"])
+    for b, ratio in by_identity["model_over_best_baseline"].items():
+        assert math.isclose(ratio, by_identity["model_perplexity"][b] / by_identity["best_baseline_perplexity"][b])

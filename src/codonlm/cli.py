@@ -34,14 +34,16 @@ def _claim_run(cfg, run_id: str | None, config_path: str | None):
 
 def cmd_fetch_data(args: argparse.Namespace) -> None:
     from codonlm.config import load_config
-    from codonlm.data.fetch import fetch_default_corpus, missing_default_files
+    from codonlm.data.fetch import fetch_default_corpus, missing_default_files, write_default_assemblies
 
     cfg = load_config(args.config)
     dest = args.dest or cfg.data.raw_dir  # the config's data.raw_dir unless --dest says otherwise
-    if args.if_needed and not missing_default_files(cfg, dest):
+    missing = missing_default_files(cfg, dest)
+    if args.if_needed and not missing:
         log("[fetch-data] every GenBank file the config names is present; nothing to fetch")
         return
     fetch_default_corpus(dest)
+    write_default_assemblies(dest, missing)  # bare FASTA copies of default genomes the config names
 
 
 def cmd_make_run_id(args: argparse.Namespace) -> None:
@@ -80,10 +82,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_extract_cds(args: argparse.Namespace) -> None:
     from codonlm.data.extract_fasta import write_cds_fasta
+    from codonlm.data.inputs import cli_input_files
 
-    stats = write_cds_fasta(args.files, args.out, min_len=args.min_len, transl_table=args.transl_table)
+    sources = cli_input_files(args.files, args.fasta, args.gff, args.gene_calling)
+    stats = write_cds_fasta(sources, args.out, min_len=args.min_len, transl_table=args.transl_table)
     d = stats.as_dict()
     dropped = ", ".join(f"{k} {v}" for k, v in d["dropped"].items() if v) or "none"
+    for call in d.get("gene_calling", []):
+        log(f"[extract-cds] {call['path']}: {call['called']} genes called by {call['caller']} {call['version']} "
+            f"({call['mode']} mode), {call['partial']} partial at contig edges, {call['kept']} kept")
     log(f"[extract-cds] wrote {d['kept']} CDS to {args.out}; dropped {d['dropped_total']} ({dropped})")
 
 
@@ -491,7 +498,13 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _extract_cds_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", help=".gb/.gbk/.gbff files, plain or gzipped")
+    p.add_argument("files", nargs="*", help=".gb/.gbk/.gbff files, plain or gzipped")
+    p.add_argument("--fasta", nargs="+", default=[], metavar="FILE",
+                   help="nucleotide FASTA, one genome per file: genes called with pyrodigal (or with --gff: its sequence)")
+    p.add_argument("--gff", nargs="+", default=[], metavar="FILE",
+                   help="GFF3 files (one per --fasta file, or with the sequence after ##FASTA): their CDS")
+    p.add_argument("--gene-calling", choices=["auto", "single", "meta"], default="auto",
+                   help="Prodigal mode for --fasta without --gff (auto: single from 100 kb)")
     p.add_argument("--out", required=True, help="output FASTA path")
     p.add_argument("--min-len", type=int, default=1, help="minimum sense codons (default: %(default)s)")
     p.add_argument("--transl-table", type=int, default=11, help="code when a CDS has no /transl_table")

@@ -56,13 +56,64 @@ class ModelConfig(_Section):
 
 class DatasetSpec(_Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="dataset name (genome); unique")
-    gbff: str | list[str] = Field(description="GenBank file(s), plain or gzipped")
+    gbff: str | list[str] | None = Field(None, description="GenBank file(s), plain or gzipped (or give fasta/gff)")
+    fasta: str | list[str] | None = Field(None, description="nucleotide FASTA, plain or gzipped, one genome per "
+                                          "file: its genes are called with pyrodigal, or read from `gff`")
+    gff: str | list[str] | None = Field(None, description="GFF3 file(s) whose CDS features are taken, one per "
+                                        "`fasta` file (or with the sequence after ##FASTA)")
+    gene_calling: Literal["auto", "single", "meta"] = Field(
+        "auto", description="fasta without gff: Prodigal single-genome mode (auto: from 100 kb of contigs) or "
+        "metagenome mode")
     min_len: int = Field(30, ge=1, description="minimum CDS length in sense codons (stop excluded)")
     transl_table: int = Field(11, ge=1, description="genetic code when a CDS has no /transl_table")
+    domain: str | None = Field(None, description="Bacteria, Archaea ... for stage 2's domain task (default: the "
+                               "GenBank lineage; FASTA and GFF3 name none)")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_input_is_gbff_missing(cls, data, handler):
+        """An entry that names no input file at all also reports gbff as missing, as when it was required
+        (so a misspelt 'gbf' is answered with 'rename gbf to gbff')."""
+        try:
+            return handler(data)
+        except ValidationError as err:
+            if not isinstance(data, dict) or any(key in data for key in _INPUT_KEYS):
+                raise
+            details = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in err.errors()]
+            missing = {"type": "missing", "loc": ("gbff",), "input": data}
+            raise ValidationError.from_exception_data(err.title, [*details, missing]) from None
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> DatasetSpec:
+        if (self.gbff is None) == (self.fasta is None and self.gff is None):
+            raise ValueError(f"dataset '{self.name}': give either gbff, or fasta (with gff, optionally)")
+        if self.gff is not None and self.fasta is not None and len(_listed(self.gff)) != len(_listed(self.fasta)):
+            raise ValueError(f"dataset '{self.name}': gff and fasta must list as many files (one FASTA per GFF3)")
+        return self
+
+    @property
+    def kind(self) -> Literal["gbff", "fasta", "gff"]:
+        """What the files are: GenBank, bare FASTA (genes called), or GFF3 (with a FASTA beside it or inside)."""
+        return "gbff" if self.gbff is not None else "gff" if self.gff is not None else "fasta"
 
     @property
     def files(self) -> list[str]:
-        return [self.gbff] if isinstance(self.gbff, str) else list(self.gbff)
+        """The dataset's main files, one per genome: its GenBank, GFF3 or bare FASTA files."""
+        return _listed({"gbff": self.gbff, "gff": self.gff, "fasta": self.fasta}[self.kind])
+
+    @property
+    def companions(self) -> list[str | None]:
+        """Beside each of `files`: the FASTA of a GFF3 (None when it is embedded, and for other kinds)."""
+        if self.kind == "gff" and self.fasta is not None:
+            return _listed(self.fasta)
+        return [None] * len(self.files)
+
+
+_INPUT_KEYS = ("gbff", "fasta", "gff")
+
+
+def _listed(files: str | list[str]) -> list[str]:
+    return [files] if isinstance(files, str) else list(files)
 
 
 class DataConfig(_Section):
@@ -71,6 +122,13 @@ class DataConfig(_Section):
                                                "as many as it needs (full coverage)")
     val_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes in validation (split by protein)")
     test_frac: float = Field(0.05, ge=0.0, lt=1.0, description="share of genes held out for evaluation")
+    split_by: Literal["protein", "cluster"] = Field(
+        "protein", description="protein: identical proteins never straddle train/val/test; cluster: MMseqs2 "
+        "clusters of similar proteins (cluster_identity, cluster_coverage) go whole to one split")
+    cluster_identity: float = Field(0.5, gt=0.0, le=1.0, description="split_by cluster: minimum sequence identity "
+                                    "that puts two proteins in one cluster")
+    cluster_coverage: float = Field(0.8, gt=0.0, le=1.0, description="split_by cluster: minimum alignment "
+                                    "coverage of both proteins")
     pack_mode: Literal["multi", "single"] = Field("multi", description="multi: genes joined by <SEP> in a "
                                                   "window; single: one gene per window (A/B switch)")
     raw_dir: str = Field("data/raw", description="where fetch-data puts the default corpus")
@@ -392,7 +450,7 @@ def config_reference_markdown() -> str:
             if (section, name) != ("data", "datasets"):
                 lines.append(_reference_row(f"{section}.{name}", field))
                 continue
-            lines.append(_reference_row("data.datasets[]", field, "list of {name, gbff, min_len, transl_table}, "
-                                        "at least one"))
+            lines.append(_reference_row("data.datasets[]", field, "list of {name, gbff or fasta/gff, gene_calling, "
+                                        "min_len, transl_table, domain}, at least one"))
             lines += [_reference_row(f"data.datasets[].{n}", f) for n, f in DatasetSpec.model_fields.items()]
     return "\n".join(lines) + "\n"

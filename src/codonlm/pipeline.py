@@ -71,7 +71,7 @@ class RunContext:
         return Path(self.cfg.outputs.scores_dir) / self.run_id
 
     def raw_files(self) -> list[Path]:
-        return [Path(f) for d in self.cfg.data.datasets for f in d.files]
+        return [Path(f) for d in self.cfg.data.datasets for f in [*d.files, *d.companions] if f is not None]
 
     def prepared(self) -> list[Path]:
         from codonlm.data.layout import data_key, key_dir

@@ -95,8 +95,42 @@ def fetch_default_corpus(dest: str | Path = "data/raw") -> dict:
 
 
 def missing_default_files(cfg, dest: str | Path = "data/raw") -> list[str]:
-    """Default-corpus files the config names that are not on disk yet (others are the user's to supply)."""
+    """Default-corpus files the config names that are not on disk yet, GenBank or bare FASTA (others are
+    the user's to supply)."""
     dest = Path(dest)
-    wanted = {str(dest / name) for name in GENOMES}
+    wanted = {str(dest / name) for name in GENOMES} | {str(assembly_path(dest, name)) for name in GENOMES}
     named = [f for d in cfg.data.datasets for f in d.files]
     return [f for f in named if str(Path(f)) in wanted and not Path(f).is_file()]
+
+
+ASSEMBLIES = "assemblies"
+
+
+def assembly_path(dest: str | Path, genbank_name: str) -> Path:
+    """Where the default genome `genbank_name` lies as a bare assembly: dest/assemblies/<genome>.fasta.gz."""
+    return Path(dest) / ASSEMBLIES / (genbank_name.split(".gb")[0] + ".fasta.gz")
+
+
+def write_assembly(genbank: str | Path, out: str | Path) -> int:
+    """The sequences of a GenBank file as gzipped FASTA, features stripped (a genome as an assembler
+    leaves it), atomically; returns the bases written."""
+    import gzip
+
+    from codonlm.data.genbank import iter_records
+
+    parts, bases = [], 0
+    for record in iter_records(genbank):
+        seq = bytes(record.sequence)
+        bases += len(seq)
+        parts.append(b">" + record.name.encode() + b"\n" + b"\n".join(seq[i : i + 80] for i in range(0, len(seq), 80)))
+    atomic_write(out, gzip.compress(b"\n".join(parts) + b"\n", mtime=0))
+    return bases
+
+
+def write_default_assemblies(dest: str | Path, wanted: list[str]) -> None:
+    """The bare assemblies among `wanted` paths, written from the default corpus's GenBank files in dest."""
+    for name in GENOMES:
+        out = assembly_path(dest, name)
+        if str(out) in {str(Path(w)) for w in wanted}:
+            bases = write_assembly(Path(dest) / name, out)
+            log(f"[fetch-data] wrote {out}: {bases:,} bp, {name} without its annotation")

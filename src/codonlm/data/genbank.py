@@ -80,14 +80,17 @@ class ExtractionStats:
     noncanonical_start: int = 0  # kept, but first codon is not a start codon of the table
     dropped: Counter = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
+    gene_calls: list[dict] = field(default_factory=list)  # provenance of each genome whose genes were called
 
     def merge(self, other: ExtractionStats) -> None:
         for name in ("records", "records_without_sequence", "cds_features", "kept", "kept_codons", "noncanonical_start"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dropped.update(other.dropped)
         self.warnings.extend(other.warnings)
+        self.gene_calls.extend(other.gene_calls)
 
     def as_dict(self) -> dict:
+        called = {"gene_calling": self.gene_calls} if self.gene_calls else {}
         return {
             "records": self.records,
             "records_without_sequence": self.records_without_sequence,
@@ -97,6 +100,7 @@ class ExtractionStats:
             "noncanonical_start": self.noncanonical_start,
             "dropped": {r: int(self.dropped.get(r, 0)) for r in DROP_REASONS},
             "dropped_total": int(sum(self.dropped.values())),
+            **called,
         }
 
 

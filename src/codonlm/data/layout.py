@@ -4,8 +4,10 @@
     data/processed/parts/<part>/   one config dataset's NPZs, shared by every key that lists it
 
 The key hashes everything that decides the bytes: the format version, the vocabulary, and per
-config dataset (in order) its name, the sha256 of each input file, min_len and transl_table,
-plus block_size, pack_mode, windows_per_seq, val_frac, test_frac and the seed. Two configs that
+config dataset (in order) its name, the sha256 of each input file, min_len and transl_table (and
+for FASTA/GFF3 entries the input kind, gene_calling and the caller's version), plus block_size,
+pack_mode, windows_per_seq, val_frac, test_frac and the seed; under data.split_by: cluster also the cluster settings, the MMseqs2 version and a digest of what decides
+every dataset's proteins (a cluster split of one dataset depends on all of them). Two configs that
 differ in any of these never share a folder; two that agree share one, whatever the file paths.
 
 A run records the key it uses in runs/<RUN_ID>/prepared_data.json, with the sha256 of each split
@@ -62,18 +64,42 @@ def part_description(cfg: Config, spec: DatasetSpec, input_sha256: list[str]) ->
         "format_version": FORMAT_VERSION, "vocabulary": list(ITOS), "dataset": spec.name,
         "inputs_sha256": list(input_sha256), "min_len": spec.min_len, "transl_table": spec.transl_table,
         "block_size": cfg.model.block_size, "pack_mode": d.pack_mode, "windows_per_seq": d.windows_per_seq,
-        "val_frac": d.val_frac, "test_frac": d.test_frac, "seed": cfg.outputs.seed,
+        "val_frac": d.val_frac, "test_frac": d.test_frac, "seed": cfg.outputs.seed, **_input_kind(spec),
     }  # fmt: skip
+
+
+def _input_kind(spec: DatasetSpec) -> dict:
+    """What decides the CDS of a dataset that is not GenBank: the kind, and for called genes the mode asked
+    for and the caller's version (GenBank datasets add nothing, so their keys stay as they were)."""
+    if spec.kind == "gbff":
+        return {}
+    if spec.kind == "gff":
+        return {"input_kind": "gff"}
+    from importlib.metadata import version
+
+    return {"input_kind": "fasta", "gene_calling": spec.gene_calling, "gene_caller": f"pyrodigal {version('pyrodigal')}"}
+
+
+def cluster_split_description(cfg: Config, descriptions: list[dict]) -> dict:
+    """What decides a cluster split: the settings, the MMseqs2 version, and what decides the proteins of
+    every dataset of the corpus (its input files and extraction settings)."""
+    from codonlm.data.homology import mmseqs_version
+
+    protein_fields = ("inputs_sha256", "min_len", "transl_table", "input_kind", "gene_calling", "gene_caller")
+    corpus = [{k: desc[k] for k in protein_fields if k in desc} for desc in descriptions]
+    return {"split_by": "cluster", "cluster_identity": cfg.data.cluster_identity,
+            "cluster_coverage": cfg.data.cluster_coverage, "mmseqs": mmseqs_version(), "corpus": _digest({"c": corpus})}
 
 
 def hash_inputs(cfg: Config) -> dict[str, list[str]]:
     """sha256 of every input file, per dataset (files hashed in parallel threads)."""
-    from codonlm.data.genbank import check_genbank_path
+    from codonlm.data.inputs import dataset_paths
 
-    files = [check_genbank_path(f) for spec in cfg.data.datasets for f in spec.files]
+    per_dataset = [dataset_paths(spec) for spec in cfg.data.datasets]
+    files = [f for paths in per_dataset for f in paths]
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
         digests = iter(list(pool.map(sha256_file, files)))
-    return {spec.name: [next(digests) for _ in spec.files] for spec in cfg.data.datasets}
+    return {spec.name: [next(digests) for _ in paths] for spec, paths in zip(cfg.data.datasets, per_dataset, strict=True)}
 
 
 def data_key(cfg: Config, input_sha256: dict[str, list[str]] | None = None) -> DataKey:
@@ -81,6 +107,9 @@ def data_key(cfg: Config, input_sha256: dict[str, list[str]] | None = None) -> D
     if input_sha256 is None:
         input_sha256 = hash_inputs(cfg)
     descriptions = [part_description(cfg, spec, input_sha256[spec.name]) for spec in cfg.data.datasets]
+    if cfg.data.split_by == "cluster":  # a dataset's split then depends on every dataset's proteins
+        split = cluster_split_description(cfg, descriptions)
+        descriptions = [{**desc, "split": split} for desc in descriptions]
     parts = tuple(PartKey(desc["dataset"], _digest(desc), desc) for desc in descriptions)
     description = {"format_version": FORMAT_VERSION, "datasets": descriptions}
     return DataKey(_digest(description), description, parts)

@@ -20,13 +20,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from codonlm.config import DatasetSpec
 from codonlm.data.codons import PAD, frame_genes, loss_mask
-from codonlm.data.genbank import ExtractionStats, extract_file_records
+from codonlm.data.genbank import ExtractionStats
+from codonlm.data.inputs import InputFile, dataset_input_files, extract_input_records
 from codonlm.data.layout import SPLITS, PartKey, part_dir, write_manifest
 from codonlm.data.packing import Pieces, WindowBatch, WindowPacker, chunk_genes, render
 from codonlm.data.store import (
@@ -57,6 +59,21 @@ def assign_splits(proteins: list[str], seed: int, val_frac: float, test_frac: fl
     split[u < test_frac + val_frac] = SPLITS.index("val")
     split[u < test_frac] = SPLITS.index("test")
     return split, hashes
+
+
+@cache
+def _split_table(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as table:
+        return table["hashes"], table["splits"]
+
+
+def table_splits(path: str, hashes: np.ndarray) -> np.ndarray:
+    """The split of each protein hash in a split table (sorted hashes, a split each)."""
+    known, splits = _split_table(path)
+    where = np.minimum(np.searchsorted(known, hashes), max(0, known.size - 1))
+    if known.size == 0 or not np.array_equal(known[where], hashes):
+        raise RuntimeError(f"{path}: a protein is missing from the cluster split table; run prepare --force")
+    return splits[where]
 
 
 def summarise(counts: list[dict], window: int) -> dict:
@@ -270,11 +287,12 @@ class UnitSettings:
     seed: int
     val_frac: float
     test_frac: float
+    split_table: str | None = None  # split_by cluster: the protein hash -> split table (clusters.py)
 
 
 @dataclass(frozen=True)
 class Unit:
-    path: str
+    source: InputFile
     dataset: str
     folder: Path  # where its spills and NPZs go
     settings: UnitSettings
@@ -297,9 +315,11 @@ def build_unit(unit: Unit) -> UnitResult:
     stats = ExtractionStats()
     sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
     hashes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
-    for batch in extract_file_records(unit.path, s.min_len, s.transl_table, stats):  # one record at a time
+    for batch in extract_input_records(unit.source, s.min_len, s.transl_table, stats):  # one record at a time
         lengths = np.diff(np.asarray(batch.offsets, dtype=np.int64))
         split_index, protein_hashes = assign_splits(batch.proteins(), s.seed, s.val_frac, s.test_frac)
+        if s.split_table is not None:  # the split of each protein's cluster instead
+            split_index = table_splits(s.split_table, protein_hashes)
         for k, split in enumerate(SPLITS):
             members = split_index == k
             if not members.any():
@@ -317,7 +337,7 @@ def build_unit(unit: Unit) -> UnitResult:
                       time.perf_counter() - t0)
 
 
-def _pool_context():
+def pool_context():
     """fork while this process runs no other Python thread (cheapest: workers start with everything
     imported; native pools such as OpenBLAS's or torch's are idle, and workers never call into them);
     forkserver otherwise, spawn off Linux."""
@@ -339,7 +359,7 @@ def unit_results(units: list[Unit], workers: int) -> Iterator[Callable[[int], Un
     if workers <= 1 or len(units) <= 1:
         yield lambda i: build_unit(units[i])  # asked for in order: one unit at a time
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_pool_context())
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=pool_context())
     try:
         # largest first (ties in order), so that no worker is left with a big file when the others are done
         futures = {i: pool.submit(build_unit, units[i]) for i in sorted(range(len(units)), key=lambda i: -units[i].size)}
@@ -367,8 +387,9 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
     Each part is written into a temporary folder and renamed into place when complete.
     """
     stagings = {plan.key.key: staging_dir(part_dir(root, plan.key.key)) for plan in plans}
-    units = [Unit(i["path"], plan.spec.name, stagings[plan.key.key] / "units" / str(j), plan.settings,
-                  i["uncompressed_bytes"]) for plan in plans for j, i in enumerate(plan.inputs)]
+    units = [Unit(source, plan.spec.name, stagings[plan.key.key] / "units" / str(j), plan.settings,
+                  i["uncompressed_bytes"])
+             for plan in plans for j, (source, i) in enumerate(zip(dataset_input_files(plan.spec), plan.inputs, strict=True))]
     try:
         with unit_results(units, workers) as result:  # the pool starts before the progress bar's thread
             bar = progress(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,
@@ -419,6 +440,7 @@ def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResul
         "seconds": round(sum(r.seconds for r in results), 3),  # worker time, summed over its files
     }
     write_json(staging / "part.json", {"key": plan.key.key, "description": plan.key.description, "report": report})
-    write_manifest(staging, {"key": plan.key.key, "dataset": name}, known)
+    calls = {"gene_calling": stats.gene_calls} if stats.gene_calls else {}  # provenance of called genes
+    write_manifest(staging, {"key": plan.key.key, "dataset": name, **calls}, known)
     log(f"[prepare] {name}: kept {stats.kept} of {stats.cds_features} CDS (dropped {stats.as_dict()['dropped_total']}), "
         + ", ".join(f"{s} {splits[s]['genes']} genes/{splits[s]['windows']} windows" for s in SPLITS))

@@ -23,8 +23,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from codonlm.config import Config, DatasetSpec, config_sha256
+from codonlm.data.clusters import build_split_table, split_report, split_table_path
 from codonlm.data.codons import VOCAB_SIZE, save_itos
-from codonlm.data.genbank import check_genbank_path
+from codonlm.data.inputs import check_input_path, dataset_paths
 from codonlm.data.layout import (
     MANIFEST,
     RUN_RECORD,
@@ -54,6 +55,8 @@ from codonlm.log import log
 
 # Below this much GenBank text to parse, 'auto' uses one process: starting workers costs more than it saves.
 _PARALLEL_MIN_BYTES = 32 << 20
+# Calling genes in a bare assembly costs about this many times parsing as much GenBank text (bench/gene_calling.py)
+_GENE_CALLING_WEIGHT = 40
 
 
 def uncompressed_size(path: Path) -> int:
@@ -66,21 +69,44 @@ def uncompressed_size(path: Path) -> int:
 
 
 def _dataset_inputs(spec: DatasetSpec) -> list[dict]:
+    """Path, sha256 and sizes of each input file (and of the FASTA beside a GFF3, under "fasta")."""
+    dataset_paths(spec)  # every file checked before any is hashed
     out = []
-    for f in spec.files:
-        path = check_genbank_path(f)
-        out.append({"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                    "uncompressed_bytes": uncompressed_size(path)})
+    for f, companion in zip(spec.files, spec.companions, strict=True):
+        path = check_input_path(f, spec.kind)
+        entry = {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                 "uncompressed_bytes": uncompressed_size(path)}
+        if companion is not None:
+            fasta = Path(companion)
+            entry["fasta"] = {"path": str(fasta), "sha256": sha256_file(fasta), "bytes": fasta.stat().st_size}
+        out.append(entry)
     return out
+
+
+def input_sha256(inputs: list[dict]) -> list[str]:
+    """The sha256 of a dataset's files in the order of layout.dataset_paths: main files, then companions."""
+    return [i["sha256"] for i in inputs] + [i["fasta"]["sha256"] for i in inputs if "fasta" in i]
 
 
 def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[PartPlan]:
     d = cfg.data
     max_chunks = None if d.windows_per_seq == "auto" else int(d.windows_per_seq)
+    table = str(split_table_path(Path(d.processed_dir), key.key)) if d.split_by == "cluster" else None
     return [PartPlan(part, spec, inputs[spec.name],
                      UnitSettings(spec.min_len, spec.transl_table, cfg.model.block_size + 1, d.pack_mode == "multi",
-                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac))
+                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table))
             for part, spec in zip(key.parts, d.datasets, strict=True)]
+
+
+def _build_missing(root: Path, cfg: Config, plans: list[PartPlan], chosen: list[PartPlan], workers: int,
+                   show_progress: bool) -> None:
+    """Build the parts of `chosen` that are missing (their locks held); under split_by cluster, first the
+    split table of the whole corpus (`plans`) when it is not there."""
+    missing = _missing_parts(root, chosen)
+    table = plans[0].settings.split_table
+    if missing and table is not None and not Path(table).is_file():
+        build_split_table(Path(table), plans, cfg.data.cluster_identity, cfg.data.cluster_coverage, workers)
+    build_parts(root, missing, workers, show_progress)
 
 
 def _cyclic_gc_paused(fn):
@@ -117,15 +143,16 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
     t0 = time.perf_counter()
     root = Path(cfg.data.processed_dir)
     inputs = {spec.name: _dataset_inputs(spec) for spec in cfg.data.datasets}  # fail fast on missing/empty files
-    key = data_key(cfg, {name: [i["sha256"] for i in v] for name, v in inputs.items()})
+    key = data_key(cfg, {name: input_sha256(v) for name, v in inputs.items()})
     plans = _plans(cfg, key, inputs)
     setting = workers if workers is not None else cfg.data.prepare_workers
     n_workers = prepare_workers(setting)
-    text_bytes = sum(i["uncompressed_bytes"] for v in inputs.values() for i in v)
+    weight = {spec.name: _GENE_CALLING_WEIGHT if spec.kind == "fasta" else 1 for spec in cfg.data.datasets}
+    text_bytes = sum(weight[name] * i["uncompressed_bytes"] for name, v in inputs.items() for i in v)
     if setting in (None, "auto") and text_bytes < _PARALLEL_MIN_BYTES:
         n_workers = 1
     if datasets is not None:
-        return _prepare_parts(root, plans, datasets, n_workers, show_progress)
+        return _prepare_parts(root, cfg, plans, datasets, n_workers, show_progress)
     if run_dir is not None:
         _check_run_binding(Path(run_dir), key.key)
 
@@ -143,7 +170,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
             report = read_json(folder / "report.json")
         else:
             with _parts_locked(root, plans):
-                build_parts(root, _missing_parts(root, plans), n_workers, show_progress)
+                _build_missing(root, cfg, plans, plans, n_workers, show_progress)
                 report = _merge(root, key, plans, inputs, folder, force, n_workers, t0)
     if not report["integrity"]["ok"] and not force:
         if run_dir is not None:
@@ -159,7 +186,7 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
     return report
 
 
-def _prepare_parts(root: Path, plans: list[PartPlan], datasets: list[str], workers: int,
+def _prepare_parts(root: Path, cfg: Config, plans: list[PartPlan], datasets: list[str], workers: int,
                    show_progress: bool) -> dict:
     """prepare --datasets: only these datasets' parts, for one machine's share of the work."""
     known = [p.spec.name for p in plans]
@@ -168,7 +195,7 @@ def _prepare_parts(root: Path, plans: list[PartPlan], datasets: list[str], worke
         raise UserError(f"--datasets: no dataset named '{unknown[0]}' in the config; names: {', '.join(known)}")
     chosen = [p for p in plans if p.spec.name in datasets]
     with _parts_locked(root, chosen):
-        build_parts(root, _missing_parts(root, chosen), workers, show_progress)
+        _build_missing(root, cfg, plans, chosen, workers, show_progress)
     return {"parts": {p.spec.name: str(part_dir(root, p.key.key)) for p in chosen}}
 
 
@@ -259,9 +286,15 @@ def _report(key: DataKey, plans: list[PartPlan], part_reports: list[dict], input
         "kept_cds": sum(r["extraction"]["kept"] for r in part_reports), "dropped_cds": dropped,
         "input_bytes": sum(i["bytes"] for v in inputs.values() for i in v),
         "input_uncompressed_bytes": sum(i["uncompressed_bytes"] for v in inputs.values() for i in v),
-        "integrity": _integrity(totals), "workers": workers,
+        "integrity": _integrity(totals), "workers": workers, "split": _split_summary(plans),
         "timings_s": {name: r["seconds"] for name, r in zip(names, part_reports, strict=True)},
     }  # fmt: skip
+
+
+def _split_summary(plans: list[PartPlan]) -> dict:
+    """How genes were split: by protein, or by MMseqs2 cluster (its settings, counts and time)."""
+    table = plans[0].settings.split_table
+    return {"split_by": "protein"} if table is None else (split_report(Path(table)) or {"split_by": "cluster"})
 
 
 def _integrity(splits: dict[str, dict]) -> dict:
@@ -295,7 +328,10 @@ def _record_run(run_directory: Path, key: str, folder: Path, report: dict, input
     write_json(run_directory / "integrity.json", report["integrity"])
     write_json(run_directory / "pipeline_prepare.json", report)
     manifest = read_json(folder / MANIFEST)
+    calls = {name: d["extraction"]["gene_calling"] for name, d in report["datasets"].items()
+             if "gene_calling" in d["extraction"]}  # caller, version, mode and counts of each called genome
     write_json(run_directory / "dataset_manifest.json", {
         "key": key, "config_sha256": report["config_sha256"], "vocab_size": VOCAB_SIZE, "inputs": inputs,
+        **({"gene_calling": calls} if calls else {}),
         "outputs": {str(folder / rel): entry["sha256"] for rel, entry in manifest["files"].items()}})
     record_run_data(run_directory, key, folder)

@@ -1,12 +1,14 @@
 """Held-out evaluation of a run: the model beside honest baselines on the same test genes.
 
 Writes runs/<RUN_ID>/evaluate/: metrics.json, summary.csv (model + baselines), per_dataset.csv,
-by_position.csv, calibration.csv, and PNG plots. A model that does not beat a baseline is
+by_position.csv, calibration.csv, by_identity.csv and test_identity.csv (each test gene's best identity to
+a training protein, when MMseqs2 is installed), and PNG plots. A model that does not beat a baseline is
 reported as such (metrics.json: beats_baselines).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -154,6 +156,51 @@ def _by_position_table(all_logp: dict[str, list[np.ndarray]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+IDENTITY_BINS = (0.0, 0.3, 0.5, 0.7, 0.9)  # lower edges of a test gene's best identity to a training protein
+
+
+def _split_proteins(genes, cfg) -> list[str]:
+    """The protein of each gene of a prepared split (its dataset's genetic code)."""
+    from codonlm.data.codons import translate
+
+    tables = {spec.name: spec.transl_table for spec in cfg.data.datasets}
+    code = [tables.get(name, 11) for name in genes.dataset_names]
+    return [translate(genes.codons(g), code[int(d)]) for g, d in enumerate(genes.groups)]
+
+
+def _identity_report(cfg, test, train, all_logp: dict[str, list[np.ndarray]], folder: Path) -> dict | None:
+    """Perplexity by the test genes' best identity to a training protein (MMseqs2 search), every model and
+    baseline side by side: how much of the edge is memory of relatives. None (with a log line) without MMseqs2."""
+    from codonlm.data.homology import best_identity, mmseqs_version
+    from codonlm.log import log
+
+    try:
+        mmseqs_version()
+    except UserError as exc:
+        log(f"[evaluate] no perplexity by identity to training: {exc}")
+        return None
+    identity = best_identity(_split_proteins(test, cfg), sorted(set(_split_proteins(train, cfg))), os.cpu_count() or 1)
+    bins = np.searchsorted(IDENTITY_BINS, identity, side="right") - 1
+    write_csv(pd.DataFrame({"gene": test.names, "dataset": [test.dataset_names[int(d)] for d in test.groups],
+                            "best_identity": identity, "model_loss": [-float(lp.mean()) for lp in all_logp["model"]]}),
+              folder / "test_identity.csv")
+    rows = []
+    for b, low in enumerate(IDENTITY_BINS):
+        members = np.flatnonzero(bins == b)
+        high = IDENTITY_BINS[b + 1] if b + 1 < len(IDENTITY_BINS) else 1.0
+        for name, logps in all_logp.items() if members.size else ():
+            rows.append({"identity_bin": f"{low:.0%}-{high:.0%}", "model": name, "genes": int(members.size),
+                         **_totals([logps[i] for i in members])})
+    table = pd.DataFrame(rows)
+    write_csv(table, folder / "by_identity.csv")
+    wide = table.pivot(index="identity_bin", columns="model", values="perplexity")
+    best = wide.drop(columns="model").min(axis=1)
+    return {"search": f"MMseqs2 {mmseqs_version()} easy-search, test proteins vs distinct training proteins",
+            "genes_per_bin": {k: int(v) for k, v in table.groupby("identity_bin")["genes"].first().items()},
+            "model_perplexity": wide["model"].to_dict(), "best_baseline_perplexity": best.to_dict(),
+            "model_over_best_baseline": (wide["model"] / best).to_dict()}
+
+
 def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "test",
                  device: str = "cpu", out_dir: str | Path | None = None, kn_orders=(3, 5),
                  stride: int | None = None, amp: bool = False, runs_dir: str | None = None) -> dict:
@@ -186,6 +233,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
     write_csv(by_pos, folder / "by_position.csv")
     write_csv(pd.DataFrame(calib_rows), folder / "calibration.csv")
     _plot(by_pos, calib_rows, per_ds, folder)
+    by_identity = _identity_report(cfg, test, train, all_logp, folder)
     model_ppl = float(summary.loc[summary.model == "model", "perplexity"].iloc[0])
     baseline_ppl = {r["model"]: r["perplexity"] for r in summary_rows if r["model"] != "model"}
     metrics = {
@@ -194,7 +242,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
         "beats_baselines": {k: model_ppl < v for k, v in baseline_ppl.items()},
         "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
         "seconds": round(time.perf_counter() - t0, 1),
-        "stride": stride or model.cfg.block_size // 4, "amp": amp,
+        "stride": stride or model.cfg.block_size // 4, "amp": amp, "by_identity": by_identity,
         "note": "perplexity over whole genes (codons + <EOS_CDS>); genes longer than block_size are scored "
                 "with windows advancing by `stride`, so every codon has at least block_size - stride + 1 "
                 "tokens of context; the model's probability is its full softmax (no renormalisation).",

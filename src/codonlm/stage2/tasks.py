@@ -172,7 +172,8 @@ def heldout_table(run_cfg, run_id: str, processed: Path, per_genome: int | None 
     domains: dict[str, str] = {}
     for name, spec in specs.items():
         try:
-            domains[name] = genome_domain(spec.gbff if isinstance(spec.gbff, str) else spec.gbff[0])
+            # the config's word, else the GenBank lineage (FASTA and GFF3 name none)
+            domains[name] = spec.domain or (genome_domain(spec.files[0]) if spec.kind == "gbff" else "unknown")
         except UserError as exc:
             log(f"[stage2] domain of {name} unknown ({exc})")
             domains[name] = "unknown"
