@@ -47,7 +47,8 @@ def two_genomes(tmp: Path, n_genes: int = 44) -> list[Path]:
         for i in range(n_genes):
             g = biased_gene(rng, gc_rich)
             seq += "ACGTACGTAC"
-            feats.append((f"{len(seq) + 1}..{len(seq) + len(g)}", {"locus_tag": f"g{f}_{i}"}))
+            product = {"product": f"50S ribosomal protein L{i + 1}"} if f == 0 else {}  # the CAI reference
+            feats.append((f"{len(seq) + 1}..{len(seq) + len(g)}", {"locus_tag": f"g{f}_{i}", **product}))
             seq += g
         text = genbank_text(f"REC{f}", seq + "ACGTACGTAC", feats).replace("            Bacteria.", f"            {lineage}")
         files.append(write_genbank(tmp / f"genome{f}.gbk.gz", [text], gz=True))
@@ -345,7 +346,8 @@ def _check_regression_tasks(summary: dict, root: Path, heldout: pd.DataFrame) ->
     assert scores["id"].tolist() == heldout["id"].tolist()
     assert scores["cai"].between(0, 1).all() and (scores["mean_loglik"] < 0).all()
     references = json.loads((root / "data" / "tasks.json").read_text())["scores"]["cai_reference"]
-    assert {r["reference"] for r in references.values()} == {"all training genes"}  # no /product here
+    assert references["ds0"]["reference"] == "ribosomal proteins" and references["ds0"]["n_genes"] >= 10
+    assert references["ds1"]["reference"] == "all training genes"  # no ribosomal /product: every training gene
     assert (root / "regression_compare.png").is_file() and summary["embedding"]["layer"] == "final"
     from codonlm.analysis.report import stage2_section
 
