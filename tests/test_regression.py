@@ -238,3 +238,18 @@ def test_train_regressor_reads_fasta_plus_tsv_merges_repeated_ids_and_skips_bad_
     first = table["gene_id"][0]
     assert predictions.loc[first, "target"] == pytest.approx((table["value"][0] + 1.0) / 2)  # the mean of its rows
     assert metrics["models"]["zeroshot_cai"]["r2"] is None and metrics["models"]["cai_linear"]["r2"] is not None
+
+
+def test_extract_embeddings_reads_a_users_table_by_its_column_names(run, capsys):
+    """The gene_id,value,cds layout (RNA, lowercase) embeds as it is; a wrong column name lists the columns."""
+    from codonlm.stage2.embeddings import load_embeddings
+
+    tmp, cfg, table = run
+    base = ["extract-embeddings", "--run_id", RUN, "--csv", str(tmp / "mine.csv"), "--id-column", "gene_id",
+            "--checkpoints-dir", cfg.outputs.out_dir, "--quiet"]
+    code = main([*base, "--seq-column", "dna", "--out", str(tmp / "bad.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no 'dna' column (columns: gene_id, value, cds)" in err and not (tmp / "bad.npz").exists()
+    assert main([*base, "--seq-column", "cds", "--out", str(tmp / "mine.npz")]) == 0
+    emb = load_embeddings(tmp / "mine.npz")
+    assert emb.ids == table["gene_id"].tolist() and emb.embeddings.shape == (len(table), cfg.model.n_embd)

@@ -431,7 +431,7 @@ def cmd_extract_embeddings(args: argparse.Namespace) -> None:
     from codonlm.stage2.embeddings import embed_file
 
     embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
-               layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
+               id_column=args.id_column, seq_column=args.seq_column, layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
                device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
 
 
@@ -578,7 +578,9 @@ def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3), plain or gzipped")
-    source.add_argument("--csv", help="CSV with a 'seq' column (and 'id' when present)")
+    source.add_argument("--csv", help="CSV (.tsv: tab-separated) with a 'seq' column (and 'id' when present)")
+    p.add_argument("--id-column", dest="id_column", default="id", help="the CSV's id column (default: id)")
+    p.add_argument("--seq-column", dest="seq_column", default="seq", help="the CSV's DNA column (default: seq)")
     p.add_argument("--out", required=True, help="output NPZ (ids, embeddings, run_id, layer, pool)")
     p.add_argument("--layer", default="final", help="final (LM-head input, default), all, or a block index")
     p.add_argument("--pool", default="mean", choices=["mean", "last", "max", "per-codon"],

@@ -72,7 +72,8 @@ def _raw_sequences(cfg: RegressionConfig, table: pd.DataFrame, path: str, ids: l
                         "set seq_column / --seq-column or give the sequences with train_seqs")
     fasta = Path(cfg.train_seqs).suffix.lower() not in (".csv", ".tsv")
     have_ids, seqs, source = read_sequences(fasta=cfg.train_seqs if fasta else None,
-                                            csv=None if fasta else cfg.train_seqs, id_column=cfg.id_column)
+                                            csv=None if fasta else cfg.train_seqs, id_column=cfg.id_column,
+                                            seq_column=cfg.seq_column)
     return [seqs[i] for i in align(ids, have_ids, path, source)]
 
 
