@@ -172,6 +172,7 @@ def _scratch_repository(root: Path) -> Path:
 def _write_user_inputs(ws: Path, files: list[Path]) -> None:
     """The manual's data/my.fasta and a labels CSV for it (label: the genome a gene comes from)."""
     from codonlm.data.extract_fasta import write_cds_fasta
+    from codonlm.evaluate.seqmetrics import gc3
     from codonlm.io import read_fasta, write_fasta
 
     records, rows = [], ["id,label,seq"]
@@ -183,6 +184,12 @@ def _write_user_inputs(ws: Path, files: list[Path]) -> None:
             rows.append(f"{genome}_{i},{genome},{seq}")
     write_fasta(ws / USER_FASTA, records)
     (ws / USER_LABELS).write_text("\n".join(rows) + "\n")
+    # README's regression examples: a numeric value per gene (its GC3), as gene_id,value,cds and as a TSV of
+    # values beside data/my.fasta; a CAI reference of a few genes
+    values = [f"{i},{gc3(seq)},{seq}" for i, seq in records]
+    (ws / "data" / "my_values.csv").write_text("gene_id,value,cds\n" + "\n".join(values) + "\n")
+    (ws / "data" / "my_values.tsv").write_text("gene_id\tvalue\n" + "".join(f"{i}\t{gc3(s)}\n" for i, s in records))
+    write_fasta(ws / "data" / "host_reference.fasta", records[:10])
 
 
 def make_study_workspace(root: Path, corpus: list[Path]) -> tuple[Path, dict]:

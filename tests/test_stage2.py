@@ -47,7 +47,8 @@ def two_genomes(tmp: Path, n_genes: int = 44) -> list[Path]:
         for i in range(n_genes):
             g = biased_gene(rng, gc_rich)
             seq += "ACGTACGTAC"
-            feats.append((f"{len(seq) + 1}..{len(seq) + len(g)}", {"locus_tag": f"g{f}_{i}"}))
+            product = {"product": f"50S ribosomal protein L{i + 1}"} if f == 0 else {}  # the CAI reference
+            feats.append((f"{len(seq) + 1}..{len(seq) + len(g)}", {"locus_tag": f"g{f}_{i}", **product}))
             seq += g
         text = genbank_text(f"REC{f}", seq + "ACGTACGTAC", feats).replace("            Bacteria.", f"            {lineage}")
         files.append(write_genbank(tmp / f"genome{f}.gbk.gz", [text], gz=True))
@@ -325,6 +326,44 @@ def test_stage2_runs_the_ready_tasks_with_protocols(run, capsys, monkeypatch):
         for name in ("metrics.json", "confusion.png", "calibration.png", "model.skops"):
             assert (root / task / name).is_file()
     assert (root / "compare.png").stat().st_size > 0
+    _check_regression_tasks(summary, root, heldout)
+
+
+def _check_regression_tasks(summary: dict, root: Path, heldout: pd.DataFrame) -> None:
+    """The ready regression tasks (GRAVY, isoelectric point): CV metrics with intervals, layer sweep, files."""
+    assert set(summary["regression"]) == {"gravy", "isoelectric_point"}
+    for name, task in summary["regression"].items():
+        assert task["n"] == len(heldout) and task["cv"]["folds"] == 5
+        assert set(task["models"]) == {"probe_ridge", "probe_svr", "codon_ridge", "kmer_ridge", "cai_linear",
+                                       "zeroshot_cai", "zeroshot_loglik"}
+        for m in task["models"].values():
+            assert m["spearman_ci"][0] <= m["spearman"] <= m["spearman_ci"][1]
+        assert list(task["layers"]) == ["0", "1", "final"] and sum(task["chosen_layers"].values()) == 5
+        for f in ("metrics.json", "scatter.png", "layers.png", "compare.png", "predictions.csv", "model.skops"):
+            assert (root / name / f).is_file(), f
+    assert heldout["isoelectric_point"].between(3, 13).all() and heldout["gravy"].between(-4.5, 4.5).all()
+    scores = pd.read_csv(root / "data" / "heldout_scores.csv")
+    assert scores["id"].tolist() == heldout["id"].tolist()
+    assert scores["cai"].between(0, 1).all() and (scores["mean_loglik"] < 0).all()
+    references = json.loads((root / "data" / "tasks.json").read_text())["scores"]["cai_reference"]
+    assert references["ds0"]["reference"] == "ribosomal proteins" and references["ds0"]["n_genes"] >= 10
+    assert references["ds1"]["reference"] == "all training genes"  # no ribosomal /product: every training gene
+    assert (root / "regression_compare.png").is_file() and summary["embedding"]["layer"] == "final"
+    from codonlm.analysis.report import stage2_section
+
+    page = stage2_section(summary["run_id"], root.parent.parent)
+    for name in ("gravy", "isoelectric_point"):
+        assert f"{name} (regression)" in page
+    assert page.count('alt="scatter"') == 2 and page.count('alt="layers"') == 2
+    assert 'alt="regression_compare"' in page and "Spearman (ridge probe)" in page
+
+
+def test_ribosomal_protein_genes_are_found_by_product(raw_corpus):
+    from codonlm.stage2.tasks import ribosomal_protein_tags
+
+    tags = ribosomal_protein_tags(str(raw_corpus / "Escherichia_coli_K12_MG1655.gbk.gz"))
+    assert 50 <= len(tags) <= 70  # E. coli has 54-57 ribosomal proteins (and their paralogs)
+    assert "b3319" in tags and "b3320" in tags  # rplD (L4), rplC (L3)
 
 
 def test_heldout_pool_is_a_seeded_capped_draw_that_keeps_the_prompts(run):

@@ -180,6 +180,56 @@ class CodonLM:
         buffer.seek(0)
         return pd.read_csv(buffer, sep="\t")
 
+    def fit_probe(self, seqs: Sequences, y, layer: str | int = "final", pool: str = "mean",
+                  models: list[str] | None = None, groups=None, transform: str = "none", folds: int = 5,
+                  repeats: int = 1, seed: int = 0, bootstrap: int = 1000, kmer_k: int = 4,
+                  cai_reference: str | None = None, skip_invalid: bool = False) -> dict:
+        """Cross-validated regression of a measured property `y` (one value per sequence) on this model's
+        embeddings, beside the baselines: what `task: regression` configs run (`codonlm.stage2.regression`).
+
+        Returns {"metrics": DataFrame (one row per model: spearman, pearson, r2 and their 95% CIs),
+        "models", "layers" (layer="all": every layer's ridge probe), "chosen_layers", "predictions"}.
+        Folds keep identical proteins (or equal `groups` values) together.
+        """
+        from codonlm.stage2.embeddings import embed_genes
+        from codonlm.stage2.regression import (
+            RegressionSet,
+            cai_scores,
+            evaluate_models,
+            mean_loglik,
+            protein_groups,
+            transform_target,
+        )
+        from codonlm.stage2.regressors import CAI_MODELS, DEFAULT_REGRESSION_MODELS, feature_source
+
+        raw = as_records(seqs)
+        values = np.asarray(y, dtype=np.float64).ravel()
+        if len(values) != len(raw):
+            raise UserError(f"{len(values)} target values for {len(raw)} sequences; give one value per sequence")
+        if not np.isfinite(values).all():
+            raise UserError(f"target value {int(np.flatnonzero(~np.isfinite(values))[0])} is missing or not finite")
+        kept = self.records(raw, skip_invalid)
+        rows = np.array([i for i, (name, _) in enumerate(raw) if name in {k for k, _ in kept}], dtype=np.int64)
+        ids, dna = [k for k, _ in kept], [d for _, d in kept]
+        models = models or list(DEFAULT_REGRESSION_MODELS) + (list(CAI_MODELS) if cai_reference else [])
+        data = RegressionSet(ids=ids, y=transform_target(values[rows], transform, "y"), seqs=dna,
+                             groups=protein_groups(dna, self.table_id) if groups is None else
+                             np.asarray(groups, dtype=str)[rows], source="fit_probe")
+        if any(feature_source(m) == "embedding" for m in models):
+            data.embeddings, _, data.layers = embed_genes(self.model, dna, str(layer), pool, show_progress=False)
+        if "zeroshot_loglik" in models:
+            data.scores["mean_loglik"] = mean_loglik(self.model, ids, dna)
+        if cai_reference:
+            data.scores["cai"] = cai_scores(dna, cai_reference)
+        result = evaluate_models(data, models, folds, repeats, seed, bootstrap, kmer_k)
+        table = pd.DataFrame({m: {k: v[k] for k in ("spearman", "pearson", "r2")} |
+                              {f"{k}_ci_{e}": (v[f"{k}_ci"] or [None, None])[j] for k in ("spearman", "pearson", "r2")
+                               for j, e in enumerate(("low", "high"))} for m, v in result["models"].items()}).T
+        predictions = pd.DataFrame({"id": ids, "target": data.y, "fold": result["fold"],
+                                    **{m: p.mean(0) for m, p in result["predictions"].items()}})
+        return {"metrics": table, "models": result["models"], "layers": result["layers"],
+                "chosen_layers": result["chosen_layers"], "predictions": predictions}
+
     # ---- interpretability ---------------------------------------------------------------------------
 
     def _as_tokens(self, seq: str | torch.Tensor) -> torch.Tensor:

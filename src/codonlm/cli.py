@@ -431,7 +431,7 @@ def cmd_extract_embeddings(args: argparse.Namespace) -> None:
     from codonlm.stage2.embeddings import embed_file
 
     embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
-               layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
+               id_column=args.id_column, seq_column=args.seq_column, layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
                device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
 
 
@@ -440,6 +440,25 @@ def cmd_train_classifier(args: argparse.Namespace) -> None:
     from codonlm.stage2.train import train_from_config
 
     train_from_config(load_classifier_config(args.config), run_id=args.run_id, show_progress=not args.quiet)
+
+
+def cmd_train_regressor(args: argparse.Namespace) -> None:
+    from codonlm.stage2.config import parse_classifier_config
+    from codonlm.stage2.regressors import REGRESSION_MODELS
+    from codonlm.stage2.train_regression import train_regression_from_config
+
+    raw = {"task": "regression", "run_id": args.run_id, "train_labels": args.csv, "train_seqs": args.fasta,
+           "target_column": args.target, "id_column": args.id_column, "seq_column": args.seq_column,
+           "group_column": args.group_column, "transform": args.transform, "dedupe": args.dedupe,
+           "skip_invalid": args.skip_invalid, "layer": args.layer, "pool": args.pool, "folds": args.folds,
+           "repeats": args.repeats, "seed": args.seed, "bootstrap": args.bootstrap, "kmer_k": args.kmer_k,
+           "cai_reference": args.cai_reference, "out_dir": args.out, "checkpoints_dir": args.checkpoints_dir}
+    if args.models:
+        raw["models"] = args.models.split(",")
+    elif args.cai_reference:
+        raw["models"] = list(REGRESSION_MODELS)
+    cfg = parse_classifier_config({k: v for k, v in raw.items() if v is not None}, "train-regressor options")
+    train_regression_from_config(cfg, show_progress=not args.quiet)
 
 
 def cmd_eval_classifier(args: argparse.Namespace) -> None:
@@ -559,7 +578,9 @@ def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3), plain or gzipped")
-    source.add_argument("--csv", help="CSV with a 'seq' column (and 'id' when present)")
+    source.add_argument("--csv", help="CSV (.tsv: tab-separated) with a 'seq' column (and 'id' when present)")
+    p.add_argument("--id-column", dest="id_column", default="id", help="the CSV's id column (default: id)")
+    p.add_argument("--seq-column", dest="seq_column", default="seq", help="the CSV's DNA column (default: seq)")
     p.add_argument("--out", required=True, help="output NPZ (ids, embeddings, run_id, layer, pool)")
     p.add_argument("--layer", default="final", help="final (LM-head input, default), all, or a block index")
     p.add_argument("--pool", default="mean", choices=["mean", "last", "max", "per-codon"],
@@ -576,6 +597,37 @@ def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
 def _train_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="e.g. configs/classifier/probe_aa.yaml")
     p.add_argument("--run_id", "--run-id", dest="run_id", help="fills {run_id} (default: the config's run_id)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_regressor_arguments(p: argparse.ArgumentParser) -> None:
+    from codonlm.stage2.regressors import REGRESSION_MODELS
+
+    p.add_argument("--csv", required=True, help="table of genes: gene_id,value,cds (a .tsv is tab-separated)")
+    p.add_argument("--target", required=True, help="the numeric column to predict")
+    p.add_argument("--fasta", help="the sequences, when the table holds only ids and values")
+    p.add_argument("--id-column", dest="id_column", default="id")
+    p.add_argument("--seq-column", dest="seq_column", default="seq")
+    p.add_argument("--group-column", dest="group_column",
+                   help="genes sharing a value stay in one CV fold (default: identical proteins)")
+    p.add_argument("--transform", default="none", choices=["none", "log10", "rank"])
+    p.add_argument("--dedupe", default="error", choices=["error", "first", "mean"],
+                   help="a repeated id: fail (default), keep the first row, or average its values")
+    _add_skip_invalid(p)
+    p.add_argument("--run_id", "--run-id", dest="run_id", default="latest", help="the model that embeds and scores")
+    p.add_argument("--layer", default="final", help="final (default), a block index, or all (layer sweep)")
+    p.add_argument("--pool", default="mean", choices=["mean", "last", "max"])
+    p.add_argument("--models", help=f"comma-separated subset of {','.join(REGRESSION_MODELS)} (default: all; "
+                   "cai_linear and zeroshot_cai only with --cai-reference)")
+    p.add_argument("--cai-reference", dest="cai_reference", help="FASTA of reference genes for CAI "
+                   "(e.g. the host's ribosomal proteins)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=1, help="CV repeated with seeds seed, seed + 1, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
+    p.add_argument("--kmer-k", dest="kmer_k", type=int, default=4)
+    p.add_argument("--checkpoints-dir", dest="checkpoints_dir", default="outputs/checkpoints")
+    p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, plots and models")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -641,6 +693,9 @@ COMMANDS = (
     ("train-classifier", "probes and k-mer baselines from a classifier YAML "
      "(= python -m scripts.train_classifier)",
      _train_classifier_arguments, cmd_train_classifier),
+    ("train-regressor", "cross-validated regression of a measured gene property from a table "
+     "(gene_id,value,cds): probes vs codon-usage baselines",
+     _train_regressor_arguments, cmd_train_regressor),
     ("eval-classifier", "score a saved classifier on labelled data "
      "(= python -m scripts.eval_classifier)",
      _eval_classifier_arguments, cmd_eval_classifier),

@@ -244,22 +244,47 @@ def step_section(run_id: str, run_dir: Path, index: int, step: str) -> str:
     return "\n".join(parts)
 
 
+def interval(v) -> str:
+    """A 95% interval [low, high], or a dash when there is none."""
+    return f"[{fmt(v[0])}, {fmt(v[1])}]" if isinstance(v, list | tuple) and len(v) == 2 else "–"
+
+
+def regression_part(summary: dict, folder: Path) -> list[str]:
+    """The regression tasks: every model's out-of-fold Spearman / Pearson / R^2 with intervals, the layer
+    sweep, and each task's scatter and metric-by-layer figures."""
+    parts = []
+    for task, t in (summary.get("regression") or {}).items():
+        cv = t.get("cv") or {}
+        parts.append(f"<h3>{esc(task)} (regression)</h3><p>{esc(t.get('description', ''))}: {fmt(t.get('n'))} genes, "
+                     f"{fmt(cv.get('folds'))}-fold CV grouped by protein x {fmt(cv.get('repeats'))}, out-of-fold "
+                     "predictions; zero-shot scores have no fit (no R²). Probes read the layer inner CV chose "
+                     f"(refitted model: layer {esc(t.get('final_model_layer'))}).</p>")
+        rows = [[m, v.get("spearman"), interval(v.get("spearman_ci")), v.get("pearson"), interval(v.get("pearson_ci")),
+                 v.get("r2"), interval(v.get("r2_ci"))] for m, v in (t.get("models") or {}).items()]
+        parts.append(table(["model", "Spearman", "95% CI", "Pearson", "95% CI", "R²", "95% CI"], rows))
+        if t.get("layers"):
+            chosen = t.get("chosen_layers") or {}
+            parts.append(table(["layer", "Spearman (ridge probe)", "95% CI", "folds that chose it"],
+                               [[k, v.get("spearman"), interval(v.get("spearman_ci")), chosen.get(k, 0)]
+                                for k, v in t["layers"].items()]))
+        for name in ("scatter.png", "layers.png"):
+            parts.append(figure_if_any(folder / task / name))
+    return parts
+
+
 def stage2_section(run_id: str, reports_dir: Path) -> str:
     folder = reports_dir / run_id / "stage2"
-    parts = ['<section id="stage2"><h2>Stage 2: sequence-level classifiers</h2>']
+    parts = ['<section id="stage2"><h2>Stage 2: sequence-level classifiers and regression</h2>']
     summary = read_json(folder / "summary.json")
     if summary is None:
         parts.append(note("missing", f"not run yet: no {esc(folder / 'summary.json')}"))
         parts.append("</section>")
         return "\n".join(parts)
 
-    def ci(v):
-        return f"[{fmt(v[0])}, {fmt(v[1])}]" if isinstance(v, list | tuple) and len(v) == 2 else "–"
-
     metric_header = ["accuracy", "95% CI", "macro F1", "95% CI", "ROC AUC"]
 
     def metric_row(m: dict) -> list:
-        return [m.get("accuracy"), ci(m.get("accuracy_ci")), m.get("macro_f1"), ci(m.get("macro_f1_ci")),
+        return [m.get("accuracy"), interval(m.get("accuracy_ci")), m.get("macro_f1"), interval(m.get("macro_f1_ci")),
                 m.get("roc_auc")]
 
     for task, t in (summary.get("tasks") or {}).items():
@@ -273,6 +298,7 @@ def stage2_section(run_id: str, reports_dir: Path) -> str:
         parts.append("<h3>Protocols (TRTR: real/real, TSTR: synthetic/real, TRTS: real/synthetic)</h3>")
         rows = [[p, m, *metric_row(v)] for p, models in summary["protocols"].items() for m, v in models.items()]
         parts.append(table(["protocol", "model", *metric_header], rows))
+    parts += regression_part(summary, folder)
     if summary.get("embedding"):
         parts.append("<h3>Embedding</h3>")
         parts.append(table(["", "value"], [[" / ".join(k), v] for k, v in _flatten(summary["embedding"])]))

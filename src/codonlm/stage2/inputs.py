@@ -13,12 +13,12 @@ from codonlm.io import read_fasta
 
 
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
-    """A CSV as strings (no NA guessing: a gene called 'NA' stays 'NA')."""
+    """A CSV (a TSV when the name ends .tsv) as strings (no NA guessing: a gene called 'NA' stays 'NA')."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}; check the path")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if path.suffix.lower() == ".tsv" else ",")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable CSV ({str(exc).splitlines()[0][:100]}); fix the file") from None
     if table.empty:
@@ -49,9 +49,10 @@ def first_duplicate(values: list[str]) -> str | None:
     return None
 
 
-def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = None,
-                   id_column: str = "id") -> tuple[list[str], list[str], str]:
-    """(ids, raw sequences, source) from a FASTA file or a CSV with a `seq` column (and `id` when present)."""
+def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = None, id_column: str = "id",
+                   seq_column: str = "seq") -> tuple[list[str], list[str], str]:
+    """(ids, raw sequences, source) from a FASTA file or a CSV (.tsv: tab-separated) with a sequence column
+    (and an id column when present)."""
     if (fasta is None) == (csv is None):
         raise UserError("give exactly one of --fasta FILE or --csv FILE")
     if fasta is not None:
@@ -64,10 +65,11 @@ def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = Non
             raise UserError(f"{fasta}: record id '{duplicate}' appears twice; ids must be unique")
         return ids, [seq for _, seq in records], str(fasta)
     table = read_table(csv, "sequence CSV")
-    if "seq" not in table.columns:
-        raise UserError(f"{csv}: no 'seq' column (columns: {', '.join(table.columns)}); name the DNA column 'seq'")
+    if seq_column not in table.columns:
+        raise UserError(f"{csv}: no '{seq_column}' column (columns: {', '.join(table.columns)}); name the DNA "
+                        "column with --seq-column")
     ids = table_ids(table, csv, id_column) or [f"row{i + 1}" for i in range(len(table))]
-    return ids, table["seq"].tolist(), str(csv)
+    return ids, table[seq_column].tolist(), str(csv)
 
 
 def align(wanted: list[str], have: list[str], wanted_src: str, have_src: str) -> np.ndarray:

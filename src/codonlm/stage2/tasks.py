@@ -6,7 +6,8 @@ and the generated genes from prefix generation (`gen_prefix/samples.csv`), promp
 
 Files written to `data_dir` (a folder of the run's stage-2 reports):
 
-    heldout.csv   id, seq, genome, domain, gravy, hydropathy, protein_group, split: the val and test genes
+    heldout.csv   id, seq, genome, domain, gravy, isoelectric_point, hydropathy, protein_group, split: the val
+                  and test genes
                   (all, or a seeded draw of at most `heldout_per_genome` per genome and split that keeps
                   every prompt gene)
                   - genome: the dataset the gene came from (7 genomes in the default corpus)
@@ -16,7 +17,11 @@ Files written to `data_dir` (a folder of the run's stage-2 reports):
                     membrane proteins. A property of the protein, not of codon choice.
                   - protein_group: hash of the protein; the ready configs split by it, so identical proteins
                     (paralogous copies) never sit on both sides of a train/test split
-    heldout.npz   their embeddings (layer and pooling from the config)
+    heldout.npz   their embeddings, every layer (pooling from the config); each config reads its `layer`
+    heldout_scores.csv  id, cai, mean_loglik: the regression tasks' zero-shot scores. CAI is against the
+                  host's ribosomal-protein genes (/product "ribosomal protein" in the GenBank file) of the
+                  training split, else all its training genes (tasks.json says which); mean_loglik is the
+                  model's mean log-likelihood per token of the whole gene
     generated.csv id, seq, genome, domain, label=generated, prompt_gene: generated genes at one temperature
     generated.npz their embeddings
     real_vs_generated.csv  the real genes that served as prompts (label real) beside their generated genes;
@@ -30,6 +35,7 @@ Files written to `data_dir` (a folder of the run's stage-2 reports):
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cache
 from pathlib import Path
 
@@ -46,21 +52,36 @@ from codonlm.stage2.embeddings import EmbeddingFile, extract_embeddings, load_em
 from codonlm.stage2.inputs import read_table
 
 STANDARD_AA = frozenset("ACDEFGHIKLMNPQRSTVWY")
+# "50S ribosomal protein L2", "30S ribosomal subunit protein S7, initiates assembly", "LSU ribosomal protein
+# L37AE", "Ribosomal LX protein"; not "ribosomal protein L11 methyltransferase" or "... S6 modification protein"
+RIBOSOMAL_PRODUCT = re.compile(r"(?:\d+S |LSU |SSU )?ribosomal (?:subunit )?(?:protein )?[LS]\d*[A-Za-z]*\d*[a-z]*"
+                               r"(?:/[LS]\d+[A-Za-z]*)*(?: protein)?(?: \([^)]*\))?(?:[,;] .*)?", re.IGNORECASE)
+MIN_RIBOSOMAL = 10
 HYDROPATHY_CLASSES = ("hydrophilic", "intermediate", "hydrophobic")
+
+
+def protein_properties(protein: str) -> tuple[float, float]:
+    """(Kyte-Doolittle GRAVY, isoelectric point) of a protein (Biopython's ProtParam), standard residues only."""
+    from Bio.SeqUtils.ProtParam import ProteinAnalysis
+
+    protein = "".join(a for a in protein if a in STANDARD_AA)
+    if not protein:
+        return float("nan"), float("nan")
+    analysis = ProteinAnalysis(protein)
+    return float(analysis.gravy()), float(analysis.isoelectric_point())
 
 
 def gravy(protein: str) -> float:
     """Kyte-Doolittle grand average of hydropathy (Biopython), standard residues only."""
-    from Bio.SeqUtils.ProtParam import ProteinAnalysis
-
-    protein = "".join(a for a in protein if a in STANDARD_AA)
-    return float(ProteinAnalysis(protein).gravy()) if protein else float("nan")
+    return protein_properties(protein)[0]
 
 
 def _gene_row(genes, g: int, genome: str, domain: str, table_id: int, split: str) -> dict:
     protein = translate(genes.codons(g), table_id)
+    hydropathy, pi = protein_properties(protein)
     return {"id": genes.names[g], "seq": decode(genes.codons(g)), "genome": genome, "domain": domain,
-            "gravy": gravy(protein), "protein_group": hashlib.sha1(protein.encode()).hexdigest()[:16], "split": split}
+            "gravy": hydropathy, "isoelectric_point": pi,
+            "protein_group": hashlib.sha1(protein.encode()).hexdigest()[:16], "split": split}
 
 
 @cache
@@ -74,6 +95,61 @@ def genome_domain(path: str) -> str:
     lines = organism.splitlines()
     first = lines[1].split(";")[0].strip().rstrip(".") if len(lines) > 1 else ""
     return first or "unknown"
+
+
+@cache
+def ribosomal_protein_tags(path: str) -> frozenset[str]:
+    """locus_tags of the CDS of a GenBank file whose /product is a ribosomal protein (the CAI reference)."""
+    from codonlm.data.genbank import iter_records
+
+    tags = set()
+    for record in iter_records(path):
+        for feature in record.features:
+            if feature.kind != "CDS":
+                continue
+            quals = {q.key: q.value for q in feature.qualifiers if q.key in ("product", "locus_tag")}
+            product = " ".join((quals.get("product") or "").split())  # multi-line values in the file
+            if quals.get("locus_tag") and RIBOSOMAL_PRODUCT.fullmatch(product):
+                tags.add(quals["locus_tag"])
+    return frozenset(tags)
+
+
+def cai_references(run_cfg, run_id: str, processed: Path) -> tuple[dict, dict]:
+    """Per genome a CAIReference fitted on its ribosomal-protein genes of the training split (at least
+    MIN_RIBOSOMAL of them), else on all its training genes; and which reference each genome got."""
+    from codonlm.evaluate.seqmetrics import CAIReference
+
+    specs = {d.name: d for d in run_cfg.data.datasets}
+    genes = read_split_genes(run_split_path(run_cfg, run_id, "train", processed_dir=processed))
+    refs, info = {}, {}
+    for d, genome in enumerate(genes.dataset_names):
+        members, spec = genes.of_dataset(d), specs.get(genome)
+        tags: set[str] = set()
+        for path in ([spec.gbff] if isinstance(spec.gbff, str) else spec.gbff) if spec else []:
+            try:
+                tags |= ribosomal_protein_tags(path)
+            except UserError as exc:
+                log(f"[stage2] ribosomal proteins of {genome} unknown ({exc})")
+        ribosomal = [g for g in members if genes.names[g].rsplit("|", 1)[-1] in tags]  # names: record|locus_tag
+        chosen = ribosomal if len(ribosomal) >= MIN_RIBOSOMAL else members
+        refs[genome] = CAIReference().fit([genes.codons(g) for g in chosen], spec.transl_table if spec else 11)
+        info[genome] = {"reference": "ribosomal proteins" if chosen is ribosomal else "all training genes",
+                        "n_genes": len(chosen)}
+    return refs, info
+
+
+def zero_shot_table(heldout: pd.DataFrame, ckpt: Path, run_cfg, run_id: str, processed: Path,
+                    checkpoints_dir: str) -> tuple[pd.DataFrame, dict]:
+    """heldout_scores.csv: id, cai (against the gene's own host), mean_loglik (the run's model)."""
+    from codonlm.model.load import load_model
+    from codonlm.stage2.regression import mean_loglik
+
+    refs, info = cai_references(run_cfg, run_id, processed)
+    cai = [refs[g].cai(s) if g in refs else float("nan") for g, s in zip(heldout["genome"], heldout["seq"], strict=True)]
+    model, _, _ = load_model(str(ckpt), checkpoints_dir)
+    loglik = mean_loglik(model, heldout["id"].tolist(), heldout["seq"].tolist())
+    table = pd.DataFrame({"id": heldout["id"], "cai": np.round(cai, 5), "mean_loglik": np.round(loglik, 5)})
+    return table, {"cai_reference": info, "checkpoint_sha256": sha256_file(ckpt)}
 
 
 def _run_context(cfg: ClassifierConfig):
@@ -121,13 +197,14 @@ def heldout_table(run_cfg, run_id: str, processed: Path, per_genome: int | None 
     q1, q2 = np.nanquantile(table["gravy"], [1 / 3, 2 / 3])
     table["hydropathy"] = np.where(table["gravy"] < q1, HYDROPATHY_CLASSES[0],
                                    np.where(table["gravy"] < q2, HYDROPATHY_CLASSES[1], HYDROPATHY_CLASSES[2]))
-    table["gravy"] = table["gravy"].round(4)
+    table[["gravy", "isoelectric_point"]] = table[["gravy", "isoelectric_point"]].round(4)
     if per_genome is not None:
         log(f"[stage2] held-out genes: seeded draw (seed {seed}) of at most {per_genome} per genome and split, "
             f"prompt genes kept: {len(table)} of {total}")
     info = {"hydropathy_thresholds": [round(float(q1), 4), round(float(q2), 4)], "domains": domains,
             "heldout_per_genome": per_genome, "heldout_total": total}
-    return table[["id", "seq", "genome", "domain", "gravy", "hydropathy", "protein_group", "split"]], info
+    columns = ["id", "seq", "genome", "domain", "gravy", "isoelectric_point", "hydropathy", "protein_group", "split"]
+    return table[columns], info
 
 
 def prompt_genes(cfg: ClassifierConfig) -> frozenset[str]:
@@ -180,17 +257,31 @@ def generated_tables(cfg: ClassifierConfig, heldout: pd.DataFrame) -> tuple[dict
 
 
 def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckpt: Path,
-                      show_progress: bool) -> EmbeddingFile:
-    """Embeddings of the table's genes at `out`, reused when ids, run, checkpoint, layer and pooling match."""
+                      show_progress: bool, layer: str | None = None) -> EmbeddingFile:
+    """Embeddings of the table's genes at `out` (the config's layer, or `layer`), reused when ids, run,
+    checkpoint, layer and pooling match."""
     sha = sha256_file(ckpt)
+    layer = layer or cfg.layer
     if out.is_file():
         old = load_embeddings(out)
         if (old.ids == table["id"].tolist() and old.meta.get("checkpoint_sha256") == sha
-                and (old.layer, old.pool) == (cfg.layer, cfg.pool)):
+                and (old.layer, old.pool) == (layer, cfg.pool)):
             log(f"[stage2] reusing {out} ({len(old.ids)} genes, layer {old.layer}, pool {old.pool})")
             return old
-    return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=cfg.layer,
+    return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=layer,
                               pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress)
+
+
+def _ensure_scores(cfg, heldout: pd.DataFrame, old: dict | None, context: tuple) -> dict:
+    """heldout_scores.csv in data_dir, reused when its ids and checkpoint match."""
+    ckpt, run_cfg, run_id, processed = context
+    path = Path(cfg.data_dir) / "heldout_scores.csv"
+    if old and path.is_file() and old.get("checkpoint_sha256") == sha256_file(ckpt):
+        if read_table(path, "zero-shot scores")["id"].tolist() == heldout["id"].tolist():
+            return old
+    table, info = zero_shot_table(heldout, ckpt, run_cfg, run_id, processed, cfg.checkpoints_dir)
+    write_csv(table, path)
+    return info
 
 
 def build_run_data(cfg: ClassifierConfig, show_progress: bool = True) -> dict:
@@ -205,14 +296,17 @@ def build_run_data(cfg: ClassifierConfig, show_progress: bool = True) -> dict:
         info.update(gen_info)
     for name, table in tables.items():
         write_csv(table, folder / f"{name}.csv")
-    embeddings = {name: ensure_embeddings(cfg, tables[name], folder / f"{name}.npz", ckpt, show_progress)
+    # every layer in one forward pass: each ready config reads its layer from the same file
+    embeddings = {name: ensure_embeddings(cfg, tables[name], folder / f"{name}.npz", ckpt, show_progress, "all")
                   for name in ("heldout", "generated") if name in tables}
+    old = read_json(folder / "tasks.json", {}) or {}
+    if cfg.task == "regression":
+        info["scores"] = _ensure_scores(cfg, heldout, old.get("scores"), (ckpt, run_cfg, run_id, processed))
     info.update({
         "run_id": cfg.run_id, "checkpoint": str(ckpt), "processed_dir": str(processed),
-        "counts": {name: len(t) for name, t in tables.items()},
+        "counts": {**old.get("counts", {}), **{name: len(t) for name, t in tables.items()}},
         "embedding": {name: {"layer": e.layer, "pool": e.pool, **e.meta} for name, e in embeddings.items()},
     })  # fmt: skip
-    old = read_json(folder / "tasks.json", {}) or {}
     write_json(folder / "tasks.json", {**old, **info})
     log(f"[stage2] task data for {cfg.run_id} in {folder}: " + ", ".join(f"{k} {len(t)}" for k, t in tables.items()))
     return info

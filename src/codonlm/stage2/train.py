@@ -91,16 +91,25 @@ def read_labels(paths: list[str], label_column: str, id_column: str,
     return (ids or None), np.array(labels, dtype=str), tables, np.array(groups, dtype=str) if group_column else None
 
 
-def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src: str) -> np.ndarray:
+def one_layer(f, layer: str | None) -> np.ndarray:
+    """[genes, channels] of an embeddings file: as stored, or `layer` of a file holding every layer."""
+    if f.offsets is not None:
+        raise UserError(f"{f.path}: per-codon embeddings; extract with --pool mean, last or max for a classifier")
+    if f.embeddings.ndim == 2:
+        return f.embeddings
+    if layer not in f.layers:
+        raise UserError(f"{f.path}: holds every layer ({', '.join(f.layers)}); extract one (--layer final or an "
+                        "index) or set the config's layer to one of them")
+    return f.embeddings[:, f.layers.index(layer)]
+
+
+def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src: str,
+                    layer: str | None = None) -> np.ndarray:
     files = [load_embeddings(p) for p in paths]
-    for f in files:
-        if f.offsets is not None:
-            raise UserError(f"{f.path}: per-codon embeddings; extract with --pool mean, last or max for a classifier")
-        if f.embeddings.ndim != 2:
-            raise UserError(f"{f.path}: holds every layer; extract one (--layer final or an index) for a classifier")
-    if len({f.embeddings.shape[1] for f in files}) > 1:
+    matrices = [one_layer(f, layer) for f in files]
+    if len({m.shape[1] for m in matrices}) > 1:
         raise UserError(f"{', '.join(paths)}: embeddings of different widths; extract them with the same run")
-    matrix = np.concatenate([f.embeddings for f in files])
+    matrix = np.concatenate(matrices)
     if ids is None:
         if len(files) > 1 or matrix.shape[0] != n:
             raise UserError(f"{labels_src} has {n} rows but {paths[0]} holds {matrix.shape[0]} embeddings; give "
@@ -135,10 +144,11 @@ def _seqs_for(ids: list[str] | None, n: int, paths: list[str], tables: list, lab
 
 
 def load_set(labels: list[str], embeddings: list[str], seqs: list[str], need_embeddings: bool, need_seqs: bool,
-             label_column: str = "label", id_column: str = "id", group_column: str | None = None) -> LabelledSet:
+             label_column: str = "label", id_column: str = "id", group_column: str | None = None,
+             layer: str | None = None) -> LabelledSet:
     ids, y, tables, groups = read_labels(labels, label_column, id_column, group_column)
     src = ", ".join(labels)
-    emb = _embeddings_for(ids, len(y), embeddings, src) if need_embeddings else None
+    emb = _embeddings_for(ids, len(y), embeddings, src, layer) if need_embeddings else None
     dna = _seqs_for(ids, len(y), seqs, tables, src, id_column) if need_seqs else None
     return LabelledSet(ids or [f"row{i + 1}" for i in range(len(y))], y, emb, dna, src, groups)
 
@@ -193,7 +203,7 @@ def group_folds(data: LabelledSet, n_splits: int, seed: int):
 def split_sets(cfg: ClassifierConfig) -> tuple[LabelledSet, LabelledSet, dict]:
     """(train, test, split info): the config's test files, else one seeded stratified (group) split."""
     need = {"need_embeddings": bool(cfg.probes), "need_seqs": bool(cfg.kmers),
-            "label_column": cfg.label_column, "id_column": cfg.id_column}
+            "label_column": cfg.label_column, "id_column": cfg.id_column, "layer": cfg.layer}
     train = load_set(cfg.as_list("train_labels"), cfg.as_list("train_embeddings"), cfg.as_list("train_seqs"),
                      group_column=cfg.group_column if cfg.test_labels is None else None, **need)
     train, drawn = subsample(train, cfg.max_per_class, cfg.seed)
@@ -282,7 +292,12 @@ def write_results(out: Path, title: str, classes: list[str], results: dict, pref
 
 def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: str | None = None,
                       show_progress: bool = True) -> dict:
-    """Build the ready data when asked, fit every model on one split, write out_dir; returns metrics.json."""
+    """Build the ready data when asked, fit every model on one split, write out_dir; returns metrics.json.
+    A `task: regression` config goes to `train_regression` (cross-validated regression)."""
+    if cfg.task == "regression":
+        from codonlm.stage2.train_regression import train_regression_from_config
+
+        return train_regression_from_config(cfg, run_id, task, show_progress)
     cfg = resolve_paths(cfg, run_id)
     if cfg.build_from_run:
         from codonlm.stage2.tasks import build_run_data
