@@ -255,3 +255,15 @@ def embed_file(run_id: str, out: str | Path, fasta: str | None = None, csv: str 
     ids, seqs, source = read_sequences(fasta=fasta, csv=csv, id_column=id_column, seq_column=seq_column)
     ids, seqs, skipped = clean_sequences(ids, seqs, source, skip_invalid, stops_table=11)
     return extract_embeddings(run_id, out, ids, seqs, n_skipped=len(skipped), **options)
+
+
+def one_layer(f, layer: str | None) -> np.ndarray:
+    """[genes, channels] of an embeddings file: as stored, or `layer` of a file holding every layer."""
+    if f.offsets is not None:
+        raise UserError(f"{f.path}: per-codon embeddings; extract with --pool mean, last or max for a classifier")
+    if f.embeddings.ndim == 2:
+        return f.embeddings
+    if layer not in f.layers:
+        raise UserError(f"{f.path}: holds every layer ({', '.join(f.layers)}); extract one (--layer final or an "
+                        "index) or set the config's layer to one of them")
+    return f.embeddings[:, f.layers.index(layer)]

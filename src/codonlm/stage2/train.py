@@ -35,7 +35,7 @@ from codonlm.stage2.classifiers import (
     save_estimator,
 )
 from codonlm.stage2.config import ClassifierConfig, resolve_paths
-from codonlm.stage2.embeddings import load_embeddings
+from codonlm.stage2.embeddings import load_embeddings, one_layer
 from codonlm.stage2.inputs import align, read_sequences, read_table, table_ids
 from codonlm.stage2.kmer import kmer_features, kmer_vectorizer
 from codonlm.stage2.metrics import (
@@ -89,18 +89,6 @@ def read_labels(paths: list[str], label_column: str, id_column: str,
         labels += table[label_column].tolist()
         groups += table[group_column].tolist() if group_column else []
     return (ids or None), np.array(labels, dtype=str), tables, np.array(groups, dtype=str) if group_column else None
-
-
-def one_layer(f, layer: str | None) -> np.ndarray:
-    """[genes, channels] of an embeddings file: as stored, or `layer` of a file holding every layer."""
-    if f.offsets is not None:
-        raise UserError(f"{f.path}: per-codon embeddings; extract with --pool mean, last or max for a classifier")
-    if f.embeddings.ndim == 2:
-        return f.embeddings
-    if layer not in f.layers:
-        raise UserError(f"{f.path}: holds every layer ({', '.join(f.layers)}); extract one (--layer final or an "
-                        "index) or set the config's layer to one of them")
-    return f.embeddings[:, f.layers.index(layer)]
 
 
 def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src: str,

@@ -109,8 +109,7 @@ def load_regression_set(cfg: RegressionConfig) -> RegressionSet:
 def _embeddings(cfg: RegressionConfig, data: RegressionSet, show_progress: bool) -> tuple[np.ndarray, list[str]]:
     """Embeddings of the genes (every layer for `layer: all`) from the config's files, else made with the run's
     model (cached in out_dir)."""
-    from codonlm.stage2.embeddings import load_embeddings
-    from codonlm.stage2.train import one_layer
+    from codonlm.stage2.embeddings import load_embeddings, one_layer
 
     if cfg.train_embeddings:
         files = [load_embeddings(p) for p in cfg.as_list("train_embeddings")]
