@@ -181,8 +181,10 @@ def run(ctx: AnalysisContext) -> dict:
     write_csv(grid_df[grid_df.kind == "head"].drop(columns=["kind", "offset"]), out / "heads.csv")
     write_csv(genes_df, out / "pairs.csv")
     result = summarise(grid_df, genes_df, ctx.cfg.model.n_layer)
-    draw_residual(grid_df, ctx.cfg.model.n_layer, out)
-    draw_heads(grid_df, out)
+    effects = {(label, c, m): _effect(genes_df, label, c, m) for label in ("trained", "random_init")
+               for c in CORRUPTIONS for m in MEASURES}
+    draw_residual(grid_df, ctx.cfg.model.n_layer, effects, out)
+    draw_heads(grid_df, effects, out)
     result["reading"] = reading(result)
     return result
 
@@ -262,7 +264,14 @@ def reading(result: dict) -> str:
                    f"{-r['synonymous_after']['clean_minus_corrupted']:+.3f}).")
 
 
-def draw_residual(grid: pd.DataFrame, n_layer: int, out) -> None:
+def _cell_numbers(ax, values: np.ndarray) -> None:
+    """Each cell's share, white on dark cells and black on light ones (the colour scale runs -1..1)."""
+    for (a, b), v in np.ndenumerate(values):
+        ax.text(b, a, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if not np.isnan(v) and abs(v) > 0.6 else "black")
+
+
+def draw_residual(grid: pd.DataFrame, n_layer: int, effects: dict, out) -> None:
     """Heat maps of restored share, residual point x patched position, per (corruption, measure) and model."""
     import matplotlib.pyplot as plt
 
@@ -278,18 +287,18 @@ def draw_residual(grid: pd.DataFrame, n_layer: int, out) -> None:
             values = sub.pivot(index="layer", columns="offset", values=m).reindex(columns=columns).to_numpy(float)
             ax = axes[i, j]
             image = ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-            for (a, b), v in np.ndenumerate(values):
-                ax.text(b, a, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+            _cell_numbers(ax, values)
             ax.set_xticks(range(len(columns)), ["i" if c == 0 else ("all" if c == "all" else f"i+{c}") for c in columns])
             ax.set_yticks(range(len(rows)), rows, fontsize=8)
             ax.set_xlabel("patched position (codon i = the corrupted one)")
-            ax.set_title(f"{label.replace('_', ' ')}: {corruption}, {m}", fontsize=9)
+            ax.set_title(f"{label.replace('_', ' ')}: {corruption}, {m}\n(clean - corrupted "
+                         f"{effects[(label, corruption, m)]:+.3f} nats per gene)", fontsize=9)
     fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02, label="share of clean-minus-corrupted restored")
     fig.suptitle("Activation patching: share of the clean run's log p restored by patching one residual activation")
     save_figure(fig, out / "residual_patching.png")
 
 
-def draw_heads(grid: pd.DataFrame, out) -> None:
+def draw_heads(grid: pd.DataFrame, effects: dict, out) -> None:
     import matplotlib.pyplot as plt
 
     panels = [("nonsense", "eos"), ("nonsense", "after"), ("synonymous", "after")]
@@ -302,13 +311,13 @@ def draw_heads(grid: pd.DataFrame, out) -> None:
             values = sub.pivot(index="layer", columns="head", values=m).to_numpy(float)
             ax = axes[i, j]
             image = ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-            for (a, b), v in np.ndenumerate(values):
-                ax.text(b, a, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
+            _cell_numbers(ax, values)
             ax.set_xticks(range(values.shape[1]))
             ax.set_yticks(range(values.shape[0]))
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
-            ax.set_title(f"{label.replace('_', ' ')}: {corruption}, {m}", fontsize=9)
+            ax.set_title(f"{label.replace('_', ' ')}: {corruption}, {m}\n(clean - corrupted "
+                         f"{effects[(label, corruption, m)]:+.3f} nats per gene)", fontsize=9)
     fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02, label="share of clean-minus-corrupted restored")
     fig.suptitle("Activation patching per head: one head's output (every position) from the clean run")
     save_figure(fig, out / "head_patching.png")
