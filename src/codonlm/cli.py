@@ -626,7 +626,8 @@ def _train_regressor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     p.add_argument("--kmer-k", dest="kmer_k", type=int, default=4)
-    p.add_argument("--checkpoints-dir", dest="checkpoints_dir", default="outputs/checkpoints")
+    p.add_argument("--checkpoints-dir", dest="checkpoints_dir",
+                   help="default: the run's own outputs.out_dir (runs/<RUN_ID>/config.yaml)")
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, plots and models")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -93,7 +93,7 @@ class RegressionConfig(BaseModel):
     task: Literal["regression"]
     description: str = ""
     run_id: str = Field("latest", description="run whose model embeds the genes and scores them")
-    checkpoints_dir: str = "outputs/checkpoints"
+    checkpoints_dir: str | None = None  # default: the run's own outputs.out_dir (runs/<RUN_ID>/config.yaml)
     build_from_run: list[Literal["heldout"]] = []
     data_dir: str = "outputs/reports/{run_id}/stage2/data"
     processed_dir: str | None = None
