@@ -183,8 +183,8 @@ def run(ctx: AnalysisContext) -> dict:
     result = summarise(grid_df, genes_df, ctx.cfg.model.n_layer)
     effects = {(label, c, m): _effect(genes_df, label, c, m) for label in ("trained", "random_init")
                for c in CORRUPTIONS for m in MEASURES}
-    draw_residual(grid_df, ctx.cfg.model.n_layer, effects, out)
-    draw_heads(grid_df, effects, out)
+    for kind in ("residual", "head"):
+        draw_grids(grid_df, kind, effects, out, ctx.cfg.model.n_layer)
     result["reading"] = reading(result)
     return result
 
@@ -271,53 +271,42 @@ def _cell_numbers(ax, values: np.ndarray) -> None:
                 color="white" if not np.isnan(v) and abs(v) > 0.6 else "black")
 
 
-def draw_residual(grid: pd.DataFrame, n_layer: int, effects: dict, out) -> None:
-    """Heat maps of restored share, residual point x patched position, per (corruption, measure) and model."""
+PANELS = [("nonsense", "eos"), ("nonsense", "after"), ("synonymous", "after")]
+
+
+def draw_grids(grid: pd.DataFrame, kind: str, effects: dict, out, n_layer: int) -> None:
+    """Heat maps of the restored share, one panel per (corruption, measure) and model: residual point x patched
+    position (kind "residual") or layer x head (kind "head")."""
     import matplotlib.pyplot as plt
 
-    panels = [("nonsense", "eos"), ("nonsense", "after"), ("synonymous", "after")]
     labels = ["trained", "random_init"]
-    fig, axes = plt.subplots(len(labels), len(panels), figsize=(4.6 * len(panels), 3.4 * len(labels) + 0.8),
+    fig, axes = plt.subplots(len(labels), len(PANELS), figsize=(4.6 * len(PANELS), 3.4 * len(labels) + 0.8),
                              squeeze=False, layout="constrained")
     columns = [*range(OFFSETS), "all"]
-    rows = [f"into block {i}" for i in range(n_layer)] + [f"out of block {n_layer - 1}"]
     for i, label in enumerate(labels):
-        for j, (corruption, m) in enumerate(panels):
-            sub = grid[(grid.model == label) & (grid.corruption == corruption) & (grid.kind == "residual")]
-            values = sub.pivot(index="layer", columns="offset", values=m).reindex(columns=columns).to_numpy(float)
+        for j, (corruption, m) in enumerate(PANELS):
+            sub = grid[(grid.model == label) & (grid.corruption == corruption) & (grid.kind == kind)]
             ax = axes[i, j]
+            if kind == "residual":
+                values = sub.pivot(index="layer", columns="offset", values=m).reindex(columns=columns).to_numpy(float)
+                ax.set_xticks(range(len(columns)), ["i" if c == 0 else ("all" if c == "all" else f"i+{c}")
+                                                    for c in columns])
+                ax.set_yticks(range(n_layer + 1), [f"into block {k}" for k in range(n_layer)]
+                              + [f"out of block {n_layer - 1}"], fontsize=8)
+                ax.set_xlabel("patched position (codon i = the corrupted one)")
+            else:
+                values = sub.pivot(index="layer", columns="head", values=m).to_numpy(float)
+                ax.set_xticks(range(values.shape[1]))
+                ax.set_yticks(range(values.shape[0]))
+                ax.set_xlabel("head")
+                ax.set_ylabel("layer")
             image = ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
             _cell_numbers(ax, values)
-            ax.set_xticks(range(len(columns)), ["i" if c == 0 else ("all" if c == "all" else f"i+{c}") for c in columns])
-            ax.set_yticks(range(len(rows)), rows, fontsize=8)
-            ax.set_xlabel("patched position (codon i = the corrupted one)")
             ax.set_title(f"{label.replace('_', ' ')}: {corruption}, {m}\n(clean - corrupted "
                          f"{effects[(label, corruption, m)]:+.3f} nats per gene)", fontsize=9)
     fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02, label="share of clean-minus-corrupted restored")
-    fig.suptitle("Activation patching: share of the clean run's log p restored by patching one residual activation")
-    save_figure(fig, out / "residual_patching.png")
-
-
-def draw_heads(grid: pd.DataFrame, effects: dict, out) -> None:
-    import matplotlib.pyplot as plt
-
-    panels = [("nonsense", "eos"), ("nonsense", "after"), ("synonymous", "after")]
-    labels = ["trained", "random_init"]
-    fig, axes = plt.subplots(len(labels), len(panels), figsize=(4.2 * len(panels), 3.0 * len(labels) + 0.8),
-                             squeeze=False, layout="constrained")
-    for i, label in enumerate(labels):
-        for j, (corruption, m) in enumerate(panels):
-            sub = grid[(grid.model == label) & (grid.corruption == corruption) & (grid.kind == "head")]
-            values = sub.pivot(index="layer", columns="head", values=m).to_numpy(float)
-            ax = axes[i, j]
-            image = ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-            _cell_numbers(ax, values)
-            ax.set_xticks(range(values.shape[1]))
-            ax.set_yticks(range(values.shape[0]))
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            ax.set_title(f"{label.replace('_', ' ')}: {corruption}, {m}\n(clean - corrupted "
-                         f"{effects[(label, corruption, m)]:+.3f} nats per gene)", fontsize=9)
-    fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02, label="share of clean-minus-corrupted restored")
-    fig.suptitle("Activation patching per head: one head's output (every position) from the clean run")
-    save_figure(fig, out / "head_patching.png")
+    if kind == "residual":
+        fig.suptitle("Activation patching: share of the clean run's log p restored by patching one residual activation")
+    else:
+        fig.suptitle("Activation patching per head: one head's output (every position) from the clean run")
+    save_figure(fig, out / f"{kind}_patching.png")
