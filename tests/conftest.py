@@ -39,17 +39,20 @@ def raw_corpus() -> Path:
     return RAW
 
 
-def corpus(tmp_path: Path, n_genes: int = 60, seed: int = 0) -> tuple[list[Path], list[str]]:
+def corpus(tmp_path: Path, n_genes: int = 60, seed: int = 0,
+           lengths: tuple[int, int] | None = None) -> tuple[list[Path], list[str]]:
     """Two gzipped GenBank files of random genes; the first 16 genes of each repeat 8 shared proteins
-    (so a leak-free split must keep identical proteins together). Returns (files, shared proteins)."""
+    (so a leak-free split must keep identical proteins together). Protein lengths: 30-200 (shared) and
+    30-400 amino acids, or all within `lengths`. Returns (files, shared proteins)."""
     rng = random.Random(seed)
     aas = [a for a in SYNONYMS if a != "*"]
-    shared = ["".join(rng.choice(aas) for _ in range(rng.randint(30, 200))) for _ in range(8)]
+    short, long = lengths or (30, 200), lengths or (30, 400)
+    shared = ["".join(rng.choice(aas) for _ in range(rng.randint(*short))) for _ in range(8)]
     files = []
     for f in range(2):
         seq, feats = "", []
         for i in range(n_genes):
-            protein = shared[i % 8] if i < 16 else "".join(rng.choice(aas) for _ in range(rng.randint(30, 400)))
+            protein = shared[i % 8] if i < 16 else "".join(rng.choice(aas) for _ in range(rng.randint(*long)))
             gene = "ATG" + "".join(rng.choice(SYNONYMS[aa]) for aa in protein) + "TAA"
             seq += "ACGTACGTAC"
             feats.append((f"{len(seq) + 1}..{len(seq) + len(gene)}", {"locus_tag": f"f{f}_{i}"}))
@@ -78,7 +81,7 @@ def raw_config(tmp_path: Path, files: list[Path], model: dict | None = None, dat
 
 @pytest.fixture(scope="session")
 def make_corpus():
-    """`make_corpus(tmp_path, n_genes=60, seed=0) -> (files, shared proteins)`."""
+    """`make_corpus(tmp_path, n_genes=60, seed=0, lengths=None) -> (files, shared proteins)`."""
     return corpus
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pandas as pd
 import pytest
 import torch
-from genbank_fixtures import SYNONYMS, genbank_text, write_genbank
 
 from codonlm.analysis import analyze_patching
 from codonlm.analysis.context import load_context
@@ -19,28 +17,12 @@ from codonlm.data.prepare import prepare
 from codonlm.train.loop import train
 
 
-def short_gene_corpus(tmp_path, n_genes: int = 40, seed: int = 1):
-    """Two GenBank files of 35-55-codon genes: every gene fits the tiny model's 64-token context."""
-    rng = random.Random(seed)
-    aas = [a for a in SYNONYMS if a != "*"]
-    files = []
-    for f in range(2):
-        seq, feats = "", []
-        for i in range(n_genes):
-            protein = "".join(rng.choice(aas) for _ in range(rng.randint(35, 55)))
-            gene = "ATG" + "".join(rng.choice(SYNONYMS[aa]) for aa in protein) + "TAA"
-            seq += "ACGTACGTAC"
-            feats.append((f"{len(seq) + 1}..{len(seq) + len(gene)}", {"locus_tag": f"s{f}_{i}"}))
-            seq += gene
-        seq += "ACGTACGTAC"
-        files.append(write_genbank(tmp_path / f"s{f}.gbk.gz", [genbank_text(f"SREC{f}", seq, feats)], gz=True))
-    return files
-
-
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory, tiny_config):
+def ctx(tmp_path_factory, make_corpus, tiny_config):
+    """Genes of 35-55 codons: every one fits the tiny model's 64-token context."""
     tmp = tmp_path_factory.mktemp("patching")
-    raw = tiny_config(tmp, short_gene_corpus(tmp), epochs=1, max_steps=15)
+    files, _ = make_corpus(tmp, n_genes=40, seed=1, lengths=(35, 55))
+    raw = tiny_config(tmp, files, epochs=1, max_steps=15)
     raw["model"].update(dropout=0.0)
     raw["data"].update(test_frac=0.25)
     cfg = parse_config(raw)

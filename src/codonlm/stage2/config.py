@@ -27,8 +27,24 @@ PATH_KEYS = ("train_labels", "train_embeddings", "train_seqs", "test_labels", "t
              "out_dir", "data_dir", "samples", "processed_dir", "cai_reference", "zero_shot_scores")
 
 
-class ClassifierConfig(BaseModel):
+class _TaskConfig(BaseModel):
+    """What classifier and regression configs share: no unknown keys, a models list without repeats, paths."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("models", check_fields=False)
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("a model is listed twice")
+        return v
+
+    def as_list(self, key: str) -> list[str]:
+        value = getattr(self, key)
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+class ClassifierConfig(_TaskConfig):
 
     task: Literal["classification"] = "classification"
     description: str = ""
@@ -62,13 +78,6 @@ class ClassifierConfig(BaseModel):
     bootstrap: int = Field(1000, ge=0)
     out_dir: str
 
-    @field_validator("models")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("a model is listed twice")
-        return v
-
     @property
     def probes(self) -> list[str]:
         return [m for m in self.models if m in PROBE_MODELS]
@@ -77,18 +86,12 @@ class ClassifierConfig(BaseModel):
     def kmers(self) -> list[str]:
         return [m for m in self.models if m in KMER_MODELS]
 
-    def as_list(self, key: str) -> list[str]:
-        value = getattr(self, key)
-        return [] if value is None else [value] if isinstance(value, str) else list(value)
-
 
 RegressionModelName = Literal[REGRESSION_MODELS]  # type: ignore[valid-type]
 
 
-class RegressionConfig(BaseModel):
+class RegressionConfig(_TaskConfig):
     """A regression task: the run/embedding keys of ClassifierConfig, a numeric target and CV settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     task: Literal["regression"]
     description: str = ""
@@ -123,17 +126,6 @@ class RegressionConfig(BaseModel):
     seed: int = 0
     bootstrap: int = Field(1000, ge=0)
     out_dir: str
-
-    @field_validator("models")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("a model is listed twice")
-        return v
-
-    def as_list(self, key: str) -> list[str]:
-        value = getattr(self, key)
-        return [] if value is None else [value] if isinstance(value, str) else list(value)
 
     @property
     def needs_model(self) -> bool:

@@ -145,15 +145,26 @@ def plot_calibration(results: dict[str, dict], title: str, path: Path, min_genes
     save_figure(fig, path)  # bbox "tight" makes room for the legend outside the axes
 
 
-def compare_rows(task: str, results: dict[str, dict]) -> list[dict]:
-    """Long table rows: task, model, metric, value, ci_low, ci_high."""
+def compare_rows(task: str, results: dict[str, dict], metrics: tuple[str, ...] = HEADLINE) -> list[dict]:
+    """Long table rows: task, model, metric, value, ci_low, ci_high (classification HEADLINE, or
+    REGRESSION_HEADLINE for regression)."""
     rows = []
     for name, m in results.items():
-        for k in HEADLINE:
+        for k in metrics:
             ci = m.get(f"{k}_ci") or [None, None]
             rows.append({"task": task, "model": name, "metric": k, "value": m.get(k), "ci_low": ci[0],
                          "ci_high": ci[1]})
     return rows
+
+
+def _interval_bars(ax, part, colors: list[str]) -> None:
+    """One horizontal bar per model (rows of a compare table) with its 95% interval as error bars."""
+    y = np.arange(len(part))
+    value = part["value"].astype(float).to_numpy()
+    low = value - part["ci_low"].astype(float).fillna(part["value"].astype(float)).to_numpy()
+    high = part["ci_high"].astype(float).fillna(part["value"].astype(float)).to_numpy() - value
+    ax.barh(y, value, xerr=[low, high], color=colors, capsize=3)
+    ax.set_yticks(y, part["model"], fontsize=8)
 
 
 def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_f1",
@@ -168,13 +179,8 @@ def plot_compare(rows: list[dict], title: str, path: Path, metric: str = "macro_
     fig, axes = _grid(len(tasks), 4.0)
     for ax, task in zip(axes, tasks, strict=False):
         part = df[df["task"] == task]
-        y = np.arange(len(part))
-        value = part["value"].astype(float).to_numpy()
-        low = value - part["ci_low"].astype(float).fillna(part["value"].astype(float)).to_numpy()
-        high = part["ci_high"].astype(float).fillna(part["value"].astype(float)).to_numpy() - value
-        colors = ["tab:blue" if m.startswith(("probe", "mlp")) else "tab:orange" for m in part["model"]]
-        ax.barh(y, value, xerr=[low, high], color=colors, capsize=3)
-        ax.set_yticks(y, part["model"], fontsize=8)
+        _interval_bars(ax, part, ["tab:blue" if m.startswith(("probe", "mlp")) else "tab:orange"
+                                  for m in part["model"]])
         ax.set_xlim(0, 1)
         ax.set_xlabel(f"{metric.replace('_', '-')} (95% bootstrap CI)")
         ax.set_title(task, fontsize=10)
@@ -245,17 +251,6 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray, n_boot: int = 1000, seed
     return out
 
 
-def regression_compare_rows(task: str, results: dict[str, dict]) -> list[dict]:
-    """Long table rows: task, model, metric, value, ci_low, ci_high (Spearman, Pearson, R^2)."""
-    rows = []
-    for name, m in results.items():
-        for k in REGRESSION_HEADLINE:
-            ci = m.get(f"{k}_ci") or [None, None]
-            rows.append({"task": task, "model": name, "metric": k, "value": m.get(k), "ci_low": ci[0],
-                         "ci_high": ci[1]})
-    return rows
-
-
 def plot_regression_compare(rows: list[dict], title: str, path: Path) -> None:
     """Spearman rho of every model with its 95% interval, one panel per task: probes blue, baselines orange,
     zero-shot scores grey."""
@@ -267,14 +262,8 @@ def plot_regression_compare(rows: list[dict], title: str, path: Path) -> None:
     fig, axes = _grid(len(tasks), 4.0)
     for ax, task in zip(axes, tasks, strict=False):
         part = df[df["task"] == task]
-        y = np.arange(len(part))
-        value = part["value"].astype(float).to_numpy()
-        low = value - part["ci_low"].astype(float).fillna(part["value"].astype(float)).to_numpy()
-        high = part["ci_high"].astype(float).fillna(part["value"].astype(float)).to_numpy() - value
-        colors = ["tab:blue" if m.startswith("probe") else "grey" if m.startswith("zeroshot") else "tab:orange"
-                  for m in part["model"]]
-        ax.barh(y, value, xerr=[low, high], color=colors, capsize=3)
-        ax.set_yticks(y, part["model"], fontsize=8)
+        _interval_bars(ax, part, ["tab:blue" if m.startswith("probe") else "grey" if m.startswith("zeroshot")
+                                  else "tab:orange" for m in part["model"]])
         ax.set_xlim(-1, 1)
         ax.axvline(0, color="black", lw=0.5)
         ax.set_xlabel("Spearman rho, out of fold (95% bootstrap CI)")

@@ -21,10 +21,10 @@ from codonlm.io import read_json, write_csv, write_json
 from codonlm.log import log
 from codonlm.stage2.config import load_classifier_config
 from codonlm.stage2.metrics import (
+    REGRESSION_HEADLINE,
     compare_rows,
     plot_compare,
     plot_regression_compare,
-    regression_compare_rows,
 )
 
 READY_TASKS = ("probe_aa", "genome", "domain", "real_vs_generated")
@@ -80,7 +80,7 @@ def _regression_summary(results: dict, out_root: Path) -> dict:
     """The regression tasks' headline metrics, and regression_compare.csv/png beside compare.csv."""
     found = {name: m for name, m in results.items() if m.get("kind") == "regression"}
     if found:
-        rows = [r for name, m in found.items() for r in regression_compare_rows(name, m["models"])]
+        rows = [r for name, m in found.items() for r in compare_rows(name, m["models"], REGRESSION_HEADLINE)]
         write_csv(pd.DataFrame(rows), out_root / "regression_compare.csv")
         plot_regression_compare(rows, "Stage-2 regression", out_root / "regression_compare.png")
     return {name: {"description": m["description"], "target": m["target"], "n": m["n"], "cv": m["cv"],

@@ -151,10 +151,11 @@ def write_regression_results(cfg: RegressionConfig, data: RegressionSet, result:
     """Models, predictions.csv, figures, compare table, then metrics.json (last) in out_dir."""
     from codonlm.stage2.classifiers import copy_estimator, save_estimator
     from codonlm.stage2.metrics import (
+        REGRESSION_HEADLINE,
+        compare_rows,
         plot_measured_vs_predicted,
         plot_metric_by_layer,
         plot_regression_compare,
-        regression_compare_rows,
     )
 
     out = Path(cfg.out_dir)
@@ -171,7 +172,7 @@ def write_regression_results(cfg: RegressionConfig, data: RegressionSet, result:
     plot_measured_vs_predicted(data.y, first, result["models"], title, cfg.target_column, out / "scatter.png")
     if result["layers"]:
         plot_metric_by_layer(result["layers"], result["chosen_layers"], title, out / "layers.png")
-    rows = regression_compare_rows(title, result["models"])
+    rows = compare_rows(title, result["models"], REGRESSION_HEADLINE)
     write_csv(pd.DataFrame(rows), out / "compare.csv")
     plot_regression_compare(rows, title, out / "compare.png")
     metrics = {
