@@ -1,16 +1,10 @@
-"""Whole-gene scoring: every codon predicted with (nearly) the full left context of block_size tokens.
+"""Whole-gene scoring: every codon's log-probability given the gene before it.
 
-A gene that fits the window is one forward pass. A longer gene is scored with overlapping
-windows of block_size inputs advancing by `stride`; each window scores only the targets the
-previous one did not, so every codon is scored once, with at least block_size - stride + 1
-tokens of context (stride 1: exactly block_size). Genes are never cut at arbitrary window
-boundaries. (A single pass with a banded mask is not equivalent: stacked layers widen the
-receptive field beyond the band.)
-
-Default stride block_size // 4: on 150 long test genes (tiny_cpu run) perplexity was 39.919 at
-stride 32, 39.921 at 64, 39.926 at 128 and 40.072 with non-overlapping windows (256), so
-context past 3/4 of the window changes nothing visible, while each halving of the stride doubles
-the cost.
+How a gene is read (sliding-window attention by default, or strided windows) and what each costs is
+defined once, in `codonlm.evaluate.sliding`. Default: each token computed once, every codon predicted
+from at least block_size tokens of context; on the default run's test genes this changed perplexity
+from that of the earlier default (strided windows, stride block_size // 4) by the figure in README
+("Inference speed").
 """
 
 from __future__ import annotations
@@ -21,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codonlm.data.codons import PAD, genetic_code
+from codonlm.data.codons import genetic_code
 from codonlm.errors import UserError
+from codonlm.evaluate.sliding import gene_rows, row_batches, sliding_forward
+from codonlm.evaluate.sliding import gene_windows as gene_windows  # re-exported: its older home
 from codonlm.log import progress
 
 
@@ -59,69 +55,62 @@ def require_finite(values: np.ndarray | torch.Tensor | float, what: str) -> None
                         "so there is no result to report; train a new run with a lower train.lr (or drop --amp)")
 
 
-def gene_windows(n_targets: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
-    """(input start, first scored target, last scored target) per window; targets are 1..n_targets."""
-    end = min(block_size, n_targets)
-    windows = [(0, 1, end)]
-    while end < n_targets:
-        new_end = min(end + stride, n_targets)
-        windows.append((new_end - block_size, end + 1, new_end))
-        end = new_end
-    return windows
-
-
 @torch.no_grad()
 def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cpu", stride: int | None = None,
-                max_tokens: int = 32768, amp: bool = False, table_id: int = 11) -> list[GeneScore]:
+                max_tokens: int = 16384, amp: bool = False, table_id: int = 11) -> list[GeneScore]:
     """Score genes given as `<BOS> c1..cn <EOS>` token arrays (the NPZ `gene_tokens` layout).
 
-    stride defaults to block_size // 4 (context >= 3/4 of the window for every codon).
+    stride None: sliding-window attention, each token computed once; an integer: strided windows
+    (`codonlm.evaluate.sliding`). Genes are batched by length and token budget, so a batch pads little.
     """
     model.eval()
     device = torch.device(device)
     aa = torch.from_numpy(genetic_code(table_id).aa_classes()).to(device)
     T = model.cfg.block_size
-    stride = max(1, min(stride or T // 4, T))
-    # every window of every gene: (gene, input start, first target, last target), shortest first
-    # so that a batch pads little
-    rows = [(g, a, lo, hi) for g, gene in enumerate(genes) for a, lo, hi in gene_windows(gene.size - 1, T, stride)]
-    rows.sort(key=lambda r: min(T, genes[r[0]].size - 1 - r[1]))
-    per_batch = max(1, max_tokens // T)
+    rows = gene_rows([g.size - 1 for g in genes], T, stride)
     cols: dict[str, list[list[tuple[int, np.ndarray]]]] = {k: [[] for _ in genes] for k in _COLUMNS}
-    for b0 in progress(range(0, len(rows), per_batch), desc="score", unit="batch", leave=False):
-        batch = rows[b0 : b0 + per_batch]
-        width = max(min(T, genes[g].size - 1 - a) for g, a, _, _ in batch)
-        idx = torch.full((len(batch), width + 1), PAD, dtype=torch.long)
-        for r, (g, a, _, _) in enumerate(batch):
-            piece = genes[g][a : a + width + 1]
-            idx[r, : piece.size] = torch.from_numpy(piece.astype(np.int64))
-        idx = idx.to(device)
-        inputs, targets = idx[:, :-1], idx[:, 1:]
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else torch.autocast(device.type, enabled=False)
-        with ctx:
-            logits, _ = model(inputs, segment_ids=torch.ones_like(inputs))
-        logp_all = torch.log_softmax(logits.float(), dim=-1)
-        probs = logp_all.exp()
-        top5 = torch.topk(logp_all, 5, dim=-1).indices
-        pred = top5[..., 0]
-        true_aa = aa[targets]
-        values = {
-            "logp": logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1),
-            "top1": pred == targets,
-            "top5": (top5 == targets.unsqueeze(-1)).any(-1),
-            "aa_correct": aa[pred] == true_aa,
-            "synonymous_mass": (probs * (aa.view(1, 1, -1) == true_aa.unsqueeze(-1))).sum(-1),
-            "confidence": probs.gather(-1, pred.unsqueeze(-1)).squeeze(-1),
-        }
-        values = {k: v.cpu().numpy() for k, v in values.items()}
-        for r, (g, a, lo, hi) in enumerate(batch):
-            # target t sits at column t - a - 1 of this window
+    batches = row_batches(genes, rows, T, max_tokens)
+    for batch, idx in progress(batches, desc="score", unit="batch", leave=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, _ = sliding_forward(model, idx.to(device))
+        values = target_values(logits, batch, genes, aa)
+        offset = 0
+        for g, _, lo, hi in batch:  # the flat arrays hold each row's scored targets lo..hi in turn
             for k in _COLUMNS:
-                cols[k][g].append((lo, values[k][r, lo - a - 1 : hi - a]))
+                cols[k][g].append((lo, values[k][offset : offset + hi - lo + 1]))
+            offset += hi - lo + 1
     scores = [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])
                            for k in _COLUMNS}) for g in range(len(genes))]
     require_finite(np.concatenate([s.logp for s in scores]) if scores else [], "log-probabilities")
     return scores
+
+
+def target_values(logits: torch.Tensor, batch: list, genes: list[np.ndarray], aa: torch.Tensor) -> dict[str, np.ndarray]:
+    """The GeneScore columns of every scored target of a batch, flat in row order (row r: its targets lo..hi).
+
+    Only the scored positions are gathered before the float32 softmax, so padding and the overlap of
+    strided windows cost nothing here."""
+    device = logits.device
+    first = torch.tensor([lo - a - 1 for _, a, lo, _ in batch], device=device)  # target t sits at column t - a - 1
+    last = torch.tensor([hi - a - 1 for _, a, _, hi in batch], device=device)
+    col = torch.arange(logits.shape[1], device=device)
+    owned = (col >= first[:, None]) & (col <= last[:, None])  # row-major: row r's targets lo..hi in order
+    targets = torch.from_numpy(np.concatenate([genes[g][lo : hi + 1] for g, _, lo, hi in batch]).astype(np.int64))
+    targets = targets.to(device)
+    logp_all = torch.log_softmax(logits[owned].float(), dim=-1)
+    probs = logp_all.exp()
+    top5 = torch.topk(logp_all, 5, dim=-1).indices
+    pred = top5[:, 0]
+    true_aa = aa[targets]
+    values = {
+        "logp": logp_all.gather(-1, targets[:, None]).squeeze(-1),
+        "top1": pred == targets,
+        "top5": (top5 == targets[:, None]).any(-1),
+        "aa_correct": aa[pred] == true_aa,
+        "synonymous_mass": (probs * (aa[None] == true_aa[:, None])).sum(-1),
+        "confidence": probs.gather(-1, pred[:, None]).squeeze(-1),
+    }
+    return {k: v.cpu().numpy() for k, v in values.items()}
 
 
 _COLUMNS = ("logp", "top1", "top5", "aa_correct", "synonymous_mass", "confidence")

@@ -459,6 +459,7 @@ class TinyGPT(nn.Module):
         start: int,
         all_logits: bool = False,
         keep_cache: bool = True,
+        window: int | None = None,
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """Logits of idx [B, T] and the updated key/value cache (eval only).
 
@@ -469,13 +470,17 @@ class TinyGPT(nn.Module):
         or every token's [B, T, V] with all_logits, and the cache (empty with keep_cache=False, which
         frees each layer's keys/values as soon as it is done). The same Block code as forward (and
         the same hook points), so logits equal `model(idx)` (tested) without recomputing the prefix.
+        window: each token attends only to its last `window` tokens (itself included) at every layer:
+        sliding-window attention, how genes longer than block_size are read (`codonlm.evaluate.sliding`).
         """
         x = self.hook_embed(self.wte(idx.long()))
         T = x.shape[1]
         cos, sin = self._rope_tables(torch.arange(start, start + T, device=idx.device), x.dtype)
         mask = None
-        if past is not None and T > 1:  # query j (after P cached keys) sees keys 0 .. P + j
-            P = past[0][0].shape[2]
+        P = 0 if past is None else past[0][0].shape[2]
+        if window is not None and P + T > window:  # query j sees keys P + j - window + 1 .. P + j
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P).triu(P - window + 1)
+        elif past is not None and T > 1:  # query j (after P cached keys) sees keys 0 .. P + j
             mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P)
         new_past = []
         for i, block in enumerate(self.blocks):

@@ -1,0 +1,101 @@
+"""How the model reads a whole gene, for scoring, embeddings and variant scans: the one definition.
+
+Default (`stride=None`), sliding-window attention: the gene's tokens (`<BOS_CDS> c1..cn`, and `<EOS_CDS>`
+as the last target when scored) are read in one pass in which every token attends, at every layer, to
+itself and the block_size - 1 tokens before it. A gene that fits the window is read exactly as in training
+(one causal pass). In a longer gene every codon is predicted from at least block_size tokens of direct
+context, and the lower layers' states carry information from further back (receptive field n_layer x
+block_size, as in sliding-window-attention models); rotary positions are relative, so a token's absolute
+position changes nothing. Cost: every token is computed once, the minimum any definition needs, i.e. the
+bare forward pass of the gene's tokens. The pass runs in chunks of block_size tokens, each attending to the
+previous block_size - 1 tokens' cached keys/values (`TinyGPT.extend(window=...)`), so attention spans at
+most 2 x block_size - 1 keys and memory does not grow with the gene.
+
+Strided windows (`stride=s`, the earlier default with s = block_size // 4): overlapping windows of
+block_size inputs advancing by s; each target is scored by the first window that gives it at least
+block_size - s + 1 tokens of context, and every layer sees only that window. Cost: about block_size / s
+forward tokens per codon of a long gene (4x at s = block_size // 4). Kept for comparison (`--stride`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from codonlm.data.codons import PAD
+
+Row = tuple[int, int, int, int]  # (gene, first input token, first scored target, last scored target)
+
+
+def gene_windows(n_targets: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input start, first scored target, last scored target) per window; targets are 1..n_targets."""
+    end = min(block_size, n_targets)
+    windows = [(0, 1, end)]
+    while end < n_targets:
+        new_end = min(end + stride, n_targets)
+        windows.append((new_end - block_size, end + 1, new_end))
+        end = new_end
+    return windows
+
+
+def gene_rows(n_targets: list[int], block_size: int, stride: int | None) -> list[Row]:
+    """The rows that read each gene (targets 1..n_targets[g]): one per gene (sliding window), or its
+    strided windows. Row inputs are tokens first input .. last scored target - 1."""
+    if stride is None:
+        return [(g, 0, 1, n) for g, n in enumerate(n_targets)]
+    stride = max(1, min(stride, block_size))
+    return [(g, a, lo, hi) for g, n in enumerate(n_targets) for a, lo, hi in gene_windows(n, block_size, stride)]
+
+
+def row_batches(tokens: list[np.ndarray], rows: list[Row], block_size: int,
+                max_tokens: int) -> Iterator[tuple[list[Row], torch.Tensor]]:
+    """Yield (rows, idx [rows, width] right-padded inputs): rows sorted by width so a batch pads little, and
+    batched by token budget: rows x min(width, block_size) (the tokens of one chunk of the pass) within
+    max_tokens, and rows x width (what the batch holds) within 4 x max_tokens. A row is never split."""
+    rows = sorted(rows, key=lambda r: r[3] - r[1])
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows):
+            width = rows[end][3] - rows[end][1]
+            n = end + 1 - start
+            if n * min(width, block_size) > max_tokens or n * width > 4 * max_tokens:
+                break
+            end += 1
+        batch = rows[start:end]
+        idx = torch.full((len(batch), batch[-1][3] - batch[-1][1]), PAD, dtype=torch.long)
+        for r, (g, a, _, hi) in enumerate(batch):
+            idx[r, : hi - a] = torch.from_numpy(tokens[g][a:hi].astype(np.int64))
+        yield batch, idx
+        start = end
+
+
+def sliding_forward(model, idx: torch.Tensor, names: Iterable[str] = (), past: list | None = None,
+                    start: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits [B, L, V] of idx [B, L] read with sliding-window attention (window block_size), and the
+    activations at hook points `names` [B, L, ...]. `past`: keys/values of the tokens before `start` (one
+    row shared by all, or B rows), e.g. a wild-type prefix; only its last block_size - 1 are attended."""
+    window = model.cfg.block_size
+    names = list(names)
+    states: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
+    def record(x: torch.Tensor, hook) -> None:
+        states[hook.name].append(x)
+
+    def recent(t: torch.Tensor) -> torch.Tensor:
+        return t[:, :, max(0, t.shape[2] - window + 1) :]
+
+    logits = []
+    hooks = model.hooks([(n, record) for n in names]) if names else contextlib.nullcontext()
+    with hooks:
+        for c0 in range(0, idx.shape[1], window):
+            if past is not None:
+                past = [(recent(k), recent(v)) for k, v in past]
+            last = c0 + window >= idx.shape[1]
+            out, past = model.extend(idx[:, c0 : c0 + window], past, start + c0, all_logits=True,
+                                     keep_cache=not last, window=window)
+            logits.append(out)
+    return torch.cat(logits, 1), {n: torch.cat(v, 1) for n, v in states.items()}
