@@ -66,6 +66,37 @@ def test_sliding_window_scoring_gives_each_codon_its_context(trained, stride):
         assert abs(own - s.logp[i - 1]) < 1e-5
 
 
+def test_default_scoring_is_sliding_window_attention_with_each_token_computed_once(trained):
+    """Known answer: the default (stride None) equals decoding the gene token by token with a key/value
+    cache cut to the last block_size - 1 tokens (every token attends to its last block_size tokens at every
+    layer), and within the first window it equals a plain forward pass."""
+    model, cfg, _ = load_model("ev", trained.outputs.out_dir)
+    z = np.load(run_split_path(cfg, "ev", "test"))
+    off, toks = z["gene_offsets"], z["gene_tokens"]
+    T = cfg.model.block_size
+    genes = [toks[off[i] : off[i + 1]] for i in range(3)]
+    assert genes[0].size > 3 * T
+    scores = score_genes(model, genes, max_tokens=3 * T)  # a budget that splits the batch
+    for gene, s in zip(genes, scores, strict=True):
+        assert s.logp.size == gene.size - 1
+        ref, past = [], None
+        with torch.no_grad():
+            for t in range(gene.size - 1):
+                tok = torch.tensor([[int(gene[t])]])
+                logits, past = model.extend(tok, past, t)
+                past = [(k[:, :, -(T - 1) :], v[:, :, -(T - 1) :]) for k, v in past]
+                ref.append(torch.log_softmax(logits[0].float(), -1)[int(gene[t + 1])].item())
+            ctx = torch.from_numpy(gene[:T].astype(np.int64))[None]
+            plain = torch.log_softmax(model(ctx, segment_ids=torch.ones_like(ctx))[0][0].float(), -1)
+        np.testing.assert_allclose(s.logp, np.array(ref), atol=1e-4)
+        first = plain[torch.arange(T), torch.from_numpy(gene[1 : T + 1].astype(np.int64))].numpy()
+        np.testing.assert_allclose(s.logp[:T], first, atol=1e-5)
+    # the strided definition reads the same gene differently past the first window
+    strided = score_genes(model, genes[:1], stride=T // 4)[0]
+    np.testing.assert_allclose(strided.logp[:T], scores[0].logp[:T], atol=1e-5)
+    assert np.abs(strided.logp[T:] - scores[0].logp[T:]).max() > 1e-4
+
+
 def test_evaluate_writes_metrics_and_baselines(trained, capsys):
     assert main(["evaluate", "ev", "--checkpoints-dir", trained.outputs.out_dir]) == 0
     folder = f"{trained.outputs.runs_dir}/ev/evaluate"

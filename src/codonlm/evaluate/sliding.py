@@ -74,10 +74,11 @@ def row_batches(tokens: list[np.ndarray], rows: list[Row], block_size: int,
 
 
 def sliding_forward(model, idx: torch.Tensor, names: Iterable[str] = (), past: list | None = None,
-                    start: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    start: int = 0, cache: list | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits [B, L, V] of idx [B, L] read with sliding-window attention (window block_size), and the
     activations at hook points `names` [B, L, ...]. `past`: keys/values of the tokens before `start` (one
-    row shared by all, or B rows), e.g. a wild-type prefix; only its last block_size - 1 are attended."""
+    row shared by all, or B rows), e.g. a wild-type prefix; only its last block_size - 1 are attended.
+    `cache`: a list that receives every layer's keys/values of all L tokens (a prefix for later calls)."""
     window = model.cfg.block_size
     names = list(names)
     states: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -88,14 +89,20 @@ def sliding_forward(model, idx: torch.Tensor, names: Iterable[str] = (), past: l
     def recent(t: torch.Tensor) -> torch.Tensor:
         return t[:, :, max(0, t.shape[2] - window + 1) :]
 
-    logits = []
+    logits, pieces = [], []
     hooks = model.hooks([(n, record) for n in names]) if names else contextlib.nullcontext()
     with hooks:
         for c0 in range(0, idx.shape[1], window):
             if past is not None:
                 past = [(recent(k), recent(v)) for k, v in past]
+            chunk = idx[:, c0 : c0 + window]
             last = c0 + window >= idx.shape[1]
-            out, past = model.extend(idx[:, c0 : c0 + window], past, start + c0, all_logits=True,
-                                     keep_cache=not last, window=window)
+            out, past = model.extend(chunk, past, start + c0, all_logits=True, keep_cache=not last or cache is not None,
+                                     window=window)
             logits.append(out)
+            if cache is not None:
+                pieces.append([(k[:, :, -chunk.shape[1] :], v[:, :, -chunk.shape[1] :]) for k, v in past])
+    if cache is not None:
+        cache.extend((torch.cat([p[i][0] for p in pieces], 2), torch.cat([p[i][1] for p in pieces], 2))
+                     for i in range(len(pieces[0])))
     return torch.cat(logits, 1), {n: torch.cat(v, 1) for n, v in states.items()}

@@ -1,22 +1,23 @@
 """Single-codon variant scans: the log-likelihood ratio of every substitution, exact or local, streamed.
 
 Exact (`llr="exact"`): LLR = LL(mutant gene) - LL(wild type), each LL being what `score_genes`
-gives for the whole gene (`<BOS_CDS> c1..cn <EOS_CDS>`, same windows for genes longer than
-block_size), so it equals rescoring every mutant from scratch (tested) at a fraction of the cost:
+gives for the whole gene (`<BOS_CDS> c1..cn <EOS_CDS>`, read as `codonlm.evaluate.sliding` defines:
+sliding-window attention by default, or strided windows with `stride`), so it equals rescoring every
+mutant from scratch (tested) at a fraction of the cost:
 
-- In a window, targets before the mutated codon are unchanged and cancel. The mutated codon's own
-  term comes from the wild type's logits. Only the codons after it need new forward passes: their
-  inputs continue the wild type's prefix, whose key/value cache (`TinyGPT.extend`) is computed once
-  per window and shared by every alternative, and the alternatives' suffixes run as one batch.
-- Windows that start after the mutation do not see it and contribute nothing.
+- Targets before the mutated codon are unchanged and cancel. The mutated codon's own term comes from
+  the wild type's logits. Only the codons after it need new forward passes: their inputs continue the
+  wild type's prefix, whose key/value cache is computed once (per window with strided windows) and
+  shared by every alternative, and the alternatives' suffixes run as one batch.
+- With strided windows, windows that start after the mutation do not see it and contribute nothing.
 - Batches are bounded in input tokens and in attended keys (several positions share a batch when
-  suffixes are short; see `_groups`), keys/values are kept for one layer at a time, and results
-  stream out position by position, so memory does not grow with the gene.
+  suffixes are short; see `_groups`), and results stream out position by position, so memory does not
+  grow with the gene.
 
-Cost: about 63 x (suffix length) tokens per position, i.e. 63 n^2 / 2 for a gene of n codons within
-the window; a gene longer than the window costs that for each window (block_size / stride windows
-see each codon; `stride=block_size` roughly quarters it, changing what "whole gene" means as it does
-for `score_genes`).
+Work, in forward tokens: the wild type once (n + 1), then for each position i its alternatives' suffixes,
+63 x (n + 1 - i) tokens (attending to at most 2 x block_size - 1 keys each): 63 n^2 / 2 in all, the
+least an exact scan needs (each mutant's changed tokens computed once). Strided windows (`stride=s`)
+repeat that for each window that sees a codon, about block_size / s times for a long gene.
 
 Local (`llr="local"`): log p(mut_i | wild-type prefix) - log p(wt_i | same prefix), from one forward
 pass of the wild type (per window). It leaves out the mutation's effect on every downstream codon
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from codonlm.data.codons import CODON_OFFSET, CODONS, frame_gene, genetic_code
-from codonlm.evaluate.perplexity import gene_windows
+from codonlm.evaluate.sliding import gene_rows, sliding_forward
 
 KINDS = ("synonymous", "missense", "nonsense", "stop_loss")
 LLR_METHODS = ("exact", "local")
@@ -87,7 +88,7 @@ class VariantScanner:
         self.model, self.llr, self.table_id = model.eval(), llr, table_id
         self.keep = np.array([k in set(kinds or KINDS) for k in KINDS])
         T = model.cfg.block_size
-        self.block, self.stride = T, max(1, min(stride or T // 4, T))
+        self.block, self.stride = T, None if stride is None else max(1, min(stride, T))
         self.max_tokens, self.chunk_positions = max_tokens, chunk_positions
         self.device = next(model.parameters()).device
         self.batch_shapes: list[tuple[int, int, int]] = []  # (rows, prefix, suffix length) of each batch
@@ -107,7 +108,7 @@ class VariantScanner:
             raise ValueError(f"codon positions must lie in 1..{n}")
         # exact: every window whose inputs hold the position; local: the one that scores it
         reach = "start" if self.llr == "exact" else "first"
-        windows = [_Window(a, lo, hi) for a, lo, hi in gene_windows(gene.size - 1, self.block, self.stride)]
+        windows = [_Window(*r[1:]) for r in gene_rows([gene.size - 1], self.block, self.stride)]
         for c0 in range(0, len(positions), self.chunk_positions):
             chunk = positions[c0 : c0 + self.chunk_positions]
             alts = {p: self.alternatives(int(gene[p])) for p in chunk}
@@ -124,8 +125,8 @@ class VariantScanner:
 
     def _wild_type(self, tokens: torch.Tensor, w: _Window) -> None:
         if w.logp is None:
-            width = min(self.block, tokens.numel() - 1 - w.start)
-            logits, w.past = self.model.extend(tokens[None, w.start : w.start + width], None, 0, all_logits=True)
+            w.past = []
+            logits, _ = sliding_forward(self.model, tokens[None, w.start : w.last], cache=w.past)
             w.logp = torch.log_softmax(logits[0].float(), dim=-1)
 
     def _add_window(self, tokens, w: _Window, positions: list[int], alts: dict, llr: dict) -> None:
@@ -151,8 +152,8 @@ class VariantScanner:
         rows = 0
         for p in positions:
             k = alts[p][0].size
-            if group and ((rows + k) * (w.last - group[0]) > self.max_tokens
-                          or (rows + k) * (w.last - w.start) > 4 * self.max_tokens):
+            if group and ((rows + k) * min(w.last - group[0], self.block) > self.max_tokens
+                          or (rows + k) * min(w.last - w.start, 2 * self.block) > 4 * self.max_tokens):
                 yield group
                 group, rows = [], 0
             group.append(p)
@@ -176,7 +177,7 @@ class VariantScanner:
         rows[torch.arange(alt_ids.size, device=self.device), mut_at] = torch.from_numpy(alt_ids).to(self.device)
         prefix = [(k[:, :, : s0 - a], v[:, :, : s0 - a]) for k, v in w.past]
         self.batch_shapes.append((rows.shape[0], s0 - a, rows.shape[1]))
-        logits, _ = self.model.extend(rows, prefix, s0 - a, all_logits=True, keep_cache=False)
+        logits, _ = sliding_forward(self.model, rows, past=prefix, start=s0 - a)
         targets = tokens[s0 + 1 : w.last + 1]
         mut_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.expand(rows.shape[0], -1)[..., None])
         wt_lp = w.logp[s0 - a : w.last - a].gather(-1, targets[:, None]).squeeze(-1)
