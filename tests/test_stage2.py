@@ -87,10 +87,11 @@ def test_pooling_equals_a_hand_computation(run):
     seqs = [biased_gene(rng, True)[:60], biased_gene(rng, False)[:99], "ATG" * 30 + biased_gene(rng, True)]
     T = cfg.model.block_size
     assert len(seqs[2]) // 3 > 2 * T  # read with several windows
-    mean, _, layers = embed_genes(model, seqs, pool="mean", show_progress=False)
-    per, offsets, _ = embed_genes(model, seqs, pool="per-codon", show_progress=False)
-    last, _, _ = embed_genes(model, seqs, pool="last", show_progress=False)
-    biggest, _, _ = embed_genes(model, seqs, pool="max", show_progress=False)
+    # strided windows (the earlier default, block_size // 2): the long gene's states come from plain windows
+    mean, _, layers = embed_genes(model, seqs, pool="mean", stride=T // 2, show_progress=False)
+    per, offsets, _ = embed_genes(model, seqs, pool="per-codon", stride=T // 2, show_progress=False)
+    last, _, _ = embed_genes(model, seqs, pool="last", stride=T // 2, show_progress=False)
+    biggest, _, _ = embed_genes(model, seqs, pool="max", stride=T // 2, show_progress=False)
     assert layers == ["final"] and mean.shape == (3, cfg.model.n_embd)
     for g, dna in enumerate(seqs):
         tokens = torch.from_numpy(encode(dna).astype(np.int64))[None]
@@ -109,6 +110,33 @@ def test_pooling_equals_a_hand_computation(run):
         _, cache = model.run_with_cache(tail, names_filter="ln_final.hook_normalized")
         np.testing.assert_allclose(last[g], cache["ln_final.hook_normalized"][0, -1].numpy(), atol=1e-5)
         np.testing.assert_allclose(last[g], rows[-1], atol=1e-6)
+
+
+def test_default_embeddings_and_loglik_come_from_one_sliding_window_pass(run):
+    """Known answer: each codon's default state is the one of token-by-token decoding with the key/value
+    cache cut to the last block_size - 1 tokens; the same pass's mean log-likelihood equals the separate
+    scoring pass (`score_genes` via `mean_loglik`), which stage 2's zero-shot score used to run."""
+    from codonlm.stage2.embeddings import read_genes
+    from codonlm.stage2.regression import mean_loglik
+
+    tmp, cfg = run
+    model, _, _ = load_model(RUN, cfg.outputs.out_dir)
+    rng = random.Random(3)
+    seqs = [biased_gene(rng, True)[:60], "ATG" * 40 + biased_gene(rng, False), biased_gene(rng, True)]
+    T = cfg.model.block_size
+    assert len(seqs[1]) // 3 > 2 * T
+    reading = read_genes(model, seqs, pool="per-codon", max_tokens=2 * T, show_progress=False)
+    scored = mean_loglik(model, [f"g{i}" for i in range(len(seqs))], seqs)
+    np.testing.assert_allclose(reading.mean_loglik, scored, atol=1e-5)
+    for g, dna in enumerate(seqs):
+        tokens = encode(dna)
+        states, past = [], None
+        with torch.no_grad(), model.hooks([("ln_final.hook_normalized", lambda x, _h, out=states: out.append(x[0]))]):
+            for t in range(tokens.size):
+                _, past = model.extend(torch.tensor([[int(tokens[t])]]), past, t)
+                past = [(k[:, :, -(T - 1) :], v[:, :, -(T - 1) :]) for k, v in past]
+        rows = reading.vectors[reading.offsets[g] : reading.offsets[g + 1]]
+        np.testing.assert_allclose(rows, torch.stack(states[1:]).numpy(), atol=1e-4)
 
 
 def test_extract_embeddings_command_writes_ids_run_layer_and_pool(run, capsys):

@@ -85,19 +85,23 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
     return scores
 
 
-def target_values(logits: torch.Tensor, batch: list, genes: list[np.ndarray], aa: torch.Tensor) -> dict[str, np.ndarray]:
-    """The GeneScore columns of every scored target of a batch, flat in row order (row r: its targets lo..hi).
-
-    Only the scored positions are gathered before the float32 softmax, so padding and the overlap of
-    strided windows cost nothing here."""
+def scored_logits(logits: torch.Tensor, batch: list, genes: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits [N, V] at every scored target of a batch's rows and those targets [N], flat in row order
+    (row r = (gene, first input a, lo, hi): targets lo..hi, target t predicted at column t - a - 1)."""
     device = logits.device
-    first = torch.tensor([lo - a - 1 for _, a, lo, _ in batch], device=device)  # target t sits at column t - a - 1
+    first = torch.tensor([lo - a - 1 for _, a, lo, _ in batch], device=device)
     last = torch.tensor([hi - a - 1 for _, a, _, hi in batch], device=device)
     col = torch.arange(logits.shape[1], device=device)
-    owned = (col >= first[:, None]) & (col <= last[:, None])  # row-major: row r's targets lo..hi in order
+    owned = (col >= first[:, None]) & (col <= last[:, None])  # row-major, so row by row in target order
     targets = torch.from_numpy(np.concatenate([genes[g][lo : hi + 1] for g, _, lo, hi in batch]).astype(np.int64))
-    targets = targets.to(device)
-    logp_all = torch.log_softmax(logits[owned].float(), dim=-1)
+    return logits[owned], targets.to(device)
+
+
+def target_values(logits: torch.Tensor, batch: list, genes: list[np.ndarray], aa: torch.Tensor) -> dict[str, np.ndarray]:
+    """The GeneScore columns of every scored target of a batch, flat in row order (row r: its targets lo..hi).
+    Only the scored positions are gathered before the float32 softmax: padding costs nothing here."""
+    picked, targets = scored_logits(logits, batch, genes)
+    logp_all = torch.log_softmax(picked.float(), dim=-1)
     probs = logp_all.exp()
     top5 = torch.topk(logp_all, 5, dim=-1).indices
     pred = top5[:, 0]

@@ -15,11 +15,12 @@ They are read with forward hooks on those modules during a plain forward pass, s
 forward does (cProfile of 100 test genes: 99% of extraction time inside the model forward;
 `bench/embedding_throughput.py` measured 0.91x-1.20x the bare forward of the same batches on the shared machine).
 
-Genes longer than the model's window are read with overlapping windows advancing by `stride` (default
-block_size // 2), the layout of whole-gene scoring (`codonlm.evaluate.perplexity.gene_windows`): each codon's
-state comes from the first window that holds it with at least block_size - stride tokens of context (or its
-whole prefix), so every codon is counted once. Windows of all genes are sorted by width and batched by a
-token budget, so a batch pads little.
+A gene is read as `codonlm.evaluate.sliding` defines (sliding-window attention by default: each token
+computed once; strided windows with `stride`, each codon's state then taken from the first window that gives
+it at least block_size - stride tokens of context), with exactly the rows and batches of whole-gene scoring,
+so the same forward pass also gives each gene's mean log-likelihood per token (`GeneReading.mean_loglik`,
+stored in the NPZ; stage 2's zero-shot score) at the cost of one gather. Rows of all genes are sorted by
+width and batched by a token budget, so a batch pads little.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from codonlm.data.codons import PAD, encode, internal_stop_count
+from codonlm.data.codons import encode, internal_stop_count
 from codonlm.errors import UserError
-from codonlm.evaluate.perplexity import gene_windows
 from codonlm.io import atomic_path, read_npz, sha256_file
 from codonlm.log import log, progress
 
@@ -54,13 +54,6 @@ def hook_names(n_layer: int, layer: str) -> list[str]:
     if index is None or not -n_layer <= index < n_layer:
         raise UserError(f"--layer {layer}: this model has blocks 0..{n_layer - 1}; use final, all, or 0..{n_layer - 1}")
     return [f"blocks.{index % n_layer}.hook_resid_post"]
-
-
-def codon_windows(n_codons: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
-    """(first token, first codon position, last codon position) per window; positions are token indices
-    of `<BOS_CDS> c1..cn`, so codon i sits at i. The state at token p is what predicts token p + 1, so the
-    positions a window owns are the scoring windows' targets minus one (BOS excluded)."""
-    return [(a, max(lo - 1, 1), hi - 1) for a, lo, hi in gene_windows(n_codons + 1, block_size, stride)]
 
 
 @dataclass
@@ -111,59 +104,64 @@ class _Pooler:
         return self.sums.astype(np.float32), None
 
 
-def window_batches(tokens: list[np.ndarray], block_size: int, stride: int, max_tokens: int):
-    """Yield (rows, idx): rows are (gene, first token, first codon position, last codon position) and idx the
-    right-padded [rows, width] token ids; windows sorted by width, rows x width within max_tokens."""
-    import torch
+@dataclass
+class GeneReading:
+    """What one pass over the genes gives: pooled states (offsets for per-codon), the layer names, and each
+    gene's mean log-likelihood per token of `<BOS_CDS> c1..cn <EOS_CDS>` (what `score_genes` gives, = -nll)."""
 
-    rows = [(g, a, lo, hi) for g, t in enumerate(tokens) for a, lo, hi in codon_windows(t.size - 1, block_size, stride)]
-    rows.sort(key=lambda r: r[3] + 1 - r[1])  # by window width
-    start = 0
-    while start < len(rows):
-        end = start + 1
-        while end < len(rows) and (end + 1 - start) * (rows[end][3] + 1 - rows[end][1]) <= max_tokens:
-            end += 1
-        batch = rows[start:end]
-        idx = torch.full((len(batch), batch[-1][3] + 1 - batch[-1][1]), PAD, dtype=torch.long)
-        for r, (g, a, _, hi) in enumerate(batch):
-            idx[r, : hi + 1 - a] = torch.from_numpy(tokens[g][a : hi + 1].astype(np.int64))
-        yield batch, idx
-        start = end
+    vectors: np.ndarray
+    offsets: np.ndarray | None
+    layers: list[str]
+    mean_loglik: np.ndarray
 
 
-def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
-                max_tokens: int = 16384, amp: bool = False,
-                show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Pooled hidden states of clean DNA sequences: (embeddings, offsets for per-codon else None, layer names).
+def read_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
+               max_tokens: int = 16384, amp: bool = False, show_progress: bool = True) -> GeneReading:
+    """Embeddings and per-gene log-likelihoods of clean DNA sequences from one forward pass.
 
-    embeddings is [genes, channels] for one layer, [genes, layers, channels] for `all`. amp: bf16 autocast,
-    faster only where the CPU has native bf16 (AVX-512 BF16 / AMX); on the 2-core dev machine (no AVX-512)
-    it was 4x slower, so it is off by default.
+    embeddings are [genes, channels] for one layer, [genes, layers, channels] for `all`. amp: bf16 autocast,
+    faster only where the CPU has native bf16 (AVX-512 BF16 / AMX); off by default.
     """
     import torch
+
+    from codonlm.evaluate.perplexity import scored_logits
+    from codonlm.evaluate.sliding import gene_rows, row_batches, sliding_forward
 
     if pool not in POOLS:
         raise UserError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
     names = hook_names(model.cfg.n_layer, layer)
     T = model.cfg.block_size
-    tokens = [encode(s) for s in seqs]  # <BOS_CDS> c1..cn
-    n_codons = np.array([t.size - 1 for t in tokens], dtype=np.int64)
+    tokens = [encode(s, add_bos=True, add_eos=True) for s in seqs]  # <BOS_CDS> c1..cn <EOS_CDS>
+    n_codons = np.array([t.size - 2 for t in tokens], dtype=np.int64)
     pooler = _Pooler(pool, len(seqs), (len(names), model.cfg.n_embd))
+    loglik = np.zeros(len(seqs), dtype=np.float64)
     model.eval()
     device = next(model.parameters()).device
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     bar = progress(total=int(n_codons.sum()), desc="embed", unit="codon", disable=not show_progress)
-    for batch, idx in window_batches(tokens, T, max(1, min(stride or T // 2, T)), max_tokens):
-        idx = idx.to(device)
-        with ctx:
-            _, cache = model.run_with_cache(idx, segment_ids=torch.ones_like(idx), names_filter=names)
-        pooler.add_batch(batch, torch.stack([cache[n] for n in names], dim=2).float(), n_codons)  # [B, W, L, C]
-        bar.update(sum(hi + 1 - lo for _, _, lo, hi in batch))
+    for batch, idx in row_batches(tokens, gene_rows([t.size - 1 for t in tokens], T, stride), T, max_tokens):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, states = sliding_forward(model, idx.to(device), names)
+        picked, targets = scored_logits(logits, batch, tokens)
+        logp = torch.log_softmax(picked.float(), -1).gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+        np.add.at(loglik, np.repeat([g for g, *_ in batch], [hi - lo + 1 for _, _, lo, hi in batch]), logp)
+        # the state at token p predicts target p + 1; codon positions only (never <BOS_CDS>)
+        owned = [(g, a, max(lo - 1, 1), hi - 1) for g, a, lo, hi in batch]
+        pooler.add_batch(owned, torch.stack([states[n] for n in names], dim=2).float(), n_codons)  # [B, W, L, C]
+        bar.update(sum(hi + 1 - lo for _, _, lo, hi in owned))
     bar.close()
     vectors, offsets = pooler.result(n_codons)
     if len(names) == 1:
         vectors = vectors[:, 0]
-    return vectors, offsets, ["final" if n == FINAL else n.split(".")[1] for n in names]
+    return GeneReading(vectors, offsets, ["final" if n == FINAL else n.split(".")[1] for n in names],
+                       loglik / (n_codons + 1))
+
+
+def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
+                max_tokens: int = 16384, amp: bool = False,
+                show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Pooled hidden states of clean DNA sequences: (embeddings, offsets for per-codon else None, layer names)."""
+    r = read_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)
+    return r.vectors, r.offsets, r.layers
 
 
 # --------------------------------------------------------------------------- NPZ files
@@ -182,6 +180,7 @@ class EmbeddingFile:
     layers: list[str]
     offsets: np.ndarray | None = None
     internal_stops: np.ndarray | None = None  # per gene: stop codons before its last codon (None: older files)
+    mean_loglik: np.ndarray | None = None  # per gene: the model's mean log-likelihood per token (None: older files)
     meta: dict = field(default_factory=dict)  # checkpoint_sha256, seconds, n_skipped, ...
 
 
@@ -190,7 +189,7 @@ def save_embeddings(path: str | Path, emb: EmbeddingFile) -> None:
         "ids": np.array(emb.ids, dtype=str), "embeddings": emb.embeddings, "run_id": np.array(emb.run_id),
         "layer": np.array(emb.layer), "pool": np.array(emb.pool), "layers": np.array(emb.layers, dtype=str),
     }  # fmt: skip
-    for name in ("offsets", "internal_stops"):
+    for name in ("offsets", "internal_stops", "mean_loglik"):
         if getattr(emb, name) is not None:
             arrays[name] = getattr(emb, name)
     arrays.update({f"meta_{k}": np.array(v) for k, v in emb.meta.items()})
@@ -208,7 +207,7 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
         path=path, ids=[str(i) for i in arrays["ids"]], embeddings=arrays["embeddings"],
         run_id=str(arrays["run_id"]), layer=str(arrays["layer"]), pool=str(arrays["pool"]),
         layers=[str(x) for x in arrays["layers"]], offsets=arrays.get("offsets"),
-        internal_stops=arrays.get("internal_stops"),
+        internal_stops=arrays.get("internal_stops"), mean_loglik=arrays.get("mean_loglik"),
         meta={k.removeprefix("meta_"): arrays[k].item() for k in arrays if k.startswith("meta_")},
     )  # fmt: skip
 
@@ -226,13 +225,15 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     model, _, state = load_model(str(ckpt), device=device)
     hook_names(model.cfg.n_layer, layer)  # a bad --layer fails before any work
     t0 = time.perf_counter()
-    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)
+    reading = read_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)
+    vectors, offsets, layers = reading.vectors, reading.offsets, reading.layers
     seconds = time.perf_counter() - t0
     n_codons = sum(len(s) // 3 for s in seqs)
     emb = EmbeddingFile(
         path=Path(out), ids=list(ids), embeddings=vectors, run_id=str(state.get("run_id") or run_id), layer=layer,
         pool=pool, layers=layers, offsets=offsets,
         internal_stops=np.array([internal_stop_count(s) for s in seqs], dtype=np.int32),
+        mean_loglik=reading.mean_loglik,
         meta={"checkpoint_sha256": sha256_file(ckpt), "amp": amp, "seconds": round(seconds, 3), "n_skipped": n_skipped,
               "n_codons": n_codons, "embeddings_per_s": round(len(seqs) / max(seconds, 1e-9), 2),
               "codons_per_s": round(n_codons / max(seconds, 1e-9), 1)},

@@ -138,16 +138,13 @@ def cai_references(run_cfg, run_id: str, processed: Path) -> tuple[dict, dict]:
     return refs, info
 
 
-def zero_shot_table(heldout: pd.DataFrame, ckpt: Path, run_cfg, run_id: str, processed: Path,
-                    checkpoints_dir: str) -> tuple[pd.DataFrame, dict]:
-    """heldout_scores.csv: id, cai (against the gene's own host), mean_loglik (the run's model)."""
-    from codonlm.model.load import load_model
-    from codonlm.stage2.regression import mean_loglik
-
+def zero_shot_table(heldout: pd.DataFrame, embedded: EmbeddingFile, ckpt: Path, run_cfg, run_id: str,
+                    processed: Path) -> tuple[pd.DataFrame, dict]:
+    """heldout_scores.csv: id, cai (against the gene's own host), mean_loglik (the run's model: from the pass
+    that gave the held-out genes' embeddings, no second pass)."""
     refs, info = cai_references(run_cfg, run_id, processed)
     cai = [refs[g].cai(s) if g in refs else float("nan") for g, s in zip(heldout["genome"], heldout["seq"], strict=True)]
-    model, _, _ = load_model(str(ckpt), checkpoints_dir)
-    loglik = mean_loglik(model, heldout["id"].tolist(), heldout["seq"].tolist())
+    loglik = embedded.mean_loglik
     table = pd.DataFrame({"id": heldout["id"], "cai": np.round(cai, 5), "mean_loglik": np.round(loglik, 5)})
     return table, {"cai_reference": info, "checkpoint_sha256": sha256_file(ckpt)}
 
@@ -265,21 +262,21 @@ def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckp
     if out.is_file():
         old = load_embeddings(out)
         if (old.ids == table["id"].tolist() and old.meta.get("checkpoint_sha256") == sha
-                and (old.layer, old.pool) == (layer, cfg.pool)):
+                and (old.layer, old.pool) == (layer, cfg.pool) and old.mean_loglik is not None):
             log(f"[stage2] reusing {out} ({len(old.ids)} genes, layer {old.layer}, pool {old.pool})")
             return old
     return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=layer,
                               pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress)
 
 
-def _ensure_scores(cfg, heldout: pd.DataFrame, old: dict | None, context: tuple) -> dict:
+def _ensure_scores(cfg, heldout: pd.DataFrame, embedded: EmbeddingFile, old: dict | None, context: tuple) -> dict:
     """heldout_scores.csv in data_dir, reused when its ids and checkpoint match."""
     ckpt, run_cfg, run_id, processed = context
     path = Path(cfg.data_dir) / "heldout_scores.csv"
     if old and path.is_file() and old.get("checkpoint_sha256") == sha256_file(ckpt):
         if read_table(path, "zero-shot scores")["id"].tolist() == heldout["id"].tolist():
             return old
-    table, info = zero_shot_table(heldout, ckpt, run_cfg, run_id, processed, cfg.checkpoints_dir)
+    table, info = zero_shot_table(heldout, embedded, ckpt, run_cfg, run_id, processed)
     write_csv(table, path)
     return info
 
@@ -301,7 +298,8 @@ def build_run_data(cfg: ClassifierConfig, show_progress: bool = True) -> dict:
                   for name in ("heldout", "generated") if name in tables}
     old = read_json(folder / "tasks.json", {}) or {}
     if cfg.task == "regression":
-        info["scores"] = _ensure_scores(cfg, heldout, old.get("scores"), (ckpt, run_cfg, run_id, processed))
+        info["scores"] = _ensure_scores(cfg, heldout, embeddings["heldout"], old.get("scores"),
+                                        (ckpt, run_cfg, run_id, processed))
     info.update({
         "run_id": cfg.run_id, "checkpoint": str(ckpt), "processed_dir": str(processed),
         "counts": {**old.get("counts", {}), **{name: len(t) for name, t in tables.items()}},
