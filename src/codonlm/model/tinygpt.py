@@ -475,16 +475,20 @@ class TinyGPT(nn.Module):
         """
         x = self.hook_embed(self.wte(idx.long()))
         T = x.shape[1]
-        cos, sin = self._rope_tables(torch.arange(start, start + T, device=idx.device), x.dtype)
-        mask = None
         P = 0 if past is None else past[0][0].shape[2]
+        # as in forward: cos/sin in the autocast dtype, and the math backend where it is the faster one (CPU bf16)
+        on = torch.is_autocast_enabled(idx.device.type)
+        dtype = torch.get_autocast_dtype(idx.device.type) if on else x.dtype
+        backend = "math" if self._backend(idx.device, dtype, P + T) == "math" else "sdpa"
+        cos, sin = self._rope_tables(torch.arange(start, start + T, device=idx.device), dtype)
+        mask = None
         if window is not None and P + T > window:  # query j sees keys P + j - window + 1 .. P + j
             mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P).triu(P - window + 1)
         elif past is not None and T > 1:  # query j (after P cached keys) sees keys 0 .. P + j
             mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P)
         new_past = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, cos, sin, mask, "sdpa", None if past is None else past[i])
+            x, kv = block(x, cos, sin, mask, backend, None if past is None else past[i])
             if keep_cache:
                 new_past.append(kv)
         return self.lm_head(self.hook_final(self.ln_f(x if all_logits else x[:, -1]))), new_past

@@ -1,0 +1,150 @@
+"""Inference speed in one table: scoring, embeddings and the exact variant scan, each as codons/s (or
+seconds) and as a ratio against the bare forward pass of the same tokens, measured in the same process.
+
+    .venv/bin/python bench/inference_speed.py [--run RUN_ID] [--genes 2000] [--scan-codons 300]
+        [--scan-every 10] [--amp] [--threads N]
+
+Rows (genes: the test split, then train, of the run's prepared data; with no --run, an untrained TinyGPT of
+configs/tiny_cpu.yaml on data/processed, since speed does not depend on the weights):
+
+    bare forward      model(idx) over non-overlapping windows of block_size tokens: every token once, the floor
+    score (sliding)   score_genes, default: sliding-window attention, each token computed once
+    score (stride/4)  score_genes(stride=block_size // 4): the earlier default, strided windows
+    embed + loglik    read_genes, every layer, mean pool, with each gene's mean log-likelihood (stage 2's pass)
+    scan exact        VariantScanner on the E. coli gene nearest --scan-codons codons, every --scan-every-th
+                      position, time extrapolated to the whole gene; its work in forward tokens is
+                      n + 1 + 63 x sum over positions of (n + 1 - i), compared with the bare forward's tokens/s
+
+Rounds alternate the rows and the best of --repeats is kept, so load slows all alike; the header prints the
+CPU model (lscpu), whether it has native bf16 (avx512_bf16 / amx_bf16) and the load average. Runs in about
+a minute on an idle 2-core machine with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+from codonlm.config import load_config
+from codonlm.data.codons import decode
+from codonlm.data.layout import data_key, key_dir, run_split_path
+from codonlm.evaluate.perplexity import score_genes
+from codonlm.evaluate.sliding import gene_rows, row_batches
+from codonlm.evaluate.variants import VariantScanner
+from codonlm.io import read_split_genes
+from codonlm.model.load import load_model
+from codonlm.model.tinygpt import TinyGPT
+from codonlm.stage2.embeddings import read_genes
+
+
+def machine() -> tuple[str, bool]:
+    """lscpu's model name, and whether the CPU has native bf16 arithmetic."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        text = ""
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
+    flags = next((line for line in text.splitlines() if line.startswith("Flags")), "")
+    return name, "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load(args) -> tuple[TinyGPT, list[np.ndarray], str]:
+    """The model and real gene token arrays (`<BOS> codons <EOS>`), test split first."""
+    if args.run:
+        model, cfg, _ = load_model(args.run, args.checkpoints_dir)
+        paths = [run_split_path(cfg, args.run, s) for s in ("test", "train")]
+    else:
+        cfg = load_config(args.config)
+        torch.manual_seed(0)
+        model = TinyGPT(cfg.model).eval()
+        paths = [key_dir(cfg.data.processed_dir, data_key(cfg).key) / "all" / f"{s}.npz" for s in ("test", "train")]
+    genes = [g for p in paths for g in read_split_genes(p).genes]
+    return model, genes, str(paths[0].parent.parent)
+
+
+def bare_forward(model, genes: list[np.ndarray], amp: bool) -> None:
+    T = model.cfg.block_size
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        for _, idx in row_batches(genes, gene_rows([g.size - 1 for g in genes], T, T), T, 16384):
+            model(idx, segment_ids=torch.ones_like(idx))
+
+
+def scan_gene(processed: str, n_codons: int) -> np.ndarray:
+    """The E. coli K-12 gene (test split, then train) whose length is nearest n_codons."""
+    pool = []
+    for split in ("test", "train"):
+        path = f"{processed}/ecoli_k12/{split}.npz"
+        if os.path.exists(path):
+            genes = read_split_genes(path)
+            pool += [genes.codons(g) for g in range(len(genes.genes))]
+    return min(pool, key=lambda c: abs(c.size - n_codons))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="run id (default: an untrained tiny_cpu model)")
+    ap.add_argument("--checkpoints-dir")
+    ap.add_argument("--config", default="configs/tiny_cpu.yaml")
+    ap.add_argument("--genes", type=int, default=2000)
+    ap.add_argument("--scan-codons", type=int, default=300)
+    ap.add_argument("--scan-every", type=int, default=10, help="scan every k-th position, extrapolate (1: all)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast for every row")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, genes, processed = load(args)
+    genes = genes[: args.genes]
+    codons = sum(g.size - 2 for g in genes)
+    tokens = sum(g.size - 1 for g in genes)  # inputs: <BOS> and every codon
+    seqs = [decode(g[1:-1]) for g in genes]
+    T = model.cfg.block_size
+    rows = {"bare forward": lambda: bare_forward(model, genes, args.amp),
+            "score (sliding)": lambda: score_genes(model, genes, amp=args.amp),
+            f"score (stride {T // 4})": lambda: score_genes(model, genes, amp=args.amp, stride=T // 4),
+            "embed + loglik": lambda: read_genes(model, seqs, "all", amp=args.amp, show_progress=False)}
+    best = {name: float("inf") for name in rows}
+    for _ in range(args.repeats):
+        for name, run in rows.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    bare = best["bare forward"]
+
+    wt = scan_gene(processed, args.scan_codons)
+    n = wt.size
+    positions = list(range(1, n + 1, args.scan_every))
+    scanner = VariantScanner(model)
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
+        for _ in scanner.scan(wt, positions):
+            pass
+    part = time.perf_counter() - t0
+    work = n + 1 + 63 * sum(n + 1 - i for i in range(1, n + 1))  # forward tokens of the whole exact scan
+    done = n + 1 + 63 * sum(n + 1 - i for i in positions)
+    scan_s = part * work / done
+    scan_ratio = scan_s / (work / (tokens / bare))
+
+    name, native = machine()
+    print(f"# {name}; native bf16: {'yes' if native else 'no'}; precision: {'bf16' if args.amp else 'fp32'}; "
+          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
+    print(f"# model {model.num_params():,} params, block {T}; {len(genes):,} genes, {codons:,} codons; "
+          f"best of {args.repeats}")
+    print(f"{'row':22s} {'seconds':>9s} {'codons/s':>10s} {'x bare':>7s}")
+    for row, seconds in best.items():
+        print(f"{row:22s} {seconds:9.2f} {codons / seconds:10,.0f} {seconds / bare:7.2f}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{f'scan exact {n} codons':22s} {scan_s:9.1f} {'':>10s} {scan_ratio:7.2f}   "
+          f"({work:,} forward tokens; {len(positions)} of {n} positions timed{', extrapolated' * (done < work)}; "
+          f"peak RSS {rss:,.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
