@@ -2,7 +2,7 @@
 seconds) and as a ratio against the bare forward pass of the same tokens, measured in the same process.
 
     .venv/bin/python bench/inference_speed.py [--run RUN_ID] [--genes 2000] [--scan-codons 300]
-        [--scan-every 10] [--amp] [--threads N]
+        [--scan-every 10] [--amp] [--threads N] [--device cuda] [--synthetic]
 
 Rows (genes: the test split, then train, of the run's prepared data; with no --run, an untrained TinyGPT of
 configs/tiny_cpu.yaml on data/processed, since speed does not depend on the weights):
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from codonlm.config import load_config
-from codonlm.data.codons import decode
+from codonlm.data.codons import decode, frame_gene
 from codonlm.data.layout import data_key, key_dir, run_split_path
 from codonlm.evaluate.perplexity import score_genes
 from codonlm.evaluate.sliding import gene_rows, row_batches
@@ -54,8 +54,14 @@ def machine() -> tuple[str, bool]:
     return name, "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def load(args) -> tuple[TinyGPT, list[np.ndarray], str]:
-    """The model and real gene token arrays (`<BOS> codons <EOS>`), test split first."""
+def load(args) -> tuple[TinyGPT, list[np.ndarray], str | None]:
+    """The model and real gene token arrays (`<BOS> codons <EOS>`), test split first (random codons of
+    50-800 codons with --synthetic, which needs no prepared data)."""
+    if args.synthetic:
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        genes = [frame_gene(rng.integers(4, 68, n).astype(np.uint8)) for n in rng.integers(50, 800, args.genes)]
+        return TinyGPT(load_config(args.config).model).eval(), genes, None
     if args.run:
         model, cfg, _ = load_model(args.run, args.checkpoints_dir)
         paths = [run_split_path(cfg, args.run, s) for s in ("test", "train")]
@@ -70,13 +76,18 @@ def load(args) -> tuple[TinyGPT, list[np.ndarray], str]:
 
 def bare_forward(model, genes: list[np.ndarray], amp: bool) -> None:
     T = model.cfg.block_size
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-        for _, idx in row_batches(genes, gene_rows([g.size - 1 for g in genes], T, T), T, 16384):
+    device = next(model.parameters()).device
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for _, idx in row_batches(genes, gene_rows([g.size - 1 for g in genes], T, T), 16384):
+            idx = idx.to(device)
             model(idx, segment_ids=torch.ones_like(idx))
 
 
-def scan_gene(processed: str, n_codons: int) -> np.ndarray:
-    """The E. coli K-12 gene (test split, then train) whose length is nearest n_codons."""
+def scan_gene(processed: str | None, n_codons: int) -> np.ndarray:
+    """The E. coli K-12 gene (test split, then train) whose length is nearest n_codons (random codons
+    without prepared data)."""
+    if processed is None:
+        return np.random.default_rng(1).integers(4, 68, n_codons).astype(np.uint8)
     pool = []
     for split in ("test", "train"):
         path = f"{processed}/ecoli_k12/{split}.npz"
@@ -97,24 +108,30 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast for every row")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--synthetic", action="store_true", help="random genes and an untrained model (no data needed)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, genes, processed = load(args)
+    device = torch.device(args.device)
+    model.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     genes = genes[: args.genes]
     codons = sum(g.size - 2 for g in genes)
     tokens = sum(g.size - 1 for g in genes)  # inputs: <BOS> and every codon
     seqs = [decode(g[1:-1]) for g in genes]
     T = model.cfg.block_size
     rows = {"bare forward": lambda: bare_forward(model, genes, args.amp),
-            "score (sliding)": lambda: score_genes(model, genes, amp=args.amp),
-            f"score (stride {T // 4})": lambda: score_genes(model, genes, amp=args.amp, stride=T // 4),
+            "score (sliding)": lambda: score_genes(model, genes, device, amp=args.amp),
+            f"score (stride {T // 4})": lambda: score_genes(model, genes, device, amp=args.amp, stride=T // 4),
             "embed + loglik": lambda: read_genes(model, seqs, "all", amp=args.amp, show_progress=False)}
     best = {name: float("inf") for name in rows}
     for _ in range(args.repeats):
         for name, run in rows.items():
             t0 = time.perf_counter()
             run()
+            sync()
             best[name] = min(best[name], time.perf_counter() - t0)
     bare = best["bare forward"]
 
@@ -123,9 +140,10 @@ def main() -> None:
     positions = list(range(1, n + 1, args.scan_every))
     scanner = VariantScanner(model)
     t0 = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
         for _ in scanner.scan(wt, positions):
             pass
+    sync()
     part = time.perf_counter() - t0
     work = n + 1 + 63 * sum(n + 1 - i for i in range(1, n + 1))  # forward tokens of the whole exact scan
     done = n + 1 + 63 * sum(n + 1 - i for i in positions)
@@ -133,6 +151,8 @@ def main() -> None:
     scan_ratio = scan_s / (work / (tokens / bare))
 
     name, native = machine()
+    if device.type == "cuda":
+        name = f"{torch.cuda.get_device_name(device)} (host: {name})"
     print(f"# {name}; native bf16: {'yes' if native else 'no'}; precision: {'bf16' if args.amp else 'fp32'}; "
           f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
     print(f"# model {model.num_params():,} params, block {T}; {len(genes):,} genes, {codons:,} codons; "

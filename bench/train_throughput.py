@@ -179,7 +179,7 @@ def attention_kernels(model: TinyGPT, data: dict[str, torch.Tensor], device: tor
             F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad)  # noqa: B023
 
         def eager_math() -> None:
-            attn._math(q, k, v, bias, 0.0, None).backward(grad)  # noqa: B023
+            attn._math(q, k, v, bias, 0.0).backward(grad)  # noqa: B023
 
         out = []
         for name, fn in (("sdpa", sdpa), ("math", eager_math)):

@@ -69,7 +69,7 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
     T = model.cfg.block_size
     rows = gene_rows([g.size - 1 for g in genes], T, stride)
     cols: dict[str, list[list[tuple[int, np.ndarray]]]] = {k: [[] for _ in genes] for k in _COLUMNS}
-    batches = row_batches(genes, rows, T, max_tokens)
+    batches = row_batches(genes, rows, max_tokens)
     for batch, idx in progress(batches, desc="score", unit="batch", leave=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, _ = sliding_forward(model, idx.to(device))

@@ -50,20 +50,15 @@ def gene_rows(n_targets: list[int], block_size: int, stride: int | None) -> list
     return [(g, a, lo, hi) for g, n in enumerate(n_targets) for a, lo, hi in gene_windows(n, block_size, stride)]
 
 
-def row_batches(tokens: list[np.ndarray], rows: list[Row], block_size: int,
-                max_tokens: int) -> Iterator[tuple[list[Row], torch.Tensor]]:
+def row_batches(tokens: list[np.ndarray], rows: list[Row], max_tokens: int) -> Iterator[tuple[list[Row], torch.Tensor]]:
     """Yield (rows, idx [rows, width] right-padded inputs): rows sorted by width so a batch pads little, and
-    batched by token budget: rows x min(width, block_size) (the tokens of one chunk of the pass) within
-    max_tokens, and rows x width (what the batch holds) within 4 x max_tokens. A row is never split."""
+    batched by token budget, rows x width (padding included: every position is computed) within max_tokens.
+    A row is never split (a longer one is a batch of its own)."""
     rows = sorted(rows, key=lambda r: r[3] - r[1])
     start = 0
     while start < len(rows):
         end = start + 1
-        while end < len(rows):
-            width = rows[end][3] - rows[end][1]
-            n = end + 1 - start
-            if n * min(width, block_size) > max_tokens or n * width > 4 * max_tokens:
-                break
+        while end < len(rows) and (end + 1 - start) * (rows[end][3] - rows[end][1]) <= max_tokens:
             end += 1
         batch = rows[start:end]
         idx = torch.full((len(batch), batch[-1][3] - batch[-1][1]), PAD, dtype=torch.long)

@@ -138,7 +138,7 @@ def read_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean",
     model.eval()
     device = next(model.parameters()).device
     bar = progress(total=int(n_codons.sum()), desc="embed", unit="codon", disable=not show_progress)
-    for batch, idx in row_batches(tokens, gene_rows([t.size - 1 for t in tokens], T, stride), T, max_tokens):
+    for batch, idx in row_batches(tokens, gene_rows([t.size - 1 for t in tokens], T, stride), max_tokens):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, states = sliding_forward(model, idx.to(device), names)
         picked, targets = scored_logits(logits, batch, tokens)
