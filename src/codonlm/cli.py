@@ -229,8 +229,8 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-codons", "--max_codons", dest="max_codons", type=int, default=500)
     p.add_argument("--json", action="store_true", help="machine-readable output (mutate: JSON lines, streamed)")
     p.add_argument("--transl-table", type=_transl_table, default=11, help="NCBI genetic code (default: %(default)s)")
-    p.add_argument("--stride", type=int, help="score/mutate: window advance for genes longer than block_size "
-                   "(default block_size/4, as evaluate)")
+    p.add_argument("--stride", type=int, help="score/mutate: strided windows advancing by this for genes longer "
+                   "than block_size (default: sliding-window attention, each token computed once, as evaluate)")
     p.add_argument("--amp", action="store_true", help=AMP_HELP)
     m = p.add_argument_group("mutate (every single-codon substitution)")
     m.add_argument("--llr", choices=["exact", "local"], default="exact",
@@ -406,8 +406,8 @@ def _transl_table(text: str) -> int:
 
 
 def _add_scoring(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stride", type=int, help="window advance for genes longer than block_size "
-                   "(default block_size/4; 1 = every codon with the full window as context)")
+    p.add_argument("--stride", type=int, help="strided windows advancing by this for genes longer than block_size "
+                   "(default: sliding-window attention, each token computed once; 1 = each codon's own window)")
     p.add_argument("--amp", action="store_true", help=AMP_HELP)
 
 
@@ -586,7 +586,8 @@ def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", default="mean", choices=["mean", "last", "max", "per-codon"],
                    help="over the gene's codons, PADs and <BOS_CDS> excluded (default: mean)")
     _add_skip_invalid(p)
-    p.add_argument("--stride", type=int, help="window advance for genes longer than block_size (default block/2)")
+    p.add_argument("--stride", type=int, help="strided windows advancing by this for genes longer than block_size "
+                   "(default: sliding-window attention, each token computed once)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
     p.add_argument("--amp", action="store_true", help=AMP_HELP)
     add_run_location(p)

@@ -242,7 +242,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
         "beats_baselines": {k: model_ppl < v for k, v in baseline_ppl.items()},
         "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
         "seconds": round(time.perf_counter() - t0, 1),
-        "stride": stride or model.cfg.block_size // 4, "amp": amp, "by_identity": by_identity,
+        "stride": stride or "sliding window", "amp": amp, "by_identity": by_identity,
         "note": "perplexity over whole genes (codons + <EOS_CDS>); genes longer than block_size are scored "
                 "with windows advancing by `stride`, so every codon has at least block_size - stride + 1 "
                 "tokens of context; the model's probability is its full softmax (no renormalisation).",

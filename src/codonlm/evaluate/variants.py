@@ -74,8 +74,8 @@ class _Window:
 class VariantScanner:
     """Scan one gene at a time: `scan(codons)` yields a PositionScan per position, in order.
 
-    llr: "exact" or "local"; kinds: subset of KINDS to keep; stride: window advance for long genes
-    (default block_size // 4, as score_genes); max_tokens: suffix tokens per batch, and a quarter of
+    llr: "exact" or "local"; kinds: subset of KINDS to keep; stride: None (default, as score_genes) reads
+    long genes with sliding-window attention, an integer with strided windows advancing by it; max_tokens: suffix tokens per batch, and a quarter of
     the attended key positions (a batch holds at least one position's alternatives, so at most
     max(max_tokens, 63 x block_size) tokens);
     chunk_positions: positions finished together before they are yielded.

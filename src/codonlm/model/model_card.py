@@ -70,9 +70,12 @@ def _eval_section(facts: RunFacts) -> str:
     model = m["model"]
     names = {"top1_accuracy": "top-1 codon accuracy", "aa_accuracy": "amino-acid accuracy"}
     extra = ", ".join(f"{label} {model[k]:.3f}" for k, label in names.items() if k in model)
+    stride = m.get("stride", "n/a")
+    how = ("read with sliding-window attention, each token attending to the context length before it"
+           if stride == "sliding window" else f"scored with windows advancing by {stride} tokens")
     return (f"`{m.get('split', 'test')}` split, {_num(m.get('genes'))} whole held-out genes, "
             f"{_num(model.get('n_targets'))} scored codons (each gene's codons and `<EOS_CDS>`; genes longer "
-            f"than the context are scored with windows advancing by {m.get('stride', 'n/a')} tokens). "
+            f"than the context are {how}). "
             "Baselines are fitted on the same training genes (unigram, per-genome unigram, Kneser-Ney "
             "n-grams). Lower is better.\n\n" + "\n".join(lines) + (f"\n\nModel {extra}.\n" if extra else "\n"))
 
