@@ -7,9 +7,10 @@ itself and the block_size - 1 tokens before it. A gene that fits the window is r
 context, and the lower layers' states carry information from further back (receptive field n_layer x
 block_size, as in sliding-window-attention models); rotary positions are relative, so a token's absolute
 position changes nothing. Cost: every token is computed once, the minimum any definition needs, i.e. the
-bare forward pass of the gene's tokens. The pass runs in chunks of block_size tokens, each attending to the
-previous block_size - 1 tokens' cached keys/values (`TinyGPT.extend(window=...)`), so attention spans at
-most 2 x block_size - 1 keys and memory does not grow with the gene.
+bare forward pass of the gene's tokens. The pass runs in chunks of block_size / 2 tokens, each attending to
+the previous block_size - 1 tokens' cached keys/values (`TinyGPT.extend(window=...)`), so attention spans
+at most 1.5 x block_size keys and memory does not grow with the gene (chunks of block_size / 2 measured
+1.06x the bare forward on genes over 400 codons, whole windows 1.17x, quarter windows 1.15x).
 
 Strided windows (`stride=s`, the earlier default with s = block_size // 4): overlapping windows of
 block_size inputs advancing by s; each target is scored by the first window that gives it at least
@@ -87,11 +88,12 @@ def sliding_forward(model, idx: torch.Tensor, names: Iterable[str] = (), past: l
     logits, pieces = [], []
     hooks = model.hooks([(n, record) for n in names]) if names else contextlib.nullcontext()
     with hooks:
-        for c0 in range(0, idx.shape[1], window):
+        step = max(1, window // 2)  # chunk: fewer keys per query (1.5 x window) than whole windows (2 x)
+        for c0 in range(0, idx.shape[1], step):
             if past is not None:
                 past = [(recent(k), recent(v)) for k, v in past]
-            chunk = idx[:, c0 : c0 + window]
-            last = c0 + window >= idx.shape[1]
+            chunk = idx[:, c0 : c0 + step]
+            last = c0 + step >= idx.shape[1]
             out, past = model.extend(chunk, past, start + c0, all_logits=True, keep_cache=not last or cache is not None,
                                      window=window)
             logits.append(out)

@@ -15,7 +15,7 @@ mutant from scratch (tested) at a fraction of the cost:
   grow with the gene.
 
 Work, in forward tokens: the wild type once (n + 1), then for each position i its alternatives' suffixes,
-63 x (n + 1 - i) tokens (attending to at most 2 x block_size - 1 keys each): 63 n^2 / 2 in all, the
+63 x (n + 1 - i) tokens (attending to at most 1.5 x block_size keys each): 63 n^2 / 2 in all, the
 least an exact scan needs (each mutant's changed tokens computed once). Strided windows (`stride=s`)
 repeat that for each window that sees a codon, about block_size / s times for a long gene.
 
