@@ -191,7 +191,7 @@ class CodonLM:
         "models", "layers" (layer="all": every layer's ridge probe), "chosen_layers", "predictions"}.
         Folds keep identical proteins (or equal `groups` values) together.
         """
-        from codonlm.stage2.embeddings import embed_genes
+        from codonlm.stage2.embeddings import read_genes
         from codonlm.stage2.regression import (
             RegressionSet,
             cai_scores,
@@ -215,9 +215,11 @@ class CodonLM:
         data = RegressionSet(ids=ids, y=transform_target(values[rows], transform, "y"), seqs=dna,
                              groups=protein_groups(dna, self.table_id) if groups is None else
                              np.asarray(groups, dtype=str)[rows], source="fit_probe")
-        if any(feature_source(m) == "embedding" for m in models):
-            data.embeddings, _, data.layers = embed_genes(self.model, dna, str(layer), pool, show_progress=False)
-        if "zeroshot_loglik" in models:
+        if any(feature_source(m) == "embedding" for m in models):  # one pass: embeddings and log-likelihoods
+            reading = read_genes(self.model, dna, str(layer), pool, show_progress=False)
+            data.embeddings, data.layers = reading.vectors, reading.layers
+            data.scores["mean_loglik"] = reading.mean_loglik
+        elif "zeroshot_loglik" in models:
             data.scores["mean_loglik"] = mean_loglik(self.model, ids, dna)
         if cai_reference:
             data.scores["cai"] = cai_scores(dna, cai_reference)

@@ -44,8 +44,8 @@ def next_codons(model, dna: str, top_k: int = 10, table_id: int = 11) -> list[di
 
 def score(model, records: list[tuple[str, str]], stride: int | None = None, amp: bool = False,
           table_id: int = 11) -> list[dict]:
-    """Each record as a whole gene `<BOS_CDS> codons <EOS_CDS>` (score_genes: strided windows past
-    block_size): total log-likelihood, mean NLL, perplexity, and the per-target log-probabilities; beside them
+    """Each record as a whole gene `<BOS_CDS> codons <EOS_CDS>` (score_genes: sliding-window attention
+    past block_size, or strided windows with `stride`): total log-likelihood, mean NLL, perplexity, and the per-target log-probabilities; beside them
     the count of internal stop codons, which make the number a score of something that is not a gene."""
     genes = [encode(dna, add_bos=True, add_eos=True) for _, dna in records]
     device = next(model.parameters()).device
