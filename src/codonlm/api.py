@@ -72,6 +72,8 @@ class CodonLM:
         self.source = source
         self.run_id = run_id
         self.table_id = table_id
+        self._hosts: dict = {}  # design: host references built so far
+        self.runs_dir: str | Path | None = None  # where the run's folder is, when not cfg.outputs.runs_dir
 
     def __repr__(self) -> str:
         c = self.model.cfg
@@ -100,7 +102,9 @@ class CodonLM:
             run_id, runs = path.name, path.parent
         checkpoint = checkpoint_path(run_id, checkpoints_dir, None if runs is None else str(runs))
         model, cfg, state = load_model(str(checkpoint), device=device)
-        return cls(model, cfg, source=str(checkpoint), run_id=state.get("run_id"), table_id=table_id)
+        lm = cls(model, cfg, source=str(checkpoint), run_id=state.get("run_id"), table_id=table_id)
+        lm.runs_dir = runs
+        return lm
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -119,8 +123,9 @@ class CodonLM:
         return list(zip(ids, dna, strict=True))
 
     def tokens(self, seq: str, eos: bool = False) -> torch.Tensor:
-        """[1, T] token ids of one clean DNA sequence: `<BOS_CDS> c1 .. cn` (+ `<EOS_CDS>`)."""
-        ((_, dna),) = self.records(seq)
+        """[1, T] token ids of one clean DNA sequence: `<BOS_CDS> c1 .. cn` (+ `<EOS_CDS>`); "" gives the
+        prompt a new gene starts from (what `design` decodes from)."""
+        ((_, dna),) = self.records(seq) if seq else (("", ""),)
         return torch.from_numpy(encode(dna, add_bos=True, add_eos=eos).astype(np.int64))[None].to(self.device)
 
     # ---- the user-facing measures -------------------------------------------------------------------
@@ -166,6 +171,33 @@ class CodonLM:
 
         return pd.DataFrame(generate_rows(self.model, self.records(prefix), max_codons, temperature, top_k, top_p,
                                           seed, self.table_id))
+
+    def design(self, proteins: Sequences, host: str, beam: int = 1, samples: int = 0, temperature: float = 1.0,
+               seed: int = 0, start: str | None = None, avoid: list[str] | str | None = None, gc: str | None = None,
+               gc_window: int | None = None, max_homopolymer: int | None = None,
+               out_dir: str | Path | None = None, runs_dir: str | Path | None = None) -> pd.DataFrame:
+        """A coding sequence for each protein in host `host` (one of the run's genomes): synonym-constrained
+        decoding (greedy; `beam` > 1: beam search; `samples` N: N draws at `temperature`), repaired by
+        DnaChisel for the constraints given (`codonlm.evaluate.constraints`), each translated back and
+        checked. One row per design: dna, log_likelihood_per_codon, cai, csi, gc, gc3, cfd, minmax_mean,
+        minmax_dtw, unsatisfied (constraints it still breaks), ...; with out_dir, designs.csv/.fasta there."""
+        from codonlm.evaluate.constraints import parse_constraints
+        from codonlm.evaluate.design import DesignSettings, design_records, load_host, read_protein_records
+
+        constraints = parse_constraints(avoid, gc, gc_window, max_homopolymer)
+        if isinstance(proteins, (str, os.PathLike)) and (Path(proteins).is_file() or Path(proteins).suffix):
+            records = read_protein_records(proteins)
+        else:
+            records = [("protein1", proteins)] if isinstance(proteins, str) else as_records(proteins)
+        if self.cfg is None or self.run_id is None:
+            raise UserError("design needs a trained run (its genomes are the hosts); load a run, not an export")
+        key = (host, str(runs_dir or self.runs_dir))
+        if key not in self._hosts:
+            self._hosts[key] = load_host(self.cfg, self.run_id, host, runs_dir or self.runs_dir)
+        settings = DesignSettings(beam, samples, temperature, seed, start, constraints or None)
+        prompt = [int(t) for t in self.tokens("")[0]]
+        return design_records(self.model, prompt, records, self._hosts[key], settings,
+                              None if out_dir is None else Path(out_dir), device=self.device)
 
     def scan_variants(self, seq: Sequences, llr: str = "exact", region: tuple[int, int] | None = None,
                       kinds: list[str] | None = None, stride: int | None = None) -> pd.DataFrame:

@@ -322,6 +322,47 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
     )
 
 
+def _design_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="run id (its best.pt)")
+    p.add_argument("--protein", required=True, help="FASTA of proteins (plain or gzipped; a trailing '*' is fine)")
+    p.add_argument("--host", required=True, help="one of the run's genomes (dataset names)")
+    p.add_argument("--out", help="output folder (default: <runs-dir>/<RUN_ID>/designs/<FILE>_<HOST>)")
+    p.add_argument("--beam", type=int, default=1, help="beam width (default 1: greedy)")
+    p.add_argument("--samples", type=int, default=0, help="draw N designs per protein instead (default: off)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", help="start codon ATG, GTG or TTG (default: the model picks among the host's)")
+    p.add_argument("--avoid", help="restriction enzymes (e.g. EcoRI,BsaI) or DNA sites, comma-separated; "
+                   "both strands")
+    p.add_argument("--gc", help="GC content bounds LOW-HIGH, e.g. 0.35-0.65")
+    p.add_argument("--gc-window", type=int, help="also enforce --gc in every window of this many nt")
+    p.add_argument("--max-homopolymer", type=int, help="longest run of one base allowed")
+    add_run_location(p)
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def cmd_design(args: argparse.Namespace) -> None:
+    """Design genes for proteins; exit 2 (after writing every design) when a constraint could not be met."""
+    from codonlm.api import CodonLM
+    from codonlm.evaluate.constraints import parse_constraints
+    from codonlm.evaluate.design import read_protein_records
+
+    parse_constraints(args.avoid, args.gc, args.gc_window, args.max_homopolymer)  # bad options fail first
+    read_protein_records(args.protein)
+    lm = CodonLM.load(args.run_id, device=args.device, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir)
+    runs = Path(args.runs_dir or lm.cfg.outputs.runs_dir)
+    out = Path(args.out) if args.out else runs / str(lm.run_id) / "designs" / f"{Path(args.protein).name.split('.')[0]}_{args.host}"
+    table = lm.design(args.protein, args.host, beam=args.beam, samples=args.samples, temperature=args.temperature,
+                      seed=args.seed, start=args.start, avoid=args.avoid, gc=args.gc, gc_window=args.gc_window,
+                      max_homopolymer=args.max_homopolymer, out_dir=out)
+    log(f"[design] {table['id'].nunique()} protein(s), {len(table)} design(s) for {args.host}: {out / 'designs.csv'}, "
+        f"{out / 'designs.fasta'}")
+    failed = table[table["unsatisfied"] != ""]
+    if len(failed):
+        raise UserError(f"constraints not satisfied in {len(failed)} design(s), first {failed['id'].iloc[0]}: "
+                        f"{failed['unsatisfied'].iloc[0]}; every design is written, see column 'unsatisfied'")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     """The analysis steps (then the report with --report); exit 2 naming the steps that could not run."""
     from codonlm.analysis.context import load_context
@@ -680,6 +721,9 @@ COMMANDS = (
      _eval_perplexity_arguments, cmd_eval_perplexity),
     ("generate-prefix", "prefix generation + gene quality metrics (gen_prefix/)",
      add_generate_prefix_arguments, cmd_generate_prefix),
+    ("design", "a coding sequence for each protein of a FASTA in one of the run's genomes, under synthesis "
+     "constraints (designs.csv/.fasta)",
+     _design_arguments, cmd_design),
     ("analyze", "the interpretability analysis (six steps + patching) -> runs/<RUN_ID>/analysis/",
      _analyze_arguments, cmd_analyze),
     ("report", "runs/<RUN_ID>/report.html: one self-contained page per run",
