@@ -172,6 +172,10 @@ class CodonLM:
         return pd.DataFrame(generate_rows(self.model, self.records(prefix), max_codons, temperature, top_k, top_p,
                                           seed, self.table_id))
 
+    def design_prompt(self, host: str) -> list[int]:
+        """The tokens every designed gene of `host` starts from: the one place design takes its prompt."""
+        return [int(t) for t in self.tokens("")[0]]
+
     def design(self, proteins: Sequences, host: str, beam: int = 1, samples: int = 0, temperature: float = 1.0,
                seed: int = 0, start: str | None = None, avoid: list[str] | str | None = None, gc: str | None = None,
                gc_window: int | None = None, max_homopolymer: int | None = None,
@@ -195,8 +199,7 @@ class CodonLM:
         if key not in self._hosts:
             self._hosts[key] = load_host(self.cfg, self.run_id, host, runs_dir or self.runs_dir)
         settings = DesignSettings(beam, samples, temperature, seed, start, constraints or None)
-        prompt = [int(t) for t in self.tokens("")[0]]
-        return design_records(self.model, prompt, records, self._hosts[key], settings,
+        return design_records(self.model, self.design_prompt(host), records, self._hosts[key], settings,
                               None if out_dir is None else Path(out_dir), device=self.device)
 
     def scan_variants(self, seq: Sequences, llr: str = "exact", region: tuple[int, int] | None = None,

@@ -363,6 +363,34 @@ def cmd_design(args: argparse.Namespace) -> None:
                         f"{failed['unsatisfied'].iloc[0]}; every design is written, see column 'unsatisfied'")
 
 
+def _design_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="run id (its best.pt)")
+    p.add_argument("--per-host", type=int, default=50, help="held-out proteins per host (default: 50)")
+    p.add_argument("--max-codons", type=int, default=500, help="longest test gene designed (default: 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="default: <runs-dir>/<RUN_ID>/design")
+    add_run_location(p)
+    p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="(accepted for the pipeline; nothing to silence)")
+
+
+def cmd_design_bench(args: argparse.Namespace) -> None:
+    from codonlm.api import CodonLM
+    from codonlm.evaluate.design_bench import run_design_bench
+
+    lm = CodonLM.load(args.run_id, device=args.device, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir)
+    runs = Path(args.runs_dir or lm.cfg.outputs.runs_dir)
+    out = Path(args.out) if args.out else runs / str(lm.run_id) / "design"
+    result = run_design_bench(lm.model, lm.design_prompt, lm.cfg, str(lm.run_id), out, runs_dir=runs,
+                              processed_dir=args.processed_dir, per_host=args.per_host, max_codons=args.max_codons,
+                              seed=args.seed, device=args.device)
+    for g in result["goals"]:
+        log(f"[design-bench] {g['host']}: {g['model']} vs {g['baseline']}: codon identity "
+            f"{'higher' if g['identity_higher'] else 'NOT higher'}, %MinMax DTW {'lower' if g['dtw_lower'] else 'NOT lower'}")
+    log(f"[design-bench] wrote {out} in {result['seconds']:.0f} s")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     """The analysis steps (then the report with --report); exit 2 naming the steps that could not run."""
     from codonlm.analysis.context import load_context
@@ -724,6 +752,9 @@ COMMANDS = (
     ("design", "a coding sequence for each protein of a FASTA in one of the run's genomes, under synthesis "
      "constraints (designs.csv/.fasta)",
      _design_arguments, cmd_design),
+    ("design-bench", "redesign held-out proteins of every host by the model and by codon-usage baselines, "
+     "compare with the natural genes -> runs/<RUN_ID>/design/",
+     _design_bench_arguments, cmd_design_bench),
     ("analyze", "the interpretability analysis (six steps + patching) -> runs/<RUN_ID>/analysis/",
      _analyze_arguments, cmd_analyze),
     ("report", "runs/<RUN_ID>/report.html: one self-contained page per run",

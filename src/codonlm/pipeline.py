@@ -107,6 +107,8 @@ STAGES = [
     Stage("generate-prefix",
           lambda r: ["generate-prefix", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
           lambda r: [r.scores / "gen_prefix"]),
+    Stage("design", lambda r: ["design-bench", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir,
+                               "--runs-dir", r.cfg.outputs.runs_dir], lambda r: [r.run_dir / "design"]),
     Stage("analyze", lambda r: ["analyze", r.run_id, "--checkpoints-dir", r.cfg.outputs.out_dir, *r.flags()],
           lambda r: [r.run_dir / "analysis"],
           lambda r: {"saliency_window": r.cfg.outputs.saliency_window, "saliency_top": r.cfg.outputs.saliency_top}),
