@@ -189,10 +189,13 @@ class CodonLM:
         from codonlm.evaluate.design import DesignSettings, design_records, load_host, read_protein_records
 
         constraints = parse_constraints(avoid, gc, gc_window, max_homopolymer)
-        if isinstance(proteins, (str, os.PathLike)) and (Path(proteins).is_file() or Path(proteins).suffix):
+        one_protein = isinstance(proteins, str) and proteins.replace("*", "").replace(" ", "").isalpha()
+        if one_protein:
+            records = [("protein1", proteins)]
+        elif isinstance(proteins, (str, os.PathLike)):  # a FASTA file
             records = read_protein_records(proteins)
         else:
-            records = [("protein1", proteins)] if isinstance(proteins, str) else as_records(proteins)
+            records = as_records(proteins)
         if self.cfg is None or self.run_id is None:
             raise UserError("design needs a trained run (its genomes are the hosts); load a run, not an export")
         key = (host, str(runs_dir or self.runs_dir))

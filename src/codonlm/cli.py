@@ -365,8 +365,8 @@ def cmd_design(args: argparse.Namespace) -> None:
 
 def _design_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="run id (its best.pt)")
-    p.add_argument("--per-host", type=int, default=50, help="held-out proteins per host (default: 50)")
-    p.add_argument("--max-codons", type=int, default=500, help="longest test gene designed (default: 500)")
+    p.add_argument("--per-host", type=int, default=30, help="held-out proteins per host (default: 30)")
+    p.add_argument("--max-codons", type=int, default=300, help="longest test gene designed (default: 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="default: <runs-dir>/<RUN_ID>/design")
     add_run_location(p)

@@ -116,12 +116,16 @@ def enforce(dna: str, c: Constraints, table_id: int) -> tuple[str, list[str]]:
                                         objectives=[dc.AvoidChanges()], logger=None)
     try:
         problem.resolve_constraints()
-    except dc.NoSolutionError:
-        problem.resolve_constraints(final_check=False)
-    failing = {id(e.specification) for e in problem.constraints_evaluations() if not e.passes}
-    if not failing:
+    except dc.NoSolutionError:  # one at a time: satisfy what can be, then name the rest
+        for spec in problem.constraints:
+            try:
+                problem.resolve_constraint(spec)
+            except dc.NoSolutionError:
+                continue
+    passes = [bool(e.passes) for e in problem.constraints_evaluations()]  # in constraint order
+    if all(passes):
         problem.optimize()  # undo changes the constraints did not need
-    unsatisfied = [label for label, spec in specs if id(spec) in failing]
+    unsatisfied = [label for (label, _), ok in zip(specs, passes[1:], strict=True) if not ok]
     return problem.sequence, sorted(set(unsatisfied), key=unsatisfied.index)
 
 
