@@ -372,7 +372,6 @@ def _design_bench_arguments(p: argparse.ArgumentParser) -> None:
     add_run_location(p)
     p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--quiet", action="store_true", help="(accepted for the pipeline; nothing to silence)")
 
 
 def cmd_design_bench(args: argparse.Namespace) -> None:
