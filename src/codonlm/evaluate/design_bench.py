@@ -16,7 +16,7 @@ every method, and each design is compared with the natural gene it came from:
 Methods: the model greedy and sampling (T = 1); most frequent codon per amino acid in the host's
 training genes; sampling from the host's codon usage; uniform synonymous choice; DnaChisel's own
 `CodonOptimize` with the host's codon usage (`use_best_codon`, `match_codon_usage`: about a second per
-gene, so on the first `dnachisel_genes` (10) proteins of each host only, n in the summary; its third method,
+gene, so on the first `dnachisel_genes` (5) proteins of each host only, n in the summary; its third method,
 `harmonize_rca`, maps an original host's usage onto a target's and needs the natural gene as input, so it
 does not apply to designing from a protein). All methods use the same synonym masks (start codon among
 the host's starts, then the protein, then a stop), and every design is translated back and checked.
@@ -118,7 +118,7 @@ def compare(ids: np.ndarray, natural: np.ndarray, host: HostReference, kn: Knese
 
 
 def design_host(model, prompt: list[int], host: HostReference, naturals: list[np.ndarray], seed: int,
-                methods: tuple[str, ...] = METHODS, dnachisel_genes: int = 10,
+                methods: tuple[str, ...] = METHODS, dnachisel_genes: int = 5,
                 device="cpu") -> tuple[list[dict], dict[str, float]]:
     """Every method's design of every natural gene's protein, compared with it; and seconds per method."""
     proteins = [translate(n, host.table_id) for n in naturals]
