@@ -256,10 +256,8 @@ def mean_loglik(model, ids: list[str], seqs: list[str]) -> np.ndarray:
 
 def cai_scores(seqs: list[str], reference_fasta: str) -> np.ndarray:
     """CAI (Sharp & Li) of each gene against the codon usage of the reference genes in a FASTA file."""
-    from codonlm.data.codons import clean_sequences
+    from codonlm.data.records import read_records
     from codonlm.evaluate.seqmetrics import CAIReference
-    from codonlm.stage2.inputs import read_sequences
 
-    ids, ref, source = read_sequences(fasta=reference_fasta)
-    _, ref, _ = clean_sequences(ids, ref, source)
-    return CAIReference().fit(ref).cai_many(seqs)
+    reference = read_records(reference_fasta, stops_table=None)
+    return CAIReference().fit(reference.seqs).cai_many(seqs)

@@ -44,12 +44,12 @@ import pandas as pd
 
 from codonlm.data.codons import decode, translate
 from codonlm.data.layout import run_split_path
+from codonlm.data.records import read_table
 from codonlm.errors import UserError
 from codonlm.io import read_json, read_split_genes, sha256_file, write_csv, write_json
 from codonlm.log import log
 from codonlm.stage2.config import ClassifierConfig
 from codonlm.stage2.embeddings import EmbeddingFile, extract_embeddings, load_embeddings
-from codonlm.stage2.inputs import read_table
 
 STANDARD_AA = frozenset("ACDEFGHIKLMNPQRSTVWY")
 # "50S ribosomal protein L2", "30S ribosomal subunit protein S7, initiates assembly", "LSU ribosomal protein
@@ -158,7 +158,7 @@ def _run_context(cfg: ClassifierConfig):
     from codonlm.model.checkpoint import load_checkpoint
     from codonlm.model.load import checkpoint_path
 
-    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)  # None: where the run's config says
+    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir, cfg.runs_dir)  # None: where the run's config says
     state = load_checkpoint(ckpt)
     run_cfg = parse_config(state["config"], source=str(ckpt))
     return ckpt, run_cfg, str(state.get("run_id") or cfg.run_id), Path(cfg.processed_dir or run_cfg.data.processed_dir)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from codonlm.data.codons import clean_sequences
+from codonlm.data.records import align, is_table, read_sequences, read_table, table_ids
 from codonlm.errors import UserError
 from codonlm.io import write_csv, write_json
 from codonlm.log import log
@@ -36,7 +37,6 @@ from codonlm.stage2.classifiers import (
 )
 from codonlm.stage2.config import ClassifierConfig, resolve_paths
 from codonlm.stage2.embeddings import load_embeddings, one_layer
-from codonlm.stage2.inputs import align, read_sequences, read_table, table_ids
 from codonlm.stage2.kmer import kmer_features, kmer_vectorizer
 from codonlm.stage2.metrics import (
     classification_metrics,
@@ -111,8 +111,8 @@ def _seqs_for(ids: list[str] | None, n: int, paths: list[str], tables: list, lab
     if paths:
         have_ids, raw = [], []
         for path in paths:
-            fasta = Path(path).suffix.lower() not in (".csv", ".tsv")
-            i, s, _ = read_sequences(fasta=path if fasta else None, csv=None if fasta else path, id_column=id_column)
+            table = is_table(path)
+            i, s, _, _ = read_sequences(fasta=None if table else path, csv=path if table else None, id_column=id_column)
             have_ids += i
             raw += s
         source = ", ".join(paths)
