@@ -50,6 +50,7 @@ class RegressionSet:
     layers: list[str] = field(default_factory=lambda: ["final"])
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # per-gene cai, mean_loglik
     source: str = "input"
+    grouping: str = "identical proteins"  # what `groups` are (metrics.json cv.groups)
 
 
 def check_target(data: RegressionSet, folds: int) -> None:
@@ -244,7 +245,7 @@ def evaluate_models(data: RegressionSet, models: list[str], folds: int = 5, repe
         chosen = {name: record["chosen_layers"].count(name) for name in data.layers}
     return {"models": results, "predictions": preds, "fold": record["fold"], "layers": layers,
             "chosen_layers": chosen, "vectorizer": vectorizer, "cv_seconds": round(time.perf_counter() - t0, 2),
-            "cv": {"folds": folds, "repeats": repeats, "seed": seed, "grouped": True,
+            "cv": {"folds": folds, "repeats": repeats, "seed": seed, "grouped": True, "groups": data.grouping,
                    "stratified": "target quintile", "bootstrap": bootstrap}}
 
 
@@ -276,11 +277,31 @@ def transform_target(values: np.ndarray, transform: str, where: str) -> np.ndarr
 
 def protein_groups(seqs: list[str], table_id: int = 11) -> np.ndarray:
     """A group per distinct encoded protein: identical proteins (paralogous copies) share a CV fold."""
-    import hashlib
-
     from codonlm.data.codons import translate
 
-    return np.array([hashlib.sha1(translate(s, table_id).encode()).hexdigest()[:16] for s in seqs])
+    return group_proteins([translate(s, table_id) for s in seqs])[0]
+
+
+def column_grouping(column: str, notes: dict[str, str]) -> str:
+    """What the groups of a group column are: its name, and what the ready tasks' data says of it
+    (tasks.json group_columns, e.g. protein_group: identical proteins or MMseqs2 clusters)."""
+    return f"column '{column}'" + (f": {notes[column]}" if column in notes else "")
+
+
+def group_proteins(proteins: list[str], data=None) -> tuple[np.ndarray, str]:
+    """(CV group of each protein, what the groups are): identical proteins; or, when `data` (a run's
+    DataConfig) split the run's genes by cluster, MMseqs2 clusters of the proteins at its cluster_identity and
+    cluster_coverage, so that no test fold holds a close relative of a training gene, as no held-out gene
+    has one in the language model's training split."""
+    import hashlib
+
+    if data is None or data.split_by != "cluster":
+        return np.array([hashlib.sha1(p.encode()).hexdigest()[:16] for p in proteins]), "identical proteins"
+    from codonlm.data.homology import cluster_labels
+
+    labels = cluster_labels(list(proteins), data.cluster_identity, data.cluster_coverage)
+    return np.array(labels), (f"MMseqs2 clusters of the proteins ({data.cluster_identity:.0%} identity, "
+                              f"{data.cluster_coverage:.0%} coverage), as the run's data.split_by: cluster")
 
 
 def mean_loglik(model, ids: list[str], seqs: list[str]) -> np.ndarray:

@@ -45,6 +45,7 @@ from codonlm.stage2.metrics import (
     plot_compare,
     plot_confusions,
 )
+from codonlm.stage2.regression import column_grouping
 
 
 @dataclass
@@ -188,8 +189,9 @@ def group_folds(data: LabelledSet, n_splits: int, seed: int):
     return folds.split(np.zeros(len(data.labels)), data.labels, data.groups)
 
 
-def split_sets(cfg: ClassifierConfig) -> tuple[LabelledSet, LabelledSet, dict]:
-    """(train, test, split info): the config's test files, else one seeded stratified (group) split."""
+def split_sets(cfg: ClassifierConfig, notes: dict[str, str] | None = None) -> tuple[LabelledSet, LabelledSet, dict]:
+    """(train, test, split info): the config's test files, else one seeded stratified (group) split; notes:
+    what the ready data says of its group columns (metrics.json split.groups)."""
     need = {"need_embeddings": bool(cfg.probes), "need_seqs": bool(cfg.kmers),
             "label_column": cfg.label_column, "id_column": cfg.id_column, "layer": cfg.layer}
     train = load_set(cfg.as_list("train_labels"), cfg.as_list("train_embeddings"), cfg.as_list("train_seqs"),
@@ -207,7 +209,8 @@ def split_sets(cfg: ClassifierConfig) -> tuple[LabelledSet, LabelledSet, dict]:
         train, test = train.take(np.sort(tr)), train.take(np.sort(te))
         kind = f"seeded stratified split, groups by '{cfg.group_column}'" if cfg.group_column else \
             "seeded stratified split"
-        info.update(kind=kind, test_size=cfg.test_size, subsampled=drawn)
+        info.update(kind=kind, test_size=cfg.test_size, subsampled=drawn,
+                    groups=column_grouping(cfg.group_column, notes or {}) if cfg.group_column else None)
     else:
         test = load_set(cfg.as_list("test_labels"), cfg.as_list("test_embeddings"), cfg.as_list("test_seqs"), **need)
         test, drawn_test = subsample(test, cfg.max_per_class, cfg.seed)
@@ -287,11 +290,12 @@ def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: st
 
         return train_regression_from_config(cfg, run_id, task, show_progress)
     cfg = resolve_paths(cfg, run_id)
+    notes = {}
     if cfg.build_from_run:
         from codonlm.stage2.tasks import build_run_data
 
-        build_run_data(cfg, show_progress=show_progress)
-    train, test, split = split_sets(cfg)
+        notes = build_run_data(cfg, show_progress=show_progress)["group_columns"]
+    train, test, split = split_sets(cfg, notes)
     classes = _check_classes(train, test)
     log(f"[classifier] {task or cfg.out_dir}: {len(train.labels)} training and {len(test.labels)} test genes, "
         f"{len(classes)} classes; models {', '.join(cfg.models)}")

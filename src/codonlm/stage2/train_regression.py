@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from codonlm.data.codons import clean_sequences, internal_stop_count
+from codonlm.data.codons import clean_sequences, internal_stop_count, translate
 from codonlm.data.records import align, is_table, keep_first, read_sequences, read_table, row_ids, table_ids
 from codonlm.errors import UserError
 from codonlm.io import write_csv, write_json
@@ -23,9 +23,10 @@ from codonlm.stage2.regression import (
     RegressionSet,
     cai_scores,
     check_target,
+    column_grouping,
     evaluate_models,
+    group_proteins,
     mean_loglik,
-    protein_groups,
     refit_all,
     transform_target,
 )
@@ -72,8 +73,10 @@ def _raw_sequences(cfg: RegressionConfig, table: pd.DataFrame, path: str, ids: l
     return [seqs[i] for i in align(ids, have_ids, path, source)], False
 
 
-def load_regression_set(cfg: RegressionConfig) -> RegressionSet:
-    """Ids, transformed target, clean DNA and groups of the labels file (scores and embeddings come later)."""
+def load_regression_set(cfg: RegressionConfig, run_data=None, notes: dict[str, str] | None = None) -> RegressionSet:
+    """Ids, transformed target, clean DNA and CV groups of the labels file (scores and embeddings come later):
+    the group column's, else identical proteins, or clusters when `run_data` (the run's DataConfig) split the
+    run's genes by cluster (`group_proteins`); notes: what the ready data says of its group columns."""
     if len(cfg.as_list("train_labels")) != 1:
         raise UserError("a regression config takes one train_labels table; concatenate the files")
     path = cfg.as_list("train_labels")[0]
@@ -100,9 +103,10 @@ def load_regression_set(cfg: RegressionConfig) -> RegressionSet:
             raise UserError(f"{path}: no '{cfg.group_column}' column (columns: {', '.join(table.columns)}); "
                             "set group_column")
         groups = table[cfg.group_column].to_numpy(dtype=str)[rows]
+        grouping = column_grouping(cfg.group_column, notes or {})
     else:
-        groups = protein_groups(dna)
-    return RegressionSet(ids=kept, y=y, seqs=dna, groups=groups, source=path)
+        groups, grouping = group_proteins([translate(s) for s in dna], run_data)
+    return RegressionSet(ids=kept, y=y, seqs=dna, groups=groups, source=path, grouping=grouping)
 
 
 def _embeddings(cfg: RegressionConfig, data: RegressionSet, show_progress: bool) -> tuple[np.ndarray, list[str]]:
@@ -189,18 +193,19 @@ def write_regression_results(cfg: RegressionConfig, data: RegressionSet, result:
 def train_regression_from_config(cfg: RegressionConfig, run_id: str | None = None, task: str | None = None,
                                  show_progress: bool = True) -> dict:
     """Build the ready data when asked, cross-validate every model, write out_dir; returns metrics.json."""
-    cfg = resolve_paths(cfg, run_id)
-    if cfg.build_from_run:
-        from codonlm.stage2.tasks import build_run_data
+    from codonlm.stage2.tasks import build_run_data, run_context
 
-        build_run_data(cfg, show_progress=show_progress)
-    data = load_regression_set(cfg)
+    cfg = resolve_paths(cfg, run_id)
+    notes = build_run_data(cfg, show_progress=show_progress)["group_columns"] if cfg.build_from_run else {}
+    # the run's split decides the default groups: its clusters when it was split by cluster
+    run_data = run_context(cfg)[1].data if cfg.needs_model and not cfg.group_column else None
+    data = load_regression_set(cfg, run_data, notes)
     check_target(data, cfg.folds)  # before any embedding or scoring is written
     title = task or Path(cfg.out_dir).name
     if any(feature_source(m) == "embedding" for m in cfg.models):
         data.embeddings, data.layers = _embeddings(cfg, data, show_progress)
     data.scores = _scores(cfg, data)
-    log(f"[regression] {title}: {len(data.y)} genes in {len(set(data.groups))} groups, target "
+    log(f"[regression] {title}: {len(data.y)} genes in {len(set(data.groups))} groups ({data.grouping}), target "
         f"'{cfg.target_column}' ({cfg.transform}); {cfg.folds}-fold CV x {cfg.repeats}; models {', '.join(cfg.models)}")
     result = evaluate_models(data, cfg.models, cfg.folds, cfg.repeats, cfg.seed, cfg.bootstrap, cfg.kmer_k)
     metrics = write_regression_results(cfg, data, result, title)
