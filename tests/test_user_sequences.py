@@ -97,9 +97,10 @@ def _ok(args: list[str]) -> str:
     return out
 
 
-def every_fasta_command(fasta: Path, work: Path, ckpt: Path, source: list[str] | None = None) -> dict:
+def every_fasta_command(fasta: Path, work: Path, ckpt: Path, source: list[str] | None = None,
+                        seq_column: str = "seq") -> dict:
     """Run each command that reads a FASTA on `fasta` (the commands with a model on `source`: by default
-    --fasta FASTA); their results, to compare between file variants."""
+    --fasta FASTA; the classifiers read a table's `seq_column`); their results, to compare between variants."""
     base = ["--checkpoints-dir", str(ckpt)]
     source = source or ["--fasta", str(fasta)]
     results: dict = {}
@@ -117,13 +118,13 @@ def every_fasta_command(fasta: Path, work: Path, ckpt: Path, source: list[str] |
     pd.DataFrame({"id": [f"g{i}" for i in range(12)], "label": list("ab" * 6)}).to_csv(labels, index=False)
     config = work / "kmer.yaml"
     config.write_text(json.dumps({"train_labels": str(labels), "train_seqs": str(fasta), "models": ["kmer_logreg"],
-                                  "bootstrap": 0, "out_dir": str(work / "kmer")}))
+                                  "bootstrap": 0, "out_dir": str(work / "kmer"), "seq_column": seq_column}))
     _ok(["train-classifier", "--config", str(config), "--quiet"])
     trained = json.loads((work / "kmer" / "metrics.json").read_text())
     results["train-classifier"] = (trained["n_train"], trained["models"]["kmer_logreg"]["confusion"])
     _ok(["eval-classifier", "--kind", "kmer", "--model", str(work / "kmer" / "kmer_logreg.skops"), "--vectorizer",
          str(work / "kmer" / "vectorizer.skops"), "--seqs", str(fasta), "--labels", str(labels),
-         "--out", str(work / "eval"), "--bootstrap", "0"])
+         "--out", str(work / "eval"), "--bootstrap", "0", "--seq-column", seq_column])
     evaluated = json.loads((work / "eval" / "eval_metrics.json").read_text())["models"]["kmer_logreg"]
     results["eval-classifier"] = (evaluated["accuracy"], evaluated["confusion"])
     return results
@@ -173,15 +174,23 @@ def gene_table(records: dict[str, str], folder: Path) -> list[str]:
 
 def test_every_command_reads_a_users_table_as_the_same_records_in_fasta(run, reference, tmp_path):
     """--csv FILE --id-column C --seq-column C gives every number the FASTA gives; the classifier inputs read
-    a tab-separated table (known by its header, whatever its name) with id and seq columns."""
+    a tab-separated table (known by its header line) by its seq_column / --seq-column; CodonLM reads a
+    table's path as the CLI does."""
+    from codonlm import CodonLM
+
     records = genes()
     seqs = tmp_path / "genes.txt"
-    pd.DataFrame({"id": [n.split()[0] for n in records], "seq": list(records.values())}).to_csv(seqs, sep="\t",
+    pd.DataFrame({"id": [n.split()[0] for n in records], "cds": list(records.values())}).to_csv(seqs, sep="\t",
                                                                                                index=False)
-    results = every_fasta_command(seqs, tmp_path, run / "ckpt", source=gene_table(records, tmp_path))
+    flags = gene_table(records, tmp_path)
+    results = every_fasta_command(seqs, tmp_path, run / "ckpt", source=flags, seq_column="cds")
     assert list(results) == list(reference[0])
     for command, result in results.items():
         assert result == reference[0][command], command
+    pd.read_csv(tmp_path / "genes.csv").rename(columns={"gene_id": "id", "cds": "seq"}).to_csv(
+        tmp_path / "plain.csv", index=False)
+    lm = CodonLM.load(RUN, checkpoints_dir=str(run / "ckpt"))
+    pd.testing.assert_frame_equal(lm.score(str(tmp_path / "plain.csv")), lm.score(str(reference[1] / "genes.fasta")))
 
 
 def _table_commands(flags: list[str], tmp: Path, ckpt: Path) -> dict[str, tuple[list[str], Path | None]]:
@@ -206,13 +215,22 @@ BAD_TABLES = {  # kind: (change to the table, what the one line says)
 
 
 @pytest.mark.parametrize("kind", BAD_TABLES)
-def test_a_bad_table_ends_in_one_line_naming_file_and_row_and_writes_nothing(run, tmp_path, kind):
+def test_a_bad_table_ends_in_one_line_naming_file_and_row_and_writes_nothing(run, reference, tmp_path, kind):
     change, needle = BAD_TABLES[kind]
     flags = gene_table(genes(), tmp_path)
     path = tmp_path / "genes.csv"
     change(pd.read_csv(path, dtype=str)).to_csv(path, index=False)
-    for command, (args, output) in _table_commands(flags, tmp_path, run / "ckpt").items():
+    commands = _table_commands(flags, tmp_path, run / "ckpt")
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"gene_id": [f"g{i}" for i in range(12)], "label": list("ab" * 6)}).to_csv(labels, index=False)
+    kmer = reference[1] / "kmer"
+    commands["eval-classifier"] = (["eval-classifier", "--kind", "kmer", "--model", str(kmer / "kmer_logreg.skops"),
+                                    "--vectorizer", str(kmer / "vectorizer.skops"), "--seqs", str(path),
+                                    *flags[2:], "--labels", str(labels), "--out", str(tmp_path / "ev")],
+                                   tmp_path / "ev" / "eval_metrics.json")
+    for command, (args, output) in commands.items():
         if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text("an earlier result\n")
         code, _, err = cli(args)
         lines = err.strip().splitlines()

@@ -491,7 +491,7 @@ def cmd_eval_classifier(args: argparse.Namespace) -> None:
 
     evaluate_saved(args.kind, args.model, args.labels, args.out, embeddings=args.embeddings, seqs=args.seqs,
                    vectorizer=args.vectorizer, label_column=args.label_column, id_column=args.id_column,
-                   bootstrap=args.bootstrap, seed=args.seed)
+                   bootstrap=args.bootstrap, seed=args.seed, seq_column=args.seq_column)
 
 
 def cmd_stage2(args: argparse.Namespace) -> None:
@@ -656,11 +656,14 @@ def _eval_classifier_arguments(p: argparse.ArgumentParser) -> None:
                    "(the manual's model.pkl resolves to model.skops; pickles are never loaded)")
     p.add_argument("--labels", required=True, help="CSV with a label column (and 'id' to match features)")
     p.add_argument("--embeddings", help="NPZ from extract_embeddings (--kind probe)")
-    p.add_argument("--seqs", help="FASTA or CSV with 'seq' (--kind kmer; default: the labels' seq column)")
+    p.add_argument("--seqs", help="FASTA, or a table (CSV/TSV) with the --seq-column (--kind kmer; default: the "
+                   "labels' own sequence column)")
     p.add_argument("--vectorizer", help="vectorizer.skops beside a k-mer model (--kind kmer)")
     p.add_argument("--out", required=True, help="folder for eval_metrics.json, eval_confusion.png, eval_calibration.png")
     p.add_argument("--label-column", "--label_column", dest="label_column", default="label")
     p.add_argument("--id-column", "--id_column", dest="id_column", default="id")
+    p.add_argument("--seq-column", dest="seq_column", default="seq", help="the DNA column of a table of "
+                   "sequences (--seqs, or the labels; default: seq)")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
 

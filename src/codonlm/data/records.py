@@ -29,15 +29,12 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 
 @dataclass
 class UserRecords:
-    """Clean records of one input: ids, DNA (upper case, T), and where each came from."""
+    """Clean records of one input: ids, DNA (upper case, T), where they came from, how many were skipped."""
 
     ids: list[str]
     seqs: list[str]
     source: str
-    rows: np.ndarray  # index of each kept record among the input's records (a table's data rows)
-    table: pd.DataFrame | None = None  # the whole table, for callers that read more of its columns
     skipped: int = 0  # records dropped by skip_invalid
-    repeated: int = 0  # records dropped by dedupe first
 
     def pairs(self) -> list[tuple[str, str]]:
         return list(zip(self.ids, self.seqs, strict=True))
@@ -117,19 +114,31 @@ def keep_first(ids: list[str], dedupe: str, source: str, table_rows: bool) -> np
 
 
 def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = None, id_column: str = "id",
-                   seq_column: str = "seq") -> tuple[list[str], list[str], str, pd.DataFrame | None]:
-    """(ids, raw sequences, source, table or None) from a FASTA file or a table with a sequence column (and
-    an id column when present: else ids row1, row2, ...); ids are not checked for repeats here."""
+                   seq_column: str = "seq", dedupe: str = "error") -> tuple[list[str], list[str], str, list[str]]:
+    """(ids, raw sequences, source, where each record is: 'row 7' of a table, 'record 3' of a FASTA) from a
+    FASTA file or a table with a sequence column (and an id column when present: else ids row1, row2, ...);
+    a repeated id refused, or with dedupe first its first record kept (`keep_first`)."""
     if (fasta is None) == (csv is None):
-        raise UserError("give exactly one of --fasta FILE or --csv FILE")
+        raise UserError("give one input: --fasta FILE or --csv FILE")
     if fasta is not None:
         records = fasta_records(read_text(fasta, "FASTA file"), str(fasta))
-        return [name for name, _ in records], [seq for _, seq in records], str(fasta), None
-    table = read_table(csv, "sequence table")
-    if seq_column not in table.columns:
-        raise UserError(f"{csv}: no '{seq_column}' column (columns: {', '.join(table.columns)}); name the DNA "
-                        "column with --seq-column")
-    return row_ids(table, csv, id_column), table[seq_column].tolist(), str(csv), table
+        ids, seqs, source = [name for name, _ in records], [seq for _, seq in records], str(fasta)
+    else:
+        table = read_table(csv, "sequence table")
+        if seq_column not in table.columns:
+            raise UserError(f"{csv}: no '{seq_column}' column (columns: {', '.join(table.columns)}); name the DNA "
+                            "column with --seq-column")
+        ids, seqs, source = row_ids(table, csv, id_column), table[seq_column].tolist(), str(csv)
+    ids, seqs, where = unique_records(ids, seqs, dedupe, source, table_rows=csv is not None)
+    return ids, seqs, source, where
+
+
+def unique_records(ids: list[str], seqs: list[str], dedupe: str, source: str,
+                   table_rows: bool) -> tuple[list[str], list[str], list[str]]:
+    """(ids, sequences, where each is in the input) of the records `keep_first` keeps."""
+    kept = keep_first(ids, dedupe, source, table_rows)
+    where = [f"row {r + 2}" if table_rows else f"record {r + 1}" for r in kept]
+    return [ids[r] for r in kept], [seqs[r] for r in kept], where
 
 
 def fasta_records(text: str, source: str) -> list[tuple[str, str]]:
@@ -150,24 +159,17 @@ def read_records(fasta: str | Path | None = None, csv: str | Path | None = None,
     if dedupe not in DEDUPE:
         raise UserError(f"--dedupe {dedupe}: sequences can only be deduplicated by {' or '.join(DEDUPE)} (mean "
                         "averages a value column, which only train-regressor reads)")
-    table = None
     if fasta is not None or csv is not None:
-        if fasta is not None and csv is not None:
-            raise UserError("give one input: --fasta FILE or --csv FILE, not both")
-        ids, raw, source, table = read_sequences(fasta, csv, id_column, seq_column)
+        ids, raw, source, where = read_sequences(fasta, csv, id_column, seq_column, dedupe)
     elif dna is not None or stdin_text is not None:
         source = "--dna" if dna is not None else "stdin"
         records = [("seq1", dna)] if dna is not None else fasta_records(stdin_text, source)
-        ids, raw = [name for name, _ in records], [seq for _, seq in records]
+        ids, raw, where = unique_records([name for name, _ in records], [seq for _, seq in records], dedupe, source,
+                                         table_rows=False)
     else:
         raise UserError("no input: pass --dna SEQ, --fasta FILE, --csv FILE, or pipe DNA on stdin")
-    rows = keep_first(ids, dedupe, source, table_rows=table is not None)
-    where = [f"row {r + 2}" if table is not None else f"record {r + 1}" for r in rows]
-    kept, clean, skipped = clean_sequences([ids[r] for r in rows], [raw[r] for r in rows], source, skip_invalid,
-                                           stops_table, where=where)
-    position = {name: r for name, r in zip((ids[r] for r in rows), rows, strict=True)}
-    return UserRecords(kept, clean, source, np.array([position[name] for name in kept], dtype=np.int64), table,
-                       skipped=len(skipped), repeated=len(ids) - len(rows))
+    kept, clean, skipped = clean_sequences(ids, raw, source, skip_invalid, stops_table, where=where)
+    return UserRecords(kept, clean, source, skipped=len(skipped))
 
 
 def align(wanted: list[str], have: list[str], wanted_src: str, have_src: str) -> np.ndarray:

@@ -69,6 +69,7 @@ class ClassifierConfig(_TaskConfig):
     test_seqs: Paths | None = None
     label_column: str = "label"
     id_column: str = "id"
+    seq_column: str = "seq"  # the DNA column of a table of sequences (*_seqs, or the labels themselves)
     group_column: str | None = None  # genes sharing a value stay on one side of the seeded split
 
     models: list[ModelName] = Field(default_factory=lambda: list(MODELS), min_length=1)

@@ -108,37 +108,42 @@ def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src:
 
 
 def _seqs_for(ids: list[str] | None, n: int, paths: list[str], tables: list, labels_src: str,
-              id_column: str) -> list[str]:
+              id_column: str, seq_column: str = "seq") -> list[str]:
     if paths:
-        have_ids, raw = [], []
+        have_ids, raw, where = [], [], []
         for path in paths:
             table = is_table(path)
-            i, s, _, _ = read_sequences(fasta=None if table else path, csv=path if table else None, id_column=id_column)
+            i, s, _, w = read_sequences(fasta=None if table else path, csv=path if table else None, id_column=id_column,
+                                        seq_column=seq_column)
             have_ids += i
             raw += s
+            where += [f"{path} {place}" for place in w] if len(paths) > 1 else w
         source = ", ".join(paths)
-    elif all("seq" in t.columns for t in tables):
-        raw = [s for t in tables for s in t["seq"]]
+    elif all(seq_column in t.columns for t in tables):
+        raw = [s for t in tables for s in t[seq_column]]
+        where = [f"row {r + 2}" for t in tables for r in range(len(t))] if len(tables) == 1 else None
         have_ids, source = list(ids or []), labels_src
     else:
-        raise UserError(f"{labels_src}: k-mer models need sequences; add a 'seq' column or set *_seqs / --seqs")
+        raise UserError(f"{labels_src}: k-mer models need sequences; add a '{seq_column}' column or set *_seqs / "
+                        "--seqs")
     if ids is None:
         if len(raw) != n:
             raise UserError(f"{labels_src} has {n} rows but {source} holds {len(raw)} sequences; give the labels "
                             "an 'id' column or the same rows in the same order")
-        chosen = raw
+        rows = np.arange(n)
     else:
-        chosen = [raw[i] for i in align(ids, have_ids, labels_src, source)] if have_ids else raw
-    return clean_sequences(ids or [f"row{i + 1}" for i in range(n)], chosen, source)[1]
+        rows = align(ids, have_ids, labels_src, source) if have_ids else np.arange(n)
+    return clean_sequences(ids or [f"row{i + 1}" for i in range(n)], [raw[i] for i in rows], source,
+                           where=None if where is None else [where[i] for i in rows])[1]
 
 
 def load_set(labels: list[str], embeddings: list[str], seqs: list[str], need_embeddings: bool, need_seqs: bool,
              label_column: str = "label", id_column: str = "id", group_column: str | None = None,
-             layer: str | None = None) -> LabelledSet:
+             layer: str | None = None, seq_column: str = "seq") -> LabelledSet:
     ids, y, tables, groups = read_labels(labels, label_column, id_column, group_column)
     src = ", ".join(labels)
     emb = _embeddings_for(ids, len(y), embeddings, src, layer) if need_embeddings else None
-    dna = _seqs_for(ids, len(y), seqs, tables, src, id_column) if need_seqs else None
+    dna = _seqs_for(ids, len(y), seqs, tables, src, id_column, seq_column) if need_seqs else None
     return LabelledSet(ids or [f"row{i + 1}" for i in range(len(y))], y, emb, dna, src, groups)
 
 
@@ -193,7 +198,8 @@ def split_sets(cfg: ClassifierConfig, notes: dict[str, str] | None = None) -> tu
     """(train, test, split info): the config's test files, else one seeded stratified (group) split; notes:
     what the ready data says of its group columns (metrics.json split.groups)."""
     need = {"need_embeddings": bool(cfg.probes), "need_seqs": bool(cfg.kmers),
-            "label_column": cfg.label_column, "id_column": cfg.id_column, "layer": cfg.layer}
+            "label_column": cfg.label_column, "id_column": cfg.id_column, "layer": cfg.layer,
+            "seq_column": cfg.seq_column}
     train = load_set(cfg.as_list("train_labels"), cfg.as_list("train_embeddings"), cfg.as_list("train_seqs"),
                      group_column=cfg.group_column if cfg.test_labels is None else None, **need)
     train, drawn = subsample(train, cfg.max_per_class, cfg.seed)
@@ -328,7 +334,7 @@ def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: st
 
 def evaluate_saved(kind: str, model_path: str, labels: str, out: str, embeddings: str | None = None,
                    seqs: str | None = None, vectorizer: str | None = None, label_column: str = "label",
-                   id_column: str = "id", bootstrap: int = 1000, seed: int = 0) -> dict:
+                   id_column: str = "id", bootstrap: int = 1000, seed: int = 0, seq_column: str = "seq") -> dict:
     """Score a model train_classifier saved on labelled data: eval_metrics.json, eval_confusion.png and
     eval_calibration.png in `out` (prefixed, so the training metrics in the same folder stay)."""
     if kind not in ("probe", "kmer"):
@@ -341,7 +347,7 @@ def evaluate_saved(kind: str, model_path: str, labels: str, out: str, embeddings
     estimator = load_estimator(model_path)
     vec = load_estimator(vectorizer, "vectorizer") if kind == "kmer" else None
     data = load_set([labels], [embeddings] if embeddings else [], [seqs] if seqs else [], kind == "probe",
-                    kind == "kmer", label_column, id_column)
+                    kind == "kmer", label_column, id_column, seq_column=seq_column)
     classes = [str(c) for c in estimator.classes_]
     unseen = sorted(set(data.labels) - set(classes))
     if unseen:
