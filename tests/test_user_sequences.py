@@ -210,7 +210,7 @@ BAD_TABLES = {  # kind: (change to the table, what the one line says)
     "no_seq_column": (lambda t: t.rename(columns={"cds": "dna"}), "no 'cds' column (columns: gene_id, note, dna)"),
     "empty": (lambda t: t.head(0), "no rows"),
     "not_dna": (lambda t: t.assign(cds=[*t["cds"][:4], "augxxxuaa", *t["cds"][5:]]),
-                "row 6 (record 'g4'): character 'X' at position 4"),
+                "row 6 (id 'g4'): character 'X' at position 4"),
 }
 
 

@@ -231,7 +231,7 @@ def clean_sequences(ids: list[str], seqs: list[str], source: str, skip_invalid: 
     kept_ids, kept, skipped, invalid, stopped = [], [], [], [], []
     for n, (name, seq) in enumerate(zip(ids, seqs, strict=True)):
         try:
-            label = f"{source} {where[n]} (record '{name}')" if where else f"{source} record '{name}'"
+            label = f"{source} {where[n]} (id '{name}')" if where else f"{source} record '{name}'"
             dna = clean_dna(seq, label)
         except UserError as exc:
             if not skip_invalid:

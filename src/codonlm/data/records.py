@@ -114,8 +114,8 @@ def keep_first(ids: list[str], dedupe: str, source: str, table_rows: bool) -> np
 
 
 def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = None, id_column: str = "id",
-                   seq_column: str = "seq", dedupe: str = "error") -> tuple[list[str], list[str], str, list[str]]:
-    """(ids, raw sequences, source, where each record is: 'row 7' of a table, 'record 3' of a FASTA) from a
+                   seq_column: str = "seq", dedupe: str = "error") -> tuple[list[str], list[str], str, list[str] | None]:
+    """(ids, raw sequences, source, the row of each record of a table, e.g. 'row 7'; None for FASTA) from a
     FASTA file or a table with a sequence column (and an id column when present: else ids row1, row2, ...);
     a repeated id refused, or with dedupe first its first record kept (`keep_first`)."""
     if (fasta is None) == (csv is None):
@@ -134,10 +134,11 @@ def read_sequences(fasta: str | Path | None = None, csv: str | Path | None = Non
 
 
 def unique_records(ids: list[str], seqs: list[str], dedupe: str, source: str,
-                   table_rows: bool) -> tuple[list[str], list[str], list[str]]:
-    """(ids, sequences, where each is in the input) of the records `keep_first` keeps."""
+                   table_rows: bool) -> tuple[list[str], list[str], list[str] | None]:
+    """(ids, sequences, a table's row of each) of the records `keep_first` keeps (FASTA records go by their
+    ids: no rows)."""
     kept = keep_first(ids, dedupe, source, table_rows)
-    where = [f"row {r + 2}" if table_rows else f"record {r + 1}" for r in kept]
+    where = [f"row {r + 2}" for r in kept] if table_rows else None
     return [ids[r] for r in kept], [seqs[r] for r in kept], where
 
 

@@ -110,15 +110,14 @@ def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src:
 def _seqs_for(ids: list[str] | None, n: int, paths: list[str], tables: list, labels_src: str,
               id_column: str, seq_column: str = "seq") -> list[str]:
     if paths:
-        have_ids, raw, where = [], [], []
+        have_ids, raw = [], []
         for path in paths:
             table = is_table(path)
             i, s, _, w = read_sequences(fasta=None if table else path, csv=path if table else None, id_column=id_column,
                                         seq_column=seq_column)
             have_ids += i
             raw += s
-            where += [f"{path} {place}" for place in w] if len(paths) > 1 else w
-        source = ", ".join(paths)
+        source, where = ", ".join(paths), w if len(paths) == 1 else None  # one table: its rows in messages
     elif all(seq_column in t.columns for t in tables):
         raw = [s for t in tables for s in t[seq_column]]
         where = [f"row {r + 2}" for t in tables for r in range(len(t))] if len(tables) == 1 else None
