@@ -389,6 +389,8 @@ def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> No
 def _add_sequence_input(p: argparse.ArgumentParser, source, required: bool = True) -> None:
     """--fasta | --csv (in the mutually exclusive group `source`), the table's columns, --dedupe and
     --skip-invalid: how every command that reads a user's genes takes them (codonlm.data.records)."""
+    from codonlm.data.records import DEDUPE
+
     source.add_argument("--fasta", help="FASTA file of CDS, plain or gzipped" + ("" if required else
                                                                                  " (else --dna, else stdin)"))
     source.add_argument("--csv", help="table of genes (CSV; tab-separated when named .tsv/.tab or when its "
@@ -397,7 +399,7 @@ def _add_sequence_input(p: argparse.ArgumentParser, source, required: bool = Tru
     p.add_argument("--id-column", dest="id_column", default="id", help="the table's id column (default: id; "
                    "none: row1, row2, ...)")
     p.add_argument("--seq-column", dest="seq_column", default="seq", help="the table's DNA column (default: seq)")
-    p.add_argument("--dedupe", default="error", choices=["error", "first"],
+    p.add_argument("--dedupe", default="error", choices=DEDUPE,
                    help="a repeated id: stop naming it (default) or keep its first record and count the others")
     _add_skip_invalid(p)
 

@@ -14,14 +14,17 @@ from __future__ import annotations
 import io as _io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from codonlm.data.codons import clean_sequences
 from codonlm.errors import UserError
 from codonlm.io import fasta_body, read_fasta_text, read_text
 from codonlm.log import warn
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEDUPE = ("error", "first")  # what a repeated id does to sequences; a regression target can also be averaged
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
@@ -49,6 +52,8 @@ def is_table(path: str | Path) -> bool:
 def read_table(path: str | Path, what: str) -> pd.DataFrame:
     """A CSV or TSV (tab-separated when the name ends .tsv/.tab or the header line has tabs and no commas),
     plain or gzipped, as strings (no NA guessing: a gene called 'NA' stays 'NA')."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}; check the path")
