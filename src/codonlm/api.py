@@ -36,9 +36,13 @@ def as_records(seqs: Sequences, id_column: str = "id", seq_column: str = "seq") 
         text = str(seqs)
         looks_like_dna = isinstance(seqs, str) and set(text.upper()) <= set("ACGTU \n\r\t")
         if not looks_like_dna:
+            from codonlm.data.records import is_table, read_sequences
             from codonlm.io import read_fasta
 
-            return read_fasta(text)
+            if not is_table(text):
+                return read_fasta(text)
+            ids, raw, _, _ = read_sequences(csv=text, id_column=id_column, seq_column=seq_column)
+            return list(zip(ids, raw, strict=True))
         return [("seq1", text)]
     if isinstance(seqs, pd.DataFrame):
         if seq_column not in seqs.columns:

@@ -219,18 +219,20 @@ def internal_stop_count(dna: str, table_id: int = 11) -> int:
 
 
 def clean_sequences(ids: list[str], seqs: list[str], source: str, skip_invalid: bool = False,
-                    stops_table: int | None = None) -> tuple[list[str], list[str], list[str]]:
+                    stops_table: int | None = None, where: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
     """(kept ids, clean DNA, skipped ids) of a user's records, each through `clean_dna`.
 
-    A bad record (non-ACGT, length not a multiple of 3) is a UserError naming the record and position, unless
+    A bad record (non-ACGT, length not a multiple of 3) is a UserError naming the record (and `where` it
+    is in the file: 'row 7' of a table) and the position, unless
     skip_invalid, which drops and counts it. With `stops_table` (the genetic code of a model about to score or
     embed them), records with internal stop codons are kept and flagged in one warning line, or with
     skip_invalid dropped and counted like bad records; either way one stderr line says which.
     """
     kept_ids, kept, skipped, invalid, stopped = [], [], [], [], []
-    for name, seq in zip(ids, seqs, strict=True):
+    for n, (name, seq) in enumerate(zip(ids, seqs, strict=True)):
         try:
-            dna = clean_dna(seq, f"{source} record '{name}'")
+            label = f"{source} {where[n]} (id '{name}')" if where else f"{source} record '{name}'"
+            dna = clean_dna(seq, label)
         except UserError as exc:
             if not skip_invalid:
                 raise UserError(f"{exc} (or pass --skip-invalid to skip bad records)") from None
@@ -265,30 +267,3 @@ def save_itos(path: str | Path) -> None:
 def loss_mask(targets):
     """True where a target token is scored: codons and <EOS_CDS>; works on numpy arrays and torch tensors."""
     return (targets != PAD) & (targets != BOS) & (targets != SEP)
-
-
-def read_dna_records(dna: str | None = None, fasta: str | Path | None = None, stdin_text: str | None = None,
-                     skip_invalid: bool = False, table_id: int = 11) -> list[tuple[str, str]]:
-    """(name, clean DNA) pairs from a --dna string, a FASTA file (plain or gzipped), or stdin text (FASTA
-    or bare DNA), for a model to score: checked by `clean_sequences` (bad records named or skipped, records
-    with internal stop codons of `table_id` flagged or skipped)."""
-    from codonlm.io import fasta_body, read_fasta_text, read_text
-
-    if dna is not None:
-        records, source = [("seq1", dna)], "--dna"
-    else:
-        if fasta is not None:
-            text, source = read_text(fasta, "FASTA file"), str(fasta)
-        elif stdin_text is not None:
-            text, source = stdin_text, "stdin"
-        else:
-            raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
-        body, _ = fasta_body(text)
-        if ">" in body:
-            records = read_fasta_text(text, source)
-        else:  # bare DNA
-            records = [("seq1", body)] if body.strip() else []
-        if not records:
-            raise UserError(f"{source}: no sequences found (empty, or only comments); give FASTA records or bare DNA")
-    ids, seqs, _ = clean_sequences([n for n, _ in records], [s for _, s in records], source, skip_invalid, table_id)
-    return list(zip(ids, seqs, strict=True))

@@ -244,19 +244,6 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     return emb
 
 
-def embed_file(run_id: str, out: str | Path, fasta: str | None = None, csv: str | None = None,
-               skip_invalid: bool = False, id_column: str = "id", seq_column: str = "seq",
-               **options) -> EmbeddingFile:
-    """extract_embeddings for a FASTA file or a CSV with a sequence column; bad records fail (or are skipped),
-    records with internal stop codons are flagged (or skipped)."""
-    from codonlm.data.codons import clean_sequences
-    from codonlm.stage2.inputs import read_sequences
-
-    ids, seqs, source = read_sequences(fasta=fasta, csv=csv, id_column=id_column, seq_column=seq_column)
-    ids, seqs, skipped = clean_sequences(ids, seqs, source, skip_invalid, stops_table=11)
-    return extract_embeddings(run_id, out, ids, seqs, n_skipped=len(skipped), **options)
-
-
 def one_layer(f, layer: str | None) -> np.ndarray:
     """[genes, channels] of an embeddings file: as stored, or `layer` of a file holding every layer."""
     if f.offsets is not None:
