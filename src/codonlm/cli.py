@@ -173,7 +173,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
     records = read_dna_records(fasta=args.fasta, skip_invalid=args.skip_invalid)
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir)
-    table = lm.score(records, stride=args.stride, amp=args.amp, checked=True)
+    table = lm.score(records, stride=args.stride, amp=args.amp, checked=True, host=args.host)
     if args.out:
         write_csv(table, args.out)
         log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
@@ -197,12 +197,14 @@ def cmd_query(args: argparse.Namespace) -> None:
         stdin_text = sys.stdin.read()
     records = read_dna_records(args.dna, args.fasta, stdin_text, args.skip_invalid, args.transl_table)
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir, table_id=args.transl_table)
+    host = lm.host_id(args.host)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
         run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
-                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
+                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan,
+                  host=host)
 
 
 def _kinds(text: str) -> list[str]:
@@ -218,6 +220,7 @@ def _kinds(text: str) -> list[str]:
 def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="run id (uses its best.pt) or a path to a .pt checkpoint")
     p.add_argument("--mode", choices=["next", "generate", "score", "mutate"], default="next")
+    _add_host(p)
     p.add_argument("--dna", help="DNA string (ACGT/U, any case, whitespace ignored)")
     p.add_argument("--fasta", help="FASTA file of CDS, plain or gzipped (else --dna, else stdin)")
     _add_skip_invalid(p)
@@ -389,6 +392,11 @@ def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> No
                    help="stage-2 results, read from <dir>/<RUN_ID>/stage2 (default: %(default)s)")
 
 
+def _add_host(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="the genome the sequences come from, for a host-conditioned model "
+                   "(model.condition_on_host; required there, an unknown name lists the known ones)")
+
+
 def _add_skip_invalid(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
                    help="skip and count bad records (non-ACGT, length, internal stop codons) instead of stopping "
@@ -432,7 +440,8 @@ def cmd_extract_embeddings(args: argparse.Namespace) -> None:
 
     embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
                id_column=args.id_column, seq_column=args.seq_column, layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
-               device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
+               device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet,
+               host=args.host)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -541,6 +550,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
+    _add_host(p)
     p.add_argument("--fasta", required=True, help="FASTA file of CDS, plain or gzipped")
     p.add_argument("--out", help="CSV path (default: stdout)")
     _add_skip_invalid(p)
@@ -576,6 +586,7 @@ def _bundle_arguments(p: argparse.ArgumentParser) -> None:
 
 def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
+    _add_host(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3), plain or gzipped")
     source.add_argument("--csv", help="CSV (.tsv: tab-separated) with a 'seq' column (and 'id' when present)")
@@ -647,6 +658,28 @@ def _eval_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_host_arguments(p: argparse.ArgumentParser) -> None:
+    from codonlm.add_host import DEFAULT_STEPS
+
+    p.add_argument("run_id", help="the base run (host-conditioned: model.condition_on_host); only read")
+    p.add_argument("--name", required=True, help="the new host's name (letters, digits, _ . -)")
+    genome = p.add_mutually_exclusive_group(required=True)
+    genome.add_argument("--gbff", help="the new genome's GenBank file, plain or gzipped")
+    genome.add_argument("--fasta", help="the new genome's nucleotide FASTA (genes called with pyrodigal)")
+    p.add_argument("--full", action="store_true", help="train every weight (default: only the new host's "
+                   "embedding row)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (default: %(default)s)")
+    add_run_location(p)
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_add_host(args: argparse.Namespace) -> None:
+    from codonlm.add_host import add_host
+
+    add_host(args.run_id, args.name, gbff=args.gbff, fasta=args.fasta, full=args.full, steps=args.steps,
+             checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir, device=args.device)
+
+
 def _stage2_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("--configs-dir", default="configs/classifier")
@@ -686,6 +719,8 @@ COMMANDS = (
      _report_arguments, cmd_report),
     ("bundle", "a run's artifacts + HF export in one folder and .tar.gz with checksums",
      _bundle_arguments, cmd_bundle),
+    ("add-host", "a new run whose host-conditioned model knows one more genome (runs/<NEW_RUN_ID>/add_host.json)",
+     _add_host_arguments, cmd_add_host),
     ("query", "next codons, generate, score or mutate a DNA sequence",
      add_query_arguments, cmd_query),
     ("extract-embeddings", "pooled hidden states of a run for FASTA/CSV genes -> NPZ "
