@@ -209,7 +209,7 @@ def new_genome(tmp_path_factory, make_corpus):
     return files[0], small[0]
 
 
-def test_add_host_makes_a_new_run_and_trains_only_the_new_row(runs, new_genome, capsys):
+def test_add_host_makes_a_new_run_and_trains_only_the_new_row(runs, new_genome):
     tmp, _ = runs
     base_folders = [tmp / "runs" / "hostrun", tmp / "ckpt" / "hostrun", tmp / "scores" / "hostrun"]
     before = _tree_digest(*base_folders)
@@ -231,7 +231,7 @@ def test_add_host_makes_a_new_run_and_trains_only_the_new_row(runs, new_genome, 
     assert not torch.equal(new["wte.weight"][70], start)  # the new row trained from the hosts' mean
     lm = CodonLM.load(new_id, runs_dir=tmp / "runs")
     assert lm.hosts == ["ds0", "ds1", "ds_new"]
-    assert "ds_new" in capsys.readouterr().err
+    assert "[add-host] ds_new held-out perplexity" in (tmp / "runs" / new_id / "log.txt").read_text()
 
 
 def test_add_host_bad_input_is_one_line_and_leaves_the_base_alone(runs, new_genome, tmp_path, capsys):
