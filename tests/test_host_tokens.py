@@ -150,6 +150,21 @@ def test_a_host_model_wants_a_known_host_and_a_plain_model_none(runs, tmp_path, 
     assert printed[0]["log_likelihood"] == pytest.approx(lm.score(GENE, host="ds1").log_likelihood[0], rel=1e-6)
 
 
+def test_stage2_scores_and_embeds_each_gene_with_its_genome(runs, tmp_path):
+    from codonlm.stage2.embeddings import extract_embeddings
+    from codonlm.stage2.regression import mean_loglik
+
+    tmp, _ = runs
+    lm = _load(tmp, "hostrun")
+    seqs = [GENE, GENE[:30] + GENE[-3:]]
+    got = mean_loglik(lm.model, ["a", "b"], seqs, hosts=["ds1", "ds0"])
+    expected = [-lm.score(s, host=h).nll[0] for s, h in zip(seqs, ["ds1", "ds0"], strict=True)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    emb = extract_embeddings(str(tmp / "ckpt" / "hostrun" / "best.pt"), tmp_path / "e.npz", ["a", "b"], seqs,
+                             host=["ds1", "ds0"], show_progress=False)
+    np.testing.assert_allclose(emb.embeddings[1], lm.embed(seqs[1], host="ds0")[0], rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_without_host_tokens_scores_as_before(runs):
     tmp, _ = runs
     plain = _load(tmp, "plainrun")

@@ -53,14 +53,15 @@ def next_codons(model, dna: str, top_k: int = 10, table_id: int = 11, host: int 
 
 
 def score(model, records: list[tuple[str, str]], stride: int | None = None, amp: bool = False,
-          table_id: int = 11, host: int | None = None) -> list[dict]:
+          table_id: int = 11, host: int | list[int | None] | None = None) -> list[dict]:
     """Each record as a whole gene `<BOS_CDS> codons <EOS_CDS>` (score_genes: strided windows past
     block_size): total log-likelihood, mean NLL, perplexity, and the per-target log-probabilities; beside them
-    the count of internal stop codons, which make the number a score of something that is not a gene."""
+    the count of internal stop codons, which make the number a score of something that is not a gene. host: the
+    host token id of a host-conditioned model, one for all records or one per record."""
     genes = [encode(dna, add_bos=True, add_eos=True) for _, dna in records]
     device = next(model.parameters()).device
     scores = score_genes(model, genes, device=device, stride=stride, amp=amp, table_id=table_id,
-                         hosts=None if host is None else [host] * len(genes))
+                         hosts=host if isinstance(host, list) else None if host is None else [host] * len(genes))
     require_finite([perplexity_of(s.nll) for s in scores], "perplexities")
     return [{"id": name, "n_codons": len(dna) // 3, "internal_stops": internal_stop_count(dna, table_id),
              "log_likelihood": float(s.logp.sum()), "nll": s.nll,

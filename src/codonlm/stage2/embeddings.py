@@ -228,9 +228,10 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
                        pool: str = "mean", checkpoints_dir: str | None = None, device: str = "cpu",
                        stride: int | None = None, max_tokens: int = 16384, amp: bool = False, n_skipped: int = 0,
                        show_progress: bool = True, runs_dir: str | None = None,
-                       host: str | None = None) -> EmbeddingFile:
+                       host: str | list[str] | None = None, host_optional: bool = False) -> EmbeddingFile:
     """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling); host: their
-    genome, for a host-conditioned model."""
+    genome (one for all, or one each), for a host-conditioned model; host_optional: ignore it for a model
+    without host tokens (stage 2 passes every gene's genome whatever the model)."""
     from codonlm.model.load import checkpoint_path, load_model
 
     if pool not in POOLS:
@@ -238,10 +239,12 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     ckpt = checkpoint_path(run_id, checkpoints_dir, runs_dir)
     model, _, state = load_model(str(ckpt), device=device)
     hook_names(model.cfg.n_layer, layer)  # a bad --layer fails before any work
-    host_id = host_token(model.cfg.hosts, host)
+    hosts = host if isinstance(host, list) else [host] * len(seqs)
+    if host_optional and not model.cfg.hosts:
+        hosts = [None] * len(seqs)
+    host_ids = [host_token(model.cfg.hosts, h) for h in hosts]
     t0 = time.perf_counter()
-    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress,
-                                           [host_id] * len(seqs))
+    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress, host_ids)
     seconds = time.perf_counter() - t0
     n_codons = sum(len(s) // 3 for s in seqs)
     emb = EmbeddingFile(

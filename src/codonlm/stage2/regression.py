@@ -247,11 +247,14 @@ def protein_groups(seqs: list[str], table_id: int = 11) -> np.ndarray:
     return np.array([hashlib.sha1(translate(s, table_id).encode()).hexdigest()[:16] for s in seqs])
 
 
-def mean_loglik(model, ids: list[str], seqs: list[str]) -> np.ndarray:
-    """The model's mean log-likelihood per token of each whole gene (`<BOS_CDS> codons <EOS_CDS>`, = -nll)."""
+def mean_loglik(model, ids: list[str], seqs: list[str], hosts: list[str] | None = None) -> np.ndarray:
+    """The model's mean log-likelihood per token of each whole gene (`<BOS_CDS> codons <EOS_CDS>`, = -nll);
+    hosts: each gene's genome, for a host-conditioned model."""
+    from codonlm.data.codons import host_token
     from codonlm.evaluate.query import score
 
-    return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)))])
+    tokens = None if hosts is None else [host_token(model.cfg.hosts, h) for h in hosts]
+    return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)), host=tokens)])
 
 
 def cai_scores(seqs: list[str], reference_fasta: str) -> np.ndarray:
