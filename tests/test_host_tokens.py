@@ -123,6 +123,19 @@ def test_generation_and_next_codons_never_give_a_host_token(runs):
     assert not lm.next_codons(GENE[:30], k=68, host="ds1").token.str.startswith("<HOST").any()
 
 
+def test_prefix_generation_prompts_start_with_the_genome_host(runs, tmp_path):
+    import pandas as pd
+
+    tmp, _ = runs
+    out = tmp_path / "gen"
+    assert main(["generate-prefix", "hostrun", "--runs-dir", str(tmp / "runs"), "--split", "val",
+                 "--per-genome", "2", "--temperatures", "1.0", "--max-codons", "40", "--prompt-codons", "3",
+                 "--out-dir", str(out), "--quiet"]) == 0
+    samples = pd.read_csv(out / "samples.csv")
+    generated = samples[samples.temperature != "real"]
+    assert len(generated) == 4 and generated.dna.map(lambda d: set(d) <= set("ACGT") and len(d) % 3 == 0).all()
+
+
 def test_a_host_model_wants_a_known_host_and_a_plain_model_none(runs, tmp_path, capsys):
     tmp, _ = runs
     lm, plain = _load(tmp, "hostrun"), _load(tmp, "plainrun")
