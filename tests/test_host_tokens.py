@@ -202,6 +202,10 @@ def test_evaluate_scores_each_test_gene_with_its_genome(runs):
     logp = np.concatenate([s.logp[1:] for s in score_genes(lm.model, hosted)])
     assert metrics["model"]["n_targets"] == logp.size == sum(g.size - 1 for g in test.genes)
     assert metrics["model"]["loss"] == pytest.approx(float(-logp.mean()), rel=1e-5)
+    from codonlm.analysis.report import heldout_part
+
+    assert metrics["host_tokens"] == ["ds0", "ds1"]
+    assert "host token (2 hosts" in heldout_part("hostrun", tmp / "runs" / "hostrun")
 
 
 def test_hugging_face_export_lists_the_host_tokens(runs, tmp_path):

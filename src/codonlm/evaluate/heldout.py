@@ -245,6 +245,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
         "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
         "seconds": round(time.perf_counter() - t0, 1),
         "stride": stride or model.cfg.block_size // 4, "amp": amp, "by_identity": by_identity,
+        "host_tokens": list(model.cfg.hosts),
         "note": "perplexity over whole genes (codons + <EOS_CDS>); genes longer than block_size are scored "
                 "with windows advancing by `stride`, so every codon has at least block_size - stride + 1 "
                 "tokens of context; the model's probability is its full softmax (no renormalisation).",
