@@ -286,3 +286,16 @@ def test_add_host_bad_input_is_one_line_and_leaves_the_base_alone(runs, new_geno
         assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
     assert _tree_digest(*base_folders) == before
     assert sorted(p.name for p in (tmp / "runs").iterdir()) == runs_before  # no half-made run either
+
+
+def test_host_config_is_checked(tmp_path, tiny_config):
+    files = [tmp_path / "a.gbk", tmp_path / "b.gbk"]
+    cfg = parse_config(tiny_config(tmp_path, files, model={"condition_on_host": True}))
+    assert cfg.model.hosts == ["ds0", "ds1"] and cfg.model.vocab_size == 70
+    assert parse_config(cfg.model_dump(mode="json")) == cfg  # a checkpoint's config reads back the same
+    bad = [({"hosts": ["ds0", "ds1"]}, "condition_on_host is false"),
+           ({"condition_on_host": True, "hosts": ["ds0"]}, "missing: ds1"),
+           ({"condition_on_host": True, "hosts": ["ds0", "ds1", *(f"h{i}" for i in range(187))]}, "at most 188")]
+    for model, message in bad:
+        with pytest.raises(UserError, match=message):
+            parse_config(tiny_config(tmp_path, files, model=model))

@@ -242,6 +242,8 @@ class Config(_Section):
         missing = [d.name for d in self.data.datasets if d.name not in m.hosts]
         if missing or len(set(m.hosts)) != len(m.hosts):
             raise ValueError(f"model.hosts must name every dataset once (missing: {', '.join(missing) or 'none'})")
+        if 68 + len(m.hosts) > 256:
+            raise ValueError(f"{len(m.hosts)} hosts: at most 188 (token ids are stored as uint8)")
         m.vocab_size = max(m.vocab_size, 68 + len(m.hosts))
         return self
 
