@@ -206,13 +206,14 @@ class CodonLM:
     def fit_probe(self, seqs: Sequences, y, layer: str | int = "final", pool: str = "mean",
                   models: list[str] | None = None, groups=None, transform: str = "none", folds: int = 5,
                   repeats: int = 1, seed: int = 0, bootstrap: int = 1000, kmer_k: int = 4,
-                  cai_reference: str | None = None, skip_invalid: bool = False) -> dict:
+                  cai_reference: str | None = None, skip_invalid: bool = False, host: str | None = None) -> dict:
         """Cross-validated regression of a measured property `y` (one value per sequence) on this model's
         embeddings, beside the baselines: what `task: regression` configs run (`codonlm.stage2.regression`).
 
         Returns {"metrics": DataFrame (one row per model: spearman, pearson, r2 and their 95% CIs),
         "models", "layers" (layer="all": every layer's ridge probe), "chosen_layers", "predictions"}.
-        Folds keep identical proteins (or equal `groups` values) together.
+        Folds keep identical proteins (or equal `groups` values) together. host: the genes' genome, for a
+        host-conditioned model.
         """
         from codonlm.stage2.embeddings import embed_genes
         from codonlm.stage2.regression import (
@@ -225,6 +226,7 @@ class CodonLM:
         )
         from codonlm.stage2.regressors import CAI_MODELS, DEFAULT_REGRESSION_MODELS, feature_source
 
+        host_id = self.host_id(host)
         raw = as_records(seqs)
         values = np.asarray(y, dtype=np.float64).ravel()
         if len(values) != len(raw):
@@ -239,9 +241,10 @@ class CodonLM:
                              groups=protein_groups(dna, self.table_id) if groups is None else
                              np.asarray(groups, dtype=str)[rows], source="fit_probe")
         if any(feature_source(m) == "embedding" for m in models):
-            data.embeddings, _, data.layers = embed_genes(self.model, dna, str(layer), pool, show_progress=False)
+            data.embeddings, _, data.layers = embed_genes(self.model, dna, str(layer), pool, show_progress=False,
+                                                          hosts=[host_id] * len(dna))
         if "zeroshot_loglik" in models:
-            data.scores["mean_loglik"] = mean_loglik(self.model, ids, dna)
+            data.scores["mean_loglik"] = mean_loglik(self.model, ids, dna, None if host is None else [host] * len(dna))
         if cai_reference:
             data.scores["cai"] = cai_scores(dna, cai_reference)
         result = evaluate_models(data, models, folds, repeats, seed, bootstrap, kmer_k)
