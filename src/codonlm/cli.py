@@ -172,7 +172,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
     records = _read_records(args)
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir)
-    table = lm.score(records.pairs(), stride=args.stride, amp=args.amp, checked=True)
+    table = lm.score(records.pairs(), stride=args.stride, amp=args.amp, checked=True, host=args.host)
     if args.out:
         write_csv(table, args.out)
         log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
@@ -195,12 +195,14 @@ def cmd_query(args: argparse.Namespace) -> None:
         stdin_text = sys.stdin.read()
     records = _read_records(args, dna=args.dna, stdin_text=stdin_text, stops_table=args.transl_table).pairs()
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir, table_id=args.transl_table)
+    host = lm.host_id(args.host)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
         run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
-                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
+                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan,
+                  host=host)
 
 
 def _kinds(text: str) -> list[str]:
@@ -216,6 +218,7 @@ def _kinds(text: str) -> list[str]:
 def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="run id (uses its best.pt) or a path to a .pt checkpoint")
     p.add_argument("--mode", choices=["next", "generate", "score", "mutate"], default="next")
+    _add_host(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--dna", help="DNA string (ACGT/U, any case, whitespace ignored)")
     _add_sequence_input(p, source, required=False)
@@ -481,6 +484,11 @@ def _read_records(args: argparse.Namespace, **text):
                         dedupe=args.dedupe, skip_invalid=args.skip_invalid, **text)
 
 
+def _add_host(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="the genome the sequences come from, for a host-conditioned model "
+                   "(model.condition_on_host; required there, an unknown name lists the known ones)")
+
+
 def _add_skip_invalid(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
                    help="skip and count bad records (non-ACGT, length, internal stop codons) instead of stopping "
@@ -526,7 +534,8 @@ def cmd_extract_embeddings(args: argparse.Namespace) -> None:
     extract_embeddings(args.run_id, args.out, records.ids, records.seqs, n_skipped=records.skipped,
                        layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
                        device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp,
-                       show_progress=not args.quiet)
+                       show_progress=not args.quiet,
+                       host=args.host)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -636,6 +645,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
+    _add_host(p)
     _add_sequence_input(p, p.add_mutually_exclusive_group(required=True))
     p.add_argument("--out", help="CSV path (default: stdout)")
     _add_scoring(p)
@@ -670,6 +680,7 @@ def _bundle_arguments(p: argparse.ArgumentParser) -> None:
 
 def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
+    _add_host(p)
     _add_sequence_input(p, p.add_mutually_exclusive_group(required=True))
     p.add_argument("--out", required=True, help="output NPZ (ids, embeddings, run_id, layer, pool)")
     p.add_argument("--layer", default="final", help="final (LM-head input, default), all, or a block index")
@@ -738,6 +749,28 @@ def _eval_classifier_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_host_arguments(p: argparse.ArgumentParser) -> None:
+    from codonlm.add_host import DEFAULT_STEPS
+
+    p.add_argument("run_id", help="the base run (host-conditioned: model.condition_on_host); only read")
+    p.add_argument("--name", required=True, help="the new host's name (letters, digits, _ . -)")
+    genome = p.add_mutually_exclusive_group(required=True)
+    genome.add_argument("--gbff", help="the new genome's GenBank file, plain or gzipped")
+    genome.add_argument("--fasta", help="the new genome's nucleotide FASTA (genes called with pyrodigal)")
+    p.add_argument("--full", action="store_true", help="train every weight (default: only the new host's "
+                   "embedding row)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (default: %(default)s)")
+    add_run_location(p)
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_add_host(args: argparse.Namespace) -> None:
+    from codonlm.add_host import add_host
+
+    add_host(args.run_id, args.name, gbff=args.gbff, fasta=args.fasta, full=args.full, steps=args.steps,
+             checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir, device=args.device)
+
+
 def _stage2_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("--configs-dir", default="configs/classifier")
@@ -784,6 +817,8 @@ COMMANDS = (
      _report_arguments, cmd_report),
     ("bundle", "a run's artifacts + HF export in one folder and .tar.gz with checksums",
      _bundle_arguments, cmd_bundle),
+    ("add-host", "a new run whose host-conditioned model knows one more genome (runs/<NEW_RUN_ID>/add_host.json)",
+     _add_host_arguments, cmd_add_host),
     ("query", "next codons, generate, score or mutate a DNA sequence",
      add_query_arguments, cmd_query),
     ("extract-embeddings", "pooled hidden states of a run for FASTA/CSV genes -> NPZ "

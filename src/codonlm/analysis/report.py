@@ -190,7 +190,12 @@ def heldout_part(run_id: str, run_dir: Path) -> str:
     rows = [["TinyGPT (this run)", model["perplexity"], model["loss"], model.get("top1_accuracy"),
              model.get("aa_accuracy")]]
     rows += [[f"baseline: {k}", v["perplexity"], v["loss"], None, None] for k, v in metrics["baselines"].items()]
-    return (head + f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(model.get('n_targets'))} predicted codons.</p>"
+    hosts = metrics.get("host_tokens")
+    conditioning = (f" Each gene is read with its genome's host token ({len(hosts)} hosts; model.condition_on_host)."
+                    if hosts else " No host tokens: the model is not told a gene's genome (README: Host tokens, "
+                    "the A/B of both on the default study).")
+    return (head + f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(model.get('n_targets'))} predicted codons."
+            + esc(conditioning) + "</p>"
             + table(["model", "perplexity", "loss (nats)", "top-1 accuracy", "amino-acid accuracy"], rows)
             + figure_if_any(run_dir / "evaluate" / "per_dataset.png"))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codonlm.data.codons import PAD, genetic_code
+from codonlm.data.codons import PAD, genetic_code, with_host
 from codonlm.errors import UserError
 from codonlm.log import progress
 
@@ -72,14 +72,19 @@ def gene_windows(n_targets: int, block_size: int, stride: int) -> list[tuple[int
 
 @torch.no_grad()
 def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cpu", stride: int | None = None,
-                max_tokens: int = 32768, amp: bool = False, table_id: int = 11) -> list[GeneScore]:
+                max_tokens: int = 32768, amp: bool = False, table_id: int = 11,
+                hosts: list[int | None] | None = None) -> list[GeneScore]:
     """Score genes given as `<BOS> c1..cn <EOS>` token arrays (the NPZ `gene_tokens` layout).
 
-    stride defaults to block_size // 4 (context >= 3/4 of the window for every codon).
+    stride defaults to block_size // 4 (context >= 3/4 of the window for every codon). hosts: each gene's
+    host token id (a host-conditioned model), put after <BOS>; its target is dropped, so a GeneScore
+    lines up with codons 1..n and <EOS> either way.
     """
+    if hosts is not None:
+        genes = [with_host(g, h) for g, h in zip(genes, hosts, strict=True)]
     model.eval()
     device = torch.device(device)
-    aa = torch.from_numpy(genetic_code(table_id).aa_classes()).to(device)
+    aa = torch.from_numpy(genetic_code(table_id).aa_classes(model.cfg.vocab_size)).to(device)
     T = model.cfg.block_size
     stride = max(1, min(stride or T // 4, T))
     # every window of every gene: (gene, input start, first target, last target), shortest first
@@ -118,7 +123,8 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
             # target t sits at column t - a - 1 of this window
             for k in _COLUMNS:
                 cols[k][g].append((lo, values[k][r, lo - a - 1 : hi - a]))
-    scores = [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])
+    skip = [0 if hosts is None or hosts[g] is None else 1 for g in range(len(genes))]  # the host token's target
+    scores = [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])[skip[g]:]
                            for k in _COLUMNS}) for g in range(len(genes))]
     require_finite(np.concatenate([s.logp for s in scores]) if scores else [], "log-probabilities")
     return scores

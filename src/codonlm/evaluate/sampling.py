@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from codonlm.data.codons import CODON_OFFSET, EOS, ITOS
+from codonlm.data.codons import CODON_OFFSET, EOS, HOST_OFFSET
 
 
 def filter_logits(
@@ -115,10 +115,13 @@ class KVStepper:
 
 def _generate_equal_length(model, prompts, budget, temperature, top_k, top_p, seed, stop_codons, device):
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    allowed = torch.zeros(len(ITOS), dtype=torch.bool)
-    allowed[CODON_OFFSET:] = True
+    vocab = model.cfg.vocab_size
+    allowed = torch.zeros(vocab, dtype=torch.bool)
+    allowed[CODON_OFFSET:HOST_OFFSET] = True  # never a host token
     allowed[EOS] = True
-    stop = torch.zeros(len(ITOS), dtype=torch.bool) if stop_codons is None else torch.from_numpy(stop_codons)
+    stop = torch.zeros(vocab, dtype=torch.bool)
+    if stop_codons is not None:
+        stop[: len(stop_codons)] = torch.from_numpy(stop_codons)
     outs = [list(map(int, p)) for p in prompts]
     active = [i for i in range(len(outs)) if budget[i] > 0]
     if not active:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codonlm.data.codons import PAD, encode, internal_stop_count
+from codonlm.data.codons import PAD, encode, host_token, internal_stop_count
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows
 from codonlm.io import atomic_path, read_npz, sha256_file
@@ -56,11 +56,13 @@ def hook_names(n_layer: int, layer: str) -> list[str]:
     return [f"blocks.{index % n_layer}.hook_resid_post"]
 
 
-def codon_windows(n_codons: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+def codon_windows(n_codons: int, block_size: int, stride: int, prefix: int = 1) -> list[tuple[int, int, int]]:
     """(first token, first codon position, last codon position) per window; positions are token indices
-    of `<BOS_CDS> c1..cn`, so codon i sits at i. The state at token p is what predicts token p + 1, so the
-    positions a window owns are the scoring windows' targets minus one (BOS excluded)."""
-    return [(a, max(lo - 1, 1), hi - 1) for a, lo, hi in gene_windows(n_codons + 1, block_size, stride)]
+    of `<BOS_CDS> c1..cn` (prefix 1), so codon i sits at i, or of `<BOS_CDS> <host> c1..cn` (prefix 2), codon i
+    at i + 1. The state at token p is what predicts token p + 1, so the positions a window owns are the
+    scoring windows' targets minus one (BOS and host excluded)."""
+    return [(a, max(lo - 1, prefix), hi - 1)
+            for a, lo, hi in gene_windows(n_codons + prefix, block_size, stride)]
 
 
 @dataclass
@@ -78,9 +80,10 @@ class _Pooler:
         self.sums = np.full((self.n_genes, *self.shape), fill, dtype=np.float64)
         self.pieces = [[] for _ in range(self.n_genes)] if self.pool == "per-codon" else []
 
-    def add_batch(self, batch: list[tuple[int, int, int, int]], states, n_codons: np.ndarray) -> None:
+    def add_batch(self, batch: list[tuple[int, int, int, int]], states, last_positions: np.ndarray) -> None:
         """states [rows, width, layers, channels] (torch) of a batch; row r owns codon positions lo..hi of
-        gene g (window from token a). Pooled on the whole batch at once, not row by row."""
+        gene g (window from token a); last_positions: each gene's last codon position. Pooled on the whole
+        batch at once, not row by row."""
         import torch
 
         genes = np.array([g for g, _, _, _ in batch])
@@ -98,7 +101,7 @@ class _Pooler:
         elif self.pool == "max":
             np.maximum.at(self.sums, genes, states.masked_fill(~owned, -torch.inf).amax(1).double().cpu().numpy())
         else:  # last: the row whose window ends at the gene's last codon
-            ends = np.flatnonzero(np.array([hi for _, _, _, hi in batch]) == n_codons[genes])
+            ends = np.flatnonzero(np.array([hi for _, _, _, hi in batch]) == last_positions[genes])
             self.sums[genes[ends]] = states[ends, last[ends]].double().cpu().numpy()
 
     def result(self, n_codons: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -111,12 +114,16 @@ class _Pooler:
         return self.sums.astype(np.float32), None
 
 
-def window_batches(tokens: list[np.ndarray], block_size: int, stride: int, max_tokens: int):
+def window_batches(tokens: list[np.ndarray], block_size: int, stride: int, max_tokens: int,
+                   prefixes: np.ndarray | None = None):
     """Yield (rows, idx): rows are (gene, first token, first codon position, last codon position) and idx the
-    right-padded [rows, width] token ids; windows sorted by width, rows x width within max_tokens."""
+    right-padded [rows, width] token ids; windows sorted by width, rows x width within max_tokens. prefixes:
+    each gene's tokens before its first codon (1, 2 with a host token; default 1)."""
     import torch
 
-    rows = [(g, a, lo, hi) for g, t in enumerate(tokens) for a, lo, hi in codon_windows(t.size - 1, block_size, stride)]
+    prefixes = np.ones(len(tokens), dtype=np.int64) if prefixes is None else prefixes
+    rows = [(g, a, lo, hi) for g, t in enumerate(tokens)
+            for a, lo, hi in codon_windows(t.size - prefixes[g], block_size, stride, int(prefixes[g]))]
     rows.sort(key=lambda r: r[3] + 1 - r[1])  # by window width
     start = 0
     while start < len(rows):
@@ -132,9 +139,10 @@ def window_batches(tokens: list[np.ndarray], block_size: int, stride: int, max_t
 
 
 def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
-                max_tokens: int = 16384, amp: bool = False,
-                show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+                max_tokens: int = 16384, amp: bool = False, show_progress: bool = True,
+                hosts: list[int | None] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Pooled hidden states of clean DNA sequences: (embeddings, offsets for per-codon else None, layer names).
+    hosts: each sequence's host token id (a host-conditioned model); only codon positions are pooled.
 
     embeddings is [genes, channels] for one layer, [genes, layers, channels] for `all`. amp: bf16 autocast,
     faster only where the CPU has native bf16 (AVX-512 BF16 / AMX); on the 2-core dev machine (no AVX-512)
@@ -146,18 +154,21 @@ def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean"
         raise UserError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
     names = hook_names(model.cfg.n_layer, layer)
     T = model.cfg.block_size
-    tokens = [encode(s) for s in seqs]  # <BOS_CDS> c1..cn
-    n_codons = np.array([t.size - 1 for t in tokens], dtype=np.int64)
+    hosts = [None] * len(seqs) if hosts is None else hosts
+    tokens = [encode(s, host=h) for s, h in zip(seqs, hosts, strict=True)]  # <BOS_CDS> (<host>) c1..cn
+    prefixes = np.array([1 if h is None else 2 for h in hosts], dtype=np.int64)
+    n_codons = np.array([t.size for t in tokens], dtype=np.int64) - prefixes
     pooler = _Pooler(pool, len(seqs), (len(names), model.cfg.n_embd))
     model.eval()
     device = next(model.parameters()).device
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     bar = progress(total=int(n_codons.sum()), desc="embed", unit="codon", disable=not show_progress)
-    for batch, idx in window_batches(tokens, T, max(1, min(stride or T // 2, T)), max_tokens):
+    for batch, idx in window_batches(tokens, T, max(1, min(stride or T // 2, T)), max_tokens, prefixes):
         idx = idx.to(device)
         with ctx:
             _, cache = model.run_with_cache(idx, segment_ids=torch.ones_like(idx), names_filter=names)
-        pooler.add_batch(batch, torch.stack([cache[n] for n in names], dim=2).float(), n_codons)  # [B, W, L, C]
+        states = torch.stack([cache[n] for n in names], dim=2).float()  # [B, W, L, C]
+        pooler.add_batch(batch, states, n_codons + prefixes - 1)
         bar.update(sum(hi + 1 - lo for _, _, lo, hi in batch))
     bar.close()
     vectors, offsets = pooler.result(n_codons)
@@ -216,8 +227,11 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
 def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[str], layer: str = "final",
                        pool: str = "mean", checkpoints_dir: str | None = None, device: str = "cpu",
                        stride: int | None = None, max_tokens: int = 16384, amp: bool = False, n_skipped: int = 0,
-                       show_progress: bool = True, runs_dir: str | None = None) -> EmbeddingFile:
-    """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling)."""
+                       show_progress: bool = True, runs_dir: str | None = None,
+                       host: str | list[str] | None = None, host_optional: bool = False) -> EmbeddingFile:
+    """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling); host: their
+    genome (one for all, or one each), for a host-conditioned model; host_optional: ignore it for a model
+    without host tokens (stage 2 passes every gene's genome whatever the model)."""
     from codonlm.model.load import checkpoint_path, load_model
 
     if pool not in POOLS:
@@ -225,8 +239,12 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     ckpt = checkpoint_path(run_id, checkpoints_dir, runs_dir)
     model, _, state = load_model(str(ckpt), device=device)
     hook_names(model.cfg.n_layer, layer)  # a bad --layer fails before any work
+    hosts = host if isinstance(host, list) else [host] * len(seqs)
+    if host_optional and not model.cfg.hosts:
+        hosts = [None] * len(seqs)
+    host_ids = [host_token(model.cfg.hosts, h) for h in hosts]
     t0 = time.perf_counter()
-    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)
+    vectors, offsets, layers = embed_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress, host_ids)
     seconds = time.perf_counter() - t0
     n_codons = sum(len(s) // 3 for s in seqs)
     emb = EmbeddingFile(

@@ -304,11 +304,14 @@ def group_proteins(proteins: list[str], data=None) -> tuple[np.ndarray, str]:
                               f"{data.cluster_coverage:.0%} coverage), as the run's data.split_by: cluster")
 
 
-def mean_loglik(model, ids: list[str], seqs: list[str]) -> np.ndarray:
-    """The model's mean log-likelihood per token of each whole gene (`<BOS_CDS> codons <EOS_CDS>`, = -nll)."""
+def mean_loglik(model, ids: list[str], seqs: list[str], hosts: list[str] | None = None) -> np.ndarray:
+    """The model's mean log-likelihood per token of each whole gene (`<BOS_CDS> codons <EOS_CDS>`, = -nll);
+    hosts: each gene's genome, for a host-conditioned model."""
+    from codonlm.data.codons import host_token
     from codonlm.evaluate.query import score
 
-    return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)))])
+    tokens = None if hosts is None else [host_token(model.cfg.hosts, h) for h in hosts]
+    return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)), host=tokens)])
 
 
 def cai_scores(seqs: list[str], reference_fasta: str) -> np.ndarray:

@@ -141,6 +141,11 @@ def cai_references(run_cfg, run_id: str, processed: Path) -> tuple[dict, dict]:
     return refs, info
 
 
+def genomes_if_hosts(model, table: pd.DataFrame) -> list[str] | None:
+    """Each gene's genome when the model is host-conditioned (its host token), else None."""
+    return table["genome"].tolist() if model.cfg.hosts and "genome" in table.columns else None
+
+
 def zero_shot_table(heldout: pd.DataFrame, ckpt: Path, run_cfg, run_id: str, processed: Path,
                     checkpoints_dir: str) -> tuple[pd.DataFrame, dict]:
     """heldout_scores.csv: id, cai (against the gene's own host), mean_loglik (the run's model)."""
@@ -150,7 +155,7 @@ def zero_shot_table(heldout: pd.DataFrame, ckpt: Path, run_cfg, run_id: str, pro
     refs, info = cai_references(run_cfg, run_id, processed)
     cai = [refs[g].cai(s) if g in refs else float("nan") for g, s in zip(heldout["genome"], heldout["seq"], strict=True)]
     model, _, _ = load_model(str(ckpt), checkpoints_dir)
-    loglik = mean_loglik(model, heldout["id"].tolist(), heldout["seq"].tolist())
+    loglik = mean_loglik(model, heldout["id"].tolist(), heldout["seq"].tolist(), genomes_if_hosts(model, heldout))
     table = pd.DataFrame({"id": heldout["id"], "cai": np.round(cai, 5), "mean_loglik": np.round(loglik, 5)})
     return table, {"cai_reference": info, "checkpoint_sha256": sha256_file(ckpt)}
 
@@ -273,8 +278,10 @@ def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckp
                 and (old.layer, old.pool) == (layer, cfg.pool)):
             log(f"[stage2] reusing {out} ({len(old.ids)} genes, layer {old.layer}, pool {old.pool})")
             return old
+    genomes = table["genome"].tolist() if "genome" in table.columns else None
     return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=layer,
-                              pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress)
+                              pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress,
+                              host=genomes, host_optional=True)
 
 
 def _ensure_scores(cfg, heldout: pd.DataFrame, old: dict | None, context: tuple) -> dict:
