@@ -113,3 +113,57 @@ def test_best_identity_known_answer(mmseqs):
     unrelated = "".join(rng.choice(aas) for _ in range(150))
     best = best_identity([protein, unrelated], [copy])
     assert abs(best[0] - 0.8) < 0.01 and best[1] == 0.0
+
+
+def _family_of(families: int = 40, members: int = 4) -> dict[str, int]:
+    """locus_tag -> family of the genes `_family_corpus` lays out (its order, without its random draws)."""
+    counts, out = [0, 0], {}
+    for f in range(families):
+        for m in range(members):
+            g = (f + m) % 2
+            out[f"g{g}_{counts[g]}"] = f
+            counts[g] += 1
+    return out
+
+
+def test_cv_folds_and_ready_task_groups_follow_the_runs_clusters(tmp_path, mmseqs, tiny_config, capsys):
+    """A run split by cluster: a user table's regression CV (train-regressor) and the ready tasks' held-out
+    genes (protein_group) group the genes by MMseqs2 cluster, so no family straddles two folds; metrics.json
+    and tasks.json say so. Identical-protein groups would split every family (its members differ)."""
+    import pandas as pd
+
+    from codonlm.data.genbank import extract_file
+    from codonlm.data.prepare import prepare
+    from codonlm.evaluate.seqmetrics import gc3
+    from codonlm.stage2.regression import group_proteins
+    from codonlm.stage2.tasks import heldout_table
+    from codonlm.train.loop import train
+
+    files = _family_corpus(tmp_path)
+    cfg = parse_config(tiny_config(tmp_path, files, data={"split_by": "cluster", "cluster_identity": IDENTITY,
+                                                          "cluster_coverage": COVERAGE}, epochs=1, max_steps=4))
+    prepare(cfg, show_progress=False)
+    train(cfg, "cl")
+    genes = [c for f in files for c in extract_file(f, min_len=10)]
+    family = {c.name: _family_of()[c.name.rsplit("|", 1)[-1]] for c in genes}
+    pd.DataFrame({"gene_id": [c.name for c in genes], "value": [gc3(c.dna()) for c in genes],
+                  "cds": [c.dna() for c in genes]}).to_csv(tmp_path / "mine.csv", index=False)
+    out = tmp_path / "out"
+    code = main(["train-regressor", "--csv", str(tmp_path / "mine.csv"), "--target", "value", "--id-column",
+                 "gene_id", "--seq-column", "cds", "--run-id", "cl", "--checkpoints-dir", cfg.outputs.out_dir,
+                 "--runs-dir", cfg.outputs.runs_dir, "--models", "codon_ridge,zeroshot_loglik", "--bootstrap", "50",
+                 "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cv"]["groups"] == ("MMseqs2 clusters of the proteins (50% identity, 80% coverage), as the "
+                                       "run's data.split_by: cluster")
+    assert 30 <= metrics["n_groups"] <= 45 and metrics["n"] == 160
+    folds = pd.read_csv(out / "predictions.csv").assign(family=lambda t: t["id"].map(family))
+    assert folds.groupby("family")["fold"].nunique().max() == 1  # every family in one fold
+    proteins = [translate(c.dna()) for c in genes]
+    assert len(set(group_proteins(proteins)[0])) == 160  # identical-protein groups: one per gene
+    heldout, info = heldout_table(cfg, "cl", Path(cfg.data.processed_dir))
+    assert info["group_columns"]["protein_group"] == metrics["cv"]["groups"]
+    heldout["family"] = heldout["id"].map(lambda name: _family_of()[name.rsplit("|", 1)[-1]])
+    assert heldout.groupby("family")["protein_group"].nunique().max() == 1
+    assert heldout.groupby("protein_group")["family"].nunique().max() == 1

@@ -13,9 +13,10 @@ import torch
 
 from codonlm.cli import main
 from codonlm.config import parse_config
-from codonlm.data.codons import clean_dna, read_dna_records
+from codonlm.data.codons import clean_dna
 from codonlm.data.layout import run_split_path
 from codonlm.data.prepare import prepare
+from codonlm.data.records import read_records
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import gene_windows, score_genes
 from codonlm.evaluate.query import run_query
@@ -138,7 +139,7 @@ def test_bad_dna_rejected(text, needle):
 
 def test_dna_cleaning_accepts_case_u_whitespace():
     assert clean_dna("aug aaa\nuaa\n") == "ATGAAATAA"
-    assert read_dna_records(stdin_text="atgaaa\ntaa\n") == [("seq1", "ATGAAATAA")]
+    assert read_records(stdin_text="atgaaa\ntaa\n").pairs() == [("seq1", "ATGAAATAA")]
 
 
 def test_query_modes(trained):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codonlm.data.codons import frame_gene, read_dna_records
+from codonlm.data.codons import frame_gene
+from codonlm.data.records import read_records
 from codonlm.errors import UserError
 from codonlm.io import atomic_path, atomic_write, read_fasta, read_split_genes, write_fasta
 
@@ -33,7 +34,7 @@ def test_fasta_round_trip_and_clean_dna(tmp_path):
     assert max(len(line) for line in path.read_text().splitlines()) == 60
     path.write_text(">a desc\natg aaa\nuaa\n>b\nATGNAA\n")
     with pytest.raises(UserError, match="record 'b'.*position 4"):
-        read_dna_records(fasta=path)
+        read_records(fasta=path)
 
 
 def test_read_split_genes(tmp_path):

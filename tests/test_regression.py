@@ -49,6 +49,51 @@ def test_codon_baseline_recovers_gc3_of_real_genes_and_a_shuffled_target_scores_
     assert null["spearman_ci"][0] < 0 < null["spearman_ci"][1] and null["r2"] < 0.05
 
 
+@pytest.mark.parametrize("model", ["probe_krr", "probe_xgb"])
+def test_kernel_ridge_and_xgboost_probes_find_gc3_and_round_trip_through_skops(raw_corpus, tmp_path, model):
+    """The known answer again, read by the probes: as 'embeddings', the codon frequencies of 1,000 real genes
+    (GC3 is a linear function of them; trees need more genes than a ridge to add 32 terms up: 400 gave 0.87).
+    Each probe's CV must find it; its refitted model is stored with skops (trusted types listed, no pickle)
+    and predicts the same after loading."""
+    from codonlm.data.genbank import extract_file
+    from codonlm.stage2.classifiers import TRUSTED_TYPES, save_estimator
+    from codonlm.stage2.regression import refit_all
+
+    genes = [c.dna() for c in extract_file(raw_corpus / "Escherichia_coli_K12_MG1655.gbk.gz", min_len=30)]
+    real_genes = genes[::4][:1000]
+    y = np.array([gc3(s) for s in real_genes])
+    data = RegressionSet(ids=[f"g{i}" for i in range(len(y))], y=y, seqs=real_genes,
+                         groups=protein_groups(real_genes), embeddings=codon_features(real_genes), source="E. coli")
+    m = evaluate_models(data, [model], folds=5, bootstrap=200)["models"][model]
+    assert m["spearman"] >= 0.9 and m["r2"] >= 0.8, m
+    fitted, _ = refit_all(data, [model], seed=0, vectorizer=None)
+    path = save_estimator(fitted[model], tmp_path / f"{model}.skops")
+    import skops.io as sio
+
+    assert set(sio.get_untrusted_types(file=path)) <= set(TRUSTED_TYPES)
+    loaded = load_estimator(path)
+    np.testing.assert_allclose(loaded.predict(data.embeddings[:50]), fitted[model].predict(data.embeddings[:50]))
+
+
+def test_kernel_ridge_inner_cv_matches_scikit_learn_kernel_ridge():
+    """kernel_ridge_params solves every penalty from one eigendecomposition: its choice is the one
+    KernelRidge refitted for each (alpha, gamma) scores best with."""
+    from sklearn.metrics import r2_score
+
+    from codonlm.stage2.regression import kernel_ridge_params
+    from codonlm.stage2.regressors import KRR_ALPHAS, KRR_GAMMAS, make_regressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 6))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1] ** 2 + rng.normal(scale=0.1, size=90)
+    inner = cv_folds(y, np.arange(90).astype(str), 3, seed=0)
+    scores = {(a, g / 6): np.mean([r2_score(y[te], make_regressor("probe_krr", 0, a, g / 6).fit(X[tr], y[tr])
+                                            .predict(X[te])) for tr, te in inner])
+              for a in KRR_ALPHAS for g in KRR_GAMMAS}
+    alpha, gamma = kernel_ridge_params(X, y, inner)
+    assert scores[(alpha, gamma)] == pytest.approx(max(scores.values()), abs=1e-9)
+
+
 def test_regression_metrics_equal_scipy_and_scikit_learn():
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import r2_score

@@ -159,3 +159,34 @@ def test_closing_summary_lists_only_the_checkpoints_that_exist(tmp_path):
     assert f"{ckpt / 'last.pt'} only, no best.pt" in model_line(ckpt)
     (ckpt / "best.pt").write_bytes(b"x")
     assert model_line(ckpt).endswith(f"{ckpt / 'best.pt'} (last.pt to resume)")
+
+
+def test_latest_finds_the_newest_run_under_the_runs_dir_wherever_its_checkpoints_are(at, capsys):
+    """`latest` looked only under outputs/checkpoints: a run trained with a custom outputs.out_dir was 'no
+    trained run' (session 24, leftover)."""
+    from codonlm.runid import latest_run
+
+    _copy_run("newest")  # its checkpoints written last: the latest trained run
+    assert not Path("outputs").exists()
+    assert latest_run() == "newest"
+    assert main(["analyze", "--steps", "summary", "--quiet"]) == 0, capsys.readouterr().err[-2000:]
+    captured = capsys.readouterr()
+    assert "[analyze] run newest (the latest trained run)" in captured.out + captured.err
+    assert Path("runs", "newest", "analysis").is_dir()
+
+
+def test_a_run_folder_without_its_config_says_so_and_what_to_do(at, capsys, tmp_path):
+    """It said "unknown run id 'x' ...; runs that exist: ..., x": the run exists, its config.yaml is gone."""
+    _copy_run("noconfig")
+    Path("runs", "noconfig", "config.yaml").unlink()
+    line = _one_line_error(capsys, ["query", "noconfig", "--dna", "ATGAAAGCT"])
+    assert "unknown run id" not in line and "runs/noconfig lacks its config.yaml" in line, line
+    assert "--checkpoints-dir" in line, line
+    assert main(["query", "noconfig", "--dna", "ATGAAAGCT", "--checkpoints-dir", str(CKPTS)]) == 0
+
+
+def test_stage2_takes_a_runs_dir_like_the_other_commands(at, capsys, tmp_path):
+    (tmp_path / "other_runs" / "only_here").mkdir(parents=True)
+    stage2 = ["stage2", "nope", "--configs-dir", str(REPO / "configs" / "classifier"), "--quiet"]
+    line = _one_line_error(capsys, [*stage2, "--runs-dir", str(tmp_path / "other_runs")])
+    assert "unknown run id 'nope'" in line and "runs that exist: only_here" in line, line

@@ -97,32 +97,34 @@ def _ok(args: list[str]) -> str:
     return out
 
 
-def every_fasta_command(fasta: Path, work: Path, ckpt: Path) -> dict:
-    """Run each command that reads a FASTA on `fasta`; their results, to compare between file variants."""
+def every_fasta_command(fasta: Path, work: Path, ckpt: Path, source: list[str] | None = None,
+                        seq_column: str = "seq") -> dict:
+    """Run each command that reads a FASTA on `fasta` (the commands with a model on `source`: by default
+    --fasta FASTA; the classifiers read a table's `seq_column`); their results, to compare between variants."""
     base = ["--checkpoints-dir", str(ckpt)]
+    source = source or ["--fasta", str(fasta)]
     results: dict = {}
-    _ok(["eval-perplexity", RUN, "--fasta", str(fasta), "--out", str(work / "scores.csv"), *base])
+    _ok(["eval-perplexity", RUN, *source, "--out", str(work / "scores.csv"), *base])
     results["eval-perplexity"] = pd.read_csv(work / "scores.csv").to_dict("list")
     for mode in ("score", "next"):
-        results[mode] = json.loads(_ok(["query", RUN, "--mode", mode, "--fasta", str(fasta), "--json", *base]))
-    _ok(["query", RUN, "--mode", "mutate", "--fasta", str(fasta), "--region", "1-2", "--llr", "local",
+        results[mode] = json.loads(_ok(["query", RUN, "--mode", mode, *source, "--json", *base]))
+    _ok(["query", RUN, "--mode", "mutate", *source, "--region", "1-2", "--llr", "local",
          "--out", str(work / "scan.tsv"), "--heatmaps", "0", *base])
     results["mutate"] = pd.read_csv(work / "scan.tsv", sep="\t").to_dict("list")
-    _ok(["extract-embeddings", "--run_id", RUN, "--fasta", str(fasta), "--out", str(work / "e.npz"), "--quiet",
-         *base])
+    _ok(["extract-embeddings", "--run_id", RUN, *source, "--out", str(work / "e.npz"), "--quiet", *base])
     emb = load_embeddings(work / "e.npz")
     results["extract-embeddings"] = (emb.ids, emb.embeddings.tolist(), emb.internal_stops.tolist())
     labels = work / "labels.csv"
     pd.DataFrame({"id": [f"g{i}" for i in range(12)], "label": list("ab" * 6)}).to_csv(labels, index=False)
     config = work / "kmer.yaml"
     config.write_text(json.dumps({"train_labels": str(labels), "train_seqs": str(fasta), "models": ["kmer_logreg"],
-                                  "bootstrap": 0, "out_dir": str(work / "kmer")}))
+                                  "bootstrap": 0, "out_dir": str(work / "kmer"), "seq_column": seq_column}))
     _ok(["train-classifier", "--config", str(config), "--quiet"])
     trained = json.loads((work / "kmer" / "metrics.json").read_text())
     results["train-classifier"] = (trained["n_train"], trained["models"]["kmer_logreg"]["confusion"])
     _ok(["eval-classifier", "--kind", "kmer", "--model", str(work / "kmer" / "kmer_logreg.skops"), "--vectorizer",
          str(work / "kmer" / "vectorizer.skops"), "--seqs", str(fasta), "--labels", str(labels),
-         "--out", str(work / "eval"), "--bootstrap", "0"])
+         "--out", str(work / "eval"), "--bootstrap", "0", "--seq-column", seq_column])
     evaluated = json.loads((work / "eval" / "eval_metrics.json").read_text())["models"]["kmer_logreg"]
     results["eval-classifier"] = (evaluated["accuracy"], evaluated["confusion"])
     return results
@@ -158,6 +160,105 @@ def test_eval_perplexity_module_and_embeddings_script_read_a_gzipped_commented_c
         assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert pd.read_csv(tmp_path / "s.csv").to_dict("list") == reference[0]["eval-perplexity"]
     assert load_embeddings(tmp_path / "e.npz").embeddings.tolist() == reference[0]["extract-embeddings"][1]
+
+
+def gene_table(records: dict[str, str], folder: Path) -> list[str]:
+    """The records as a user's table (gene_id,note,cds; RNA, lower case; commas in a quoted note), and the
+    flags that read it."""
+    table = pd.DataFrame({"gene_id": [name.split()[0] for name in records], "note": ["a, gene"] * len(records),
+                          "cds": [dna.lower().replace("t", "u") for dna in records.values()]})
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "genes.csv", index=False)
+    return ["--csv", str(folder / "genes.csv"), "--id-column", "gene_id", "--seq-column", "cds"]
+
+
+def test_every_command_reads_a_users_table_as_the_same_records_in_fasta(run, reference, tmp_path):
+    """--csv FILE --id-column C --seq-column C gives every number the FASTA gives; the classifier inputs read
+    a tab-separated table (known by its header line) by its seq_column / --seq-column; CodonLM reads a
+    table's path as the CLI does."""
+    from codonlm import CodonLM
+
+    records = genes()
+    seqs = tmp_path / "genes.txt"
+    pd.DataFrame({"id": [n.split()[0] for n in records], "cds": list(records.values())}).to_csv(seqs, sep="\t",
+                                                                                               index=False)
+    flags = gene_table(records, tmp_path)
+    results = every_fasta_command(seqs, tmp_path, run / "ckpt", source=flags, seq_column="cds")
+    assert list(results) == list(reference[0])
+    for command, result in results.items():
+        assert result == reference[0][command], command
+    pd.read_csv(tmp_path / "genes.csv").rename(columns={"gene_id": "id", "cds": "seq"}).to_csv(
+        tmp_path / "plain.csv", index=False)
+    lm = CodonLM.load(RUN, checkpoints_dir=str(run / "ckpt"))
+    pd.testing.assert_frame_equal(lm.score(str(tmp_path / "plain.csv")), lm.score(str(reference[1] / "genes.fasta")))
+
+
+def _table_commands(flags: list[str], tmp: Path, ckpt: Path) -> dict[str, tuple[list[str], Path | None]]:
+    base = ["--checkpoints-dir", str(ckpt)]
+    return {
+        "eval-perplexity": (["eval-perplexity", RUN, *flags, "--out", str(tmp / "s.csv"), *base], tmp / "s.csv"),
+        "query": (["query", RUN, "--mode", "score", *flags, "--json", *base], None),
+        "mutate": (["query", RUN, "--mode", "mutate", *flags, "--region", "1-2", "--out", str(tmp / "scan.tsv"),
+                    "--heatmaps", "0", *base], tmp / "scan.tsv"),
+        "extract-embeddings": (["extract-embeddings", "--run_id", RUN, *flags, "--out", str(tmp / "e.npz"),
+                                "--quiet", *base], tmp / "e.npz"),
+    }
+
+
+BAD_TABLES = {  # kind: (change to the table, what the one line says)
+    "repeated_id": (lambda t: pd.concat([t, t.head(1)]), "id 'g0' appears twice (row 2 and row 14)"),
+    "no_seq_column": (lambda t: t.rename(columns={"cds": "dna"}), "no 'cds' column (columns: gene_id, note, dna)"),
+    "empty": (lambda t: t.head(0), "no rows"),
+    "not_dna": (lambda t: t.assign(cds=[*t["cds"][:4], "augxxxuaa", *t["cds"][5:]]),
+                "row 6 (id 'g4'): character 'X' at position 4"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_TABLES)
+def test_a_bad_table_ends_in_one_line_naming_file_and_row_and_writes_nothing(run, reference, tmp_path, kind):
+    change, needle = BAD_TABLES[kind]
+    flags = gene_table(genes(), tmp_path)
+    path = tmp_path / "genes.csv"
+    change(pd.read_csv(path, dtype=str)).to_csv(path, index=False)
+    commands = _table_commands(flags, tmp_path, run / "ckpt")
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"gene_id": [f"g{i}" for i in range(12)], "label": list("ab" * 6)}).to_csv(labels, index=False)
+    kmer = reference[1] / "kmer"
+    commands["eval-classifier"] = (["eval-classifier", "--kind", "kmer", "--model", str(kmer / "kmer_logreg.skops"),
+                                    "--vectorizer", str(kmer / "vectorizer.skops"), "--seqs", str(path),
+                                    *flags[2:], "--labels", str(labels), "--out", str(tmp_path / "ev")],
+                                   tmp_path / "ev" / "eval_metrics.json")
+    for command, (args, output) in commands.items():
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text("an earlier result\n")
+        code, _, err = cli(args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (command, err)
+        assert str(path) in lines[0] and needle in lines[0], (command, lines[0])
+        assert output is None or output.read_text() == "an earlier result\n", command
+
+
+def test_dedupe_first_keeps_each_ids_first_record_and_skip_invalid_counts_bad_rows(run, reference, tmp_path):
+    flags = gene_table(genes(), tmp_path)
+    path = tmp_path / "genes.csv"
+    table = pd.read_csv(path, dtype=str)
+    extra = table.head(2).assign(cds="AUGAAAUAA")  # g0 and g1 again, other sequences: dropped
+    bad = pd.DataFrame({"gene_id": ["junk"], "note": [""], "cds": ["ATGNNNTAA"]})
+    pd.concat([table, extra, bad]).to_csv(path, index=False)
+    code, out, err = cli(_table_commands(flags, tmp_path, run / "ckpt")["query"][0])
+    assert code == 2 and "--dedupe first" in err
+    for command, (args, _) in _table_commands([*flags, "--dedupe", "first", "--skip-invalid"], tmp_path,
+                                              run / "ckpt").items():
+        code, out, err = cli(args)
+        assert code == 0, (command, err)
+        assert "2 record(s) of repeated ids dropped, each id's first record kept (first repeated: 'g0')" in err
+        assert "skipped 1 record(s): 1 invalid (first: 'junk')" in err, (command, err)
+    assert pd.read_csv(tmp_path / "s.csv").to_dict("list") == reference[0]["eval-perplexity"]
+    emb = load_embeddings(tmp_path / "e.npz")
+    assert emb.embeddings.tolist() == reference[0]["extract-embeddings"][1] and emb.meta["n_skipped"] == 1
+    code, _, err = cli([*_table_commands(flags, tmp_path, run / "ckpt")["query"][0], "--dedupe", "mean"])
+    assert code == 2 and "invalid choice: 'mean'" in err  # no value column to average: only first or error
 
 
 BAD_FILES = {  # kind: (file content, what the one line says)

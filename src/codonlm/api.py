@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from codonlm.config import Config
-from codonlm.data.codons import clean_sequences, encode
+from codonlm.data.codons import EOS, clean_sequences, encode, gene_start, host_token
 from codonlm.errors import UserError
 from codonlm.model.tinygpt import HookSpec, NamesFilter, TinyGPT
 
@@ -36,9 +36,13 @@ def as_records(seqs: Sequences, id_column: str = "id", seq_column: str = "seq") 
         text = str(seqs)
         looks_like_dna = isinstance(seqs, str) and set(text.upper()) <= set("ACGTU \n\r\t")
         if not looks_like_dna:
+            from codonlm.data.records import is_table, read_sequences
             from codonlm.io import read_fasta
 
-            return read_fasta(text)
+            if not is_table(text):
+                return read_fasta(text)
+            ids, raw, _, _ = read_sequences(csv=text, id_column=id_column, seq_column=seq_column)
+            return list(zip(ids, raw, strict=True))
         return [("seq1", text)]
     if isinstance(seqs, pd.DataFrame):
         if seq_column not in seqs.columns:
@@ -72,6 +76,8 @@ class CodonLM:
         self.source = source
         self.run_id = run_id
         self.table_id = table_id
+        self._hosts: dict = {}  # design: host references built so far
+        self.runs_dir: str | Path | None = None  # where the run's folder is, when not cfg.outputs.runs_dir
 
     def __repr__(self) -> str:
         c = self.model.cfg
@@ -81,6 +87,16 @@ class CodonLM:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def hosts(self) -> list[str]:
+        """The run's host names (model.condition_on_host), in token order; [] for a model without host tokens."""
+        return list(self.model.cfg.hosts)
+
+    def host_id(self, host: str | None) -> int | None:
+        """The token id of `host` (None for a model without host tokens); an unknown host, or none given to a
+        host-conditioned model, is a UserError listing the known hosts."""
+        return host_token(self.hosts, host)
 
     # ---- loading ---------------------------------------------------------------------------------
 
@@ -100,7 +116,9 @@ class CodonLM:
             run_id, runs = path.name, path.parent
         checkpoint = checkpoint_path(run_id, checkpoints_dir, None if runs is None else str(runs))
         model, cfg, state = load_model(str(checkpoint), device=device)
-        return cls(model, cfg, source=str(checkpoint), run_id=state.get("run_id"), table_id=table_id)
+        lm = cls(model, cfg, source=str(checkpoint), run_id=state.get("run_id"), table_id=table_id)
+        lm.runs_dir = runs
+        return lm
 
     # ---- inputs ----------------------------------------------------------------------------------
 
@@ -118,21 +136,30 @@ class CodonLM:
                                       stops_table=self.table_id)
         return list(zip(ids, dna, strict=True))
 
-    def tokens(self, seq: str, eos: bool = False) -> torch.Tensor:
-        """[1, T] token ids of one clean DNA sequence: `<BOS_CDS> c1 .. cn` (+ `<EOS_CDS>`)."""
-        ((_, dna),) = self.records(seq)
-        return torch.from_numpy(encode(dna, add_bos=True, add_eos=eos).astype(np.int64))[None].to(self.device)
+    def tokens(self, seq: str, eos: bool = False, host: str | None = None) -> torch.Tensor:
+        """[1, T] token ids of one clean DNA sequence: `<BOS_CDS> (<host>) c1 .. cn` (+ `<EOS_CDS>`); "" gives
+        the tokens every gene starts with (where decoding starts)."""
+        start = self.host_id(host)
+        if seq == "":
+            ids = np.append(gene_start(start), [EOS] * eos)
+        else:
+            ((_, dna),) = self.records(seq)
+            ids = encode(dna, add_bos=True, add_eos=eos, host=start)
+        return torch.from_numpy(ids.astype(np.int64))[None].to(self.device)
 
     # ---- the user-facing measures -------------------------------------------------------------------
 
     def score(self, seqs: Sequences, stride: int | None = None, per_codon: bool = False,
-              skip_invalid: bool = False, amp: bool = False, checked: bool = False) -> pd.DataFrame:
+              skip_invalid: bool = False, amp: bool = False, checked: bool = False,
+              host: str | None = None) -> pd.DataFrame:
         """One row per gene (whole `<BOS_CDS> codons <EOS_CDS>`): n_codons, internal_stops, log_likelihood,
-        nll (mean per target), perplexity; with per_codon, a column of per-target log-probability arrays."""
+        nll (mean per target), perplexity; with per_codon, a column of per-target log-probability arrays.
+        host: the genome the genes come from (required by a host-conditioned model, see `hosts`)."""
         from codonlm.evaluate.query import score
 
+        host_id = self.host_id(host)
         rows = score(self.model, self.records(seqs, skip_invalid, checked), stride=stride, amp=amp,
-                     table_id=self.table_id)
+                     table_id=self.table_id, host=host_id)
         table = pd.DataFrame(rows)
         if per_codon:
             table["per_codon_log_likelihood"] = [np.asarray(v) for v in table.per_codon_log_likelihood]
@@ -140,56 +167,94 @@ class CodonLM:
         return table.drop(columns="per_codon_log_likelihood")
 
     def embed(self, seqs: Sequences, layer: str | int = "final", pool: str = "mean", stride: int | None = None,
-              skip_invalid: bool = False) -> np.ndarray:
+              skip_invalid: bool = False, host: str | None = None) -> np.ndarray:
         """Pooled hidden states, [genes, channels] ([genes, layers, channels] for layer="all"; per-codon
-        pooling gives a list of [codons, channels] arrays)."""
+        pooling gives a list of [codons, channels] arrays); codon positions only, never BOS or host."""
         from codonlm.stage2.embeddings import embed_genes
 
+        host_id = self.host_id(host)
         recs = self.records(seqs, skip_invalid)
         vectors, offsets, _ = embed_genes(self.model, [d for _, d in recs], str(layer), pool, stride,
-                                          show_progress=False)
+                                          show_progress=False, hosts=[host_id] * len(recs))
         if offsets is not None:
             return [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
         return vectors
 
-    def next_codons(self, prefix: str, k: int = 10) -> pd.DataFrame:
+    def next_codons(self, prefix: str, k: int = 10, host: str | None = None) -> pd.DataFrame:
         """The k most likely next tokens after a gene's first codons: token, probability, amino_acid."""
         from codonlm.evaluate.query import next_codons
 
+        host_id = self.host_id(host)
         ((_, dna),) = self.records(prefix)
-        return pd.DataFrame(next_codons(self.model, dna, k, self.table_id))
+        return pd.DataFrame(next_codons(self.model, dna, k, self.table_id, host_id))
 
     def generate(self, prefix: Sequences, max_codons: int = 500, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int = 0) -> pd.DataFrame:
+                 top_p: float | None = None, seed: int = 0, host: str | None = None) -> pd.DataFrame:
         """Continue each prompt until a stop codon then `<EOS_CDS>`, or max_codons: id, dna, protein, ..."""
         from codonlm.evaluate.query import generate_rows
 
+        host_id = self.host_id(host)
         return pd.DataFrame(generate_rows(self.model, self.records(prefix), max_codons, temperature, top_k, top_p,
-                                          seed, self.table_id))
+                                          seed, self.table_id, host_id))
+
+    def design_prompt(self, host: str) -> list[int]:
+        """The tokens every designed gene of `host` starts from: the one place design takes its prompt."""
+        return [int(t) for t in self.tokens("", host=host if self.hosts else None)[0]]
+
+    def design(self, proteins: Sequences, host: str, beam: int = 1, samples: int = 0, temperature: float = 1.0,
+               seed: int = 0, start: str | None = None, avoid: list[str] | str | None = None, gc: str | None = None,
+               gc_window: int | None = None, max_homopolymer: int | None = None,
+               out_dir: str | Path | None = None, runs_dir: str | Path | None = None) -> pd.DataFrame:
+        """A coding sequence for each protein in host `host` (one of the run's genomes): synonym-constrained
+        decoding (greedy; `beam` > 1: beam search; `samples` N: N draws at `temperature`), repaired by
+        DnaChisel for the constraints given (`codonlm.evaluate.constraints`), each translated back and
+        checked. One row per design: dna, log_likelihood_per_codon, cai, csi, gc, gc3, cfd, minmax_mean,
+        minmax_dtw, unsatisfied (constraints it still breaks), ...; with out_dir, designs.csv/.fasta there."""
+        from codonlm.evaluate.constraints import parse_constraints
+        from codonlm.evaluate.design import DesignSettings, design_records, load_host, read_protein_records
+
+        constraints = parse_constraints(avoid, gc, gc_window, max_homopolymer)
+        one_protein = isinstance(proteins, str) and proteins.replace("*", "").replace(" ", "").isalpha()
+        if one_protein:
+            records = [("protein1", proteins)]
+        elif isinstance(proteins, (str, os.PathLike)):  # a FASTA file
+            records = read_protein_records(proteins)
+        else:
+            records = as_records(proteins)
+        if self.cfg is None or self.run_id is None:
+            raise UserError("design needs a trained run (its genomes are the hosts); load a run, not an export")
+        key = (host, str(runs_dir or self.runs_dir))
+        if key not in self._hosts:
+            self._hosts[key] = load_host(self.cfg, self.run_id, host, runs_dir or self.runs_dir)
+        settings = DesignSettings(beam, samples, temperature, seed, start, constraints or None)
+        return design_records(self.model, self.design_prompt(host), records, self._hosts[key], settings,
+                              None if out_dir is None else Path(out_dir), device=self.device)
 
     def scan_variants(self, seq: Sequences, llr: str = "exact", region: tuple[int, int] | None = None,
-                      kinds: list[str] | None = None, stride: int | None = None) -> pd.DataFrame:
+                      kinds: list[str] | None = None, stride: int | None = None, host: str | None = None) -> pd.DataFrame:
         """Every single-codon substitution's log-likelihood ratio (exact: whole-gene rescoring; local)."""
         import io
 
         from codonlm.evaluate.variant_table import scan_records
 
+        host_id = self.host_id(host)
         buffer = io.StringIO()
         scan_records(self.model, self.records(seq), stream=buffer, fmt="tsv", llr=llr, region=region, kinds=kinds,
-                     stride=stride, table_id=self.table_id, show_progress=False)
+                     stride=stride, table_id=self.table_id, show_progress=False, host=host_id)
         buffer.seek(0)
         return pd.read_csv(buffer, sep="\t")
 
     def fit_probe(self, seqs: Sequences, y, layer: str | int = "final", pool: str = "mean",
                   models: list[str] | None = None, groups=None, transform: str = "none", folds: int = 5,
                   repeats: int = 1, seed: int = 0, bootstrap: int = 1000, kmer_k: int = 4,
-                  cai_reference: str | None = None, skip_invalid: bool = False) -> dict:
+                  cai_reference: str | None = None, skip_invalid: bool = False, host: str | None = None) -> dict:
         """Cross-validated regression of a measured property `y` (one value per sequence) on this model's
         embeddings, beside the baselines: what `task: regression` configs run (`codonlm.stage2.regression`).
 
         Returns {"metrics": DataFrame (one row per model: spearman, pearson, r2 and their 95% CIs),
         "models", "layers" (layer="all": every layer's ridge probe), "chosen_layers", "predictions"}.
-        Folds keep identical proteins (or equal `groups` values) together.
+        Folds keep identical proteins (or equal `groups` values) together. host: the genes' genome, for a
+        host-conditioned model.
         """
         from codonlm.stage2.embeddings import read_genes
         from codonlm.stage2.regression import (
@@ -202,6 +267,7 @@ class CodonLM:
         )
         from codonlm.stage2.regressors import CAI_MODELS, DEFAULT_REGRESSION_MODELS, feature_source
 
+        host_id = self.host_id(host)
         raw = as_records(seqs)
         values = np.asarray(y, dtype=np.float64).ravel()
         if len(values) != len(raw):
@@ -216,11 +282,11 @@ class CodonLM:
                              groups=protein_groups(dna, self.table_id) if groups is None else
                              np.asarray(groups, dtype=str)[rows], source="fit_probe")
         if any(feature_source(m) == "embedding" for m in models):  # one pass: embeddings and log-likelihoods
-            reading = read_genes(self.model, dna, str(layer), pool, show_progress=False)
+            reading = read_genes(self.model, dna, str(layer), pool, show_progress=False, hosts=[host_id] * len(dna))
             data.embeddings, data.layers = reading.vectors, reading.layers
             data.scores["mean_loglik"] = reading.mean_loglik
         elif "zeroshot_loglik" in models:
-            data.scores["mean_loglik"] = mean_loglik(self.model, ids, dna)
+            data.scores["mean_loglik"] = mean_loglik(self.model, ids, dna, None if host is None else [host] * len(dna))
         if cai_reference:
             data.scores["cai"] = cai_scores(dna, cai_reference)
         result = evaluate_models(data, models, folds, repeats, seed, bootstrap, kmer_k)
@@ -234,20 +300,23 @@ class CodonLM:
 
     # ---- interpretability ---------------------------------------------------------------------------
 
-    def _as_tokens(self, seq: str | torch.Tensor) -> torch.Tensor:
+    def _as_tokens(self, seq: str | torch.Tensor, host: str | None = None) -> torch.Tensor:
         if isinstance(seq, torch.Tensor):
             return (seq if seq.dim() == 2 else seq[None]).to(self.device)
-        return self.tokens(seq)
+        return self.tokens(seq, host=host)
 
     def run_with_cache(self, seq: str | torch.Tensor, names_filter: NamesFilter = None,
-                       fwd_hooks: Iterable[HookSpec] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits and activations by hook name (`hook_names()`) for one DNA sequence or a token batch."""
-        return self.model.run_with_cache(self._as_tokens(seq), names_filter=names_filter, fwd_hooks=fwd_hooks)
+                       fwd_hooks: Iterable[HookSpec] = (), host: str | None = None,
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and activations by hook name (`hook_names()`) for one DNA sequence (position p of
+        `tokens(seq, host=host)`: codon i at i, or i + 1 behind a host token) or a token batch."""
+        return self.model.run_with_cache(self._as_tokens(seq, host), names_filter=names_filter, fwd_hooks=fwd_hooks)
 
-    def run_with_hooks(self, seq: str | torch.Tensor, fwd_hooks: Iterable[HookSpec]) -> torch.Tensor:
+    def run_with_hooks(self, seq: str | torch.Tensor, fwd_hooks: Iterable[HookSpec],
+                       host: str | None = None) -> torch.Tensor:
         """Logits with `(name, fn)` hooks in place; fn(activation, hook) may return a replacement."""
         with torch.no_grad():
-            return self.model.run_with_hooks(self._as_tokens(seq), fwd_hooks)
+            return self.model.run_with_hooks(self._as_tokens(seq, host), fwd_hooks)
 
     def hook_names(self) -> list[str]:
         return self.model.hook_names()

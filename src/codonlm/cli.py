@@ -168,12 +168,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     from codonlm.api import CodonLM
-    from codonlm.data.codons import read_dna_records
     from codonlm.io import write_csv
 
-    records = read_dna_records(fasta=args.fasta, skip_invalid=args.skip_invalid)
+    records = _read_records(args)
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir)
-    table = lm.score(records, stride=args.stride, amp=args.amp, checked=True)
+    table = lm.score(records.pairs(), stride=args.stride, amp=args.amp, checked=True, host=args.host)
     if args.out:
         write_csv(table, args.out)
         log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
@@ -183,7 +182,6 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
 def cmd_query(args: argparse.Namespace) -> None:
     from codonlm.api import CodonLM
-    from codonlm.data.codons import read_dna_records
     from codonlm.evaluate.query import run_query
     from codonlm.evaluate.variant_table import parse_region, table_format
 
@@ -191,18 +189,20 @@ def cmd_query(args: argparse.Namespace) -> None:
     if args.out:
         table_format(args.out)
     stdin_text = None
-    if args.dna is None and args.fasta is None:
+    if args.dna is None and args.fasta is None and args.csv is None:
         if sys.stdin is None or sys.stdin.isatty():
-            raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
+            raise UserError("no input: pass --dna SEQ, --fasta FILE, --csv FILE, or pipe DNA on stdin")
         stdin_text = sys.stdin.read()
-    records = read_dna_records(args.dna, args.fasta, stdin_text, args.skip_invalid, args.transl_table)
+    records = _read_records(args, dna=args.dna, stdin_text=stdin_text, stops_table=args.transl_table).pairs()
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir, table_id=args.transl_table)
+    host = lm.host_id(args.host)
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
         run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
-                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan)
+                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan,
+                  host=host)
 
 
 def _kinds(text: str) -> list[str]:
@@ -218,9 +218,10 @@ def _kinds(text: str) -> list[str]:
 def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", help="run id (uses its best.pt) or a path to a .pt checkpoint")
     p.add_argument("--mode", choices=["next", "generate", "score", "mutate"], default="next")
-    p.add_argument("--dna", help="DNA string (ACGT/U, any case, whitespace ignored)")
-    p.add_argument("--fasta", help="FASTA file of CDS, plain or gzipped (else --dna, else stdin)")
-    _add_skip_invalid(p)
+    _add_host(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--dna", help="DNA string (ACGT/U, any case, whitespace ignored)")
+    _add_sequence_input(p, source, required=False)
     p.add_argument("--top-k", "--top_k", dest="top_k", type=int, default=10, help="next: codons to list")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sample-top-k", type=int, default=None, help="generate: sample among the k most likely")
@@ -322,6 +323,74 @@ def cmd_generate_prefix(args: argparse.Namespace) -> None:
     )
 
 
+def _design_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="run id (its best.pt)")
+    p.add_argument("--protein", required=True, help="FASTA of proteins (plain or gzipped; a trailing '*' is fine)")
+    p.add_argument("--host", required=True, help="one of the run's genomes (dataset names)")
+    p.add_argument("--out", help="output folder (default: <runs-dir>/<RUN_ID>/designs/<FILE>_<HOST>)")
+    p.add_argument("--beam", type=int, default=1, help="beam width (default 1: greedy)")
+    p.add_argument("--samples", type=int, default=0, help="draw N designs per protein instead (default: off)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", help="start codon ATG, GTG or TTG (default: the model picks among the host's)")
+    p.add_argument("--avoid", help="restriction enzymes (e.g. EcoRI,BsaI) or DNA sites, comma-separated; "
+                   "both strands")
+    p.add_argument("--gc", help="GC content bounds LOW-HIGH, e.g. 0.35-0.65")
+    p.add_argument("--gc-window", type=int, help="also enforce --gc in every window of this many nt")
+    p.add_argument("--max-homopolymer", type=int, help="longest run of one base allowed")
+    add_run_location(p)
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def cmd_design(args: argparse.Namespace) -> None:
+    """Design genes for proteins; exit 2 (after writing every design) when a constraint could not be met."""
+    from codonlm.api import CodonLM
+    from codonlm.evaluate.constraints import parse_constraints
+    from codonlm.evaluate.design import read_protein_records
+
+    parse_constraints(args.avoid, args.gc, args.gc_window, args.max_homopolymer)  # bad options fail first
+    read_protein_records(args.protein)
+    lm = CodonLM.load(args.run_id, device=args.device, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir)
+    runs = Path(args.runs_dir or lm.cfg.outputs.runs_dir)
+    out = Path(args.out) if args.out else runs / str(lm.run_id) / "designs" / f"{Path(args.protein).name.split('.')[0]}_{args.host}"
+    table = lm.design(args.protein, args.host, beam=args.beam, samples=args.samples, temperature=args.temperature,
+                      seed=args.seed, start=args.start, avoid=args.avoid, gc=args.gc, gc_window=args.gc_window,
+                      max_homopolymer=args.max_homopolymer, out_dir=out)
+    log(f"[design] {table['id'].nunique()} protein(s), {len(table)} design(s) for {args.host}: {out / 'designs.csv'}, "
+        f"{out / 'designs.fasta'}")
+    failed = table[table["unsatisfied"] != ""]
+    if len(failed):
+        raise UserError(f"constraints not satisfied in {len(failed)} design(s), first {failed['id'].iloc[0]}: "
+                        f"{failed['unsatisfied'].iloc[0]}; every design is written, see column 'unsatisfied'")
+
+
+def _design_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", help="run id (its best.pt)")
+    p.add_argument("--per-host", type=int, default=30, help="held-out proteins per host (default: 30)")
+    p.add_argument("--max-codons", type=int, default=300, help="longest test gene designed (default: 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="default: <runs-dir>/<RUN_ID>/design")
+    add_run_location(p)
+    p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def cmd_design_bench(args: argparse.Namespace) -> None:
+    from codonlm.api import CodonLM
+    from codonlm.evaluate.design_bench import run_design_bench
+
+    lm = CodonLM.load(args.run_id, device=args.device, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir)
+    runs = Path(args.runs_dir or lm.cfg.outputs.runs_dir)
+    out = Path(args.out) if args.out else runs / str(lm.run_id) / "design"
+    result = run_design_bench(lm.model, lm.design_prompt, lm.cfg, str(lm.run_id), out, runs_dir=runs,
+                              processed_dir=args.processed_dir, per_host=args.per_host, max_codons=args.max_codons,
+                              seed=args.seed, device=args.device)
+    for g in result["goals"]:
+        log(f"[design-bench] {g['host']}: {g['model']} vs {g['baseline']}: codon identity "
+            f"{'higher' if g['identity_higher'] else 'NOT higher'}, %MinMax DTW {'lower' if g['dtw_lower'] else 'NOT lower'}")
+    log(f"[design-bench] wrote {out} in {result['seconds']:.0f} s")
+
+
 def cmd_analyze(args: argparse.Namespace) -> None:
     """The analysis steps (then the report with --report); exit 2 naming the steps that could not run."""
     from codonlm.analysis.context import load_context
@@ -366,19 +435,18 @@ def cmd_bundle(args: argparse.Namespace) -> None:
 
 def _add_run_id_or_latest(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", default="latest",
-                   help="run id (default: latest, the run with the newest checkpoint under --checkpoints-dir, "
-                   "default the default outputs.out_dir)")
+                   help="run id (default: latest, the run with the newest checkpoint: every run under --runs-dir, "
+                   "its checkpoints where its config puts them, and under --checkpoints-dir)")
 
 
 def _resolve_latest(args: argparse.Namespace, command: str) -> str:
     """args.run_id, or the newest trained run when it is 'latest' (the manual's bare ./analysis.sh)."""
     if args.run_id != "latest":
         return args.run_id
-    from codonlm.config import OutputsConfig
-    from codonlm.provenance import latest_run
+    from codonlm.runid import latest_run
 
-    args.run_id = latest_run(args.checkpoints_dir)
-    log(f"[{command}] run {args.run_id} (the latest trained run under {args.checkpoints_dir or OutputsConfig().out_dir})")
+    args.run_id = latest_run(args.checkpoints_dir, args.runs_dir)
+    log(f"[{command}] run {args.run_id} (the latest trained run)")
     return args.run_id
 
 
@@ -387,6 +455,38 @@ def _add_analysis(p: argparse.ArgumentParser, runs_dir: str | None = None) -> No
                    help=f"where run folders live (default: {runs_dir or 'the run config outputs.runs_dir'})")
     p.add_argument("--reports-dir", default="outputs/reports",
                    help="stage-2 results, read from <dir>/<RUN_ID>/stage2 (default: %(default)s)")
+
+
+def _add_sequence_input(p: argparse.ArgumentParser, source, required: bool = True) -> None:
+    """--fasta | --csv (in the mutually exclusive group `source`), the table's columns, --dedupe and
+    --skip-invalid: how every command that reads a user's genes takes them (codonlm.data.records)."""
+    from codonlm.data.records import DEDUPE
+
+    source.add_argument("--fasta", help="FASTA file of CDS, plain or gzipped" + ("" if required else
+                                                                                 " (else --dna, else stdin)"))
+    source.add_argument("--csv", help="table of genes (CSV; tab-separated when named .tsv/.tab or when its "
+                        "header has tabs), plain or gzipped, e.g. gene_id,value,cds with --id-column gene_id "
+                        "--seq-column cds")
+    p.add_argument("--id-column", dest="id_column", default="id", help="the table's id column (default: id; "
+                   "none: row1, row2, ...)")
+    p.add_argument("--seq-column", dest="seq_column", default="seq", help="the table's DNA column (default: seq)")
+    p.add_argument("--dedupe", default="error", choices=DEDUPE,
+                   help="a repeated id: stop naming it (default) or keep its first record and count the others")
+    _add_skip_invalid(p)
+
+
+def _read_records(args: argparse.Namespace, **text):
+    """The user's genes of a command with _add_sequence_input's flags (and `text`: --dna, stdin, the
+    genetic code whose internal stops are flagged)."""
+    from codonlm.data.records import read_records
+
+    return read_records(args.fasta, args.csv, id_column=args.id_column, seq_column=args.seq_column,
+                        dedupe=args.dedupe, skip_invalid=args.skip_invalid, **text)
+
+
+def _add_host(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="the genome the sequences come from, for a host-conditioned model "
+                   "(model.condition_on_host; required there, an unknown name lists the known ones)")
 
 
 def _add_skip_invalid(p: argparse.ArgumentParser) -> None:
@@ -428,11 +528,14 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract_embeddings(args: argparse.Namespace) -> None:
-    from codonlm.stage2.embeddings import embed_file
+    from codonlm.stage2.embeddings import extract_embeddings
 
-    embed_file(args.run_id, args.out, fasta=args.fasta, csv=args.csv, skip_invalid=args.skip_invalid,
-               id_column=args.id_column, seq_column=args.seq_column, layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
-               device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp, show_progress=not args.quiet)
+    records = _read_records(args)
+    extract_embeddings(args.run_id, args.out, records.ids, records.seqs, n_skipped=records.skipped,
+                       layer=args.layer, pool=args.pool, checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir,
+                       device=args.device, stride=args.stride, max_tokens=args.batch_tokens, amp=args.amp,
+                       show_progress=not args.quiet,
+                       host=args.host)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -452,7 +555,8 @@ def cmd_train_regressor(args: argparse.Namespace) -> None:
            "group_column": args.group_column, "transform": args.transform, "dedupe": args.dedupe,
            "skip_invalid": args.skip_invalid, "layer": args.layer, "pool": args.pool, "folds": args.folds,
            "repeats": args.repeats, "seed": args.seed, "bootstrap": args.bootstrap, "kmer_k": args.kmer_k,
-           "cai_reference": args.cai_reference, "out_dir": args.out, "checkpoints_dir": args.checkpoints_dir}
+           "cai_reference": args.cai_reference, "out_dir": args.out, "checkpoints_dir": args.checkpoints_dir,
+           "runs_dir": args.runs_dir}
     if args.models:
         raw["models"] = args.models.split(",")
     elif args.cai_reference:
@@ -466,14 +570,14 @@ def cmd_eval_classifier(args: argparse.Namespace) -> None:
 
     evaluate_saved(args.kind, args.model, args.labels, args.out, embeddings=args.embeddings, seqs=args.seqs,
                    vectorizer=args.vectorizer, label_column=args.label_column, id_column=args.id_column,
-                   bootstrap=args.bootstrap, seed=args.seed)
+                   bootstrap=args.bootstrap, seed=args.seed, seq_column=args.seq_column)
 
 
 def cmd_stage2(args: argparse.Namespace) -> None:
     from codonlm.stage2.pipeline import run_stage2
 
     run_stage2(args.run_id, configs_dir=args.configs_dir, checkpoints_dir=args.checkpoints_dir,
-               processed_dir=args.processed_dir, tasks=args.tasks.split(",") if args.tasks else None,
+               runs_dir=args.runs_dir, processed_dir=args.processed_dir, tasks=args.tasks.split(",") if args.tasks else None,
                show_progress=not args.quiet)
 
 
@@ -541,9 +645,9 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
-    p.add_argument("--fasta", required=True, help="FASTA file of CDS, plain or gzipped")
+    _add_host(p)
+    _add_sequence_input(p, p.add_mutually_exclusive_group(required=True))
     p.add_argument("--out", help="CSV path (default: stdout)")
-    _add_skip_invalid(p)
     _add_scoring(p)
     add_run_location(p)
     p.add_argument("--device", default="cpu")
@@ -576,16 +680,12 @@ def _bundle_arguments(p: argparse.ArgumentParser) -> None:
 
 def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run_id", "--run-id", dest="run_id", required=True, help="run id (best.pt) or a .pt path")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--fasta", help="FASTA of CDS (DNA, length a multiple of 3), plain or gzipped")
-    source.add_argument("--csv", help="CSV (.tsv: tab-separated) with a 'seq' column (and 'id' when present)")
-    p.add_argument("--id-column", dest="id_column", default="id", help="the CSV's id column (default: id)")
-    p.add_argument("--seq-column", dest="seq_column", default="seq", help="the CSV's DNA column (default: seq)")
+    _add_host(p)
+    _add_sequence_input(p, p.add_mutually_exclusive_group(required=True))
     p.add_argument("--out", required=True, help="output NPZ (ids, embeddings, run_id, layer, pool)")
     p.add_argument("--layer", default="final", help="final (LM-head input, default), all, or a block index")
     p.add_argument("--pool", default="mean", choices=["mean", "last", "max", "per-codon"],
                    help="over the gene's codons, PADs and <BOS_CDS> excluded (default: mean)")
-    _add_skip_invalid(p)
     p.add_argument("--stride", type=int, help="strided windows advancing by this for genes longer than block_size "
                    "(default: sliding-window attention, each token computed once)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
@@ -627,8 +727,7 @@ def _train_regressor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     p.add_argument("--kmer-k", dest="kmer_k", type=int, default=4)
-    p.add_argument("--checkpoints-dir", dest="checkpoints_dir",
-                   help="default: the run's own outputs.out_dir (runs/<RUN_ID>/config.yaml)")
+    add_run_location(p)
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv, plots and models")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -639,13 +738,38 @@ def _eval_classifier_arguments(p: argparse.ArgumentParser) -> None:
                    "(the manual's model.pkl resolves to model.skops; pickles are never loaded)")
     p.add_argument("--labels", required=True, help="CSV with a label column (and 'id' to match features)")
     p.add_argument("--embeddings", help="NPZ from extract_embeddings (--kind probe)")
-    p.add_argument("--seqs", help="FASTA or CSV with 'seq' (--kind kmer; default: the labels' seq column)")
+    p.add_argument("--seqs", help="FASTA, or a table (CSV/TSV) with the --seq-column (--kind kmer; default: the "
+                   "labels' own sequence column)")
     p.add_argument("--vectorizer", help="vectorizer.skops beside a k-mer model (--kind kmer)")
     p.add_argument("--out", required=True, help="folder for eval_metrics.json, eval_confusion.png, eval_calibration.png")
     p.add_argument("--label-column", "--label_column", dest="label_column", default="label")
     p.add_argument("--id-column", "--id_column", dest="id_column", default="id")
+    p.add_argument("--seq-column", dest="seq_column", default="seq", help="the DNA column of a table of "
+                   "sequences (--seqs, or the labels; default: seq)")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _add_host_arguments(p: argparse.ArgumentParser) -> None:
+    from codonlm.add_host import DEFAULT_STEPS
+
+    p.add_argument("run_id", help="the base run (host-conditioned: model.condition_on_host); only read")
+    p.add_argument("--name", required=True, help="the new host's name (letters, digits, _ . -)")
+    genome = p.add_mutually_exclusive_group(required=True)
+    genome.add_argument("--gbff", help="the new genome's GenBank file, plain or gzipped")
+    genome.add_argument("--fasta", help="the new genome's nucleotide FASTA (genes called with pyrodigal)")
+    p.add_argument("--full", action="store_true", help="train every weight (default: only the new host's "
+                   "embedding row)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (default: %(default)s)")
+    add_run_location(p)
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_add_host(args: argparse.Namespace) -> None:
+    from codonlm.add_host import add_host
+
+    add_host(args.run_id, args.name, gbff=args.gbff, fasta=args.fasta, full=args.full, steps=args.steps,
+             checkpoints_dir=args.checkpoints_dir, runs_dir=args.runs_dir, device=args.device)
 
 
 def _stage2_arguments(p: argparse.ArgumentParser) -> None:
@@ -654,6 +778,7 @@ def _stage2_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", help="comma-separated subset (default: all ready tasks)")
     p.add_argument("--checkpoints-dir", help="default: each config's, else the run's outputs.out_dir "
                    "(runs/<RUN_ID>/config.yaml)")
+    p.add_argument("--runs-dir", help="where run folders live (default: each config's, else runs)")
     p.add_argument("--processed-dir", help="prepared data (default: the run config's data.processed_dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -681,12 +806,20 @@ COMMANDS = (
      _eval_perplexity_arguments, cmd_eval_perplexity),
     ("generate-prefix", "prefix generation + gene quality metrics (gen_prefix/)",
      add_generate_prefix_arguments, cmd_generate_prefix),
+    ("design", "a coding sequence for each protein of a FASTA in one of the run's genomes, under synthesis "
+     "constraints (designs.csv/.fasta)",
+     _design_arguments, cmd_design),
+    ("design-bench", "redesign held-out proteins of every host by the model and by codon-usage baselines, "
+     "compare with the natural genes -> runs/<RUN_ID>/design/",
+     _design_bench_arguments, cmd_design_bench),
     ("analyze", "the interpretability analysis (six steps + patching) -> runs/<RUN_ID>/analysis/",
      _analyze_arguments, cmd_analyze),
     ("report", "runs/<RUN_ID>/report.html: one self-contained page per run",
      _report_arguments, cmd_report),
     ("bundle", "a run's artifacts + HF export in one folder and .tar.gz with checksums",
      _bundle_arguments, cmd_bundle),
+    ("add-host", "a new run whose host-conditioned model knows one more genome (runs/<NEW_RUN_ID>/add_host.json)",
+     _add_host_arguments, cmd_add_host),
     ("query", "next codons, generate, score or mutate a DNA sequence",
      add_query_arguments, cmd_query),
     ("extract-embeddings", "pooled hidden states of a run for FASTA/CSV genes -> NPZ "

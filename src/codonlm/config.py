@@ -44,6 +44,11 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="training dropout (attention probabilities, residual branches)")
     sep_mask_enabled: bool = Field(True, description="block-diagonal attention: a token sees only its own CDS "
                                    "in a packed window (A/B switch)")
+    condition_on_host: bool = Field(False, description="a host token (its dataset's name) after <BOS_CDS> of "
+                                    "every gene, so a gene's first codons know their genome; consumers then take "
+                                    "--host/host=")
+    hosts: list[str] = Field(default_factory=list, description="condition_on_host: the host tokens' names, ids 68.. "
+                             "in this order (empty: the dataset names; add-host appends one)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -221,6 +226,25 @@ class Config(_Section):
     def _min_lr_not_above_lr(self) -> Config:
         if self.schedule.min_lr > self.train.lr:
             raise ValueError(f"schedule.min_lr ({self.schedule.min_lr}) exceeds train.lr ({self.train.lr})")
+        return self
+
+    @model_validator(mode="after")
+    def _a_host_token_per_dataset(self) -> Config:
+        """condition_on_host: hosts default to the dataset names, every dataset has one, and the vocabulary
+        grows to hold them (ids 68 + index)."""
+        m = self.model
+        if not m.condition_on_host:
+            if m.hosts:
+                raise ValueError("model.hosts is set but model.condition_on_host is false; set it true or drop hosts")
+            return self
+        if not m.hosts:
+            m.hosts = [d.name for d in self.data.datasets]
+        missing = [d.name for d in self.data.datasets if d.name not in m.hosts]
+        if missing or len(set(m.hosts)) != len(m.hosts):
+            raise ValueError(f"model.hosts must name every dataset once (missing: {', '.join(missing) or 'none'})")
+        if 68 + len(m.hosts) > 256:
+            raise ValueError(f"{len(m.hosts)} hosts: at most 188 (token ids are stored as uint8)")
+        m.vocab_size = max(m.vocab_size, 68 + len(m.hosts))
         return self
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from codonlm.config import (
     OVERRIDES_ENV,
     Config,
-    OutputsConfig,
     config_overrides,
     config_sha256,
     config_to_yaml,
@@ -43,23 +42,6 @@ def unknown_run(run_id: str, missing: Path | str, runs_dir: str | Path = "runs")
     known = list_runs(runs_dir)
     listing = ", ".join(known) if known else "none yet (run ./main.sh)"
     return UserError(f"unknown run id '{run_id}' (no {missing}); runs that exist: {listing}")
-
-
-def latest_run(checkpoints_dir: str | Path | None = None) -> str:
-    """The trained run (best.pt or last.pt under checkpoints_dir, default outputs.out_dir's default) whose
-    newest checkpoint is the most recent: what `latest` (and a missing RUN_ID of ./analysis.sh,
-    post_process.sh) means."""
-    folder = Path(checkpoints_dir or OutputsConfig().out_dir)
-    stamps = {}
-    if folder.is_dir():
-        for run in folder.iterdir():
-            times = [p.stat().st_mtime for p in (run / "best.pt", run / "last.pt") if p.is_file()]
-            if times:
-                stamps[run.name] = max(times)
-    if not stamps:
-        raise UserError(f"no trained run under {folder} (looking for the latest); train one first (./main.sh) "
-                        "or name a run id")
-    return max(stamps, key=stamps.get)
 
 
 def git_commit() -> str | None:

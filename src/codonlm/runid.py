@@ -105,5 +105,34 @@ def locate_run(run_id: str, checkpoints_dir: str | Path | None = None, runs_dir:
         cfg = load_yaml(recorded, parse_config, "the run's config snapshot", "config sections")
     folder = Path(checkpoints_dir or (cfg.outputs.out_dir if cfg else OutputsConfig().out_dir)) / run_id
     if cfg is None and not folder.is_dir():
+        if recorded.parent.is_dir():  # the run exists but its snapshot is gone: say so, not "unknown run"
+            raise UserError(f"run folder {recorded.parent} lacks its config.yaml (the run's config snapshot), so "
+                            f"its checkpoints cannot be found (not in {folder}); restore config.yaml, or pass "
+                            f"--checkpoints-dir DIR where {run_id}/best.pt is")
         raise unknown_run(run_id, f"{recorded}, no {folder}", runs)
     return folder
+
+
+def latest_run(checkpoints_dir: str | Path | None = None, runs_dir: str | Path | None = None) -> str:
+    """The trained run whose newest checkpoint (best.pt or last.pt) is the most recent: what `latest` (and a
+    missing RUN_ID of ./analysis.sh, post_process.sh) means. Candidates: every run folder under runs_dir (its
+    checkpoints where its own config puts them, as `locate_run` finds them) and every run under checkpoints_dir
+    (default: the default outputs.out_dir), so a run trained with a custom outputs.out_dir counts too."""
+    runs = Path(runs_dir or OutputsConfig().runs_dir)
+    default = Path(checkpoints_dir or OutputsConfig().out_dir)
+    folders = [p for p in default.iterdir() if p.is_dir()] if default.is_dir() else []
+    for run in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+        try:
+            folders.append(locate_run(run.name, checkpoints_dir, runs))
+        except UserError:  # a run folder with no checkpoints yet (or no config): not a trained run
+            continue
+    stamps = {}
+    for folder in folders:
+        times = [p.stat().st_mtime for p in (folder / "best.pt", folder / "last.pt") if p.is_file()]
+        if times:
+            stamps[folder.name] = max([*times, stamps.get(folder.name, 0.0)])
+    if not stamps:
+        where = f"{default}" if checkpoints_dir else f"{runs} or {default}"
+        raise UserError(f"no trained run under {where} (looking for the latest); train one first (./main.sh) "
+                        "or name a run id")
+    return max(stamps, key=stamps.get)

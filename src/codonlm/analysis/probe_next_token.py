@@ -134,7 +134,7 @@ def _tally(ctx: AnalysisContext, model, genes: list[np.ndarray], genome: np.ndar
         with torch.no_grad():
             for chunk, idx in batches:
                 logits, _ = model(idx[:, :-1])
-                probs = torch.softmax(logits.float(), dim=-1).cpu()
+                probs = torch.softmax(logits.float()[..., :VOCAB_SIZE], dim=-1).cpu()  # host tokens never come next
                 idx = idx.cpu()
                 tally.add(probs, idx[:, 1:], idx[:, :-1], genome[members[chunk]], classes, is_stop)
     return tally
@@ -151,7 +151,7 @@ def _aa_classes(table_id: int) -> np.ndarray:
 def first_codon_probs(model, device) -> np.ndarray:
     """The model's distribution over the token after a lone <BOS_CDS> (the same for every gene)."""
     logits, _ = model(torch.tensor([[BOS]], device=device))
-    return torch.softmax(logits[0, -1].float(), -1).cpu().numpy()
+    return torch.softmax(logits[0, -1, :VOCAB_SIZE].float(), -1).cpu().numpy()
 
 
 # --------------------------------------------------------------------------- the genomes' own usage

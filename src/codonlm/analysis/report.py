@@ -190,7 +190,12 @@ def heldout_part(run_id: str, run_dir: Path) -> str:
     rows = [["TinyGPT (this run)", model["perplexity"], model["loss"], model.get("top1_accuracy"),
              model.get("aa_accuracy")]]
     rows += [[f"baseline: {k}", v["perplexity"], v["loss"], None, None] for k, v in metrics["baselines"].items()]
-    return (head + f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(model.get('n_targets'))} predicted codons.</p>"
+    hosts = metrics.get("host_tokens")
+    conditioning = (f" Each gene is read with its genome's host token ({len(hosts)} hosts; model.condition_on_host)."
+                    if hosts else " No host tokens: the model is not told a gene's genome (README: Host tokens, "
+                    "the A/B of both on the default study).")
+    return (head + f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(model.get('n_targets'))} predicted codons."
+            + esc(conditioning) + "</p>"
             + table(["model", "perplexity", "loss (nats)", "top-1 accuracy", "amino-acid accuracy"], rows)
             + figure_if_any(run_dir / "evaluate" / "per_dataset.png"))
 
@@ -211,9 +216,32 @@ def generation_part(run_id: str, scores_dir: Path) -> str:
             + figure_if_any(scores_dir / "gen_prefix" / "temperature_tradeoff.png"))
 
 
+def design_part(run_id: str, run_dir: Path) -> str:
+    """The design benchmark (runs/<RUN_ID>/design/): per host and method, closeness to the natural genes."""
+    bench = read_json(run_dir / "design" / "summary.json")
+    head = "<h3>Gene design from held-out proteins</h3>"
+    if not bench:
+        return head + note("missing", f"not run yet: <code>codonlm design-bench {esc(run_id)}</code>")
+    cols = ("codon_identity", "minmax_dtw", "csi_diff", "gc3_diff", "kn3_loglik_per_codon")
+    rows = [[r["host"], r["method"], r["n"], *(f"{fmt(r[c])} [{fmt(r[c + '_ci_low'])}, {fmt(r[c + '_ci_high'])}]"
+                                              for c in cols)] for r in bench["summary"]]
+    missed = [f"{g['host']}: {g['model']} vs {g['baseline']} ("
+              + ", ".join(w for w, ok in (("identity not higher", g["identity_higher"]),
+                                          ("DTW not lower", g["dtw_lower"])) if not ok) + ")"
+              for g in bench["goals"] if not (g["identity_higher"] and g["dtw_lower"])]
+    settings = bench.get("settings", {})
+    verdict = ("The model is closer to the natural genes than the codon-usage baselines in every host."
+               if not missed else "Where the model is <b>not</b> closer than its baseline: " + esc("; ".join(missed)))
+    return (head + f"<p>Up to {fmt(settings.get('per_host'))} test proteins per host (at most "
+            f"{fmt(settings.get('max_codons'))} codons), designed by each method and compared with the natural gene "
+            "(mean [bootstrap 95% CI]). Goal: model greedy beats most-frequent, model sampling beats usage "
+            f"sampling, on codon identity (higher) and %MinMax DTW (lower). {verdict}</p>"
+            + table(["host", "method", "n", *cols], rows) + figure_if_any(run_dir / "design" / "design_bench.png"))
+
+
 def run_section(run_id: str, run_dir: Path, record: dict, scores_dir: Path) -> str:
     parts = [config_part(run_dir, record), data_part(run_id, run_dir), heldout_part(run_id, run_dir),
-             generation_part(run_id, scores_dir)]
+             generation_part(run_id, scores_dir), design_part(run_id, run_dir)]
     return '<section id="run"><h2>Run summary</h2>' + "\n".join(parts) + "</section>"
 
 

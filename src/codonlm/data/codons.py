@@ -3,7 +3,9 @@
 Every stage converts through this module, so a gene means the same ids everywhere. Genetic codes
 come from Biopython's NCBI tables rather than a copy of our own.
 
-A gene as the model sees it is `<BOS_CDS> c1 .. cn <EOS_CDS>` (`frame_gene`); the stop codon stays in.
+A gene as the model sees it is `<BOS_CDS> c1 .. cn <EOS_CDS>` (`frame_gene`); the stop codon stays in. A
+host-conditioned model (model.condition_on_host) reads `<BOS_CDS> <host> c1 .. cn <EOS_CDS>`: host tokens take
+the ids after the 68 fixed ones (HOST_OFFSET + index in the model's host list) and are never scored.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ CODON_OFFSET = len(SPECIALS)
 ITOS = SPECIALS + CODONS
 STOI = {tok: i for i, tok in enumerate(ITOS)}
 VOCAB_SIZE = len(ITOS)  # 68
+HOST_OFFSET = VOCAB_SIZE  # host token i has id HOST_OFFSET + i
 
 # byte -> 2-bit base code; 255 marks anything that is not A/C/G/T (IUPAC ambiguity, gaps).
 _BASE_CODE = np.full(256, 255, dtype=np.uint8)
@@ -96,7 +99,7 @@ def clean_dna(text: str, source: str = "--dna") -> str:
 
 
 def as_codon_ids(seq: Gene) -> np.ndarray:
-    """Codon token ids (4..67, int64) of a DNA string or a token array (special tokens dropped).
+    """Codon token ids (4..67, int64) of a DNA string or a token array (special and host tokens dropped).
 
     Raises ValueError for DNA that is not A/C/G/T/U or not a multiple of 3 (use `clean_dna` first
     for user input, which says where).
@@ -112,35 +115,77 @@ def as_codon_ids(seq: Gene) -> np.ndarray:
             raise ValueError("DNA contains a base other than A/C/G/T/U")
         return ids.astype(np.int64)
     ids = np.asarray(seq, dtype=np.int64)
-    if ids.ndim != 1 or (ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE)):
-        raise ValueError("token ids must be a 1-D array of vocabulary ids (0..67)")
-    return ids[ids >= CODON_OFFSET]
+    if ids.ndim != 1 or (ids.size and ids.min() < 0):
+        raise ValueError("token ids must be a 1-D array of vocabulary ids (0..67, host tokens 68..)")
+    return ids[(ids >= CODON_OFFSET) & (ids < HOST_OFFSET)]
 
 
-def frame_gene(codons: np.ndarray) -> np.ndarray:
-    """`<BOS_CDS> c1 .. cn <EOS_CDS>` as uint8: how every gene is stored and scored."""
-    out = np.empty(len(codons) + 2, dtype=np.uint8)
-    out[0], out[-1] = BOS, EOS
-    out[1:-1] = codons
+def gene_start(host: int | None = None) -> np.ndarray:
+    """The tokens that start every gene (uint8): `<BOS_CDS>`, then the host token id when the model has one."""
+    return np.array([BOS] if host is None else [BOS, host], dtype=np.uint8)
+
+
+def host_token(hosts: Sequence[str], name: str | None) -> int | None:
+    """The token id of host `name` among a model's `hosts` (None: a model without host tokens); an unknown or
+    missing host is a UserError listing the known ones."""
+    if not hosts:
+        if name is not None:
+            raise UserError(f"host '{name}' given, but this model has no host tokens (it was trained without "
+                            "model.condition_on_host); drop --host")
+        return None
+    if name is None:
+        raise UserError(f"this model is conditioned on the host; pass --host (host=) one of: {', '.join(hosts)}")
+    if name not in hosts:
+        raise UserError(f"unknown host '{name}'; this model knows: {', '.join(hosts)}")
+    return HOST_OFFSET + list(hosts).index(name)
+
+
+def dataset_hosts(hosts: Sequence[str], names: Sequence[str], groups: Sequence[int]) -> list[int | None] | None:
+    """The host token of each gene of a prepared split (its dataset's name, groups[i] an index into names), for
+    a model with these `hosts`; None for a model without host tokens."""
+    if not hosts:
+        return None
+    tokens = [host_token(hosts, name) for name in names]
+    return [tokens[int(d)] for d in groups]
+
+
+def with_host(gene: np.ndarray, host: int | None) -> np.ndarray:
+    """A framed gene (`<BOS_CDS> c1 .. <EOS_CDS>`, as stored) as a host-conditioned model reads it."""
+    if host is None:
+        return gene
+    return np.concatenate([gene_start(host), np.asarray(gene)[1:]]).astype(np.asarray(gene).dtype)
+
+
+def frame_gene(codons: np.ndarray, host: int | None = None) -> np.ndarray:
+    """`gene_start(host) c1 .. cn <EOS_CDS>` as uint8: how every gene is stored and scored."""
+    start = gene_start(host)
+    out = np.empty(len(codons) + start.size + 1, dtype=np.uint8)
+    out[: start.size], out[-1] = start, EOS
+    out[start.size : -1] = codons
     return out
 
 
-def frame_genes(codons: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def frame_genes(codons: np.ndarray, lengths: np.ndarray, host: int | None = None) -> np.ndarray:
     """frame_gene of every gene, laid end to end, in one pass: gene i is the next lengths[i] codons."""
-    ends = np.cumsum(np.asarray(lengths, dtype=np.int64) + 2)
-    starts = ends - (np.asarray(lengths, dtype=np.int64) + 2)
+    start = gene_start(host)
+    framed = np.asarray(lengths, dtype=np.int64) + start.size + 1
+    ends = np.cumsum(framed)
+    starts = ends - framed
     out = np.empty(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
     is_codon = np.ones(out.size, dtype=bool)
-    is_codon[starts] = is_codon[ends - 1] = False
+    for k, token in enumerate(start):
+        is_codon[starts + k] = False
+        out[starts + k] = token
+    is_codon[ends - 1] = False
     out[is_codon] = codons
-    out[starts], out[ends - 1] = BOS, EOS
+    out[ends - 1] = EOS
     return out
 
 
-def encode(dna: str, add_bos: bool = True, add_eos: bool = False) -> np.ndarray:
-    """Token ids (uint8) of clean DNA, `<BOS_CDS>` first (the model expects it), `<EOS_CDS>` optional."""
+def encode(dna: str, add_bos: bool = True, add_eos: bool = False, host: int | None = None) -> np.ndarray:
+    """Token ids (uint8) of clean DNA, `gene_start(host)` first (the model expects it), `<EOS_CDS>` optional."""
     ids = as_codon_ids(dna).astype(np.uint8)
-    parts = [np.array([BOS], np.uint8)] if add_bos else []
+    parts = [gene_start(host)] if add_bos else []
     parts.append(ids)
     if add_eos:
         parts.append(np.array([EOS], np.uint8))
@@ -198,11 +243,12 @@ class GeneticCode:
                 aa[index] = ord(letter)
         return aa.tobytes().decode("ascii")
 
-    def aa_classes(self) -> np.ndarray:
-        """Amino-acid class per token id, what amino-acid accuracy compares: a codon's amino acid (the
-        letter's code, '*' for stops), <EOS_CDS> a class of its own ('$'), the other specials -1."""
-        aa = self.aa.astype(np.int64)
-        aa[:CODON_OFFSET] = -1
+    def aa_classes(self, vocab_size: int = VOCAB_SIZE) -> np.ndarray:
+        """Amino-acid class per token id of a model's vocabulary, what amino-acid accuracy compares: a codon's
+        amino acid (the letter's code, '*' for stops), <EOS_CDS> a class of its own ('$'), the other specials
+        and host tokens -1."""
+        aa = np.full(max(vocab_size, VOCAB_SIZE), -1, dtype=np.int64)
+        aa[CODON_OFFSET:VOCAB_SIZE] = self.aa[CODON_OFFSET:]
         aa[EOS] = ord("$")
         return aa
 
@@ -219,18 +265,20 @@ def internal_stop_count(dna: str, table_id: int = 11) -> int:
 
 
 def clean_sequences(ids: list[str], seqs: list[str], source: str, skip_invalid: bool = False,
-                    stops_table: int | None = None) -> tuple[list[str], list[str], list[str]]:
+                    stops_table: int | None = None, where: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
     """(kept ids, clean DNA, skipped ids) of a user's records, each through `clean_dna`.
 
-    A bad record (non-ACGT, length not a multiple of 3) is a UserError naming the record and position, unless
+    A bad record (non-ACGT, length not a multiple of 3) is a UserError naming the record (and `where` it
+    is in the file: 'row 7' of a table) and the position, unless
     skip_invalid, which drops and counts it. With `stops_table` (the genetic code of a model about to score or
     embed them), records with internal stop codons are kept and flagged in one warning line, or with
     skip_invalid dropped and counted like bad records; either way one stderr line says which.
     """
     kept_ids, kept, skipped, invalid, stopped = [], [], [], [], []
-    for name, seq in zip(ids, seqs, strict=True):
+    for n, (name, seq) in enumerate(zip(ids, seqs, strict=True)):
         try:
-            dna = clean_dna(seq, f"{source} record '{name}'")
+            label = f"{source} {where[n]} (id '{name}')" if where else f"{source} record '{name}'"
+            dna = clean_dna(seq, label)
         except UserError as exc:
             if not skip_invalid:
                 raise UserError(f"{exc} (or pass --skip-invalid to skip bad records)") from None
@@ -256,39 +304,18 @@ def clean_sequences(ids: list[str], seqs: list[str], source: str, skip_invalid: 
     return kept_ids, kept, skipped
 
 
-def save_itos(path: str | Path) -> None:
+def host_itos(hosts: Sequence[str] = ()) -> list[str]:
+    """The vocabulary of a model with these hosts: the 68 fixed tokens, then `<HOST:name>` per host."""
+    return ITOS + [f"<HOST:{h}>" for h in hosts]
+
+
+def save_itos(path: str | Path, hosts: Sequence[str] = ()) -> None:
     from codonlm.io import atomic_write
 
-    atomic_write(path, json.dumps(ITOS, indent=0))
+    atomic_write(path, json.dumps(host_itos(hosts), indent=0))
 
 
 def loss_mask(targets):
-    """True where a target token is scored: codons and <EOS_CDS>; works on numpy arrays and torch tensors."""
-    return (targets != PAD) & (targets != BOS) & (targets != SEP)
-
-
-def read_dna_records(dna: str | None = None, fasta: str | Path | None = None, stdin_text: str | None = None,
-                     skip_invalid: bool = False, table_id: int = 11) -> list[tuple[str, str]]:
-    """(name, clean DNA) pairs from a --dna string, a FASTA file (plain or gzipped), or stdin text (FASTA
-    or bare DNA), for a model to score: checked by `clean_sequences` (bad records named or skipped, records
-    with internal stop codons of `table_id` flagged or skipped)."""
-    from codonlm.io import fasta_body, read_fasta_text, read_text
-
-    if dna is not None:
-        records, source = [("seq1", dna)], "--dna"
-    else:
-        if fasta is not None:
-            text, source = read_text(fasta, "FASTA file"), str(fasta)
-        elif stdin_text is not None:
-            text, source = stdin_text, "stdin"
-        else:
-            raise UserError("no input: pass --dna SEQ, --fasta FILE, or pipe DNA on stdin")
-        body, _ = fasta_body(text)
-        if ">" in body:
-            records = read_fasta_text(text, source)
-        else:  # bare DNA
-            records = [("seq1", body)] if body.strip() else []
-        if not records:
-            raise UserError(f"{source}: no sequences found (empty, or only comments); give FASTA records or bare DNA")
-    ids, seqs, _ = clean_sequences([n for n, _ in records], [s for _, s in records], source, skip_invalid, table_id)
-    return list(zip(ids, seqs, strict=True))
+    """True where a target token is scored: codons and <EOS_CDS> (never a host token); works on numpy arrays
+    and torch tensors."""
+    return (targets != PAD) & (targets != BOS) & (targets != SEP) & (targets < HOST_OFFSET)

@@ -350,6 +350,26 @@ def _owners(ends: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return np.searchsorted(ends, positions, side="right")
 
 
+def cds_name(quals: dict[str, list[gb_io.Qualifier]], number: int) -> str:
+    """A CDS's name in prepared data (record_id|name): locus_tag, else protein_id, else gene, else cds<number>."""
+    return _first(quals, "locus_tag") or _first(quals, "protein_id") or _first(quals, "gene") or f"cds{number}"
+
+
+def cds_products(path: str | Path) -> dict[str, str]:
+    """'record_id|name' (as prepared data names genes) -> /product of every CDS feature that has one."""
+    wanted = ("locus_tag", "protein_id", "gene", "product")
+    products: dict[str, str] = {}
+    for record in iter_records(path):
+        for number, feat in enumerate((f for f in record.features if f.kind == "CDS"), 1):
+            quals: dict[str, list[gb_io.Qualifier]] = {}
+            for q in feat.qualifiers:
+                if q.key in wanted:
+                    quals.setdefault(q.key, []).append(q)
+            if "product" in quals:
+                products[f"{record.name}|{cds_name(quals, number)}"] = str(_first(quals, "product"))
+    return products
+
+
 def extract_record_cds(record, min_len: int, default_table: int, stats: ExtractionStats, source: str) -> RecordCDS:
     """The kept CDS of one gb-io record as one RecordCDS; counts every drop in stats.
 
@@ -411,7 +431,7 @@ def extract_record_cds(record, min_len: int, default_table: int, stats: Extracti
             coding.append(seq[start + trim : start + trim + length])
         else:  # the trimmed bases sit at the end of the interval: the 5' end on this strand
             coding.append(reverse_complement(seq[start : start + length]))
-        name = _first(quals, "locus_tag") or _first(quals, "protein_id") or _first(quals, "gene") or f"cds{number}"
+        name = cds_name(quals, number)
         transl_except = [q.value for q in quals.get("transl_except", ())]
         candidates.append(
             _Candidate(

@@ -63,6 +63,15 @@ def cluster_proteins(proteins: list[str], identity: float, coverage: float, thre
     return representative
 
 
+def cluster_labels(proteins: list[str], identity: float, coverage: float, threads: int = 1) -> list[str]:
+    """A label per protein, shared by the proteins of one cluster (`cluster_proteins`); identical proteins
+    always share one."""
+    distinct = sorted(set(proteins))
+    representative = cluster_proteins(distinct, identity, coverage, threads)
+    label = {p: f"cluster{representative[i]}" for i, p in enumerate(distinct)}
+    return [label[p] for p in proteins]
+
+
 def best_identity(queries: list[str], targets: list[str], threads: int = 1, coverage: float = 0.0) -> np.ndarray:
     """For each query protein, the highest sequence identity (0..1) of an MMseqs2 hit among the targets
     (0 when it has none): easy-search at its default sensitivity, every hit kept that covers `coverage`

@@ -65,7 +65,21 @@ def part_description(cfg: Config, spec: DatasetSpec, input_sha256: list[str]) ->
         "inputs_sha256": list(input_sha256), "min_len": spec.min_len, "transl_table": spec.transl_table,
         "block_size": cfg.model.block_size, "pack_mode": d.pack_mode, "windows_per_seq": d.windows_per_seq,
         "val_frac": d.val_frac, "test_frac": d.test_frac, "seed": cfg.outputs.seed, **_input_kind(spec),
+        **_host(cfg, spec),
     }  # fmt: skip
+
+
+def dataset_host_token(cfg: Config, dataset: str) -> int | None:
+    """The host token id a dataset's genes start with (model.condition_on_host), else None."""
+    if not cfg.model.condition_on_host:
+        return None
+    return len(ITOS) + cfg.model.hosts.index(dataset)
+
+
+def _host(cfg: Config, spec: DatasetSpec) -> dict:
+    """A host-conditioned dataset's host token (without one, nothing is added, so keys stay as they were)."""
+    token = dataset_host_token(cfg, spec.name)
+    return {} if token is None else {"host_token": token}
 
 
 def _input_kind(spec: DatasetSpec) -> dict:

@@ -102,6 +102,7 @@ class SplitSink:
     window: int
     multi: bool
     max_chunks: int | None
+    host: int | None = None  # the host token the windows' genes start with (gene_tokens stay host-free)
     packer: WindowPacker = field(init=False)
     pending: list[list[int]] = field(default_factory=list)  # closed windows not rendered yet (piece ids)
     genes: int = 0
@@ -137,6 +138,8 @@ class SplitSink:
         self.gene_flat.append(flat)
         self.gene_lengths.append(framed)
         self.names.append(names)
+        if self.host is not None:  # the windows' genes carry their host token after <BOS_CDS>
+            flat, framed = frame_genes(codons, lengths, self.host), framed + 1
         pieces, lost = chunk_genes(framed, self.window, self.max_chunks)
         self.lost_targets += lost
         self.pending.extend(self.packer.pack(pieces.size.tolist(), pieces.continuation.tolist(), self._piece_count))
@@ -288,6 +291,7 @@ class UnitSettings:
     val_frac: float
     test_frac: float
     split_table: str | None = None  # split_by cluster: the protein hash -> split table (clusters.py)
+    host_token: int | None = None  # model.condition_on_host: the dataset's host token id
 
 
 @dataclass(frozen=True)
@@ -313,7 +317,8 @@ def build_unit(unit: Unit) -> UnitResult:
     t0 = time.perf_counter()
     s = unit.settings
     stats = ExtractionStats()
-    sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
+    sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks, s.host_token)
+             for split in SPLITS}
     hashes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     for batch in extract_input_records(unit.source, s.min_len, s.transl_table, stats):  # one record at a time
         lengths = np.diff(np.asarray(batch.offsets, dtype=np.int64))

@@ -32,6 +32,7 @@ from codonlm.data.layout import (
     SPLITS,
     DataKey,
     data_key,
+    dataset_host_token,
     folder_problem,
     key_dir,
     lock_dir,
@@ -94,7 +95,8 @@ def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[Par
     table = str(split_table_path(Path(d.processed_dir), key.key)) if d.split_by == "cluster" else None
     return [PartPlan(part, spec, inputs[spec.name],
                      UnitSettings(spec.min_len, spec.transl_table, cfg.model.block_size + 1, d.pack_mode == "multi",
-                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table))
+                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table,
+                                  dataset_host_token(cfg, spec.name)))
             for part, spec in zip(key.parts, d.datasets, strict=True)]
 
 
@@ -171,12 +173,12 @@ def prepare(cfg: Config, run_dir: Path | None = None, force: bool = False, show_
         else:
             with _parts_locked(root, plans):
                 _build_missing(root, cfg, plans, plans, n_workers, show_progress)
-                report = _merge(root, key, plans, inputs, folder, force, n_workers, t0)
+                report = _merge(root, key, plans, inputs, folder, force, n_workers, t0, cfg.model.hosts)
     if not report["integrity"]["ok"] and not force:
         if run_dir is not None:
             write_json(Path(run_dir) / "integrity.json", report["integrity"])
         raise UserError(_integrity_message(report["integrity"]))
-    save_itos(cfg.outputs.itos_path)
+    save_itos(cfg.outputs.itos_path, cfg.model.hosts)
     report.update({"config_sha256": config_sha256(cfg), "key": key.key, "processed": str(folder), "reused": reused,
                    "seconds": round(time.perf_counter() - t0, 3)})
     for name, v in inputs.items():  # this config's paths (the same content may have been built from others)
@@ -229,7 +231,7 @@ def _missing_parts(root: Path, plans: list[PartPlan]) -> list[PartPlan]:
 
 
 def _merge(root: Path, key: DataKey, plans: list[PartPlan], inputs: dict, folder: Path, force: bool,
-           workers: int, t0: float) -> dict:
+           workers: int, t0: float, hosts: list[str]) -> dict:
     """Concatenate the parts into all/, link them as <dataset>/, write the reports; publish the folder
     unless the integrity check failed without `force`. Returns the report."""
     staging = staging_dir(folder)
@@ -256,7 +258,7 @@ def _merge(root: Path, key: DataKey, plans: list[PartPlan], inputs: dict, folder
         part_reports = [read_json(p / "part.json")["report"] for p in parts]
         report = _report(key, plans, part_reports, inputs, workers)
         write_json(staging / "key.json", {"key": key.key, **key.description})
-        save_itos(staging / "itos.json")
+        save_itos(staging / "itos.json", hosts)
         if not report["integrity"]["ok"] and not force:
             return report  # not published: the caller reports the failure
         write_manifest(staging, {"key": key.key}, known)

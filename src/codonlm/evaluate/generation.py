@@ -43,7 +43,16 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from codonlm.data.codons import BOS, CODON_OFFSET, EOS, decode, genetic_code, translate
+from codonlm.data.codons import (
+    CODON_OFFSET,
+    EOS,
+    HOST_OFFSET,
+    decode,
+    gene_start,
+    genetic_code,
+    host_token,
+    translate,
+)
 from codonlm.errors import UserError
 from codonlm.evaluate.sampling import generate
 from codonlm.evaluate.seqmetrics import (
@@ -98,7 +107,7 @@ class GenomeReference:
 
 
 def _codons(tokens: np.ndarray) -> np.ndarray:
-    return tokens[tokens >= CODON_OFFSET]
+    return tokens[(tokens >= CODON_OFFSET) & (tokens < HOST_OFFSET)]
 
 
 def build_reference(
@@ -326,6 +335,7 @@ def _generate_all(model, prompts: list[Prompt], refs: dict[str, GenomeReference]
     order = sorted(range(len(prompts)), key=lambda i: (caps[i], i))
     batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
     stop_mask = {n: genetic_code(r.table_id).is_stop for n, r in refs.items()}
+    starts = {n: gene_start(host_token(model.cfg.hosts, n) if model.cfg.hosts else None) for n in refs}
     generated: dict[tuple[float, int], np.ndarray] = {}
     bar = progress(total=len(s.temperatures) * len(prompts), desc="generate", unit="gene", disable=not show_progress)
     for ti, temp in enumerate(s.temperatures):
@@ -335,7 +345,8 @@ def _generate_all(model, prompts: list[Prompt], refs: dict[str, GenomeReference]
             for gi, rows in enumerate(g for g in groups if g):
                 seed_i = int(np.random.SeedSequence([s.seed, ti, bi, gi]).generate_state(1)[0])
                 toks = generate(
-                    model, [np.concatenate([[BOS], prompts[i].real[: s.prompt_codons]]).astype(np.uint8) for i in rows],
+                    model, [np.concatenate([starts[prompts[i].genome], prompts[i].real[: s.prompt_codons]]).astype(np.uint8)
+                            for i in rows],
                     [caps[i] - s.prompt_codons for i in rows], temp, s.top_k, s.top_p, seed_i,
                     stop_mask[prompts[rows[0]].genome] if s.end_at_stop else None, device,
                 )  # fmt: skip

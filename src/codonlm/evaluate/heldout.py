@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from codonlm.data.codons import dataset_hosts
 from codonlm.data.layout import run_split_path
 from codonlm.errors import UserError
 from codonlm.evaluate.ngram import KneserNeyLM, PerGroupUnigramLM, UnigramLM
@@ -30,7 +31,7 @@ from codonlm.io import read_split_genes, save_figure, write_csv, write_json
 from codonlm.model.load import load_model
 
 
-def _baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)) -> dict[str, list[np.ndarray]]:
+def fit_baselines(train_genes, train_groups, test_genes, test_groups, orders=(3, 5)) -> dict[str, list[np.ndarray]]:
     """Per-gene log-prob arrays of each baseline on the test genes, fitted on the training genes."""
     models = {"unigram": UnigramLM(), "per_genome_unigram": PerGroupUnigramLM()}
     for k in orders:
@@ -217,8 +218,9 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
     if not test_genes:
         raise UserError(f"{test_path} holds no genes; set data.test_frac > 0 and re-run prepare")
 
-    scores = score_genes(model, test_genes, device=device, stride=stride, amp=amp)
-    all_logp = {"model": [s.logp for s in scores], **_baselines(train_genes, train_groups, test_genes, test_groups,
+    scores = score_genes(model, test_genes, device=device, stride=stride, amp=amp,
+                         hosts=dataset_hosts(model.cfg.hosts, names, test_groups))
+    all_logp = {"model": [s.logp for s in scores], **fit_baselines(train_genes, train_groups, test_genes, test_groups,
                                                                 kn_orders)}
     summary_rows, calib_rows = _summary_rows(all_logp, scores)
     require_finite(summary_rows[0]["perplexity"], f"{split} perplexity")  # before any file is written
@@ -243,9 +245,11 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
         "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
         "seconds": round(time.perf_counter() - t0, 1),
         "stride": stride or "sliding window", "amp": amp, "by_identity": by_identity,
-        "note": "perplexity over whole genes (codons + <EOS_CDS>); genes longer than block_size are scored "
-                "with windows advancing by `stride`, so every codon has at least block_size - stride + 1 "
-                "tokens of context; the model's probability is its full softmax (no renormalisation).",
+        "host_tokens": list(model.cfg.hosts),
+        "note": "perplexity over whole genes (codons + <EOS_CDS>); genes longer than block_size are read with "
+                "sliding-window attention (every codon has at least block_size tokens of context), or with "
+                "windows advancing by `stride` when one is set (at least block_size - stride + 1); the model's "
+                "probability is its full softmax (no renormalisation).",
     }
     write_json(folder / "metrics.json", metrics)
     return metrics

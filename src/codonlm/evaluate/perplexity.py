@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from codonlm.data.codons import genetic_code
+from codonlm.data.codons import genetic_code, with_host
 from codonlm.errors import UserError
 from codonlm.evaluate.sliding import gene_rows, row_batches, sliding_forward
 from codonlm.evaluate.sliding import gene_windows as gene_windows  # re-exported: its older home
@@ -57,15 +57,20 @@ def require_finite(values: np.ndarray | torch.Tensor | float, what: str) -> None
 
 @torch.no_grad()
 def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cpu", stride: int | None = None,
-                max_tokens: int = 16384, amp: bool = False, table_id: int = 11) -> list[GeneScore]:
+                max_tokens: int = 16384, amp: bool = False, table_id: int = 11,
+                hosts: list[int | None] | None = None) -> list[GeneScore]:
     """Score genes given as `<BOS> c1..cn <EOS>` token arrays (the NPZ `gene_tokens` layout).
 
     stride None: sliding-window attention, each token computed once; an integer: strided windows
     (`codonlm.evaluate.sliding`). Genes are batched by length and token budget, so a batch pads little.
+    hosts: each gene's host token id (a host-conditioned model), put after <BOS>; its target is dropped,
+    so a GeneScore lines up with codons 1..n and <EOS> either way.
     """
+    if hosts is not None:
+        genes = [with_host(g, h) for g, h in zip(genes, hosts, strict=True)]
     model.eval()
     device = torch.device(device)
-    aa = torch.from_numpy(genetic_code(table_id).aa_classes()).to(device)
+    aa = torch.from_numpy(genetic_code(table_id).aa_classes(model.cfg.vocab_size)).to(device)
     T = model.cfg.block_size
     rows = gene_rows([g.size - 1 for g in genes], T, stride)
     cols: dict[str, list[list[tuple[int, np.ndarray]]]] = {k: [[] for _ in genes] for k in _COLUMNS}
@@ -79,7 +84,8 @@ def score_genes(model, genes: list[np.ndarray], device: str | torch.device = "cp
             for k in _COLUMNS:
                 cols[k][g].append((lo, values[k][offset : offset + hi - lo + 1]))
             offset += hi - lo + 1
-    scores = [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])
+    skip = [0 if hosts is None or hosts[g] is None else 1 for g in range(len(genes))]  # the host token's target
+    scores = [GeneScore(**{k: np.concatenate([v for _, v in sorted(cols[k][g], key=lambda p: p[0])])[skip[g]:]
                            for k in _COLUMNS}) for g in range(len(genes))]
     require_finite(np.concatenate([s.logp for s in scores]) if scores else [], "log-probabilities")
     return scores

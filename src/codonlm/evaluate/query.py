@@ -13,7 +13,16 @@ import sys
 import numpy as np
 import torch
 
-from codonlm.data.codons import CODON_OFFSET, EOS, ITOS, decode, encode, genetic_code, internal_stop_count
+from codonlm.data.codons import (
+    CODON_OFFSET,
+    EOS,
+    ITOS,
+    as_codon_ids,
+    decode,
+    encode,
+    genetic_code,
+    internal_stop_count,
+)
 from codonlm.errors import UserError
 from codonlm.evaluate.perplexity import perplexity_of, require_finite, score_genes
 from codonlm.evaluate.sampling import generate
@@ -31,25 +40,29 @@ def amino_acid(token: int, table_id: int = 11) -> str:
 
 
 @torch.no_grad()
-def next_codons(model, dna: str, top_k: int = 10, table_id: int = 11) -> list[dict]:
-    tokens = torch.from_numpy(encode(dna).astype(np.int64))[None, -model.cfg.block_size:]
+def next_codons(model, dna: str, top_k: int = 10, table_id: int = 11, host: int | None = None) -> list[dict]:
+    """The top_k next tokens after a gene's first codons (host: the host token id of a host-conditioned model)."""
+    tokens = torch.from_numpy(encode(dna, host=host).astype(np.int64))[None, -model.cfg.block_size:]
     tokens = tokens.to(next(model.parameters()).device)
     logits, _ = model(tokens, segment_ids=torch.ones_like(tokens))
-    probs = torch.softmax(logits[0, -1].float(), dim=-1)
+    probs = torch.softmax(logits[0, -1].float(), dim=-1)[: len(ITOS)]  # a host token never comes next
     require_finite(probs, "next-codon probabilities")
-    top = torch.topk(probs, top_k)
+    top = torch.topk(probs, min(top_k, len(ITOS)))
     return [{"token": ITOS[int(i)], "probability": float(p), "amino_acid": amino_acid(int(i), table_id)}
             for p, i in zip(top.values, top.indices, strict=True)]
 
 
 def score(model, records: list[tuple[str, str]], stride: int | None = None, amp: bool = False,
-          table_id: int = 11) -> list[dict]:
+          table_id: int = 11, host: int | list[int | None] | None = None) -> list[dict]:
     """Each record as a whole gene `<BOS_CDS> codons <EOS_CDS>` (score_genes: sliding-window attention
-    past block_size, or strided windows with `stride`): total log-likelihood, mean NLL, perplexity, and the per-target log-probabilities; beside them
-    the count of internal stop codons, which make the number a score of something that is not a gene."""
+    past block_size, or strided windows with `stride`): total log-likelihood, mean NLL, perplexity, and the
+    per-target log-probabilities; beside them the count of internal stop codons, which make the number a score
+    of something that is not a gene. host: the host token id of a host-conditioned model, one for all records
+    or one per record."""
     genes = [encode(dna, add_bos=True, add_eos=True) for _, dna in records]
     device = next(model.parameters()).device
-    scores = score_genes(model, genes, device=device, stride=stride, amp=amp, table_id=table_id)
+    scores = score_genes(model, genes, device=device, stride=stride, amp=amp, table_id=table_id,
+                         hosts=host if isinstance(host, list) else None if host is None else [host] * len(genes))
     require_finite([perplexity_of(s.nll) for s in scores], "perplexities")
     return [{"id": name, "n_codons": len(dna) // 3, "internal_stops": internal_stop_count(dna, table_id),
              "log_likelihood": float(s.logp.sum()), "nll": s.nll,
@@ -58,15 +71,16 @@ def score(model, records: list[tuple[str, str]], stride: int | None = None, amp:
 
 
 def generate_rows(model, records: list[tuple[str, str]], max_codons: int, temperature: float,
-                  top_k: int | None, top_p: float | None, seed: int, table_id: int = 11) -> list[dict]:
+                  top_k: int | None, top_p: float | None, seed: int, table_id: int = 11,
+                  host: int | None = None) -> list[dict]:
     code = genetic_code(table_id)
-    outs = generate(model, [encode(d) for _, d in records], max_codons, temperature, top_k, top_p, seed,
+    outs = generate(model, [encode(d, host=host) for _, d in records], max_codons, temperature, top_k, top_p, seed,
                     stop_codons=code.is_stop, device=next(model.parameters()).device)
     rows = []
     for (n, d), o in zip(records, outs, strict=True):
         dna_out = decode(o)
         rows.append({"id": n, "prompt_codons": len(d) // 3, "dna": dna_out,
-                     "protein": code.translate(o[o >= CODON_OFFSET]),
+                     "protein": code.translate(as_codon_ids(o).astype(np.uint8)),
                      "new_codons": len(dna_out) // 3 - len(d) // 3, "ended": ITOS[int(o[-1])]})
     return rows
 
@@ -74,9 +88,10 @@ def generate_rows(model, records: list[tuple[str, str]], max_codons: int, temper
 def run_query(model, mode: str, records: list[tuple[str, str]], top_k: int = 10, temperature: float = 1.0,
               sample_top_k: int | None = None, top_p: float | None = None, seed: int = 0, max_codons: int = 500,
               as_json: bool = False, out=None, amp: bool = False, stride: int | None = None,
-              table_id: int = 11, scan: dict | None = None) -> list[dict] | dict:
+              table_id: int = 11, scan: dict | None = None, host: int | None = None) -> list[dict] | dict:
     """Run one mode and print its table (or JSON). Returns the rows; for "mutate" (rows streamed,
-    not held) the scan summary. `scan`: keyword arguments of variant_table.scan_records."""
+    not held) the scan summary. `scan`: keyword arguments of variant_table.scan_records. host: the host
+    token id of a host-conditioned model (`codons.host_token`)."""
     out = out or sys.stdout
     if mode not in MODES:
         raise UserError(f"unknown --mode '{mode}'; choose one of {', '.join(MODES)}")
@@ -86,13 +101,13 @@ def run_query(model, mode: str, records: list[tuple[str, str]], top_k: int = 10,
         if amp:
             raise UserError("--amp applies to --mode score only; variant scans run in float32 (drop --amp)")
         return scan_records(model, records, stream=out, fmt="jsonl" if as_json else "tsv", stride=stride,
-                            table_id=table_id, **(scan or {}))
+                            table_id=table_id, host=host, **(scan or {}))
     if mode == "next":
-        rows = [{"id": n, "next": next_codons(model, d, top_k, table_id)} for n, d in records]
+        rows = [{"id": n, "next": next_codons(model, d, top_k, table_id, host)} for n, d in records]
     elif mode == "generate":
-        rows = generate_rows(model, records, max_codons, temperature, sample_top_k, top_p, seed, table_id)
+        rows = generate_rows(model, records, max_codons, temperature, sample_top_k, top_p, seed, table_id, host)
     else:
-        rows = score(model, records, stride=stride, amp=amp, table_id=table_id)
+        rows = score(model, records, stride=stride, amp=amp, table_id=table_id, host=host)
     if as_json:
         json.dump(rows, out, indent=1)
         out.write("\n")

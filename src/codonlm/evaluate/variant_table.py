@@ -84,13 +84,16 @@ def parse_region(text: str | None) -> tuple[int, int] | None:
 def scan_records(model, records: list[tuple[str, str]], stream=None, out_path: str | Path | None = None,
                  fmt: str = "tsv", llr: str = "exact", region: tuple[int, int] | None = None,
                  kinds: list[str] | None = None, stride: int | None = None, table_id: int = 11,
-                 max_tokens: int = 8192, heatmaps: int = 20, show_progress: bool = True) -> dict:
-    """Scan every record (name, DNA); rows go to out_path (atomically) or to `stream`.
+                 max_tokens: int = 8192, heatmaps: int = 20, show_progress: bool = True,
+                 host: int | None = None) -> dict:
+    """Scan every record (name, DNA); rows go to out_path (atomically) or to `stream`. host: the host token
+    id of a host-conditioned model.
 
     Returns the summary (also written as <out>.summary.json): variants and mean LLR per kind,
     per gene and overall, codons scanned per second.
     """
-    scanner = VariantScanner(model, llr=llr, kinds=kinds, stride=stride, max_tokens=max_tokens, table_id=table_id)
+    scanner = VariantScanner(model, llr=llr, kinds=kinds, stride=stride, max_tokens=max_tokens, table_id=table_id,
+                             host=host)
     plan = [(name, as_codon_ids(dna).astype(np.uint8), _positions(name, len(dna) // 3, region))
             for name, dna in records]
     t0, plotting = time.perf_counter(), 0.0

@@ -82,10 +82,10 @@ class VariantScanner:
     """
 
     def __init__(self, model, llr: str = "exact", kinds: Iterable[str] | None = None, stride: int | None = None,
-                 max_tokens: int = 8192, table_id: int = 11, chunk_positions: int = 32):
+                 max_tokens: int = 8192, table_id: int = 11, chunk_positions: int = 32, host: int | None = None):
         if llr not in LLR_METHODS:
             raise ValueError(f"llr must be one of {LLR_METHODS}, got {llr!r}")
-        self.model, self.llr, self.table_id = model.eval(), llr, table_id
+        self.model, self.llr, self.table_id, self.host = model.eval(), llr, table_id, host
         self.keep = np.array([k in set(kinds or KINDS) for k in KINDS])
         T = model.cfg.block_size
         self.block, self.stride = T, None if stride is None else max(1, min(stride, T))
@@ -100,12 +100,14 @@ class VariantScanner:
 
     @torch.no_grad()
     def scan(self, codons: np.ndarray, positions: Iterable[int] | None = None) -> Iterator[PositionScan]:
-        gene = frame_gene(np.asarray(codons, dtype=np.uint8))
+        gene = frame_gene(np.asarray(codons, dtype=np.uint8), self.host)
         tokens = torch.from_numpy(gene.astype(np.int64)).to(self.device)
-        n = gene.size - 2
+        n = len(codons)
+        shift = gene.size - n - 2  # codon p is token p + shift (1 behind a host token)
         positions = sorted(set(range(1, n + 1) if positions is None else positions))
         if positions and not 1 <= positions[0] <= positions[-1] <= n:
             raise ValueError(f"codon positions must lie in 1..{n}")
+        positions = [p + shift for p in positions]  # token positions from here on
         # exact: every window whose inputs hold the position; local: the one that scores it
         reach = "start" if self.llr == "exact" else "first"
         windows = [_Window(*r[1:]) for r in gene_rows([gene.size - 1], self.block, self.stride)]
@@ -121,7 +123,7 @@ class VariantScanner:
                 if inside:
                     self._add_window(tokens, w, inside, alts, llr)
             for p in chunk:
-                yield PositionScan(p, int(gene[p]), alts[p][0], alts[p][1], llr[p])
+                yield PositionScan(p - shift, int(gene[p]), alts[p][0], alts[p][1], llr[p])
 
     def _wild_type(self, tokens: torch.Tensor, w: _Window) -> None:
         if w.logp is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from codonlm.data.codons import BOS, EOS, ITOS, PAD, SEP, STOI
+from codonlm.data.codons import BOS, EOS, HOST_OFFSET, ITOS, PAD, SEP, host_itos
 from codonlm.errors import UserError
 from codonlm.model.model_card import model_card, run_facts
 from codonlm.model.tinygpt import RMS_NORM_EPS, ROPE_THETA, TinyGPT
@@ -102,13 +102,15 @@ def to_hf_llama(model: TinyGPT):
     return hf
 
 
-def codon_tokenizer(block_size: int):
-    """A `PreTrainedTokenizerFast` that gives the ids of `codons.encode(dna)` (`<BOS_CDS>` + codons)."""
+def codon_tokenizer(block_size: int, hosts: list[str] | tuple = ()):
+    """A `PreTrainedTokenizerFast` that gives the ids of `codons.encode(dna)` (`<BOS_CDS>` + codons); a
+    host-conditioned model's `<HOST:name>` tokens are special tokens, written before the DNA."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    vocab = {token: i for i, token in enumerate(host_itos(hosts))}
     # unk_token names no vocabulary entry: an unknown piece (a bad base, a leftover 1-2 bases) raises
-    tok = Tokenizer(models.WordLevel(vocab=dict(STOI), unk_token="[UNK]"))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     upper = [normalizers.Replace(c, c.upper()) for c in "acgt"]
     tok.normalizer = normalizers.Sequence(
         [normalizers.Replace(Regex(r"\s+"), ""), *upper, normalizers.Replace("u", "T"), normalizers.Replace("U", "T")]
@@ -118,13 +120,15 @@ def codon_tokenizer(block_size: int):
         single=f"{ITOS[BOS]} $A", pair=f"{ITOS[BOS]} $A {ITOS[BOS]} $B", special_tokens=[(ITOS[BOS], BOS)]
     )
     tok.decoder = decoders.Fuse()  # codons joined with no spaces: DNA back
+    host_tokens = host_itos(hosts)[HOST_OFFSET:]
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=ITOS[BOS], eos_token=ITOS[EOS], pad_token=ITOS[PAD], sep_token=ITOS[SEP],
         model_max_length=block_size, padding_side="left", clean_up_tokenization_spaces=False,
+        **({"additional_special_tokens": host_tokens} if host_tokens else {}),
     )
 
 
-def generation_config(block_size: int):
+def generation_config(block_size: int, n_hosts: int = 0):
     """What `generate()` and `pipeline("text-generation")` do without arguments: stop at `<EOS_CDS>` or
     when prompt and continuation fill the context (`max_length`: positions past it were never trained,
     and the pipeline's own default, 256 new tokens, runs past it), and sample from the full distribution
@@ -132,7 +136,7 @@ def generation_config(block_size: int):
     repeats such as AAA AAA ...)."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, suppress_tokens=[PAD, BOS, SEP],
+    return GenerationConfig(bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, suppress_tokens=[PAD, BOS, SEP, *range(HOST_OFFSET, HOST_OFFSET + n_hosts)],
                             max_length=block_size, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
 
 
@@ -143,23 +147,24 @@ def export_hf(model: TinyGPT, out_dir: str | Path, itos: list[str] | None = None
     Files are written into a temporary folder beside out_dir and moved in one by one, so an
     interrupted export does not leave half-written files.
     """
-    if itos is not None and list(itos) != ITOS:
-        raise UserError("the checkpoint's vocabulary (itos) differs from codonlm's 68 tokens; "
+    hosts = model.cfg.hosts
+    if itos is not None and list(itos) != host_itos(hosts):
+        raise UserError("the checkpoint's vocabulary (itos) differs from codonlm's 68 tokens and its host tokens; "
                         "export a checkpoint trained by this version of codonlm")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     hf = to_hf_llama(model)
-    hf.generation_config = generation_config(model.cfg.block_size)
+    hf.generation_config = generation_config(model.cfg.block_size, len(hosts))
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp") as tmp:
         tmp_dir = Path(tmp)
         hf.save_pretrained(tmp_dir)
-        codon_tokenizer(model.cfg.block_size).save_pretrained(tmp_dir)
+        codon_tokenizer(model.cfg.block_size, hosts).save_pretrained(tmp_dir)
         tok_cfg = json.loads((tmp_dir / "tokenizer_config.json").read_text())
         # transformers 5 writes "TokenizersBackend"; 4.x knows only this name, which 5 maps back
         tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
         (tmp_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
-        (tmp_dir / "itos.json").write_text(json.dumps(ITOS, indent=0))
+        (tmp_dir / "itos.json").write_text(json.dumps(host_itos(hosts), indent=0))
         (tmp_dir / "README.md").write_text(card or model_card(model, out_dir.name))
         out_dir.mkdir(parents=True, exist_ok=True)
         for f in sorted(tmp_dir.iterdir()):
@@ -182,6 +187,13 @@ def export_run(run_id: str, out_dir: str | Path, checkpoints_dir: str | None = N
     return export_hf(model, out_dir, state.get("itos"), card=card)
 
 
+def _export_hosts(folder: Path) -> list[str]:
+    """The host names of an export's itos.json (`<HOST:name>` after the 68 fixed tokens); [] without one."""
+    path = folder / "itos.json"
+    itos = json.loads(path.read_text()) if path.is_file() else ITOS
+    return [token[len("<HOST:"):-1] for token in itos[HOST_OFFSET:]]
+
+
 def load_hf_export(folder: str | Path) -> TinyGPT:
     """A TinyGPT from a folder `export_hf` wrote (config.json + model.safetensors; safetensors runs no code):
     the inverse of `hf_state_dict`, so the export's logits and ours agree (tested)."""
@@ -196,10 +208,12 @@ def load_hf_export(folder: str | Path) -> TinyGPT:
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder}: not a readable Hugging Face export ({str(exc)[:100]}); "
                         "make one with 'codonlm export-hf RUN_ID'") from None
-    if hf.get("model_type") != "llama" or hf.get("vocab_size") != len(ITOS):
+    hosts = _export_hosts(folder)
+    if hf.get("model_type") != "llama" or hf.get("vocab_size") != len(ITOS) + len(hosts):
         raise UserError(f"{folder}: not a codonlm export (model_type {hf.get('model_type')}, vocab {hf.get('vocab_size')})")
     cfg = ModelConfig(vocab_size=hf["vocab_size"], n_embd=hf["hidden_size"], n_layer=hf["num_hidden_layers"],
-                      n_head=hf["num_attention_heads"], block_size=hf["max_position_embeddings"], dropout=0.0)
+                      n_head=hf["num_attention_heads"], block_size=hf["max_position_embeddings"], dropout=0.0,
+                      condition_on_host=bool(hosts), hosts=hosts)
     model = TinyGPT(cfg)
     if model.blocks[0].mlp.hidden != hf["intermediate_size"]:
         raise UserError(f"{folder}: MLP width {hf['intermediate_size']} is not codonlm's for d{cfg.n_embd}")

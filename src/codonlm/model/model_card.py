@@ -88,6 +88,8 @@ def model_card(model, dir_name: str, facts: RunFacts | None = None) -> str:
             f"run id `{facts.run_id}`, config sha256 `{facts.config_sha256}`"
             + (f", checkpoint step {facts.step}" if facts.step is not None else "")
             + (f", codonlm commit `{facts.git_commit}`" if facts.git_commit else "") + ".")
+    hosts = ("" if not cfg.hosts else ", then one host token per genome (ids 68..; write it right after "
+             "`<BOS_CDS>`, e.g. `<HOST:name>ATG...`): " + ", ".join(f"`<HOST:{h}>`" for h in cfg.hosts))
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -112,7 +114,7 @@ with `codonlm` and exported as `LlamaForCausalLM`: {cfg.n_layer} layers, {cfg.n_
 {_eval_section(facts) if facts else "Not recorded with this export."}
 ## Use
 
-One token per codon (68 tokens, `itos.json`): `<PAD> <BOS_CDS> <EOS_CDS> <SEP>` then `AAA .. TTT`.
+One token per codon (68 tokens, `itos.json`): `<PAD> <BOS_CDS> <EOS_CDS> <SEP>` then `AAA .. TTT`{hosts}.
 A gene is `<BOS_CDS> c1 ... cn <EOS_CDS>`, stop codon included. The tokenizer takes DNA (A/C/G/T/U,
 any case, whitespace ignored), cuts it into codons and puts `<BOS_CDS>` first:
 

@@ -35,6 +35,8 @@ TRUSTED_TYPES = (
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "xgboost.sklearn.XGBRegressor",  # the regression probe probe_xgb; its booster is xgboost's model bytes
+    "xgboost.core.Booster",
 )
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from codonlm.config import load_yaml, validate
 from codonlm.errors import UserError
-from codonlm.provenance import latest_run
+from codonlm.runid import latest_run
 from codonlm.stage2.classifiers import KMER_MODELS, MODELS, PROBE_MODELS
 from codonlm.stage2.regressors import CAI_MODELS, DEFAULT_REGRESSION_MODELS, REGRESSION_MODELS, feature_source
 
@@ -50,6 +50,7 @@ class ClassifierConfig(_TaskConfig):
     description: str = ""
     run_id: str = Field("latest", description="run whose model and data the paths refer to; latest = newest")
     checkpoints_dir: str | None = None  # default: the run's own outputs.out_dir (runs/<RUN_ID>/config.yaml)
+    runs_dir: str | None = None  # where run folders live (default: runs)
     # ready tasks: build the labelled held-out genes (and generated genes) of the run into data_dir first
     build_from_run: list[Literal["heldout", "generated"]] = []
     data_dir: str = "outputs/reports/{run_id}/stage2/data"
@@ -68,6 +69,7 @@ class ClassifierConfig(_TaskConfig):
     test_seqs: Paths | None = None
     label_column: str = "label"
     id_column: str = "id"
+    seq_column: str = "seq"  # the DNA column of a table of sequences (*_seqs, or the labels themselves)
     group_column: str | None = None  # genes sharing a value stay on one side of the seeded split
 
     models: list[ModelName] = Field(default_factory=lambda: list(MODELS), min_length=1)
@@ -97,6 +99,7 @@ class RegressionConfig(_TaskConfig):
     description: str = ""
     run_id: str = Field("latest", description="run whose model embeds the genes and scores them")
     checkpoints_dir: str | None = None  # default: the run's own outputs.out_dir (runs/<RUN_ID>/config.yaml)
+    runs_dir: str | None = None  # where run folders live (default: runs)
     build_from_run: list[Literal["heldout"]] = []
     data_dir: str = "outputs/reports/{run_id}/stage2/data"
     processed_dir: str | None = None
@@ -168,7 +171,7 @@ def resolve_paths(cfg: ClassifierConfig | RegressionConfig, run_id: str | None =
     needs_run = bool(cfg.build_from_run) or any("{run_id}" in p or "{data_dir}" in p for p in templated)
     needs_run |= isinstance(cfg, RegressionConfig) and cfg.needs_model
     if needs_run and run == "latest":
-        run = latest_run(cfg.checkpoints_dir)
+        run = latest_run(cfg.checkpoints_dir, cfg.runs_dir)
     data_dir = cfg.data_dir.replace("{run_id}", run)
     updates: dict = {"run_id": run, "data_dir": data_dir}
     for key in keys:

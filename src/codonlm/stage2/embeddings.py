@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codonlm.data.codons import encode, internal_stop_count
+from codonlm.data.codons import encode, host_token, internal_stop_count
 from codonlm.errors import UserError
 from codonlm.io import atomic_path, read_npz, sha256_file
 from codonlm.log import log, progress
@@ -71,9 +71,10 @@ class _Pooler:
         self.sums = np.full((self.n_genes, *self.shape), fill, dtype=np.float64)
         self.pieces = [[] for _ in range(self.n_genes)] if self.pool == "per-codon" else []
 
-    def add_batch(self, batch: list[tuple[int, int, int, int]], states, n_codons: np.ndarray) -> None:
+    def add_batch(self, batch: list[tuple[int, int, int, int]], states, last_positions: np.ndarray) -> None:
         """states [rows, width, layers, channels] (torch) of a batch; row r owns codon positions lo..hi of
-        gene g (window from token a). Pooled on the whole batch at once, not row by row."""
+        gene g (window from token a); last_positions: each gene's last codon position. Pooled on the whole
+        batch at once, not row by row."""
         import torch
 
         genes = np.array([g for g, _, _, _ in batch])
@@ -91,7 +92,7 @@ class _Pooler:
         elif self.pool == "max":
             np.maximum.at(self.sums, genes, states.masked_fill(~owned, -torch.inf).amax(1).double().cpu().numpy())
         else:  # last: the row whose window ends at the gene's last codon
-            ends = np.flatnonzero(np.array([hi for _, _, _, hi in batch]) == n_codons[genes])
+            ends = np.flatnonzero(np.array([hi for _, _, _, hi in batch]) == last_positions[genes])
             self.sums[genes[ends]] = states[ends, last[ends]].double().cpu().numpy()
 
     def result(self, n_codons: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -116,8 +117,11 @@ class GeneReading:
 
 
 def read_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
-               max_tokens: int = 16384, amp: bool = False, show_progress: bool = True) -> GeneReading:
-    """Embeddings and per-gene log-likelihoods of clean DNA sequences from one forward pass.
+               max_tokens: int = 16384, amp: bool = False, show_progress: bool = True,
+               hosts: list[int | None] | None = None) -> GeneReading:
+    """Embeddings and per-gene log-likelihoods of clean DNA sequences from one forward pass. hosts: each
+    sequence's host token id (a host-conditioned model); only codon positions are pooled, and the host
+    token's own target is not scored.
 
     embeddings are [genes, channels] for one layer, [genes, layers, channels] for `all`. amp: bf16 autocast,
     faster only where the CPU has native bf16 (AVX-512 BF16 / AMX); off by default.
@@ -131,8 +135,11 @@ def read_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean",
         raise UserError(f"--pool {pool}: choose one of {', '.join(POOLS)}")
     names = hook_names(model.cfg.n_layer, layer)
     T = model.cfg.block_size
-    tokens = [encode(s, add_bos=True, add_eos=True) for s in seqs]  # <BOS_CDS> c1..cn <EOS_CDS>
-    n_codons = np.array([t.size - 2 for t in tokens], dtype=np.int64)
+    hosts = [None] * len(seqs) if hosts is None else hosts
+    # <BOS_CDS> (<host>) c1..cn <EOS_CDS>
+    tokens = [encode(s, add_eos=True, host=h) for s, h in zip(seqs, hosts, strict=True)]
+    prefixes = np.array([1 if h is None else 2 for h in hosts], dtype=np.int64)
+    n_codons = np.array([t.size - 1 for t in tokens], dtype=np.int64) - prefixes
     pooler = _Pooler(pool, len(seqs), (len(names), model.cfg.n_embd))
     loglik = np.zeros(len(seqs), dtype=np.float64)
     model.eval()
@@ -143,10 +150,13 @@ def read_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean",
             logits, states = sliding_forward(model, idx.to(device), names)
         picked, targets = scored_logits(logits, batch, tokens)
         logp = torch.log_softmax(picked.float(), -1).gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
-        np.add.at(loglik, np.repeat([g for g, *_ in batch], [hi - lo + 1 for _, _, lo, hi in batch]), logp)
-        # the state at token p predicts target p + 1; codon positions only (never <BOS_CDS>)
-        owned = [(g, a, max(lo - 1, 1), hi - 1) for g, a, lo, hi in batch]
-        pooler.add_batch(owned, torch.stack([states[n] for n in names], dim=2).float(), n_codons)  # [B, W, L, C]
+        target = np.concatenate([np.arange(lo, hi + 1) for _, _, lo, hi in batch])
+        gene = np.repeat([g for g, *_ in batch], [hi - lo + 1 for _, _, lo, hi in batch])
+        scored = target >= prefixes[gene]  # not the host token's own target
+        np.add.at(loglik, gene[scored], logp[scored])
+        # the state at token p predicts target p + 1; codon positions only (never <BOS_CDS> or the host)
+        owned = [(g, a, max(lo - 1, int(prefixes[g])), hi - 1) for g, a, lo, hi in batch]
+        pooler.add_batch(owned, torch.stack([states[n] for n in names], dim=2).float(), n_codons + prefixes - 1)
         bar.update(sum(hi + 1 - lo for _, _, lo, hi in owned))
     bar.close()
     vectors, offsets = pooler.result(n_codons)
@@ -157,10 +167,10 @@ def read_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean",
 
 
 def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
-                max_tokens: int = 16384, amp: bool = False,
-                show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+                max_tokens: int = 16384, amp: bool = False, show_progress: bool = True,
+                hosts: list[int | None] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Pooled hidden states of clean DNA sequences: (embeddings, offsets for per-codon else None, layer names)."""
-    r = read_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)
+    r = read_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress, hosts)
     return r.vectors, r.offsets, r.layers
 
 
@@ -215,8 +225,11 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
 def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[str], layer: str = "final",
                        pool: str = "mean", checkpoints_dir: str | None = None, device: str = "cpu",
                        stride: int | None = None, max_tokens: int = 16384, amp: bool = False, n_skipped: int = 0,
-                       show_progress: bool = True, runs_dir: str | None = None) -> EmbeddingFile:
-    """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling)."""
+                       show_progress: bool = True, runs_dir: str | None = None,
+                       host: str | list[str] | None = None, host_optional: bool = False) -> EmbeddingFile:
+    """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling); host: their
+    genome (one for all, or one each), for a host-conditioned model; host_optional: ignore it for a model
+    without host tokens (stage 2 passes every gene's genome whatever the model)."""
     from codonlm.model.load import checkpoint_path, load_model
 
     if pool not in POOLS:
@@ -224,8 +237,12 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     ckpt = checkpoint_path(run_id, checkpoints_dir, runs_dir)
     model, _, state = load_model(str(ckpt), device=device)
     hook_names(model.cfg.n_layer, layer)  # a bad --layer fails before any work
+    hosts = host if isinstance(host, list) else [host] * len(seqs)
+    if host_optional and not model.cfg.hosts:
+        hosts = [None] * len(seqs)
+    host_ids = [host_token(model.cfg.hosts, h) for h in hosts]
     t0 = time.perf_counter()
-    reading = read_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress)
+    reading = read_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress, host_ids)
     vectors, offsets, layers = reading.vectors, reading.offsets, reading.layers
     seconds = time.perf_counter() - t0
     n_codons = sum(len(s) // 3 for s in seqs)
@@ -243,19 +260,6 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
         f"pool {pool}; {seconds:.1f} s ({emb.meta['embeddings_per_s']:.1f} genes/s, "
         f"{emb.meta['codons_per_s']:.0f} codons/s)" + (f"; skipped {n_skipped} record(s)" if n_skipped else ""))
     return emb
-
-
-def embed_file(run_id: str, out: str | Path, fasta: str | None = None, csv: str | None = None,
-               skip_invalid: bool = False, id_column: str = "id", seq_column: str = "seq",
-               **options) -> EmbeddingFile:
-    """extract_embeddings for a FASTA file or a CSV with a sequence column; bad records fail (or are skipped),
-    records with internal stop codons are flagged (or skipped)."""
-    from codonlm.data.codons import clean_sequences
-    from codonlm.stage2.inputs import read_sequences
-
-    ids, seqs, source = read_sequences(fasta=fasta, csv=csv, id_column=id_column, seq_column=seq_column)
-    ids, seqs, skipped = clean_sequences(ids, seqs, source, skip_invalid, stops_table=11)
-    return extract_embeddings(run_id, out, ids, seqs, n_skipped=len(skipped), **options)
 
 
 def one_layer(f, layer: str | None) -> np.ndarray:

@@ -39,7 +39,8 @@ def _models(metrics: dict) -> dict:
 
 
 def run_stage2(run_id: str, configs_dir: str = "configs/classifier", checkpoints_dir: str | None = None,
-               processed_dir: str | None = None, tasks: list[str] | None = None, show_progress: bool = True) -> dict:
+               processed_dir: str | None = None, tasks: list[str] | None = None, show_progress: bool = True,
+               runs_dir: str | None = None) -> dict:
     """Run the ready configs for `run_id`; write stage2/summary.json, compare.csv, compare.png."""
     from codonlm.stage2.train import train_from_config
 
@@ -55,7 +56,8 @@ def run_stage2(run_id: str, configs_dir: str = "configs/classifier", checkpoints
     results, skipped, out_root = {}, {}, None
     for name in chosen:
         cfg = load_classifier_config(folder / f"{name}.yaml")
-        overrides = {k: v for k, v in (("checkpoints_dir", checkpoints_dir), ("processed_dir", processed_dir)) if v}
+        overrides = {k: v for k, v in (("checkpoints_dir", checkpoints_dir), ("processed_dir", processed_dir),
+                                       ("runs_dir", runs_dir)) if v}
         cfg = cfg.model_copy(update=overrides)
         try:
             results[name] = train_from_config(cfg, run_id=run_id, task=name, show_progress=show_progress)

@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from codonlm.errors import UserError
-from codonlm.stage2.regressors import RIDGE_ALPHAS, ZERO_SHOT, codon_features, feature_source, make_regressor
+from codonlm.stage2.regressors import (
+    KRR_ALPHAS,
+    KRR_GAMMAS,
+    RIDGE_ALPHAS,
+    ZERO_SHOT,
+    codon_features,
+    feature_source,
+    make_regressor,
+)
 
 MIN_GENES = 20
 
@@ -42,6 +50,7 @@ class RegressionSet:
     layers: list[str] = field(default_factory=lambda: ["final"])
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # per-gene cai, mean_loglik
     source: str = "input"
+    grouping: str = "identical proteins"  # what `groups` are (metrics.json cv.groups)
 
 
 def check_target(data: RegressionSet, folds: int) -> None:
@@ -95,6 +104,31 @@ def ridge_penalty(X: np.ndarray, y: np.ndarray, inner: list[tuple[np.ndarray, np
     return float(RIDGE_ALPHAS[best]), float(scores[best] / len(inner))
 
 
+def kernel_ridge_params(X: np.ndarray, y: np.ndarray, inner: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """(alpha, gamma): the KRR_ALPHAS x KRR_GAMMAS pair an RBF kernel ridge (standardised inputs and target,
+    as `probe_krr`) scores best with over the inner folds, by mean R^2; each fold's kernel is decomposed once
+    per width and every penalty solved from that."""
+    from sklearn.preprocessing import StandardScaler
+
+    widths = KRR_GAMMAS / X.shape[1]
+    scores = np.zeros((len(widths), len(KRR_ALPHAS)))
+    for train, test in inner:
+        scaler = StandardScaler().fit(X[train])
+        a, b = scaler.transform(X[train]), scaler.transform(X[test])
+        norms = (a**2).sum(1)
+        d_train = np.maximum(norms[:, None] + norms[None] - 2 * a @ a.T, 0)
+        d_test = np.maximum((b**2).sum(1)[:, None] + norms[None] - 2 * b @ a.T, 0)
+        mu, sd = y[train].mean(), y[train].std() or 1.0
+        total = ((y[test] - y[test].mean()) ** 2).sum()
+        for g, width in enumerate(widths):
+            w, v = np.linalg.eigh(np.exp(-width * d_train))
+            coef = v @ ((v.T @ ((y[train] - mu) / sd))[:, None] / (np.maximum(w, 0)[:, None] + KRR_ALPHAS[None]))
+            pred = np.exp(-width * d_test) @ coef * sd + mu
+            scores[g] += 1 - ((y[test][:, None] - pred) ** 2).sum(0) / (total if total > 0 else np.nan)
+    best = np.unravel_index(np.nanargmax(scores), scores.shape) if not np.isnan(scores).all() else (0, 0)
+    return float(KRR_ALPHAS[best[1]]), float(widths[best[0]])
+
+
 def feature_table(data: RegressionSet, models: list[str], vectorizer=None) -> dict[str, np.ndarray]:
     """Each input the models read, computed once: codon or k-mer frequencies, per-gene scores; embeddings
     as they are ([genes, channels] or [genes, layers, channels])."""
@@ -119,11 +153,14 @@ def fit_one(model: str, X: np.ndarray, data: RegressionSet, rows: np.ndarray, se
     from scipy.linalg import LinAlgWarning
     from sklearn.exceptions import ConvergenceWarning
 
-    alpha, inner_r2 = None, None
-    if model.endswith("ridge"):
+    alpha, gamma, inner_r2 = None, None, None
+    if model.endswith("ridge") or model == "probe_krr":
         inner = cv_folds(data.y[rows], data.groups[rows], min(3, len(set(data.groups[rows]))), seed)
-        alpha, inner_r2 = ridge_penalty(X[rows], data.y[rows], inner)
-    estimator = make_regressor(model, seed, alpha)
+        if model == "probe_krr":
+            alpha, gamma = kernel_ridge_params(X[rows], data.y[rows], inner)
+        else:
+            alpha, inner_r2 = ridge_penalty(X[rows], data.y[rows], inner)
+    estimator = make_regressor(model, seed, alpha, gamma)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", LinAlgWarning)  # codon frequencies sum to one: collinear by design
@@ -208,7 +245,7 @@ def evaluate_models(data: RegressionSet, models: list[str], folds: int = 5, repe
         chosen = {name: record["chosen_layers"].count(name) for name in data.layers}
     return {"models": results, "predictions": preds, "fold": record["fold"], "layers": layers,
             "chosen_layers": chosen, "vectorizer": vectorizer, "cv_seconds": round(time.perf_counter() - t0, 2),
-            "cv": {"folds": folds, "repeats": repeats, "seed": seed, "grouped": True,
+            "cv": {"folds": folds, "repeats": repeats, "seed": seed, "grouped": True, "groups": data.grouping,
                    "stratified": "target quintile", "bootstrap": bootstrap}}
 
 
@@ -240,26 +277,47 @@ def transform_target(values: np.ndarray, transform: str, where: str) -> np.ndarr
 
 def protein_groups(seqs: list[str], table_id: int = 11) -> np.ndarray:
     """A group per distinct encoded protein: identical proteins (paralogous copies) share a CV fold."""
-    import hashlib
-
     from codonlm.data.codons import translate
 
-    return np.array([hashlib.sha1(translate(s, table_id).encode()).hexdigest()[:16] for s in seqs])
+    return group_proteins([translate(s, table_id) for s in seqs])[0]
 
 
-def mean_loglik(model, ids: list[str], seqs: list[str]) -> np.ndarray:
-    """The model's mean log-likelihood per token of each whole gene (`<BOS_CDS> codons <EOS_CDS>`, = -nll)."""
+def column_grouping(column: str, notes: dict[str, str]) -> str:
+    """What the groups of a group column are: its name, and what the ready tasks' data says of it
+    (tasks.json group_columns, e.g. protein_group: identical proteins or MMseqs2 clusters)."""
+    return f"column '{column}'" + (f": {notes[column]}" if column in notes else "")
+
+
+def group_proteins(proteins: list[str], data=None) -> tuple[np.ndarray, str]:
+    """(CV group of each protein, what the groups are): identical proteins; or, when `data` (a run's
+    DataConfig) split the run's genes by cluster, MMseqs2 clusters of the proteins at its cluster_identity and
+    cluster_coverage, so that no test fold holds a close relative of a training gene, as no held-out gene
+    has one in the language model's training split."""
+    import hashlib
+
+    if data is None or data.split_by != "cluster":
+        return np.array([hashlib.sha1(p.encode()).hexdigest()[:16] for p in proteins]), "identical proteins"
+    from codonlm.data.homology import cluster_labels
+
+    labels = cluster_labels(list(proteins), data.cluster_identity, data.cluster_coverage)
+    return np.array(labels), (f"MMseqs2 clusters of the proteins ({data.cluster_identity:.0%} identity, "
+                              f"{data.cluster_coverage:.0%} coverage), as the run's data.split_by: cluster")
+
+
+def mean_loglik(model, ids: list[str], seqs: list[str], hosts: list[str] | None = None) -> np.ndarray:
+    """The model's mean log-likelihood per token of each whole gene (`<BOS_CDS> codons <EOS_CDS>`, = -nll);
+    hosts: each gene's genome, for a host-conditioned model."""
+    from codonlm.data.codons import host_token
     from codonlm.evaluate.query import score
 
-    return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)))])
+    tokens = None if hosts is None else [host_token(model.cfg.hosts, h) for h in hosts]
+    return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)), host=tokens)])
 
 
 def cai_scores(seqs: list[str], reference_fasta: str) -> np.ndarray:
     """CAI (Sharp & Li) of each gene against the codon usage of the reference genes in a FASTA file."""
-    from codonlm.data.codons import clean_sequences
+    from codonlm.data.records import read_records
     from codonlm.evaluate.seqmetrics import CAIReference
-    from codonlm.stage2.inputs import read_sequences
 
-    ids, ref, source = read_sequences(fasta=reference_fasta)
-    _, ref, _ = clean_sequences(ids, ref, source)
-    return CAIReference().fit(ref).cai_many(seqs)
+    reference = read_records(reference_fasta, stops_table=None)
+    return CAIReference().fit(reference.seqs).cai_many(seqs)

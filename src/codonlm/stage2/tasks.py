@@ -15,7 +15,9 @@ Files written to `data_dir` (a folder of the run's stage-2 reports):
                   - hydropathy: Kyte-Doolittle GRAVY of the encoded protein in tertiles over these genes
                     (hydrophilic < q1 <= intermediate < q2 <= hydrophobic); the hydrophobic third holds most
                     membrane proteins. A property of the protein, not of codon choice.
-                  - protein_group: hash of the protein; the ready configs split by it, so identical proteins
+                  - protein_group: the protein's group, which the ready configs split (and fold) by: identical
+                    proteins, or when the run's data was split by cluster (data.split_by: cluster) the
+                    MMseqs2 cluster of similar proteins (tasks.json group_columns says which), so identical
                     (paralogous copies) never sit on both sides of a train/test split
     heldout.npz   their embeddings, every layer (pooling from the config); each config reads its `layer`
     heldout_scores.csv  id, cai, mean_loglik: the regression tasks' zero-shot scores. CAI is against the
@@ -34,7 +36,6 @@ Files written to `data_dir` (a folder of the run's stage-2 reports):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from functools import cache
 from pathlib import Path
@@ -44,12 +45,13 @@ import pandas as pd
 
 from codonlm.data.codons import decode, translate
 from codonlm.data.layout import run_split_path
+from codonlm.data.records import read_table
 from codonlm.errors import UserError
 from codonlm.io import read_json, read_split_genes, sha256_file, write_csv, write_json
 from codonlm.log import log
 from codonlm.stage2.config import ClassifierConfig
 from codonlm.stage2.embeddings import EmbeddingFile, extract_embeddings, load_embeddings
-from codonlm.stage2.inputs import read_table
+from codonlm.stage2.regression import group_proteins
 
 STANDARD_AA = frozenset("ACDEFGHIKLMNPQRSTVWY")
 # "50S ribosomal protein L2", "30S ribosomal subunit protein S7, initiates assembly", "LSU ribosomal protein
@@ -77,11 +79,12 @@ def gravy(protein: str) -> float:
 
 
 def _gene_row(genes, g: int, genome: str, domain: str, table_id: int, split: str) -> dict:
+    """One held-out gene's row; its protein, for the groups, in a column heldout.csv leaves out."""
     protein = translate(genes.codons(g), table_id)
     hydropathy, pi = protein_properties(protein)
     return {"id": genes.names[g], "seq": decode(genes.codons(g)), "genome": genome, "domain": domain,
             "gravy": hydropathy, "isoelectric_point": pi,
-            "protein_group": hashlib.sha1(protein.encode()).hexdigest()[:16], "split": split}
+            "protein": protein, "split": split}
 
 
 @cache
@@ -149,13 +152,13 @@ def zero_shot_table(heldout: pd.DataFrame, embedded: EmbeddingFile, ckpt: Path, 
     return table, {"cai_reference": info, "checkpoint_sha256": sha256_file(ckpt)}
 
 
-def _run_context(cfg: ClassifierConfig):
+def run_context(cfg: ClassifierConfig):
     """The run's checkpoint path, its config, its run id and the prepared-data folder."""
     from codonlm.config import parse_config
     from codonlm.model.checkpoint import load_checkpoint
     from codonlm.model.load import checkpoint_path
 
-    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)  # None: where the run's config says
+    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir, cfg.runs_dir)  # None: where the run's config says
     state = load_checkpoint(ckpt)
     run_cfg = parse_config(state["config"], source=str(ckpt))
     return ckpt, run_cfg, str(state.get("run_id") or cfg.run_id), Path(cfg.processed_dir or run_cfg.data.processed_dir)
@@ -198,8 +201,10 @@ def heldout_table(run_cfg, run_id: str, processed: Path, per_genome: int | None 
     if per_genome is not None:
         log(f"[stage2] held-out genes: seeded draw (seed {seed}) of at most {per_genome} per genome and split, "
             f"prompt genes kept: {len(table)} of {total}")
+    groups, grouping = group_proteins(table["protein"].tolist(), run_cfg.data)
+    table["protein_group"] = groups
     info = {"hydropathy_thresholds": [round(float(q1), 4), round(float(q2), 4)], "domains": domains,
-            "heldout_per_genome": per_genome, "heldout_total": total}
+            "heldout_per_genome": per_genome, "heldout_total": total, "group_columns": {"protein_group": grouping}}
     columns = ["id", "seq", "genome", "domain", "gravy", "isoelectric_point", "hydropathy", "protein_group", "split"]
     return table[columns], info
 
@@ -265,8 +270,10 @@ def ensure_embeddings(cfg: ClassifierConfig, table: pd.DataFrame, out: Path, ckp
                 and (old.layer, old.pool) == (layer, cfg.pool) and old.mean_loglik is not None):
             log(f"[stage2] reusing {out} ({len(old.ids)} genes, layer {old.layer}, pool {old.pool})")
             return old
+    genomes = table["genome"].tolist() if "genome" in table.columns else None
     return extract_embeddings(str(ckpt), out, table["id"].tolist(), table["seq"].tolist(), layer=layer,
-                              pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress)
+                              pool=cfg.pool, checkpoints_dir=cfg.checkpoints_dir, show_progress=show_progress,
+                              host=genomes, host_optional=True)
 
 
 def _ensure_scores(cfg, heldout: pd.DataFrame, embedded: EmbeddingFile, old: dict | None, context: tuple) -> dict:
@@ -284,7 +291,7 @@ def _ensure_scores(cfg, heldout: pd.DataFrame, embedded: EmbeddingFile, old: dic
 def build_run_data(cfg: ClassifierConfig, show_progress: bool = True) -> dict:
     """Write the ready tasks' CSVs and embeddings into cfg.data_dir (paths resolved); returns tasks.json."""
     folder = Path(cfg.data_dir)
-    ckpt, run_cfg, run_id, processed = _run_context(cfg)
+    ckpt, run_cfg, run_id, processed = run_context(cfg)
     heldout, info = heldout_table(run_cfg, run_id, processed, cfg.heldout_per_genome, prompt_genes(cfg), cfg.seed)
     tables = {"heldout": heldout}
     if "generated" in cfg.build_from_run:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from codonlm.data.codons import clean_sequences
+from codonlm.data.records import align, is_table, read_sequences, read_table, table_ids
 from codonlm.errors import UserError
 from codonlm.io import write_csv, write_json
 from codonlm.log import log
@@ -36,7 +37,6 @@ from codonlm.stage2.classifiers import (
 )
 from codonlm.stage2.config import ClassifierConfig, resolve_paths
 from codonlm.stage2.embeddings import load_embeddings, one_layer
-from codonlm.stage2.inputs import align, read_sequences, read_table, table_ids
 from codonlm.stage2.kmer import kmer_features, kmer_vectorizer
 from codonlm.stage2.metrics import (
     classification_metrics,
@@ -45,6 +45,7 @@ from codonlm.stage2.metrics import (
     plot_compare,
     plot_confusions,
 )
+from codonlm.stage2.regression import column_grouping
 
 
 @dataclass
@@ -107,37 +108,41 @@ def _embeddings_for(ids: list[str] | None, n: int, paths: list[str], labels_src:
 
 
 def _seqs_for(ids: list[str] | None, n: int, paths: list[str], tables: list, labels_src: str,
-              id_column: str) -> list[str]:
+              id_column: str, seq_column: str = "seq") -> list[str]:
     if paths:
         have_ids, raw = [], []
         for path in paths:
-            fasta = Path(path).suffix.lower() not in (".csv", ".tsv")
-            i, s, _ = read_sequences(fasta=path if fasta else None, csv=None if fasta else path, id_column=id_column)
+            table = is_table(path)
+            i, s, _, w = read_sequences(fasta=None if table else path, csv=path if table else None, id_column=id_column,
+                                        seq_column=seq_column)
             have_ids += i
             raw += s
-        source = ", ".join(paths)
-    elif all("seq" in t.columns for t in tables):
-        raw = [s for t in tables for s in t["seq"]]
+        source, where = ", ".join(paths), w if len(paths) == 1 else None  # one table: its rows in messages
+    elif all(seq_column in t.columns for t in tables):
+        raw = [s for t in tables for s in t[seq_column]]
+        where = [f"row {r + 2}" for t in tables for r in range(len(t))] if len(tables) == 1 else None
         have_ids, source = list(ids or []), labels_src
     else:
-        raise UserError(f"{labels_src}: k-mer models need sequences; add a 'seq' column or set *_seqs / --seqs")
+        raise UserError(f"{labels_src}: k-mer models need sequences; add a '{seq_column}' column or set *_seqs / "
+                        "--seqs")
     if ids is None:
         if len(raw) != n:
             raise UserError(f"{labels_src} has {n} rows but {source} holds {len(raw)} sequences; give the labels "
                             "an 'id' column or the same rows in the same order")
-        chosen = raw
+        rows = np.arange(n)
     else:
-        chosen = [raw[i] for i in align(ids, have_ids, labels_src, source)] if have_ids else raw
-    return clean_sequences(ids or [f"row{i + 1}" for i in range(n)], chosen, source)[1]
+        rows = align(ids, have_ids, labels_src, source) if have_ids else np.arange(n)
+    return clean_sequences(ids or [f"row{i + 1}" for i in range(n)], [raw[i] for i in rows], source,
+                           where=None if where is None else [where[i] for i in rows])[1]
 
 
 def load_set(labels: list[str], embeddings: list[str], seqs: list[str], need_embeddings: bool, need_seqs: bool,
              label_column: str = "label", id_column: str = "id", group_column: str | None = None,
-             layer: str | None = None) -> LabelledSet:
+             layer: str | None = None, seq_column: str = "seq") -> LabelledSet:
     ids, y, tables, groups = read_labels(labels, label_column, id_column, group_column)
     src = ", ".join(labels)
     emb = _embeddings_for(ids, len(y), embeddings, src, layer) if need_embeddings else None
-    dna = _seqs_for(ids, len(y), seqs, tables, src, id_column) if need_seqs else None
+    dna = _seqs_for(ids, len(y), seqs, tables, src, id_column, seq_column) if need_seqs else None
     return LabelledSet(ids or [f"row{i + 1}" for i in range(len(y))], y, emb, dna, src, groups)
 
 
@@ -188,10 +193,12 @@ def group_folds(data: LabelledSet, n_splits: int, seed: int):
     return folds.split(np.zeros(len(data.labels)), data.labels, data.groups)
 
 
-def split_sets(cfg: ClassifierConfig) -> tuple[LabelledSet, LabelledSet, dict]:
-    """(train, test, split info): the config's test files, else one seeded stratified (group) split."""
+def split_sets(cfg: ClassifierConfig, notes: dict[str, str] | None = None) -> tuple[LabelledSet, LabelledSet, dict]:
+    """(train, test, split info): the config's test files, else one seeded stratified (group) split; notes:
+    what the ready data says of its group columns (metrics.json split.groups)."""
     need = {"need_embeddings": bool(cfg.probes), "need_seqs": bool(cfg.kmers),
-            "label_column": cfg.label_column, "id_column": cfg.id_column, "layer": cfg.layer}
+            "label_column": cfg.label_column, "id_column": cfg.id_column, "layer": cfg.layer,
+            "seq_column": cfg.seq_column}
     train = load_set(cfg.as_list("train_labels"), cfg.as_list("train_embeddings"), cfg.as_list("train_seqs"),
                      group_column=cfg.group_column if cfg.test_labels is None else None, **need)
     train, drawn = subsample(train, cfg.max_per_class, cfg.seed)
@@ -207,7 +214,8 @@ def split_sets(cfg: ClassifierConfig) -> tuple[LabelledSet, LabelledSet, dict]:
         train, test = train.take(np.sort(tr)), train.take(np.sort(te))
         kind = f"seeded stratified split, groups by '{cfg.group_column}'" if cfg.group_column else \
             "seeded stratified split"
-        info.update(kind=kind, test_size=cfg.test_size, subsampled=drawn)
+        info.update(kind=kind, test_size=cfg.test_size, subsampled=drawn,
+                    groups=column_grouping(cfg.group_column, notes or {}) if cfg.group_column else None)
     else:
         test = load_set(cfg.as_list("test_labels"), cfg.as_list("test_embeddings"), cfg.as_list("test_seqs"), **need)
         test, drawn_test = subsample(test, cfg.max_per_class, cfg.seed)
@@ -287,11 +295,12 @@ def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: st
 
         return train_regression_from_config(cfg, run_id, task, show_progress)
     cfg = resolve_paths(cfg, run_id)
+    notes = {}
     if cfg.build_from_run:
         from codonlm.stage2.tasks import build_run_data
 
-        build_run_data(cfg, show_progress=show_progress)
-    train, test, split = split_sets(cfg)
+        notes = build_run_data(cfg, show_progress=show_progress)["group_columns"]
+    train, test, split = split_sets(cfg, notes)
     classes = _check_classes(train, test)
     log(f"[classifier] {task or cfg.out_dir}: {len(train.labels)} training and {len(test.labels)} test genes, "
         f"{len(classes)} classes; models {', '.join(cfg.models)}")
@@ -324,7 +333,7 @@ def train_from_config(cfg: ClassifierConfig, run_id: str | None = None, task: st
 
 def evaluate_saved(kind: str, model_path: str, labels: str, out: str, embeddings: str | None = None,
                    seqs: str | None = None, vectorizer: str | None = None, label_column: str = "label",
-                   id_column: str = "id", bootstrap: int = 1000, seed: int = 0) -> dict:
+                   id_column: str = "id", bootstrap: int = 1000, seed: int = 0, seq_column: str = "seq") -> dict:
     """Score a model train_classifier saved on labelled data: eval_metrics.json, eval_confusion.png and
     eval_calibration.png in `out` (prefixed, so the training metrics in the same folder stay)."""
     if kind not in ("probe", "kmer"):
@@ -337,7 +346,7 @@ def evaluate_saved(kind: str, model_path: str, labels: str, out: str, embeddings
     estimator = load_estimator(model_path)
     vec = load_estimator(vectorizer, "vectorizer") if kind == "kmer" else None
     data = load_set([labels], [embeddings] if embeddings else [], [seqs] if seqs else [], kind == "probe",
-                    kind == "kmer", label_column, id_column)
+                    kind == "kmer", label_column, id_column, seq_column=seq_column)
     classes = [str(c) for c in estimator.classes_]
     unseen = sorted(set(data.labels) - set(classes))
     if unseen:

@@ -13,19 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from codonlm.data.codons import clean_sequences, internal_stop_count
+from codonlm.data.codons import clean_sequences, internal_stop_count, translate
+from codonlm.data.records import align, is_table, keep_first, read_sequences, read_table, row_ids, table_ids
 from codonlm.errors import UserError
 from codonlm.io import write_csv, write_json
 from codonlm.log import log
 from codonlm.stage2.config import RegressionConfig, resolve_paths
-from codonlm.stage2.inputs import align, read_sequences, read_table, table_ids
 from codonlm.stage2.regression import (
     RegressionSet,
     cai_scores,
     check_target,
+    column_grouping,
     evaluate_models,
+    group_proteins,
     mean_loglik,
-    protein_groups,
     refit_all,
     transform_target,
 )
@@ -48,62 +49,64 @@ def read_target(table: pd.DataFrame, path: str, column: str) -> np.ndarray:
     return values
 
 
-def dedupe(table: pd.DataFrame, y: np.ndarray, id_column: str, how: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """Rows of repeated ids merged: `first` keeps the first row, `mean` averages the target over the rows
-    (the sequence of the first); `error` leaves them for `table_ids` to refuse in one line."""
-    if how == "error" or id_column not in table.columns:
-        return table, y
-    first = ~table[id_column].duplicated().to_numpy()
-    if first.all():
-        return table, y
-    if how == "mean":
-        y = pd.Series(y).groupby(table[id_column].to_numpy(), sort=False).mean().to_numpy()
-    else:
-        y = y[first]
-    log(f"[regression] {int((~first).sum())} repeated id row(s) merged ({how})")
-    return table[first].reset_index(drop=True), y
+def dedupe(ids: list[str], y: np.ndarray, how: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept, their targets) of a table whose ids may repeat (`keep_first`): `error` refuses a repeat,
+    `first` keeps an id's first row, `mean` also averages the target over the id's rows."""
+    rows = keep_first(ids, "error" if how == "error" else "first", path, table_rows=True)
+    if how == "mean" and len(rows) < len(ids):
+        log(f"[regression] targets of {len(ids) - len(rows)} repeated id row(s) averaged into their id's first row")
+        return rows, pd.Series(y).groupby(np.asarray(ids), sort=False).mean().to_numpy()
+    return rows, y[rows]
 
 
-def _raw_sequences(cfg: RegressionConfig, table: pd.DataFrame, path: str, ids: list[str]) -> list[str]:
+def _raw_sequences(cfg: RegressionConfig, table: pd.DataFrame, path: str, ids: list[str]) -> tuple[list[str], bool]:
+    """(each gene's sequence as given, whether it came from the table's own rows)."""
     if cfg.seq_column in table.columns:
-        return table[cfg.seq_column].tolist()
+        return table[cfg.seq_column].tolist(), True
     if not cfg.train_seqs:
         raise UserError(f"{path}: no sequence column '{cfg.seq_column}' (columns: {', '.join(table.columns)}); "
                         "set seq_column / --seq-column or give the sequences with train_seqs")
-    fasta = Path(cfg.train_seqs).suffix.lower() not in (".csv", ".tsv")
-    have_ids, seqs, source = read_sequences(fasta=cfg.train_seqs if fasta else None,
-                                            csv=None if fasta else cfg.train_seqs, id_column=cfg.id_column,
-                                            seq_column=cfg.seq_column)
-    return [seqs[i] for i in align(ids, have_ids, path, source)]
+    in_table = is_table(cfg.train_seqs)
+    have_ids, seqs, source, _ = read_sequences(fasta=None if in_table else cfg.train_seqs,
+                                               csv=cfg.train_seqs if in_table else None, id_column=cfg.id_column,
+                                               seq_column=cfg.seq_column)
+    return [seqs[i] for i in align(ids, have_ids, path, source)], False
 
 
-def load_regression_set(cfg: RegressionConfig) -> RegressionSet:
-    """Ids, transformed target, clean DNA and groups of the labels file (scores and embeddings come later)."""
+def load_regression_set(cfg: RegressionConfig, run_data=None, notes: dict[str, str] | None = None) -> RegressionSet:
+    """Ids, transformed target, clean DNA and CV groups of the labels file (scores and embeddings come later):
+    the group column's, else identical proteins, or clusters when `run_data` (the run's DataConfig) split the
+    run's genes by cluster (`group_proteins`); notes: what the ready data says of its group columns."""
     if len(cfg.as_list("train_labels")) != 1:
         raise UserError("a regression config takes one train_labels table; concatenate the files")
     path = cfg.as_list("train_labels")[0]
     table = read_table(path, "regression table")
     y = read_target(table, path, cfg.target_column)
-    table, y = dedupe(table, y, cfg.id_column, cfg.dedupe)
-    ids = table_ids(table, path, cfg.id_column) or [f"row{i + 1}" for i in range(len(table))]
-    seqs = _raw_sequences(cfg, table, path, ids)
-    kept, dna, _ = clean_sequences(ids, seqs, path, cfg.skip_invalid, stops_table=11 if cfg.skip_invalid else None)
+    if cfg.transform == "log10":
+        transform_target(y, "log10", path)  # names a value <= 0 by its row in the file
+    all_ids = row_ids(table, path, cfg.id_column)
+    first, y = dedupe(all_ids, y, cfg.dedupe, path)
+    table = table.iloc[first].reset_index(drop=True)
+    ids = [all_ids[r] for r in first]
+    seqs, from_table = _raw_sequences(cfg, table, path, ids)
+    kept, dna, _ = clean_sequences(ids, seqs, path, cfg.skip_invalid, stops_table=11 if cfg.skip_invalid else None,
+                                   where=[f"row {r + 2}" for r in first] if from_table else None)
     stopped = next((name for name, s in zip(kept, dna, strict=True) if internal_stop_count(s)), None)
     if stopped is not None:  # a measured property of a gene with internal stops is not one of its CDS
         raise UserError(f"{path}: record '{stopped}' has internal stop codons, not a CDS; fix or drop it (or pass "
                         "--skip-invalid to skip such records)")
-    rows = np.array([i for i, name in enumerate(ids) if name in set(kept)], dtype=np.int64)
-    if cfg.transform == "log10":
-        transform_target(y, "log10", path)  # names a value <= 0 by its row in the file
+    kept_ids = set(kept)
+    rows = np.array([i for i, name in enumerate(ids) if name in kept_ids], dtype=np.int64)
     y = transform_target(y[rows], cfg.transform, path)
     if cfg.group_column:
         if cfg.group_column not in table.columns:
             raise UserError(f"{path}: no '{cfg.group_column}' column (columns: {', '.join(table.columns)}); "
                             "set group_column")
         groups = table[cfg.group_column].to_numpy(dtype=str)[rows]
+        grouping = column_grouping(cfg.group_column, notes or {})
     else:
-        groups = protein_groups(dna)
-    return RegressionSet(ids=kept, y=y, seqs=dna, groups=groups, source=path)
+        groups, grouping = group_proteins([translate(s) for s in dna], run_data)
+    return RegressionSet(ids=kept, y=y, seqs=dna, groups=groups, source=path, grouping=grouping)
 
 
 def _embeddings(cfg: RegressionConfig, data: RegressionSet, show_progress: bool) -> tuple[np.ndarray, list[str]]:
@@ -122,7 +125,7 @@ def _embeddings(cfg: RegressionConfig, data: RegressionSet, show_progress: bool)
     from codonlm.model.load import checkpoint_path
     from codonlm.stage2.tasks import ensure_embeddings
 
-    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir)
+    ckpt = checkpoint_path(cfg.run_id, cfg.checkpoints_dir, cfg.runs_dir)
     table = pd.DataFrame({"id": data.ids, "seq": data.seqs})
     emb = ensure_embeddings(cfg, table, Path(cfg.out_dir) / "embeddings.npz", ckpt, show_progress)
     return emb.embeddings, emb.layers
@@ -142,7 +145,7 @@ def _scores(cfg: RegressionConfig, data: RegressionSet) -> dict[str, np.ndarray]
     if "mean_loglik" in wanted:
         from codonlm.model.load import load_model
 
-        model, _, _ = load_model(cfg.run_id, cfg.checkpoints_dir)
+        model, _, _ = load_model(cfg.run_id, cfg.checkpoints_dir, runs_dir=cfg.runs_dir)
         scores["mean_loglik"] = mean_loglik(model, data.ids, data.seqs)
     return scores
 
@@ -190,18 +193,19 @@ def write_regression_results(cfg: RegressionConfig, data: RegressionSet, result:
 def train_regression_from_config(cfg: RegressionConfig, run_id: str | None = None, task: str | None = None,
                                  show_progress: bool = True) -> dict:
     """Build the ready data when asked, cross-validate every model, write out_dir; returns metrics.json."""
-    cfg = resolve_paths(cfg, run_id)
-    if cfg.build_from_run:
-        from codonlm.stage2.tasks import build_run_data
+    from codonlm.stage2.tasks import build_run_data, run_context
 
-        build_run_data(cfg, show_progress=show_progress)
-    data = load_regression_set(cfg)
+    cfg = resolve_paths(cfg, run_id)
+    notes = build_run_data(cfg, show_progress=show_progress)["group_columns"] if cfg.build_from_run else {}
+    # the run's split decides the default groups: its clusters when it was split by cluster
+    run_data = run_context(cfg)[1].data if cfg.needs_model and not cfg.group_column else None
+    data = load_regression_set(cfg, run_data, notes)
     check_target(data, cfg.folds)  # before any embedding or scoring is written
     title = task or Path(cfg.out_dir).name
     if any(feature_source(m) == "embedding" for m in cfg.models):
         data.embeddings, data.layers = _embeddings(cfg, data, show_progress)
     data.scores = _scores(cfg, data)
-    log(f"[regression] {title}: {len(data.y)} genes in {len(set(data.groups))} groups, target "
+    log(f"[regression] {title}: {len(data.y)} genes in {len(set(data.groups))} groups ({data.grouping}), target "
         f"'{cfg.target_column}' ({cfg.transform}); {cfg.folds}-fold CV x {cfg.repeats}; models {', '.join(cfg.models)}")
     result = evaluate_models(data, cfg.models, cfg.folds, cfg.repeats, cfg.seed, cfg.bootstrap, cfg.kmer_k)
     metrics = write_regression_results(cfg, data, result, title)

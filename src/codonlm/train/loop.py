@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -458,8 +459,10 @@ def pick_precision(cfg: Config, run_id: str, device: torch.device, dist: DistInf
     return precision
 
 
-def build(cfg: Config, run_id: str, payload: dict | None) -> tuple[Run, TrainState]:
-    """Device, data, model, optimizer and precision; the state restored from `payload` when resuming."""
+def build(cfg: Config, run_id: str, payload: dict | None,
+          init: Callable[[TinyGPT], None] | None = None) -> tuple[Run, TrainState]:
+    """Device, data, model, optimizer and precision; the state restored from `payload` when resuming. init:
+    sets the new model's starting weights and what trains (add-host) before the optimizer sees it."""
     device = pick_device(cfg.train.device)
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
@@ -469,7 +472,10 @@ def build(cfg: Config, run_id: str, payload: dict | None) -> tuple[Run, TrainSta
     torch.set_float32_matmul_precision(cfg.system.matmul_precision)
     torch.manual_seed(cfg.outputs.seed)
     data = load_data(cfg, run_id, dist)
-    model = TinyGPT(cfg.model).to(device)
+    model = TinyGPT(cfg.model)
+    if init is not None:
+        init(model)
+    model = model.to(device)
     model.gradient_checkpointing = cfg.train.use_checkpoint
     state = TrainState(model, build_optimizer(model, cfg.train, device.type),
                        Plateau(cfg.train.lr, cfg.schedule.min_lr, cfg.schedule.plateau_patience),
@@ -530,13 +536,15 @@ def run_epochs(run: Run, state: TrainState, meter: Meter, estimate: Estimate) ->
     return stopped_early
 
 
-def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | None = None) -> dict:
-    """Train TinyGPT on the prepared train/val windows; returns a summary dict. Only rank 0 logs."""
+def train(cfg: Config | None, run_id: str | None = None, resume: str | Path | None = None,
+          init: Callable[[TinyGPT], None] | None = None) -> dict:
+    """Train TinyGPT on the prepared train/val windows; returns a summary dict. Only rank 0 logs. init: see
+    `build` (a resumed run's checkpoint holds the weights, so init is only for a fresh start)."""
     with contextlib.nullcontext() if is_main_rank() else log_to(None):
         payload = None
         if resume is not None:
             payload, cfg, run_id = resumed_config(resume, cfg)
-        run, state = build(cfg, run_id, payload)
+        run, state = build(cfg, run_id, payload, init if payload is None else None)
         announce(run, state, resume)
         if payload is not None and "curves" in payload:
             write_curves(run, state)  # drop rows the interrupted run wrote after that checkpoint

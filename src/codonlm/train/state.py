@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from codonlm.data.codons import ITOS
+from codonlm.data.codons import host_itos
 from codonlm.model.checkpoint import save_checkpoint
 from codonlm.train.schedule import Plateau
 
@@ -49,7 +49,7 @@ class TrainState:
         """The checkpoint payload."""
         payload = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _LIVE}
         payload.update(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                       plateau=self.plateau.state_dict(), itos=list(ITOS), n_params=self.n_params,
+                       plateau=self.plateau.state_dict(), itos=host_itos(self.model.cfg.hosts), n_params=self.n_params,
                        rng_cpu=torch.get_rng_state())
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             payload["rng_cuda"] = torch.cuda.get_rng_state()
