@@ -164,6 +164,10 @@ def study_overrides(files: list[Path]) -> dict:
 def _scratch_repository(root: Path) -> Path:
     """The repository's code linked into `root`, with its own data/, outputs/ and runs/."""
     own = {"data", "outputs", "runs", ".git", ".pytest_cache", ".ruff_cache", "__pycache__"}
+    # The scratch copy links the repository's .venv; bring its set-up up to date here first, so the scratch's
+    # ./main.sh finds it current instead of reinstalling from the scratch path (which rewrote the scripts'
+    # shebangs and the editable install to point into a folder deleted after the test).
+    subprocess.run([str(REPO / "scripts" / "setup_env.sh")], check=True, capture_output=True)
     root.mkdir(parents=True, exist_ok=True)
     for entry in REPO.iterdir():
         if entry.name not in own:
