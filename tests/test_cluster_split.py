@@ -90,6 +90,17 @@ def test_cluster_settings_are_in_the_key(tmp_path, mmseqs, tiny_config, make_cor
         parse_config(tiny_config(tmp_path, files, data={"split_by": "protein"}))).key
 
 
+def test_cluster_method_is_in_the_key(tmp_path, mmseqs, tiny_config, make_corpus, monkeypatch):
+    """Data clustered with other MMseqs2 options is never reused for this code's (nor the protein split's)."""
+    from codonlm.data import homology
+
+    files, _ = make_corpus(tmp_path, n_genes=10)
+    cluster, protein = (parse_config(tiny_config(tmp_path, files, data={"split_by": s})) for s in ("cluster", "protein"))
+    before = data_key(cluster).key, data_key(protein).key
+    monkeypatch.setattr(homology, "CLUSTER_METHOD", (*homology.CLUSTER_METHOD, "--max-seqs", "300"))
+    assert data_key(cluster).key != before[0] and data_key(protein).key == before[1]
+
+
 def test_missing_mmseqs_is_one_line_exit_2(tmp_path, capsys, monkeypatch, tiny_config, write_config, make_corpus):
     files, _ = make_corpus(tmp_path, n_genes=10)
     cfg = write_config(tmp_path / "c.yaml", tiny_config(tmp_path, files, data={"split_by": "cluster"}))

@@ -288,6 +288,7 @@ class UnitSettings:
     val_frac: float
     test_frac: float
     split_table: str | None = None  # split_by cluster: the protein hash -> split table (clusters.py)
+    gene_calls: str | None = None  # the folder that keeps genes called in FASTA files (layout.gene_calls_dir)
 
 
 @dataclass(frozen=True)
@@ -381,6 +382,11 @@ class PartPlan:
     settings: UnitSettings
 
 
+def plan_input_files(plan: PartPlan) -> list[InputFile]:
+    """The plan's input files, its FASTA files' gene calls kept in (and read back from) its gene_calls folder."""
+    return dataset_input_files(plan.spec, plan.settings.gene_calls)
+
+
 def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: bool) -> None:
     """Build each plan's part folder under root/parts/: units in `workers` processes, written here in order.
 
@@ -389,7 +395,7 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
     stagings = {plan.key.key: staging_dir(part_dir(root, plan.key.key)) for plan in plans}
     units = [Unit(source, plan.spec.name, stagings[plan.key.key] / "units" / str(j), plan.settings,
                   i["uncompressed_bytes"])
-             for plan in plans for j, (source, i) in enumerate(zip(dataset_input_files(plan.spec), plan.inputs, strict=True))]
+             for plan in plans for j, (source, i) in enumerate(zip(plan_input_files(plan), plan.inputs, strict=True))]
     try:
         with unit_results(units, workers) as result:  # the pool starts before the progress bar's thread
             bar = progress(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,

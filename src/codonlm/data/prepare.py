@@ -33,6 +33,7 @@ from codonlm.data.layout import (
     DataKey,
     data_key,
     folder_problem,
+    gene_calls_dir,
     key_dir,
     lock_dir,
     part_dir,
@@ -94,7 +95,8 @@ def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[Par
     table = str(split_table_path(Path(d.processed_dir), key.key)) if d.split_by == "cluster" else None
     return [PartPlan(part, spec, inputs[spec.name],
                      UnitSettings(spec.min_len, spec.transl_table, cfg.model.block_size + 1, d.pack_mode == "multi",
-                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table))
+                                  max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table,
+                                  str(gene_calls_dir(d.processed_dir))))
             for part, spec in zip(key.parts, d.datasets, strict=True)]
 
 
