@@ -8,13 +8,14 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from genbank_fixtures import SYNONYMS, genbank_text, write_genbank
 
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.data.codons import translate
-from codonlm.data.homology import best_identity
+from codonlm.data.homology import best_identities, best_identity
 from codonlm.data.layout import data_key, run_split_path
 from codonlm.io import read_split_genes
 
@@ -124,3 +125,18 @@ def test_best_identity_known_answer(mmseqs):
     unrelated = "".join(rng.choice(aas) for _ in range(150))
     best = best_identity([protein, unrelated], [copy])
     assert abs(best[0] - 0.8) < 0.01 and best[1] == 0.0
+
+
+def test_best_identities_filter_one_search_by_coverage(mmseqs):
+    """One search answers several coverage thresholds: a copy of half a protein counts at coverage 0, not
+    at 0.8 (it covers half the target), as separate searches with MMseqs2's -c say."""
+    rng = random.Random(2)
+    aas = [a for a in SYNONYMS if a not in "*MW"]
+    protein = "".join(rng.choice(aas) for _ in range(240))
+    half = "".join("W" if i % 10 == 0 else a for i, a in enumerate(protein[:120]))
+    whole = "".join("W" if i % 5 == 0 else a for i, a in enumerate(protein))
+    best = best_identities([half, whole], [protein], (0.0, 0.8))
+    assert best[0, 0] > 0.85 and best[1, 0] == 0.0  # the half copy: only a local hit
+    assert abs(best[0, 1] - 0.8) < 0.01 and abs(best[1, 1] - 0.8) < 0.01
+    for row, coverage in zip(best, (0.0, 0.8), strict=True):
+        assert np.array_equal(row, best_identity([half, whole], [protein], coverage=coverage))

@@ -74,18 +74,27 @@ def best_identity(queries: list[str], targets: list[str], threads: int = 1, cove
     """For each query protein, the highest sequence identity (0..1) of an MMseqs2 hit among the targets
     (0 when it has none): easy-search at its default sensitivity, every hit kept that covers `coverage`
     of both proteins (0: local hits of any length count)."""
-    best = np.zeros(len(queries))
+    return best_identities(queries, targets, (coverage,), threads)[0]
+
+
+def best_identities(queries: list[str], targets: list[str], coverages: tuple[float, ...],
+                    threads: int = 1) -> np.ndarray:
+    """best_identity for each of `coverages` (a row each) from one search: its hits filtered by the
+    coverage of both proteins afterwards, as MMseqs2's own -c filter does after aligning."""
+    best = np.zeros((len(coverages), len(queries)))
     if not queries or not targets:
         return best
     with tempfile.TemporaryDirectory(prefix="codonlm-mmseqs-") as tmp:
         work = Path(tmp)
         _write_fasta(work / "queries.fa", queries)
         _write_fasta(work / "targets.fa", targets)
-        _mmseqs(["easy-search", "queries.fa", "targets.fa", "hits.m8", "tmp", "--format-output", "query,target,fident",
-                 "--max-seqs", "300", "-c", str(coverage), "--cov-mode", "0", "--threads", str(threads), "-v", "1"],
-                work)
+        _mmseqs(["easy-search", "queries.fa", "targets.fa", "hits.m8", "tmp", "--format-output",
+                 "query,target,fident,qcov,tcov", "--max-seqs", "300", "-c", str(min(coverages)), "--cov-mode", "0",
+                 "--threads", str(threads), "-v", "1"], work)
         text = (work / "hits.m8").read_text()
     if text.strip():
         hits = np.loadtxt(text.splitlines(), dtype=np.float64, ndmin=2)
-        np.maximum.at(best, hits[:, 0].astype(np.int64), hits[:, 2])
+        for row, coverage in zip(best, coverages, strict=True):
+            kept = hits[np.minimum(hits[:, 3], hits[:, 4]) >= coverage]
+            np.maximum.at(row, kept[:, 0].astype(np.int64), kept[:, 2])
     return best
