@@ -8,7 +8,7 @@ the same for the annotated CDS with a named /product (not "hypothetical protein"
 many short ORFs no caller would confirm), the share whose start matches too (exact start), and
 gene-calling CPU seconds per Mb (reading the FASTA, training, finding; each step's CPU seconds too). With
 --prepare, also `codonlm prepare` of the whole default corpus both ways on --workers processes, each into a
-fresh folder, wall and CPU seconds (workers included): the FASTA path's time over the GenBank path's; then
+fresh folder, wall and CPU seconds (this process's and its workers'): the FASTA path's time over the GenBank path's; then
 the FASTA path again with another test_frac, which reads the genes the first run called (processed/gene_calls).
 
     python bench/gene_calling.py                  # about a minute on 2 cores
@@ -91,11 +91,11 @@ def compare(genbank: Path, fasta: Path, table: int = 11) -> dict:
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (prepare's workers): a figure load does not inflate."""
+    """CPU seconds of this process (the writer): its workers' are in prepare's report (worker_cpu_s)."""
     import resource
 
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def _prepare_seconds(config: Path, processed: Path, workers: int, assemblies: Path | None,
@@ -114,8 +114,8 @@ def _prepare_seconds(config: Path, processed: Path, workers: int, assemblies: Pa
             spec.fasta = str(assemblies / Path(spec.fasta).name)
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()):
-        prepare(cfg, show_progress=False, workers=workers)
-    return time.perf_counter() - t0, _cpu_seconds() - cpu0
+        report = prepare(cfg, show_progress=False, workers=workers)
+    return time.perf_counter() - t0, _cpu_seconds() - cpu0 + sum(report["worker_cpu_s"].values())
 
 
 def _time_prepare(tmp: Path, workers: int) -> None:

@@ -321,6 +321,8 @@ def test_prepare_calls_each_genome_once_and_keeps_the_calls(tmp_path, ecoli_seq,
     first = prepare("r1")
     assert called == ["a.fa", "b.fa"]  # once each, though the cluster pass and the units both read them
     assert len(list((tmp_path / "processed" / "gene_calls").glob("*.json"))) == 2
+    report = json.loads((tmp_path / "runs" / "r1" / "pipeline_prepare.json").read_text())
+    assert set(report["worker_cpu_s"]) == {"a", "b"} and all(v > 0 for v in report["worker_cpu_s"].values())
     assert prepare("r2", test_frac=0.2) == first and called == ["a.fa", "b.fa"]  # another split: no new calls
     assert prepare("r3", gene_calling="meta")["a"][0]["mode"] == "meta" and called[2:] == ["a.fa", "b.fa"]
     kept = str(tmp_path / "processed" / "gene_calls")

@@ -307,11 +307,12 @@ class UnitResult:
     files: dict[str, dict]  # per split: {"sha256", "bytes"} of the unit's NPZ
     proteins: dict[str, np.ndarray]  # distinct protein hashes (assign_splits), per split
     seconds: float
+    cpu_seconds: float  # of the worker: with `seconds`, whether workers ran side by side or waited for a core
 
 
 def build_unit(unit: Unit) -> UnitResult:
     """Extract, split and pack one input file into unit.folder/{train,val,test}.npz (in a worker process)."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     s = unit.settings
     stats = ExtractionStats()
     sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks) for split in SPLITS}
@@ -335,7 +336,7 @@ def build_unit(unit: Unit) -> UnitResult:
     shutil.rmtree(unit.folder / "spill", ignore_errors=True)
     distinct = {split: np.unique(np.concatenate(h) if h else np.empty(0, np.uint64)) for split, h in hashes.items()}
     return UnitResult(stats, {split: sink.counts() for split, sink in sinks.items()}, files, distinct,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, time.process_time() - cpu0)
 
 
 def pool_context():
@@ -444,6 +445,7 @@ def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResul
         "unique_proteins": {s: int(np.unique(np.concatenate([r.proteins[s] for r in results])).size) for s in SPLITS},
         "splits": splits,
         "seconds": round(sum(r.seconds for r in results), 3),  # worker time, summed over its files
+        "cpu_seconds": round(sum(r.cpu_seconds for r in results), 3),  # worker CPU time (gene calling included)
     }
     write_json(staging / "part.json", {"key": plan.key.key, "description": plan.key.description, "report": report})
     calls = {"gene_calling": stats.gene_calls} if stats.gene_calls else {}  # provenance of called genes

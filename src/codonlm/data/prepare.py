@@ -276,7 +276,8 @@ def _report(key: DataKey, plans: list[PartPlan], part_reports: list[dict], input
     """report.json of a key folder (and the run's pipeline_prepare.json): per dataset and totals."""
     desc = plans[0].key.description
     names = [p.spec.name for p in plans]
-    datasets = {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in zip(names, part_reports, strict=True)}
+    datasets = {name: {k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")}
+                for name, r in zip(names, part_reports, strict=True)}
     window = plans[0].settings.window
     totals = {s: summarise([r["splits"][s] for r in part_reports], window) for s in SPLITS}
     dropped = {reason: sum(r["extraction"]["dropped"][reason] for r in part_reports)
@@ -290,6 +291,7 @@ def _report(key: DataKey, plans: list[PartPlan], part_reports: list[dict], input
         "input_uncompressed_bytes": sum(i["uncompressed_bytes"] for v in inputs.values() for i in v),
         "integrity": _integrity(totals), "workers": workers, "split": _split_summary(plans),
         "timings_s": {name: r["seconds"] for name, r in zip(names, part_reports, strict=True)},
+        "worker_cpu_s": {name: r.get("cpu_seconds") for name, r in zip(names, part_reports, strict=True)},
     }  # fmt: skip
 
 
