@@ -4,8 +4,8 @@ the `fasta:` path (pyrodigal, as prepare runs it), against that genome's own ann
 Per genome: genes called and kept (the extraction's screens, min_len 1), the share of annotated CDS
 (those the GenBank path keeps) whose stop codon a kept call ends on, on the same strand (stop recall);
 the same for the annotated CDS of at least 30 sense codons (those tiny_cpu's min_len 30 keeps: the corpus),
-the same for the annotated CDS with a named /product (not "hypothetical protein": old annotations hold
-many short ORFs no caller would confirm), the share whose start matches too (exact start), and
+the same for the annotated CDS whose /product names a function (not "hypothetical protein", "predicted
+protein", "unknown", "uncharacterized": old annotations hold many short ORFs no caller would confirm), the share whose start matches too (exact start), and
 gene-calling CPU seconds per Mb (reading the FASTA, training, finding; each step's CPU seconds too). With
 --prepare, also `codonlm prepare` of the whole default corpus both ways on --workers processes, each into a
 fresh folder, wall and CPU seconds (this process's and its workers'): the FASTA path's time over the GenBank path's; then
@@ -28,8 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# /product values that name no function: "hypothetical protein" (NCBI), "predicted protein" (M. acetivorans),
+# "unknown" (M. thermautotrophicus), "uncharacterized protein"
+_NO_FUNCTION = ("hypothetical", "predicted protein", "unknown", "uncharacterized")
+
+
 def _named_products(genbank: Path) -> set[tuple[str, str]]:
-    """(record, locus_tag) of the CDS whose /product names a function (not hypothetical, not absent)."""
+    """(record, locus_tag) of the CDS whose /product names a function (see _NO_FUNCTION; not absent)."""
     import gb_io
 
     from codonlm.io import open_binary
@@ -39,7 +44,8 @@ def _named_products(genbank: Path) -> set[tuple[str, str]]:
         for record in gb_io.iter(fh):
             for feature in (f for f in record.features if f.kind == "CDS"):
                 quals = {q.key: q.value for q in feature.qualifiers}
-                if quals.get("product") and "hypothetical" not in quals["product"].lower():
+                product = (quals.get("product") or "").lower()
+                if product and not any(word in product for word in _NO_FUNCTION):
                     named.add((record.name, quals.get("locus_tag")))
     return named
 
@@ -99,9 +105,10 @@ def _cpu_seconds() -> float:
 
 
 def _prepare_seconds(config: Path, processed: Path, workers: int, assemblies: Path | None,
-                     test_frac: float | None = None) -> tuple[float, float]:
+                     test_frac: float | None = None) -> tuple[float, float, float]:
     """Wall and CPU seconds of one prepare of `config` into `processed` (FASTA paths moved to `assemblies`;
-    test_frac: another split of the same genomes)."""
+    test_frac: another split of the same genomes), and its workers' wall seconds summed (over the prepare's
+    wall seconds: how many ran side by side)."""
     from codonlm.config import load_config
     from codonlm.data.prepare import prepare
 
@@ -115,7 +122,8 @@ def _prepare_seconds(config: Path, processed: Path, workers: int, assemblies: Pa
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with contextlib.redirect_stdout(io.StringIO()):
         report = prepare(cfg, show_progress=False, workers=workers)
-    return time.perf_counter() - t0, _cpu_seconds() - cpu0 + sum(report["worker_cpu_s"].values())
+    return (time.perf_counter() - t0, _cpu_seconds() - cpu0 + sum(report["worker_cpu_s"].values()),
+            sum(report["timings_s"].values()))
 
 
 def _time_prepare(tmp: Path, workers: int) -> None:
@@ -128,7 +136,8 @@ def _time_prepare(tmp: Path, workers: int) -> None:
     print(f"prepare on {workers} workers, wall (CPU) seconds: GenBank {genbank[0]:.1f} ({genbank[1]:.1f}), "
           f"bare FASTA {called[0]:.1f} ({called[1]:.1f}) = {called[0] / genbank[0]:.1f}x wall, "
           f"{called[1] / genbank[1]:.1f}x CPU; FASTA again with its calls kept (test_frac 0.1) {again[0]:.1f} "
-          f"({again[1]:.1f}) = {again[0] / genbank[0]:.1f}x wall")
+          f"({again[1]:.1f}) = {again[0] / genbank[0]:.1f}x wall; workers side by side (their wall summed over "
+          f"prepare's): GenBank {genbank[2] / genbank[0]:.2f}, FASTA {called[2] / called[0]:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
