@@ -123,7 +123,7 @@ def _prepare_seconds(config: Path, processed: Path, workers: int, assemblies: Pa
     with contextlib.redirect_stdout(io.StringIO()):
         report = prepare(cfg, show_progress=False, workers=workers)
     return (time.perf_counter() - t0, _cpu_seconds() - cpu0 + sum(report["worker_cpu_s"].values()),
-            sum(report["timings_s"].values()))
+            sum(report["timings_s"][name] for name in report["datasets"]))
 
 
 def _time_prepare(tmp: Path, workers: int) -> None:
