@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,37 @@ def test_dataset_entry_takes_one_kind_of_input(tmp_path, tiny_config, entry, nee
     with pytest.raises(UserError) as err:
         parse_config(raw, "cfg.yaml")
     assert needle in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_prepare_calls_each_genome_once_and_keeps_the_calls(tmp_path, ecoli_seq, tiny_config, monkeypatch):
+    """Under split_by cluster prepare reads each assembly twice (the cluster pass, then its units): its genes
+    are called once, kept under processed/gene_calls/, and a prepare with other split settings calls none;
+    another gene_calling mode calls again. Kept calls give the same CDS as fresh ones."""
+    if shutil.which("mmseqs") is None:
+        pytest.skip("MMseqs2 is not installed (./scripts/setup_env.sh installs Debian's mmseqs2 when run as root)")
+    from codonlm.data import assembly
+
+    called = []
+    real = assembly.gene_finder
+    monkeypatch.setattr(assembly, "gene_finder", lambda *a: called.append(Path(a[3]).name) or real(*a))
+    files = [_fasta(tmp_path / "a.fa", [("a1", ecoli_seq[:120_000])]),
+             _fasta(tmp_path / "b.fa", [("b1", ecoli_seq[300_000:420_000])])]
+
+    def prepare(run_id: str, gene_calling: str = "auto", test_frac: float = 0.1) -> dict:
+        raw = tiny_config(tmp_path, [], data={"split_by": "cluster", "test_frac": test_frac})
+        raw["data"]["datasets"] = [{"name": f.stem, "fasta": str(f), "min_len": 10, "gene_calling": gene_calling}
+                                   for f in files]
+        path = tmp_path / f"{run_id}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert main(["prepare", "-c", str(path), "--run-id", run_id, "--quiet", "--workers", "1"]) == 0
+        return json.loads((tmp_path / "runs" / run_id / "dataset_manifest.json").read_text())["gene_calling"]
+
+    first = prepare("r1")
+    assert called == ["a.fa", "b.fa"]  # once each, though the cluster pass and the units both read them
+    assert len(list((tmp_path / "processed" / "gene_calls").glob("*.json"))) == 2
+    report = json.loads((tmp_path / "runs" / "r1" / "pipeline_prepare.json").read_text())
+    assert set(report["worker_cpu_s"]) == {"a", "b"} and all(v > 0 for v in report["worker_cpu_s"].values())
+    assert prepare("r2", test_frac=0.2) == first and called == ["a.fa", "b.fa"]  # another split: no new calls
+    assert prepare("r3", gene_calling="meta")["a"][0]["mode"] == "meta" and called[2:] == ["a.fa", "b.fa"]
+    kept = str(tmp_path / "processed" / "gene_calls")
+    assert _cds(InputFile("fasta", str(files[0]), gene_calls=kept)) == _cds(InputFile("fasta", str(files[0])))

@@ -8,13 +8,14 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from genbank_fixtures import SYNONYMS, genbank_text, write_genbank
 
 from codonlm.cli import main
 from codonlm.config import parse_config
 from codonlm.data.codons import translate
-from codonlm.data.homology import best_identity
+from codonlm.data.homology import best_identities, best_identity
 from codonlm.data.layout import data_key, run_split_path
 from codonlm.io import read_split_genes
 
@@ -88,6 +89,17 @@ def test_cluster_settings_are_in_the_key(tmp_path, mmseqs, tiny_config, make_cor
     assert len(keys) == 4
     assert data_key(parse_config(tiny_config(tmp_path, files))).key == data_key(
         parse_config(tiny_config(tmp_path, files, data={"split_by": "protein"}))).key
+
+
+def test_cluster_method_is_in_the_key(tmp_path, mmseqs, tiny_config, make_corpus, monkeypatch):
+    """Data clustered with other MMseqs2 options is never reused for this code's (nor the protein split's)."""
+    from codonlm.data import homology
+
+    files, _ = make_corpus(tmp_path, n_genes=10)
+    cluster, protein = (parse_config(tiny_config(tmp_path, files, data={"split_by": s})) for s in ("cluster", "protein"))
+    before = data_key(cluster).key, data_key(protein).key
+    monkeypatch.setattr(homology, "CLUSTER_METHOD", (*homology.CLUSTER_METHOD, "--max-seqs", "300"))
+    assert data_key(cluster).key != before[0] and data_key(protein).key == before[1]
 
 
 def test_missing_mmseqs_is_one_line_exit_2(tmp_path, capsys, monkeypatch, tiny_config, write_config, make_corpus):
@@ -167,3 +179,18 @@ def test_cv_folds_and_ready_task_groups_follow_the_runs_clusters(tmp_path, mmseq
     heldout["family"] = heldout["id"].map(lambda name: _family_of()[name.rsplit("|", 1)[-1]])
     assert heldout.groupby("family")["protein_group"].nunique().max() == 1
     assert heldout.groupby("protein_group")["family"].nunique().max() == 1
+
+
+def test_best_identities_filter_one_search_by_coverage(mmseqs):
+    """One search answers several coverage thresholds: a copy of half a protein counts at coverage 0, not
+    at 0.8 (it covers half the target), as separate searches with MMseqs2's -c say."""
+    rng = random.Random(2)
+    aas = [a for a in SYNONYMS if a not in "*MW"]
+    protein = "".join(rng.choice(aas) for _ in range(240))
+    half = "".join("W" if i % 10 == 0 else a for i, a in enumerate(protein[:120]))
+    whole = "".join("W" if i % 5 == 0 else a for i, a in enumerate(protein))
+    best = best_identities([half, whole], [protein], (0.0, 0.8))
+    assert best[0, 0] > 0.85 and best[1, 0] == 0.0  # the half copy: only a local hit
+    assert abs(best[0, 1] - 0.8) < 0.01 and abs(best[1, 1] - 0.8) < 0.01
+    for row, coverage in zip(best, (0.0, 0.8), strict=True):
+        assert np.array_equal(row, best_identity([half, whole], [protein], coverage=coverage))

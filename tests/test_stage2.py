@@ -394,6 +394,19 @@ def test_ribosomal_protein_genes_are_found_by_product(raw_corpus):
     assert "b3319" in tags and "b3320" in tags  # rplD (L4), rplC (L3)
 
 
+def test_cai_reference_genomes_from_bare_assemblies_have_no_genbank_to_read():
+    """A run on bare FASTA (configs/tiny_cpu_assemblies.yaml) reached stage 2 and stopped on a traceback
+    reading the entry's (absent) GenBank files; its genomes now fall back to all their training genes."""
+    from codonlm.config import load_config
+    from codonlm.stage2.tasks import annotated_genbank_files
+
+    assemblies = load_config(Path(__file__).parents[1] / "configs" / "tiny_cpu_assemblies.yaml").data.datasets
+    genbank = load_config(Path(__file__).parents[1] / "configs" / "tiny_cpu.yaml").data.datasets
+    assert [annotated_genbank_files(spec) for spec in assemblies] == [[] for _ in assemblies]
+    assert [annotated_genbank_files(spec) for spec in genbank] == [[spec.gbff] for spec in genbank]
+    assert annotated_genbank_files(None) == []
+
+
 def test_heldout_pool_is_a_seeded_capped_draw_that_keeps_the_prompts(run):
     from codonlm.data.layout import run_split_path
     from codonlm.io import read_split_genes

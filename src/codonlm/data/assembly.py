@@ -7,16 +7,20 @@ Prodigal ran off a contig edge carries a partial location and is dropped as `par
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import gb_io
 import pyrodigal
 
 from codonlm.errors import UserError
-from codonlm.io import read_fasta
+from codonlm.io import read_fasta, read_json, sha256_file, write_json
 
 CALLER = "pyrodigal"
+CALLS_FORMAT = 1  # of the cached calls (calls_cache_path): a change here makes every cache entry stale
+_THIS_FILE = "{fasta}"  # stands for the FASTA's path in cached warnings (the same content may sit elsewhere)
 # Prodigal's guidance: single-genome training wants 100 kb of sequence, and refuses less than 20 kb
 SINGLE_MIN_BASES = pyrodigal.IDEAL_SINGLE_GENOME
 TRAINABLE_BASES = pyrodigal.MIN_SINGLE_GENOME
@@ -84,33 +88,59 @@ def gene_finder(contigs: list[Contig], setting: str, table: int, path: str,
     return finder, mode
 
 
-def called_records(contigs: list[Contig], finder: pyrodigal.GeneFinder) -> list[gb_io.Record]:
+def find_genes(contigs: list[Contig], finder: pyrodigal.GeneFinder) -> list[list[int]]:
+    """Each called gene as [contig index, begin (1-based), end, strand, partial begin, partial end, transl_table]."""
+    return [[i, gene.begin, gene.end, gene.strand, int(gene.partial_begin), int(gene.partial_end),
+             gene.translation_table]
+            for i, contig in enumerate(contigs) for gene in finder.find_genes(contig.seq)]
+
+
+def called_records(contigs: list[Contig], genes: list[list[int]]) -> list[gb_io.Record]:
     """One linear gb-io record per contig, its called genes as CDS features named <contig>_<n> (Prodigal's ids)."""
-    records = []
-    for contig in contigs:
-        features = []
-        for n, gene in enumerate(finder.find_genes(contig.seq), 1):
-            span = gb_io.Range(gene.begin - 1, gene.end, before=gene.partial_begin, after=gene.partial_end)
-            features.append(gb_io.Feature(
-                kind="CDS", location=span if gene.strand == 1 else gb_io.Complement(span),
-                qualifiers=[gb_io.Qualifier("locus_tag", f"{contig.name}_{n}"),
-                            gb_io.Qualifier("transl_table", str(gene.translation_table))]))
-        records.append(gb_io.Record(contig.seq, name=contig.name, circular=False, features=features))
-    return records
+    features: list[list[gb_io.Feature]] = [[] for _ in contigs]
+    for i, begin, end, strand, partial_begin, partial_end, table in genes:
+        span = gb_io.Range(begin - 1, end, before=bool(partial_begin), after=bool(partial_end))
+        features[i].append(gb_io.Feature(
+            kind="CDS", location=span if strand == 1 else gb_io.Complement(span),
+            qualifiers=[gb_io.Qualifier("locus_tag", f"{contigs[i].name}_{len(features[i]) + 1}"),
+                        gb_io.Qualifier("transl_table", str(table))]))
+    return [gb_io.Record(c.seq, name=c.name, circular=False, features=f) for c, f in zip(contigs, features, strict=True)]
 
 
-def call_genes(path: str, setting: str, table: int, warnings: list[str]) -> tuple[list[gb_io.Record], dict]:
+def calls_cache_path(cache_dir: str | Path, path: str, setting: str, table: int) -> Path:
+    """Where the calls of this FASTA file's content are kept, for this caller version, mode asked for and code."""
+    what = f"{CALLS_FORMAT}:{sha256_file(path)}:{pyrodigal.__version__}:{setting}:{table}"
+    return Path(cache_dir) / f"{hashlib.blake2b(what.encode(), digest_size=16).hexdigest()}.json"
+
+
+def _cached_or_called(contigs: list[Contig], path: str, setting: str, table: int, cache: Path | None) -> dict:
+    """{"mode", "warnings", "genes"} of the contigs: read from `cache` when there, else called (and saved)."""
+    saved = read_json(cache) if cache is not None else None
+    if saved is not None and saved.get("format") == CALLS_FORMAT:  # warnings name the file they are about
+        return {**saved, "warnings": [w.replace(_THIS_FILE, path) for w in saved["warnings"]]}
+    notes: list[str] = []
+    finder, mode = gene_finder(contigs, setting, table, path, notes)
+    calls = {"format": CALLS_FORMAT, "mode": mode, "warnings": notes, "genes": find_genes(contigs, finder)}
+    if cache is not None:
+        write_json(cache, {**calls, "warnings": [w.replace(path, _THIS_FILE) for w in notes]})
+    return calls
+
+
+def call_genes(path: str, setting: str, table: int, warnings: list[str],
+               cache_dir: str | None = None) -> tuple[list[gb_io.Record], dict]:
     """The contigs of `path` with their called genes, and the provenance of the calls (caller, version,
-    mode, contigs, bases, called, partial)."""
+    mode, contigs, bases, called, partial). With `cache_dir`, genes are called once per file content
+    (and caller version, mode asked for, code): later calls, such as prepare's cluster pass then its
+    units, or a prepare with other split settings, read them back."""
     contigs = read_contigs(path)
-    finder, mode = gene_finder(contigs, setting, table, path, warnings)
-    records = called_records(contigs, finder)
-    locations = [f.location for r in records for f in r.features]
-    spans = [loc.location if isinstance(loc, gb_io.Complement) else loc for loc in locations]
+    cache = calls_cache_path(cache_dir, path, setting, table) if cache_dir is not None else None
+    calls = _cached_or_called(contigs, path, setting, table, cache)
+    warnings.extend(calls["warnings"])
+    genes = calls["genes"]
     provenance = {
         "path": path, "caller": CALLER, "version": pyrodigal.__version__, "prodigal": pyrodigal.PRODIGAL_VERSION,
-        "mode": mode, "requested": setting, "transl_table": table, "contigs": len(contigs),
-        "bases": sum(len(c.seq) for c in contigs), "called": len(spans),
-        "partial": sum(1 for s in spans if s.before or s.after),
+        "mode": calls["mode"], "requested": setting, "transl_table": table, "contigs": len(contigs),
+        "bases": sum(len(c.seq) for c in contigs), "called": len(genes),
+        "partial": sum(1 for g in genes if g[4] or g[5]),
     }  # fmt: skip
-    return records, provenance
+    return called_records(contigs, genes), provenance

@@ -17,8 +17,8 @@ import numpy as np
 
 from codonlm.data.genbank import ExtractionStats
 from codonlm.data.homology import cluster_proteins
-from codonlm.data.inputs import InputFile, dataset_input_files, extract_input_records
-from codonlm.data.parts import PartPlan, assign_splits, pool_context
+from codonlm.data.inputs import InputFile, extract_input_records
+from codonlm.data.parts import PartPlan, assign_splits, plan_input_files, pool_context
 from codonlm.io import atomic_path, read_json, write_json
 from codonlm.log import log
 
@@ -39,7 +39,7 @@ def build_split_table(path: Path, plans: list[PartPlan], identity: float, covera
     """Cluster the proteins of every plan's files and write the split table (and its report beside it)."""
     t0 = time.perf_counter()
     jobs = [(source, plan.settings.min_len, plan.settings.transl_table)
-            for plan in plans for source in dataset_input_files(plan.spec)]
+            for plan in plans for source in plan_input_files(plan)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=pool_context()) as pool:
             per_file = list(pool.map(file_proteins, *zip(*jobs, strict=True)))

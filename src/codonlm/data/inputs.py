@@ -29,10 +29,12 @@ class InputFile:
     path: str
     fasta: str | None = None
     gene_calling: str = "auto"  # fasta: the mode asked for (DatasetSpec.gene_calling)
+    gene_calls: str | None = None  # fasta: the folder where called genes are kept (None: call every time)
 
 
-def dataset_input_files(spec: DatasetSpec) -> list[InputFile]:
-    return [InputFile(spec.kind, path, fasta, spec.gene_calling)
+def dataset_input_files(spec: DatasetSpec, gene_calls: str | None = None) -> list[InputFile]:
+    """The dataset's files; `gene_calls`: the folder that keeps the genes called in its FASTA files."""
+    return [InputFile(spec.kind, path, fasta, spec.gene_calling, gene_calls)
             for path, fasta in zip(spec.files, spec.companions, strict=True)]
 
 
@@ -64,7 +66,8 @@ def _records(source: InputFile, default_table: int, stats: ExtractionStats) -> I
         return gff_records(source.path, source.fasta)
     from codonlm.data.assembly import call_genes
 
-    records, provenance = call_genes(source.path, source.gene_calling, default_table, stats.warnings)
+    records, provenance = call_genes(source.path, source.gene_calling, default_table, stats.warnings,
+                                     source.gene_calls)
     stats.gene_calls.append(provenance)
     return records
 

@@ -95,14 +95,15 @@ def _input_kind(spec: DatasetSpec) -> dict:
 
 
 def cluster_split_description(cfg: Config, descriptions: list[dict]) -> dict:
-    """What decides a cluster split: the settings, the MMseqs2 version, and what decides the proteins of
+    """What decides a cluster split: the settings, the MMseqs2 version and options, and what decides the proteins of
     every dataset of the corpus (its input files and extraction settings)."""
-    from codonlm.data.homology import mmseqs_version
+    from codonlm.data.homology import CLUSTER_METHOD, mmseqs_version
 
     protein_fields = ("inputs_sha256", "min_len", "transl_table", "input_kind", "gene_calling", "gene_caller")
     corpus = [{k: desc[k] for k in protein_fields if k in desc} for desc in descriptions]
     return {"split_by": "cluster", "cluster_identity": cfg.data.cluster_identity,
-            "cluster_coverage": cfg.data.cluster_coverage, "mmseqs": mmseqs_version(), "corpus": _digest({"c": corpus})}
+            "cluster_coverage": cfg.data.cluster_coverage, "mmseqs": mmseqs_version(),
+            "method": " ".join(CLUSTER_METHOD), "corpus": _digest({"c": corpus})}
 
 
 def hash_inputs(cfg: Config) -> dict[str, list[str]]:
@@ -135,6 +136,11 @@ def key_dir(processed_dir: str | Path, key: str) -> Path:
 
 def part_dir(processed_dir: str | Path, part_key: str) -> Path:
     return Path(processed_dir) / "parts" / part_key
+
+
+def gene_calls_dir(processed_dir: str | Path) -> Path:
+    """Genes called in bare assemblies, one file per FASTA content (codonlm.data.assembly.calls_cache_path)."""
+    return Path(processed_dir) / "gene_calls"
 
 
 def lock_dir(processed_dir: str | Path, name: str) -> Path:

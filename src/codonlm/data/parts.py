@@ -292,6 +292,7 @@ class UnitSettings:
     test_frac: float
     split_table: str | None = None  # split_by cluster: the protein hash -> split table (clusters.py)
     host_token: int | None = None  # model.condition_on_host: the dataset's host token id
+    gene_calls: str | None = None  # the folder that keeps genes called in FASTA files (layout.gene_calls_dir)
 
 
 @dataclass(frozen=True)
@@ -310,11 +311,12 @@ class UnitResult:
     files: dict[str, dict]  # per split: {"sha256", "bytes"} of the unit's NPZ
     proteins: dict[str, np.ndarray]  # distinct protein hashes (assign_splits), per split
     seconds: float
+    cpu_seconds: float  # of the worker: with `seconds`, whether workers ran side by side or waited for a core
 
 
 def build_unit(unit: Unit) -> UnitResult:
     """Extract, split and pack one input file into unit.folder/{train,val,test}.npz (in a worker process)."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     s = unit.settings
     stats = ExtractionStats()
     sinks = {split: SplitSink(unit.folder / "spill" / split, s.window, s.multi, s.max_chunks, s.host_token)
@@ -339,7 +341,7 @@ def build_unit(unit: Unit) -> UnitResult:
     shutil.rmtree(unit.folder / "spill", ignore_errors=True)
     distinct = {split: np.unique(np.concatenate(h) if h else np.empty(0, np.uint64)) for split, h in hashes.items()}
     return UnitResult(stats, {split: sink.counts() for split, sink in sinks.items()}, files, distinct,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, time.process_time() - cpu0)
 
 
 def pool_context():
@@ -386,6 +388,11 @@ class PartPlan:
     settings: UnitSettings
 
 
+def plan_input_files(plan: PartPlan) -> list[InputFile]:
+    """The plan's input files, its FASTA files' gene calls kept in (and read back from) its gene_calls folder."""
+    return dataset_input_files(plan.spec, plan.settings.gene_calls)
+
+
 def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: bool) -> None:
     """Build each plan's part folder under root/parts/: units in `workers` processes, written here in order.
 
@@ -394,7 +401,7 @@ def build_parts(root: Path, plans: list[PartPlan], workers: int, show_progress: 
     stagings = {plan.key.key: staging_dir(part_dir(root, plan.key.key)) for plan in plans}
     units = [Unit(source, plan.spec.name, stagings[plan.key.key] / "units" / str(j), plan.settings,
                   i["uncompressed_bytes"])
-             for plan in plans for j, (source, i) in enumerate(zip(dataset_input_files(plan.spec), plan.inputs, strict=True))]
+             for plan in plans for j, (source, i) in enumerate(zip(plan_input_files(plan), plan.inputs, strict=True))]
     try:
         with unit_results(units, workers) as result:  # the pool starts before the progress bar's thread
             bar = progress(total=sum(u.size for u in units), desc="prepare", unit="B", unit_scale=True,
@@ -443,6 +450,7 @@ def _write_part(staging: Path, plan: PartPlan, units: list[tuple[Path, UnitResul
         "unique_proteins": {s: int(np.unique(np.concatenate([r.proteins[s] for r in results])).size) for s in SPLITS},
         "splits": splits,
         "seconds": round(sum(r.seconds for r in results), 3),  # worker time, summed over its files
+        "cpu_seconds": round(sum(r.cpu_seconds for r in results), 3),  # worker CPU time (gene calling included)
     }
     write_json(staging / "part.json", {"key": plan.key.key, "description": plan.key.description, "report": report})
     calls = {"gene_calling": stats.gene_calls} if stats.gene_calls else {}  # provenance of called genes

@@ -34,6 +34,7 @@ from codonlm.data.layout import (
     data_key,
     dataset_host_token,
     folder_problem,
+    gene_calls_dir,
     key_dir,
     lock_dir,
     part_dir,
@@ -96,7 +97,7 @@ def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[Par
     return [PartPlan(part, spec, inputs[spec.name],
                      UnitSettings(spec.min_len, spec.transl_table, cfg.model.block_size + 1, d.pack_mode == "multi",
                                   max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table,
-                                  dataset_host_token(cfg, spec.name)))
+                                  dataset_host_token(cfg, spec.name), str(gene_calls_dir(d.processed_dir))))
             for part, spec in zip(key.parts, d.datasets, strict=True)]
 
 
@@ -276,7 +277,8 @@ def _report(key: DataKey, plans: list[PartPlan], part_reports: list[dict], input
     """report.json of a key folder (and the run's pipeline_prepare.json): per dataset and totals."""
     desc = plans[0].key.description
     names = [p.spec.name for p in plans]
-    datasets = {name: {k: v for k, v in r.items() if k != "seconds"} for name, r in zip(names, part_reports, strict=True)}
+    datasets = {name: {k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")}
+                for name, r in zip(names, part_reports, strict=True)}
     window = plans[0].settings.window
     totals = {s: summarise([r["splits"][s] for r in part_reports], window) for s in SPLITS}
     dropped = {reason: sum(r["extraction"]["dropped"][reason] for r in part_reports)
@@ -290,6 +292,7 @@ def _report(key: DataKey, plans: list[PartPlan], part_reports: list[dict], input
         "input_uncompressed_bytes": sum(i["uncompressed_bytes"] for v in inputs.values() for i in v),
         "integrity": _integrity(totals), "workers": workers, "split": _split_summary(plans),
         "timings_s": {name: r["seconds"] for name, r in zip(names, part_reports, strict=True)},
+        "worker_cpu_s": {name: r.get("cpu_seconds") for name, r in zip(names, part_reports, strict=True)},
     }  # fmt: skip
 
 

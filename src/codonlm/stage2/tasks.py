@@ -117,6 +117,12 @@ def ribosomal_protein_tags(path: str) -> frozenset[str]:
     return frozenset(tags)
 
 
+def annotated_genbank_files(spec) -> list[str]:
+    """The GenBank files of a dataset entry (None: not in the config), whose /product names its ribosomal
+    proteins; a bare FASTA or GFF3 entry has none, and its genome's CAI falls back to all its training genes."""
+    return spec.files if spec is not None and spec.kind == "gbff" else []
+
+
 def cai_references(run_cfg, run_id: str, processed: Path) -> tuple[dict, dict]:
     """Per genome a CAIReference fitted on its ribosomal-protein genes of the training split (at least
     MIN_RIBOSOMAL of them), else on all its training genes; and which reference each genome got."""
@@ -128,7 +134,7 @@ def cai_references(run_cfg, run_id: str, processed: Path) -> tuple[dict, dict]:
     for d, genome in enumerate(genes.dataset_names):
         members, spec = genes.of_dataset(d), specs.get(genome)
         tags: set[str] = set()
-        for path in ([spec.gbff] if isinstance(spec.gbff, str) else spec.gbff) if spec else []:
+        for path in annotated_genbank_files(spec):
             try:
                 tags |= ribosomal_protein_tags(path)
             except UserError as exc:
