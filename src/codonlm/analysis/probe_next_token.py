@@ -26,7 +26,17 @@ import pandas as pd
 import torch
 
 from codonlm.analysis.context import AnalysisContext
-from codonlm.data.codons import BOS, CODON_OFFSET, CODONS, EOS, VOCAB_SIZE, genetic_code
+from codonlm.data.codons import (
+    CODON_OFFSET,
+    CODONS,
+    EOS,
+    HOST_OFFSET,
+    PAD,
+    VOCAB_SIZE,
+    dataset_hosts,
+    gene_start,
+    genetic_code,
+)
 from codonlm.io import save_figure, write_csv
 
 NAME = "probe_next_token"
@@ -136,6 +146,7 @@ def _tally(ctx: AnalysisContext, model, genes: list[np.ndarray], genome: np.ndar
                 logits, _ = model(idx[:, :-1])
                 probs = torch.softmax(logits.float()[..., :VOCAB_SIZE], dim=-1).cpu()  # host tokens never come next
                 idx = idx.cpu()
+                idx = idx.masked_fill(idx >= HOST_OFFSET, PAD)  # a host token is context: no codon, no target
                 tally.add(probs, idx[:, 1:], idx[:, :-1], genome[members[chunk]], classes, is_stop)
     return tally
 
@@ -148,10 +159,24 @@ def _aa_classes(table_id: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def first_codon_probs(model, device) -> np.ndarray:
-    """The model's distribution over the token after a lone <BOS_CDS> (the same for every gene)."""
-    logits, _ = model(torch.tensor([[BOS]], device=device))
-    return torch.softmax(logits[0, -1, :VOCAB_SIZE].float(), -1).cpu().numpy()
+def first_codon_probs(model, device, prompts: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """The model's distribution over the token after a gene's start (`gene_start`: a lone <BOS_CDS>, or
+    <BOS_CDS> and a genome's host token on a host-conditioned run), averaged over `prompts` with `weights`."""
+    probs = []
+    for prompt in prompts:
+        logits, _ = model(torch.as_tensor(prompt.astype(np.int64)[None], device=device))
+        probs.append(torch.softmax(logits[0, -1, :VOCAB_SIZE].float(), -1).cpu().numpy())
+    return np.average(probs, axis=0, weights=weights)
+
+
+def gene_starts(ctx: AnalysisContext, first_counts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """What genes start with, and the weight of each: one `<BOS_CDS>`, or per genome `<BOS_CDS> <host>`
+    weighted by its training genes (so the mixture compares with the genomes' pooled first codons)."""
+    names = ctx.split("train").dataset_names
+    hosts = dataset_hosts(ctx.cfg.model.hosts, names, range(len(names)))
+    if hosts is None:
+        return [gene_start()], np.ones(1)
+    return [gene_start(h) for h in hosts], first_counts.sum(1)
 
 
 # --------------------------------------------------------------------------- the genomes' own usage
@@ -392,7 +417,7 @@ def run(ctx: AnalysisContext) -> dict:
     test = ctx.split("test")
     names = test.dataset_names
     picked = ctx.sample_genes("test", GENES_PER_GENOME, salt=2)
-    genes = [test.genes[g] for g in picked]
+    genes = ctx.model_genes("test", picked)
     genome = test.groups[picked].astype(np.int64)
     table_ids = [ctx.table_id(n) for n in names]
     gene_tables = np.array([table_ids[d] for d in genome])
@@ -406,8 +431,9 @@ def run(ctx: AnalysisContext) -> dict:
     _plot_loss_split(split, out / "loss_split.png")
     eos = eos_table(tallies)
     write_csv(eos, out / "eos.csv")
-    starts = _start_table({label: first_codon_probs(m, ctx.device) for label, m in ctx.models().items()},
-                          first_counts)
+    prompts, weights = gene_starts(ctx, first_counts)
+    starts = _start_table({label: first_codon_probs(m, ctx.device, prompts, weights)
+                           for label, m in ctx.models().items()}, first_counts)
     write_csv(starts, out / "start_codons.csv")
     not_applicable = {}
     if (eos["stops"] == 0).all():
