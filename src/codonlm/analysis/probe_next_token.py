@@ -14,7 +14,8 @@ Over a seeded sample of held-out genes (each model sees the same contexts):
   applicable, and said so, when no sampled gene ends inside the window the model sees).
 - P(next codon = the current one): a random-init model with tied embeddings puts extra mass on
   repeating its input, so its expected usage echoes the genome's (its RSCU r is not 0).
-- start codons: the first-codon distribution after <BOS_CDS> vs the genomes' first codons.
+- start codons: the first-codon distribution after <BOS_CDS> (and the host token, per genome weighted by its
+  training genes, on a host-conditioned run) vs the genomes' first codons.
 """
 
 from __future__ import annotations
@@ -291,7 +292,8 @@ def _plot_loss_split(split: pd.DataFrame, path) -> None:
     save_figure(fig, path)
 
 
-def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path, no_stops: str | None) -> None:
+def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path, no_stops: str | None,
+                    after: str = "<BOS_CDS>") -> None:
     """P(<EOS_CDS>) after the stop vs elsewhere (or why there is no 'after the stop'), and the first codons."""
     import matplotlib
 
@@ -321,7 +323,7 @@ def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path, no_stops: str
         b.bar(x + (k - (len(cols) - 1) / 2) * w, starts[c], w, label=c.replace("_", " "))
     b.set_xticks(x, cats)
     b.set_ylabel("probability of the first codon")
-    b.set_title("First codon after <BOS_CDS>: model vs genomes")
+    b.set_title(f"First codon after {after}: model vs genomes")
     b.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     fig.tight_layout()
     save_figure(fig, path)
@@ -440,7 +442,8 @@ def run(ctx: AnalysisContext) -> dict:
         not_applicable["p_eos_after_stop"] = (f"no sampled gene ends within the model's window of "
                                               f"{ctx.cfg.model.block_size} tokens, so no stop codon is followed by "
                                               "its <EOS_CDS> target")
-    _plot_eos_start(eos, starts, out / "eos_start.png", not_applicable.get("p_eos_after_stop"))
+    _plot_eos_start(eos, starts, out / "eos_start.png", not_applicable.get("p_eos_after_stop"),
+                    "<BOS_CDS> <host>" if ctx.host_shift else "<BOS_CDS>")
     return {**_headline(r_table, split, eos, starts, coli, len(genes), not_applicable),
             "not_applicable": not_applicable}
 
