@@ -167,7 +167,7 @@ def first_codon_probs(model, device, prompts: list[np.ndarray], weights: np.ndar
     for prompt in prompts:
         logits, _ = model(torch.as_tensor(prompt.astype(np.int64)[None], device=device))
         probs.append(torch.softmax(logits[0, -1, :VOCAB_SIZE].float(), -1).cpu().numpy())
-    return np.average(probs, axis=0, weights=weights)
+    return np.average(probs, axis=0, weights=weights).astype(np.float32)  # the dtype a lone prompt gives
 
 
 def gene_starts(ctx: AnalysisContext, first_counts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
