@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from codonlm.analysis.batching import Windows, draw_windows
-from codonlm.analysis.context import AnalysisContext
-from codonlm.data.codons import BOS, CODON_OFFSET, loss_mask
+from codonlm.analysis.context import AnalysisContext, first_codon_position, is_codon
+from codonlm.data.codons import BOS, loss_mask
 from codonlm.io import save_figure, write_csv
 from codonlm.log import log, progress
 from codonlm.model.tinygpt import TinyGPT, ablate_heads
@@ -68,11 +68,13 @@ def run(ctx: AnalysisContext) -> dict:
     return result
 
 
-def selections(inputs: Tensor, seg: Tensor, pos: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Which queries each measure averages over ([B, T] bool), and the key index it reads ([B, T])."""
+def selections(inputs: Tensor, seg: Tensor, pos: Tensor,
+               first: int = 1) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Which queries each measure averages over ([B, T] bool), and the key index it reads ([B, T]);
+    `first`: the start codon's position in its CDS (2 after a host token, `first_codon_position`)."""
     T = inputs.shape[1]
     q = torch.arange(T, device=inputs.device).expand_as(inputs)
-    codon = inputs >= CODON_OFFSET
+    codon = is_codon(inputs)  # queries are codons: never <BOS_CDS> or a host token
     bos = (q - pos).clamp(min=0)  # where the query's own <BOS_CDS> sits, if it is in this window
     has_bos = (q - pos >= 0) & (inputs.gather(1, bos) == BOS) & (seg.gather(1, bos) == seg)
     previous = (q - 1).clamp(min=0)
@@ -81,11 +83,11 @@ def selections(inputs: Tensor, seg: Tensor, pos: Tensor) -> tuple[dict[str, Tens
     select = {
         "entropy": codon, "distance": codon,
         "to_bos": codon & has_bos,
-        "to_start": codon & has_bos & (pos >= 2),
-        "to_previous": codon & (q >= 1) & (pos >= 2) & (seg.gather(1, previous) == seg),
+        "to_start": codon & has_bos & (pos > first),
+        "to_previous": codon & (q >= 1) & (pos > first) & (seg.gather(1, previous) == seg),
         "cross_gene": codon & (seg != seg[:, :1]),
     }
-    keys = {"to_bos": bos, "to_start": (bos + 1).clamp(max=T - 1), "to_previous": previous}
+    keys = {"to_bos": bos, "to_start": (bos + first).clamp(max=T - 1), "to_previous": previous}
     return select, keys
 
 
@@ -100,7 +102,7 @@ def head_statistics(model: TinyGPT, windows: Windows) -> tuple[pd.DataFrame, pd.
     max_cross, uniform_entropy, uniform_distance = 0.0, 0.0, 0.0
     for inputs, _, seg, pos in windows.batches(BATCH):
         _, cache = model.run_with_cache(inputs, segment_ids=seg, names_filter=names, positions=pos)
-        select, keys = selections(inputs, seg, pos)
+        select, keys = selections(inputs, seg, pos, first_codon_position(model.cfg))
         allowed = allowed_keys(model, inputs, seg)
         n_allowed = allowed.sum(-1).double()
         codon = select["entropy"]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from codonlm.analysis.context import AnalysisContext
-from codonlm.data.codons import CODON_OFFSET, CODONS, genetic_code
+from codonlm.data.codons import CODON_OFFSET, CODONS, VOCAB_SIZE, genetic_code
 from codonlm.io import save_figure, write_csv
 from codonlm.log import log
 
@@ -29,7 +29,7 @@ def run(ctx: AnalysisContext) -> dict:
     out = ctx.out_dir(NAME)
     table = run_table(ctx)
     aa = codon_amino_acids(table)
-    vectors = {label: model.wte.weight.detach()[CODON_OFFSET:].float().cpu().numpy()
+    vectors = {label: model.wte.weight.detach()[CODON_OFFSET:VOCAB_SIZE].float().cpu().numpy()  # not host rows
                for label, model in ctx.models().items()}
     rng = np.random.default_rng([ctx.seed, 4])
     result: dict = {"genetic_code": table, "n_codons": len(CODONS)}

@@ -52,7 +52,7 @@ def settings(ctx: AnalysisContext) -> dict:
 def make_pairs(ctx: AnalysisContext) -> pd.DataFrame:
     """One row per gene and corruption: gene index, dataset, position i, clean and corrupted codon ids."""
     genes = ctx.split("test")
-    limit = min(MAX_CODONS, ctx.cfg.model.block_size - 2)
+    limit = min(MAX_CODONS, ctx.cfg.model.block_size - 2 - ctx.host_shift)
     picked = [g for g in ctx.sample_genes("test", GENES_PER_DATASET, max_codons=limit, salt=7)
               if len(genes.genes[g]) - 2 >= MIN_CODONS]
     rng = np.random.default_rng([ctx.seed, 77])
@@ -64,7 +64,7 @@ def make_pairs(ctx: AnalysisContext) -> pd.DataFrame:
         n = len(tokens) - 2
         stops = [t for t in np.flatnonzero(code.is_stop)]
         stop = STOI["TAA"] if code.is_stop[STOI["TAA"]] else int(stops[0])
-        candidates = np.arange(MARGIN, n - MARGIN - 1)  # token position of codon i is i (after <BOS_CDS>)
+        candidates = np.arange(MARGIN, n - MARGIN - 1)  # codon i is token i of the stored gene
         i = int(rng.choice(candidates))
         rows.append({"gene": g, "name": genes.names[g], "dataset": dataset, "corruption": "nonsense",
                      "position": i, "clean": int(tokens[i]), "corrupted": stop})
@@ -78,16 +78,22 @@ def make_pairs(ctx: AnalysisContext) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def token_positions(ctx: AnalysisContext, pairs: pd.DataFrame) -> Tensor:
+    """Where codon i of each pair sits in what the model reads: token i, or i + 1 after a host token."""
+    return torch.tensor(pairs.position.tolist(), dtype=torch.long, device=ctx.device) + ctx.host_shift
+
+
 def batch_tokens(ctx: AnalysisContext, pairs: pd.DataFrame) -> tuple[Tensor, Tensor]:
-    """Clean and corrupted inputs [N, W]: each gene's <BOS_CDS> c1.. up to the last token a measure reads
-    (codon i + K + 1), padded after it."""
-    genes = ctx.split("test").genes
-    ends = [int(i) + MARGIN + 2 for i in pairs.position]
+    """Clean and corrupted inputs [N, W]: each gene as the model reads it (`ctx.model_genes`) up to the
+    last token a measure reads (codon i + K + 1), padded after it."""
+    genes = ctx.model_genes("test", pairs.gene.tolist())
+    position = token_positions(ctx, pairs).cpu()
+    ends = (position + MARGIN + 2).tolist()
     clean = torch.full((len(pairs), max(ends)), PAD, dtype=torch.long)
-    for r, (g, end) in enumerate(zip(pairs.gene, ends, strict=True)):
-        clean[r, :end] = torch.from_numpy(genes[g][:end].astype(np.int64))
+    for r, (gene, end) in enumerate(zip(genes, ends, strict=True)):
+        clean[r, :end] = torch.from_numpy(gene[:end].astype(np.int64))
     corrupted = clean.clone()
-    corrupted[torch.arange(len(pairs)), torch.tensor(pairs.position.tolist())] = torch.tensor(pairs.corrupted.tolist())
+    corrupted[torch.arange(len(pairs)), position] = torch.tensor(pairs.corrupted.tolist())
     return clean.to(ctx.device), corrupted.to(ctx.device)
 
 
@@ -170,7 +176,7 @@ def run(ctx: AnalysisContext) -> dict:
     for corruption in CORRUPTIONS:
         sub = pairs[pairs.corruption == corruption].reset_index(drop=True)
         clean, corrupted = batch_tokens(ctx, sub)
-        position = torch.tensor(sub.position.tolist(), device=ctx.device)
+        position = token_positions(ctx, sub)
         for label, model in ctx.models().items():
             rows, base = patch_model(model, clean, corrupted, position)
             grid += [{"model": label, "corruption": corruption, **r} for r in rows]

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from codonlm.analysis.batching import pad_pieces
-from codonlm.analysis.context import AnalysisContext
-from codonlm.data.codons import CODON_OFFSET, CODONS, EOS, genetic_code
+from codonlm.analysis.context import AnalysisContext, is_codon
+from codonlm.data.codons import BOS, CODON_OFFSET, CODONS, EOS, HOST_OFFSET, VOCAB_SIZE, genetic_code
 from codonlm.io import save_figure, write_csv
 from codonlm.log import log, progress
 from codonlm.model.tinygpt import TinyGPT
@@ -53,7 +53,7 @@ def run(ctx: AnalysisContext) -> dict:
     window, top = ctx.cfg.outputs.saliency_window, ctx.cfg.outputs.saliency_top
     genes = ctx.split("val")
     picked = ctx.sample_genes("val", GENES_PER_DATASET, salt=6)
-    contexts = Contexts.build([genes.genes[g] for g in picked], min(2 * window, ctx.cfg.model.block_size))
+    contexts = Contexts.build(ctx.model_genes("val", picked), min(2 * window, ctx.cfg.model.block_size))
     tables, result = [], {}
     for label, model in progress(ctx.models().items(), desc=NAME, unit="model", disable=ctx.quiet):
         attr = attributions(model, contexts, ctx.device)
@@ -136,7 +136,8 @@ def attributions(model: TinyGPT, contexts: Contexts, device) -> dict:
     """Integrated gradients and gradient x input per input position ([rows, width], 0 past the
     prediction), the log-probability of each predicted token, and IG's completeness gaps.
 
-    Baseline: every codon replaced by the mean codon embedding ("some codon here"), <BOS_CDS> kept.
+    Baseline: every codon replaced by the mean codon embedding ("some codon here"), <BOS_CDS> (and a host
+    token) kept.
     IG runs IG_STEPS Gauss-Legendre nodes; rows whose gap |sum(IG) - (f(x) - f(baseline))| exceeds
     GAP_TOLERANCE of |f(x) - f(baseline)| run again with IG_STEPS_FINE (a confident <EOS_CDS> turns
     on sharply as the stop codon fades in, which a coarse path misses).
@@ -148,7 +149,7 @@ def attributions(model: TinyGPT, contexts: Contexts, device) -> dict:
     target = torch.as_tensor(contexts.target, device=idx.device)
     table = model.wte.weight.detach()
     emb = table[idx]
-    baseline = torch.where((idx >= CODON_OFFSET)[..., None], table[CODON_OFFSET:].mean(0), emb)
+    baseline = torch.where(is_codon(idx)[..., None], table[CODON_OFFSET:VOCAB_SIZE].mean(0), emb)
     score = CodonScore(model)
     extra = (idx, seg, pos, at, target)
     with torch.no_grad():
@@ -177,19 +178,21 @@ def integrated_gradients(method, emb: Tensor, baseline: Tensor, extra: tuple, st
 
 
 def position_table(contexts: Contexts, attr: dict, picked: list[int], genes, ctx: AnalysisContext) -> pd.DataFrame:
-    """One row per (gene, prediction, input codon at or before the prediction)."""
+    """One row per (gene, prediction, input codon at or before the prediction), and <BOS_CDS>; a host
+    token (the context of every codon, never a codon itself) has no row."""
     frames = []
     for r in range(len(contexts)):
         piece, at, g = contexts.pieces[r], int(contexts.at[r]), picked[int(contexts.gene[r])]
-        j = np.arange(at + 1)
+        tokens = piece[: at + 1].astype(int)
+        j = np.flatnonzero(tokens < HOST_OFFSET)
         code = genetic_code(ctx.table_id(genes.dataset_names[genes.groups[g]]))
         frames.append(pd.DataFrame({
             "gene": genes.names[g], "dataset": genes.dataset_names[genes.groups[g]],
             "prediction": contexts.kind[r], "row": r, "index": j, "distance": at - j,
-            "codon_number": contexts.starts[r] + j,  # <BOS_CDS> = 0, start codon = 1
-            "token": piece[: at + 1].astype(int),
-            "amino_acid": [chr(code.aa[t]) if t >= CODON_OFFSET else "" for t in piece[: at + 1]],
-            "ig": attr["ig"][r, : at + 1], "grad_x_input": attr["gxi"][r, : at + 1],
+            "codon_number": np.where(tokens[j] == BOS, 0, contexts.starts[r] + j - ctx.host_shift),  # start codon 1
+            "token": tokens[j],
+            "amino_acid": [chr(code.aa[t]) if t >= CODON_OFFSET else "" for t in tokens[j]],
+            "ig": attr["ig"][r, j], "grad_x_input": attr["gxi"][r, j],
         }))
     table = pd.concat(frames, ignore_index=True)
     table["codon"] = [CODONS[t - CODON_OFFSET] if t >= CODON_OFFSET else "<BOS_CDS>" for t in table.token]
@@ -198,10 +201,10 @@ def position_table(contexts: Contexts, attr: dict, picked: list[int], genes, ctx
 
 def top_positions(positions: pd.DataFrame, top: int) -> np.ndarray:
     """True for the `top` codons of largest |IG| in each (model, row)."""
-    is_codon = positions.token >= CODON_OFFSET
-    rank = positions.ig.abs().where(is_codon, -1.0).groupby([positions.model, positions.row]).rank(
+    at_codon = positions.token >= CODON_OFFSET
+    rank = positions.ig.abs().where(at_codon, -1.0).groupby([positions.model, positions.row]).rank(
         ascending=False, method="first")
-    return ((rank <= top) & is_codon).to_numpy()
+    return ((rank <= top) & at_codon).to_numpy()
 
 
 def distance_profile(positions: pd.DataFrame, window: int) -> pd.DataFrame:
@@ -309,13 +312,13 @@ def shuffled_control(positions: pd.DataFrame, tables: list[pd.DataFrame], rng: n
     """The best k-mer enrichment when the 'top' positions are drawn at random among the codons of
     each context (trained model's rows, same number per row): what chance alone gives."""
     trained = positions.model == "trained"
-    is_codon = positions.token >= CODON_OFFSET
+    at_codon = positions.token >= CODON_OFFSET
     group = [positions.model, positions.row]
     n_top = positions.top.groupby(group).transform("sum")
     n_significant, best_p = [], []
     for _ in range(N_SHUFFLES):
-        keys = pd.Series(rng.random(len(positions)), index=positions.index).where(is_codon)
-        flags = (keys.groupby(group).rank(method="first") <= n_top) & is_codon & trained
+        keys = pd.Series(rng.random(len(positions)), index=positions.index).where(at_codon)
+        flags = (keys.groupby(group).rank(method="first") <= n_top) & at_codon & trained
         motifs = enriched_kmers([t[t.model == "trained"] for t in tables], flags)
         n_significant.append(int(motifs.significant.sum()))
         best_p.append(float(motifs.p_adjusted.min()) if len(motifs) else 1.0)

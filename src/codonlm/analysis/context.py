@@ -11,10 +11,21 @@ import numpy as np
 import torch
 
 from codonlm.config import Config
-from codonlm.data.codons import PAD
+from codonlm.data.codons import CODON_OFFSET, HOST_OFFSET, PAD, dataset_hosts, gene_start, with_host
 from codonlm.io import SplitGenes, read_split_genes
 from codonlm.model.tinygpt import TinyGPT
 from codonlm.provenance import list_runs  # noqa: F401 - kept importable from here
+
+
+def is_codon(tokens):
+    """True at codon tokens, not at special or host tokens (numpy arrays and torch tensors)."""
+    return (tokens >= CODON_OFFSET) & (tokens < HOST_OFFSET)
+
+
+def first_codon_position(model_cfg) -> int:
+    """Token position of codon 1 in a gene as this model reads it: after `<BOS_CDS>` and, on a
+    host-conditioned run, its host token (`gene_start`)."""
+    return len(gene_start(HOST_OFFSET if model_cfg.hosts else None))
 
 
 @dataclass
@@ -53,6 +64,26 @@ class AnalysisContext:
         if name not in self._splits:
             self._splits[name] = read_split_genes(self.split_path(name))
         return self._splits[name]
+
+    @property
+    def host_shift(self) -> int:
+        """Tokens a host-conditioned run reads before codon 1 beyond `<BOS_CDS>` (1, else 0): codon k of a
+        stored gene (token k) is token k + host_shift of what the model reads (`model_genes`)."""
+        return first_codon_position(self.cfg.model) - 1
+
+    def gene_hosts(self, split: str, picked: Sequence[int]) -> list[int | None] | None:
+        """The host token of each gene `picked` of a split (its genome's, i.e. its dataset's) on a
+        host-conditioned run; None on a run without host tokens (what score_genes' `hosts` takes)."""
+        genes = self.split(split)
+        return dataset_hosts(self.cfg.model.hosts, genes.dataset_names, genes.groups[list(picked)])
+
+    def model_genes(self, split: str, picked: Sequence[int]) -> list[np.ndarray]:
+        """Genes `picked` of a split as the model reads them: on a host-conditioned run with their host
+        token after `<BOS_CDS>`, as it trained; the stored genes otherwise."""
+        genes, hosts = self.split(split), self.gene_hosts(split, picked)
+        if hosts is None:
+            return [genes.genes[g] for g in picked]
+        return [with_host(genes.genes[g], h) for g, h in zip(picked, hosts, strict=True)]
 
     def out_dir(self, step: str) -> Path:
         path = self.run_dir / "analysis" / step

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from codonlm.analysis.context import AnalysisContext
-from codonlm.data.codons import CODON_OFFSET, CODONS, EOS, genetic_code
+from codonlm.data.codons import CODON_OFFSET, CODONS, EOS, VOCAB_SIZE, genetic_code
 from codonlm.io import save_figure, write_csv
 
 NAME = "probe_linear"
@@ -86,7 +86,7 @@ def gc3(codons: np.ndarray) -> float:
 def sample_positions(ctx: AnalysisContext, genes: list[np.ndarray], genome: np.ndarray) -> ProbeSet:
     """Seeded positions per gene (codons the model sees within its window) and every task's label."""
     rng = np.random.default_rng([ctx.seed, 3])
-    window = ctx.cfg.model.block_size  # the input is the first block_size tokens
+    window = ctx.cfg.model.block_size - ctx.host_shift  # the input is the first block_size tokens
     gene_idx, pos = [], []
     for i, g in enumerate(genes):
         visible = np.arange(1, min(len(g) - 2, window - 1) + 1)
@@ -121,7 +121,8 @@ def sample_positions(ctx: AnalysisContext, genes: list[np.ndarray], genome: np.n
 def residual_features(ctx: AnalysisContext, model, genes: list[np.ndarray], probes: ProbeSet,
                       label: str) -> tuple[np.ndarray, np.ndarray]:
     """The residual stream at every sampled position, [layers, positions, d_model] float32, and the
-    model's own top-1 next token there (its lm_head is a linear read-out too: the reference for next_aa)."""
+    model's own top-1 next token there (its lm_head is a linear read-out too: the reference for next_aa).
+    `genes` as the model reads them (`ctx.model_genes`): codon k at token k + ctx.host_shift."""
     names = layer_names(ctx.cfg.model.n_layer)
     feats = np.zeros((len(names), probes.gene.size, ctx.cfg.model.n_embd), dtype=np.float32)
     predicted = np.zeros(probes.gene.size, dtype=np.int64)
@@ -129,11 +130,12 @@ def residual_features(ctx: AnalysisContext, model, genes: list[np.ndarray], prob
     for chunk, idx in ctx.gene_batches(genes, BATCH, desc=f"{NAME} ({label})"):
         logits, cache = model.run_with_cache(idx[:, :-1], names_filter=names)
         stacked = np.stack([cache[n].float().cpu().numpy() for n in names])  # [L, B, T, d]
-        top = logits.argmax(-1).cpu().numpy()
+        top = logits[..., :VOCAB_SIZE].argmax(-1).cpu().numpy()  # host tokens never come next
         for row, g in enumerate(chunk):
             rows = rows_of[g]
-            feats[:, rows] = stacked[:, row, probes.position[rows]]
-            predicted[rows] = top[row, probes.position[rows]]
+            at = probes.position[rows] + ctx.host_shift
+            feats[:, rows] = stacked[:, row, at]
+            predicted[rows] = top[row, at]
     return feats, predicted
 
 
@@ -235,8 +237,9 @@ def run(ctx: AnalysisContext) -> dict:
     if len(skipped) == len(TASKS):
         raise StepNotRun("no probe task applies to this sample: " + "; ".join(f"{t}: {w}" for t, w in skipped.items()))
     features, own_next_aa = {}, {}
+    model_genes = ctx.model_genes("test", picked)
     for label, m in ctx.models().items():
-        features[label], predicted = residual_features(ctx, m, genes, probes, label)
+        features[label], predicted = residual_features(ctx, m, model_genes, probes, label)
         hit = probes.letter_of(predicted) == probes.next_letter
         own_next_aa[label] = float(hit[probes.is_test].mean())
     names = layer_names(ctx.cfg.model.n_layer)

@@ -14,7 +14,8 @@ Over a seeded sample of held-out genes (each model sees the same contexts):
   applicable, and said so, when no sampled gene ends inside the window the model sees).
 - P(next codon = the current one): a random-init model with tied embeddings puts extra mass on
   repeating its input, so its expected usage echoes the genome's (its RSCU r is not 0).
-- start codons: the first-codon distribution after <BOS_CDS> vs the genomes' first codons.
+- start codons: the first-codon distribution after <BOS_CDS> (and the host token, per genome weighted by its
+  training genes, on a host-conditioned run) vs the genomes' first codons.
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ import pandas as pd
 import torch
 
 from codonlm.analysis.context import AnalysisContext
-from codonlm.data.codons import BOS, CODON_OFFSET, CODONS, EOS, VOCAB_SIZE, genetic_code
+from codonlm.data.codons import (
+    CODON_OFFSET,
+    CODONS,
+    EOS,
+    HOST_OFFSET,
+    PAD,
+    VOCAB_SIZE,
+    dataset_hosts,
+    gene_start,
+    genetic_code,
+)
 from codonlm.io import save_figure, write_csv
 
 NAME = "probe_next_token"
@@ -136,6 +147,7 @@ def _tally(ctx: AnalysisContext, model, genes: list[np.ndarray], genome: np.ndar
                 logits, _ = model(idx[:, :-1])
                 probs = torch.softmax(logits.float()[..., :VOCAB_SIZE], dim=-1).cpu()  # host tokens never come next
                 idx = idx.cpu()
+                idx = idx.masked_fill(idx >= HOST_OFFSET, PAD)  # a host token is context: no codon, no target
                 tally.add(probs, idx[:, 1:], idx[:, :-1], genome[members[chunk]], classes, is_stop)
     return tally
 
@@ -148,10 +160,24 @@ def _aa_classes(table_id: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def first_codon_probs(model, device) -> np.ndarray:
-    """The model's distribution over the token after a lone <BOS_CDS> (the same for every gene)."""
-    logits, _ = model(torch.tensor([[BOS]], device=device))
-    return torch.softmax(logits[0, -1, :VOCAB_SIZE].float(), -1).cpu().numpy()
+def first_codon_probs(model, device, prompts: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """The model's distribution over the token after a gene's start (`gene_start`: a lone <BOS_CDS>, or
+    <BOS_CDS> and a genome's host token on a host-conditioned run), averaged over `prompts` with `weights`."""
+    probs = []
+    for prompt in prompts:
+        logits, _ = model(torch.as_tensor(prompt.astype(np.int64)[None], device=device))
+        probs.append(torch.softmax(logits[0, -1, :VOCAB_SIZE].float(), -1).cpu().numpy())
+    return np.average(probs, axis=0, weights=weights).astype(np.float32)  # the dtype a lone prompt gives
+
+
+def gene_starts(ctx: AnalysisContext, first_counts: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """What genes start with, and the weight of each: one `<BOS_CDS>`, or per genome `<BOS_CDS> <host>`
+    weighted by its training genes (so the mixture compares with the genomes' pooled first codons)."""
+    names = ctx.split("train").dataset_names
+    hosts = dataset_hosts(ctx.cfg.model.hosts, names, range(len(names)))
+    if hosts is None:
+        return [gene_start()], np.ones(1)
+    return [gene_start(h) for h in hosts], first_counts.sum(1)
 
 
 # --------------------------------------------------------------------------- the genomes' own usage
@@ -266,7 +292,8 @@ def _plot_loss_split(split: pd.DataFrame, path) -> None:
     save_figure(fig, path)
 
 
-def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path, no_stops: str | None) -> None:
+def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path, no_stops: str | None,
+                    after: str = "<BOS_CDS>") -> None:
     """P(<EOS_CDS>) after the stop vs elsewhere (or why there is no 'after the stop'), and the first codons."""
     import matplotlib
 
@@ -296,7 +323,7 @@ def _plot_eos_start(eos: pd.DataFrame, starts: pd.DataFrame, path, no_stops: str
         b.bar(x + (k - (len(cols) - 1) / 2) * w, starts[c], w, label=c.replace("_", " "))
     b.set_xticks(x, cats)
     b.set_ylabel("probability of the first codon")
-    b.set_title("First codon after <BOS_CDS>: model vs genomes")
+    b.set_title(f"First codon after {after}: model vs genomes")
     b.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)
     fig.tight_layout()
     save_figure(fig, path)
@@ -392,7 +419,7 @@ def run(ctx: AnalysisContext) -> dict:
     test = ctx.split("test")
     names = test.dataset_names
     picked = ctx.sample_genes("test", GENES_PER_GENOME, salt=2)
-    genes = [test.genes[g] for g in picked]
+    genes = ctx.model_genes("test", picked)
     genome = test.groups[picked].astype(np.int64)
     table_ids = [ctx.table_id(n) for n in names]
     gene_tables = np.array([table_ids[d] for d in genome])
@@ -406,15 +433,17 @@ def run(ctx: AnalysisContext) -> dict:
     _plot_loss_split(split, out / "loss_split.png")
     eos = eos_table(tallies)
     write_csv(eos, out / "eos.csv")
-    starts = _start_table({label: first_codon_probs(m, ctx.device) for label, m in ctx.models().items()},
-                          first_counts)
+    prompts, weights = gene_starts(ctx, first_counts)
+    starts = _start_table({label: first_codon_probs(m, ctx.device, prompts, weights)
+                           for label, m in ctx.models().items()}, first_counts)
     write_csv(starts, out / "start_codons.csv")
     not_applicable = {}
     if (eos["stops"] == 0).all():
         not_applicable["p_eos_after_stop"] = (f"no sampled gene ends within the model's window of "
                                               f"{ctx.cfg.model.block_size} tokens, so no stop codon is followed by "
                                               "its <EOS_CDS> target")
-    _plot_eos_start(eos, starts, out / "eos_start.png", not_applicable.get("p_eos_after_stop"))
+    _plot_eos_start(eos, starts, out / "eos_start.png", not_applicable.get("p_eos_after_stop"),
+                    "<BOS_CDS> <host>" if ctx.host_shift else "<BOS_CDS>")
     return {**_headline(r_table, split, eos, starts, coli, len(genes), not_applicable),
             "not_applicable": not_applicable}
 

@@ -62,6 +62,7 @@ def _sample_scores(ctx: AnalysisContext) -> dict[str, dict]:
     out = {}
     for name, model in ctx.models().items():
         scores = score_genes(model, [genes.genes[g] for g in picked], device=ctx.device,
+                             hosts=ctx.gene_hosts("test", picked),
                              stride=ctx.cfg.model.block_size)  # non-overlapping windows: cheap, ~0.4% above
         logp = np.concatenate([s.logp for s in scores])
         out[name] = {"perplexity": float(math.exp(-logp.mean())),

@@ -199,7 +199,9 @@ def check_translation(ids: np.ndarray, protein: str, table_id: int) -> None:
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits.float().cpu(), dim=-1)
+    """Log-probabilities of the 68 fixed tokens: a host-conditioned model's host tokens share the softmax (as
+    when it is scored) but are never designed."""
+    return torch.log_softmax(logits.float().cpu(), dim=-1)[..., :VOCAB_SIZE]
 
 
 @torch.no_grad()
