@@ -187,7 +187,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
     records = _read_records(args)
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir)
-    table = lm.score(records.pairs(), stride=args.stride, amp=args.amp, checked=True, host=args.host)
+    with log_to("stdout" if args.out else "stderr"):  # without --out, stdout carries the table
+        table = lm.score(records.pairs(), stride=args.stride, amp=args.amp, checked=True, host=args.host)
     if args.out:
         write_csv(table, args.out)
         log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
@@ -211,10 +212,10 @@ def cmd_query(args: argparse.Namespace) -> None:
     records = _read_records(args, dna=args.dna, stdin_text=stdin_text, stops_table=args.transl_table).pairs()
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir, table_id=args.transl_table)
     host = lm.host_id(args.host)
-    amp = lm.inference_amp(records, args.amp, args.stride, args.host) if args.mode == "score" else args.amp is True
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
+        amp = lm.inference_amp(records, args.amp, args.stride, args.host) if args.mode == "score" else args.amp is True
         run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
                   as_json=args.json, amp=amp, stride=args.stride, table_id=args.transl_table, scan=scan,
