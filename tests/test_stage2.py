@@ -179,6 +179,23 @@ def test_a_bad_record_is_named_and_skip_invalid_counts_it(run, capsys, tmp_path,
     assert emb.ids == ["ok"] and emb.meta["n_skipped"] == 1
 
 
+def test_extract_embeddings_records_its_precision_small_jobs_fp32_and_bare_amp_bf16(run, capsys, caplog, tmp_path):
+    _, cfg = run
+    fasta = tmp_path / "two.fasta"
+    fasta.write_text(">a\nATGAAACGCATTAGCACCTAA\n>b\nATGGCTGCAAAAGGTTAA\n")
+    base = ["extract-embeddings", "--run_id", RUN, "--fasta", str(fasta), "--checkpoints-dir", cfg.outputs.out_dir,
+            "--quiet", "--out"]
+    code, _ = _cli([*base, str(tmp_path / "auto.npz")], capsys)
+    auto = load_embeddings(tmp_path / "auto.npz")
+    assert code == 0 and auto.meta["precision"] == "float32" and "untimed" in auto.meta["precision_reason"]
+    assert f"[embeddings] precision float32: {auto.meta['precision_reason']}" in caplog.messages
+    code, _ = _cli([*base, str(tmp_path / "fp32.npz"), "--amp", "false"], capsys)
+    assert code == 0 and np.array_equal(load_embeddings(tmp_path / "fp32.npz").embeddings, auto.embeddings)
+    code, _ = _cli([*base, str(tmp_path / "bf16.npz"), "--amp"], capsys)
+    bf16 = load_embeddings(tmp_path / "bf16.npz")
+    assert code == 0 and bf16.meta["precision"] == "bfloat16" and bf16.meta["amp"]
+
+
 def test_empty_fasta_and_bad_layer_fail_in_one_line(run, capsys):
     tmp, cfg = run
     (tmp / "empty.fasta").write_text("")

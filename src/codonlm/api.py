@@ -77,6 +77,7 @@ class CodonLM:
         self.run_id = run_id
         self.table_id = table_id
         self._hosts: dict = {}  # design: host references built so far
+        self._auto_precision = None  # amp auto: the measured choice (Precision), made once per CodonLM
         self.runs_dir: str | Path | None = None  # where the run's folder is, when not cfg.outputs.runs_dir
 
     def __repr__(self) -> str:
@@ -147,18 +148,38 @@ class CodonLM:
             ids = encode(dna, add_bos=True, add_eos=eos, host=start)
         return torch.from_numpy(ids.astype(np.int64))[None].to(self.device)
 
+    def inference_amp(self, records: list[tuple[str, str]], amp: bool | str = "auto", stride: int | None = None,
+                      host: str | None = None, what: str = "score") -> bool:
+        """Whether an inference job over clean `records` runs under bf16 autocast: `amp` True/False pins it;
+        "auto" measures once per CodonLM (`stage2.embeddings.job_precision`; a small CPU job is float32 untimed
+        and not remembered). The choice and its reason are logged in one line."""
+        from codonlm.log import log
+        from codonlm.stage2.embeddings import job_precision
+
+        if amp == "auto" and self._auto_precision is not None:
+            return self._auto_precision.amp
+        host_id = self.host_id(host)
+        tokens = [encode(dna, add_bos=True, add_eos=True, host=host_id) for _, dna in records]
+        precision = job_precision(self.model, tokens, amp, stride)
+        log(f"[{what}] precision {precision.dtype}: {precision.reason}")
+        if amp == "auto" and (precision.measurement is not None or self.device.type != "cpu"):
+            self._auto_precision = precision
+        return precision.amp
+
     # ---- the user-facing measures -------------------------------------------------------------------
 
     def score(self, seqs: Sequences, stride: int | None = None, per_codon: bool = False,
-              skip_invalid: bool = False, amp: bool = False, checked: bool = False,
+              skip_invalid: bool = False, amp: bool | str = "auto", checked: bool = False,
               host: str | None = None) -> pd.DataFrame:
         """One row per gene (whole `<BOS_CDS> codons <EOS_CDS>`): n_codons, internal_stops, log_likelihood,
         nll (mean per target), perplexity; with per_codon, a column of per-target log-probability arrays.
-        host: the genome the genes come from (required by a host-conditioned model, see `hosts`)."""
+        host: the genome the genes come from (required by a host-conditioned model, see `hosts`).
+        amp: "auto" (bf16 where measured faster, `inference_amp`), True (bf16 autocast) or False (float32)."""
         from codonlm.evaluate.query import score
 
         host_id = self.host_id(host)
-        rows = score(self.model, self.records(seqs, skip_invalid, checked), stride=stride, amp=amp,
+        records = self.records(seqs, skip_invalid, checked)
+        rows = score(self.model, records, stride=stride, amp=self.inference_amp(records, amp, stride, host),
                      table_id=self.table_id, host=host_id)
         table = pd.DataFrame(rows)
         if per_codon:
@@ -167,14 +188,16 @@ class CodonLM:
         return table.drop(columns="per_codon_log_likelihood")
 
     def embed(self, seqs: Sequences, layer: str | int = "final", pool: str = "mean", stride: int | None = None,
-              skip_invalid: bool = False, host: str | None = None) -> np.ndarray:
+              skip_invalid: bool = False, host: str | None = None, amp: bool | str = "auto") -> np.ndarray:
         """Pooled hidden states, [genes, channels] ([genes, layers, channels] for layer="all"; per-codon
-        pooling gives a list of [codons, channels] arrays); codon positions only, never BOS or host."""
+        pooling gives a list of [codons, channels] arrays); codon positions only, never BOS or host.
+        amp: as in `score`."""
         from codonlm.stage2.embeddings import embed_genes
 
         host_id = self.host_id(host)
         recs = self.records(seqs, skip_invalid)
         vectors, offsets, _ = embed_genes(self.model, [d for _, d in recs], str(layer), pool, stride,
+                                          amp=self.inference_amp(recs, amp, stride, host, "embed"),
                                           show_progress=False, hosts=[host_id] * len(recs))
         if offsets is not None:
             return [vectors[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]

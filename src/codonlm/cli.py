@@ -18,6 +18,21 @@ from codonlm.log import log, log_to, run_log
 DEFAULT_CONFIG = "configs/tiny_cpu.yaml"
 AMP_HELP = ("bf16 autocast, slightly less exact; faster or slower than fp32 depending on the CPU (native bf16 "
             "helps; without it, 4-5x slower measured); training's 'amp: auto' times both")
+AUTO_AMP_HELP = ("auto (default): bf16 autocast where timed faster on this model (a CUDA GPU with bf16: always; "
+                 "jobs under 200k tokens on CPU: float32 untimed); true (a bare --amp): bf16; false: float32")
+
+
+def _amp(text: str) -> bool | str:
+    """--amp auto|true|false (a bare --amp is true)."""
+    choices = {"auto": "auto", "true": True, "false": False}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"'{text}': expected auto, true or false")
+    return choices[text.lower()]
+
+
+def _add_amp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", nargs="?", const=True, default="auto", type=_amp, metavar="auto|true|false",
+                   help=AUTO_AMP_HELP)
 
 
 def _claim_run(cfg, run_id: str | None, config_path: str | None):
@@ -172,7 +187,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
     records = _read_records(args)
     lm = CodonLM.load(args.run_id, args.device, args.checkpoints_dir, args.runs_dir)
-    table = lm.score(records.pairs(), stride=args.stride, amp=args.amp, checked=True, host=args.host)
+    with log_to("stdout" if args.out else "stderr"):  # without --out, stdout carries the table
+        table = lm.score(records.pairs(), stride=args.stride, amp=args.amp, checked=True, host=args.host)
     if args.out:
         write_csv(table, args.out)
         log(f"[eval-perplexity] {len(table)} sequences scored -> {args.out}")
@@ -199,9 +215,10 @@ def cmd_query(args: argparse.Namespace) -> None:
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
+        amp = lm.inference_amp(records, args.amp, args.stride, args.host) if args.mode == "score" else args.amp is True
         run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
-                  as_json=args.json, amp=args.amp, stride=args.stride, table_id=args.transl_table, scan=scan,
+                  as_json=args.json, amp=amp, stride=args.stride, table_id=args.transl_table, scan=scan,
                   host=host)
 
 
@@ -232,7 +249,7 @@ def add_query_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transl-table", type=_transl_table, default=11, help="NCBI genetic code (default: %(default)s)")
     p.add_argument("--stride", type=int, help="score/mutate: strided windows advancing by this for genes longer "
                    "than block_size (default: sliding-window attention, each token computed once, as evaluate)")
-    p.add_argument("--amp", action="store_true", help=AMP_HELP)
+    _add_amp(p)
     m = p.add_argument_group("mutate (every single-codon substitution)")
     m.add_argument("--llr", choices=["exact", "local"], default="exact",
                    help="exact: whole mutant gene vs wild type; local: only the mutated codon's own term (fast)")
@@ -505,10 +522,14 @@ def _transl_table(text: str) -> int:
     raise argparse.ArgumentTypeError(f"'{text}' is not an NCBI genetic code id ({known}; 11 for bacteria and archaea)")
 
 
-def _add_scoring(p: argparse.ArgumentParser) -> None:
+def _add_scoring(p: argparse.ArgumentParser, auto_amp: bool = True) -> None:
+    """--stride and --amp; auto_amp: --amp auto|true|false (CodonLM's choice), else the plain switch."""
     p.add_argument("--stride", type=int, help="strided windows advancing by this for genes longer than block_size "
                    "(default: sliding-window attention, each token computed once; 1 = each codon's own window)")
-    p.add_argument("--amp", action="store_true", help=AMP_HELP)
+    if auto_amp:
+        _add_amp(p)
+    else:
+        p.add_argument("--amp", action="store_true", help=AMP_HELP)
 
 
 def _workers(text: str) -> int | str:
@@ -640,7 +661,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_run_location(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", help="default: runs/<RUN_ID>/evaluate")
-    _add_scoring(p)
+    _add_scoring(p, auto_amp=False)
 
 
 def _eval_perplexity_arguments(p: argparse.ArgumentParser) -> None:
@@ -689,7 +710,7 @@ def _extract_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, help="strided windows advancing by this for genes longer than block_size "
                    "(default: sliding-window attention, each token computed once)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="tokens per forward batch (default: 16384)")
-    p.add_argument("--amp", action="store_true", help=AMP_HELP)
+    _add_amp(p)
     add_run_location(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

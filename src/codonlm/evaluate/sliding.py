@@ -103,3 +103,18 @@ def sliding_forward(model, idx: torch.Tensor, names: Iterable[str] = (), past: l
         cache.extend((torch.cat([p[i][0] for p in pieces], 2), torch.cat([p[i][1] for p in pieces], 2))
                      for i in range(len(pieces[0])))
     return torch.cat(logits, 1), {n: torch.cat(v, 1) for n, v in states.items()}
+
+
+def sample_forward(model, tokens: list[np.ndarray], stride: int | None, max_tokens: int):
+    """`forward(autocast) -> tokens`: one batch of a job's rows, those of median width up to `max_tokens`, read
+    as the job reads them; what `amp: auto` times to choose bf16 or float32 for the whole job."""
+    rows = sorted(gene_rows([t.size - 1 for t in tokens], model.cfg.block_size, stride), key=lambda r: r[3] - r[1])
+    batch, idx = next(row_batches(tokens, rows[len(rows) // 2 :], max_tokens))
+    idx = idx.to(next(model.parameters()).device)
+
+    def forward(autocast) -> int:
+        with autocast():
+            sliding_forward(model, idx)
+        return idx.numel()
+
+    return forward

@@ -166,6 +166,21 @@ def read_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean",
                        loglik / (n_codons + 1))
 
 
+def job_precision(model, tokens: list[np.ndarray], amp: bool | str, stride: int | None = None):
+    """The Precision of an inference job over `tokens` (`<BOS_CDS> (<host>) c1..cn <EOS_CDS>` arrays) under
+    `amp` auto|True|False: scoring (`CodonLM.score`) and embeddings share this one choice (README "Inference
+    speed"); it lives here, above both `evaluate` (the forward) and `train` (the decision rule)."""
+    import torch
+
+    from codonlm.evaluate.sliding import sample_forward
+    from codonlm.train.precision import TIMING_TOKENS, inference_precision
+
+    device = next(model.parameters()).device
+    job_tokens = int(sum(t.size for t in tokens))
+    forward = sample_forward(model, tokens, stride, TIMING_TOKENS) if tokens else (lambda autocast: 0)
+    return inference_precision(amp, torch.device(device), job_tokens, forward)
+
+
 def embed_genes(model, seqs: list[str], layer: str = "final", pool: str = "mean", stride: int | None = None,
                 max_tokens: int = 16384, amp: bool = False, show_progress: bool = True,
                 hosts: list[int | None] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
@@ -224,12 +239,13 @@ def load_embeddings(path: str | Path) -> EmbeddingFile:
 
 def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[str], layer: str = "final",
                        pool: str = "mean", checkpoints_dir: str | None = None, device: str = "cpu",
-                       stride: int | None = None, max_tokens: int = 16384, amp: bool = False, n_skipped: int = 0,
+                       stride: int | None = None, max_tokens: int = 16384, amp: bool | str = "auto", n_skipped: int = 0,
                        show_progress: bool = True, runs_dir: str | None = None,
                        host: str | list[str] | None = None, host_optional: bool = False) -> EmbeddingFile:
     """Embed clean DNA sequences with a run's model and write the NPZ (ids, run id, layer, pooling); host: their
     genome (one for all, or one each), for a host-conditioned model; host_optional: ignore it for a model
-    without host tokens (stage 2 passes every gene's genome whatever the model)."""
+    without host tokens (stage 2 passes every gene's genome whatever the model); amp: auto|True|False
+    (`job_precision`), the choice kept in the NPZ's `precision` field."""
     from codonlm.model.load import checkpoint_path, load_model
 
     if pool not in POOLS:
@@ -242,7 +258,10 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
         hosts = [None] * len(seqs)
     host_ids = [host_token(model.cfg.hosts, h) for h in hosts]
     t0 = time.perf_counter()
-    reading = read_genes(model, seqs, layer, pool, stride, max_tokens, amp, show_progress, host_ids)
+    precision = job_precision(model, [encode(s, add_eos=True, host=h) for s, h in zip(seqs, host_ids, strict=True)],
+                              amp, stride)
+    log(f"[embeddings] precision {precision.dtype}: {precision.reason}")
+    reading = read_genes(model, seqs, layer, pool, stride, max_tokens, precision.amp, show_progress, host_ids)
     vectors, offsets, layers = reading.vectors, reading.offsets, reading.layers
     seconds = time.perf_counter() - t0
     n_codons = sum(len(s) // 3 for s in seqs)
@@ -251,7 +270,8 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
         pool=pool, layers=layers, offsets=offsets,
         internal_stops=np.array([internal_stop_count(s) for s in seqs], dtype=np.int32),
         mean_loglik=reading.mean_loglik,
-        meta={"checkpoint_sha256": sha256_file(ckpt), "amp": amp, "seconds": round(seconds, 3), "n_skipped": n_skipped,
+        meta={"checkpoint_sha256": sha256_file(ckpt), "amp": precision.amp, "precision": precision.dtype,
+              "precision_reason": precision.reason, "seconds": round(seconds, 3), "n_skipped": n_skipped,
               "n_codons": n_codons, "embeddings_per_s": round(len(seqs) / max(seconds, 1e-9), 2),
               "codons_per_s": round(n_codons / max(seconds, 1e-9), 1)},
     )  # fmt: skip

@@ -24,9 +24,15 @@ import torch
 from codonlm.errors import UserError
 from codonlm.log import log
 
+AutocastFactory = Callable[[], contextlib.AbstractContextManager]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BF16_MARGIN = 1.15  # amp auto leaves fp32 only when bf16 is at least this much faster in every repeat
 TIMED_REPEATS = 5  # interleaved (bf16, fp32) pairs of steps timed after a warm-up pair
+# inference amp auto times one batch of TIMING_TOKENS up to 2 x (TIMED_REPEATS + 1) = 12 times, about 50k tokens
+# of forward work; bf16 saves at most ~25% (1.33x measured on AVX-512 BF16), so a job repays the timing from
+# about 200k tokens; smaller CPU jobs run float32 untimed (and stay exact fp32)
+TIMING_TOKENS = 4096
+AUTO_MIN_TOKENS = 200_000
 DECISION_RULE = (f"bfloat16 when fp32 step seconds / bf16 step seconds is at least {BF16_MARGIN} in each of "
                  f"{TIMED_REPEATS} interleaved repeats after a warm-up pair, else float32 (timing stops at the "
                  f"first repeat below {BF16_MARGIN})")
@@ -102,8 +108,10 @@ def _mps_dtype(device: torch.device) -> str:
     return "float32"
 
 
-def choose_precision(amp: bool | str, device: torch.device, measure: Callable[[], StepTiming] | None) -> Precision:
-    """Apply `train.amp`; for `auto` on CPU, `measure()` times training steps of the real model per dtype."""
+def choose_precision(amp: bool | str, device: torch.device, measure: Callable[[], StepTiming] | None,
+                     pin: str = "train.amp") -> Precision:
+    """Apply `train.amp` (`pin`: the setting's name); for `auto` on CPU, `measure()` times steps of the real
+    model per dtype (training steps, or forward batches for inference)."""
     if device.type == "mps" and amp is not False:
         dtype = _mps_dtype(device)
         if dtype == "float32":
@@ -127,32 +135,53 @@ def choose_precision(amp: bool | str, device: torch.device, measure: Callable[[]
     return Precision(best, f"amp auto on CPU, timed on this model: bf16 {timing.tokens_per_s('bfloat16'):,.0f} "
                            f"tokens/s, fp32 {timing.tokens_per_s('float32'):,.0f} tokens/s -> {best} "
                            f"(bf16 {low if low == high else f'{low}-{high}'}x fp32 in {n} interleaved "
-                           f"repeat{'s' * (n > 1)}; bf16 needs {BF16_MARGIN:.2f}x in each; pin with train.amp: "
+                           f"repeat{'s' * (n > 1)}; bf16 needs {BF16_MARGIN:.2f}x in each; pin with {pin} "
                            f"true or false)", timing.record())
 
 
 def step_timer(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
                batch, device: torch.device, run_step: Callable) -> Callable[[], StepTiming]:
-    """A `measure() -> StepTiming` over whole training steps of a copy of `model` on `batch`, bf16
-    autocast and float32 in interleaved pairs.
+    """A `measure() -> StepTiming` over whole training steps of a copy of `model` on `batch` (`interleaved_timer`).
 
     The copy and its own optimizer keep the real model untouched, and the RNG is restored afterwards
-    (dropout draws from it), so timing never changes what training computes. Each pair exposes both
-    dtypes to the same load, and which goes first alternates (no dtype always meets the state the
-    other left); the first pair warms up. TIMED_REPEATS pairs are timed, or fewer: the first pair in
-    which bf16 is not BF16_MARGIN faster settles the choice (fp32), which keeps the timing short on a
-    CPU that emulates bf16, where a bf16 step takes seconds.
+    (dropout draws from it), so timing never changes what training computes.
     """
 
     def measure() -> StepTiming:
         clone = copy.deepcopy(model)
         optimizer = make_optimizer(clone)
+        return interleaved_timer(lambda autocast: run_step(clone, optimizer, batch, autocast), device)()
+
+    return measure
+
+
+def forward_timer(forward: Callable[[AutocastFactory], int], device: torch.device) -> Callable[[], StepTiming]:
+    """A `measure() -> StepTiming` over inference: `forward(autocast)` runs one batch of the job under
+    inference_mode and returns its token count, bf16 autocast and float32 in interleaved pairs."""
+
+    def run(autocast: AutocastFactory) -> int:
+        with torch.inference_mode():
+            return forward(autocast)
+
+    return interleaved_timer(run, device)
+
+
+def interleaved_timer(run: Callable[[AutocastFactory], int], device: torch.device) -> Callable[[], StepTiming]:
+    """A `measure() -> StepTiming` of `run(autocast)` (returns tokens done) in bf16 and float32, interleaved.
+
+    Each pair exposes both dtypes to the same load, and which goes first alternates (no dtype always
+    meets the state the other left); the first pair warms up. TIMED_REPEATS pairs are timed, or fewer:
+    the first pair in which bf16 is not BF16_MARGIN faster settles the choice (fp32), which keeps the
+    timing short on a CPU that emulates bf16, where a bf16 step takes seconds. The RNG is restored.
+    """
+
+    def measure() -> StepTiming:
         seconds: dict[str, list[float]] = {"bfloat16": [], "float32": []}
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for i in range(TIMED_REPEATS + 1):
                 for dtype in ("bfloat16", "float32") if i % 2 else ("float32", "bfloat16"):
                     t0 = time.perf_counter()
-                    tokens = run_step(clone, optimizer, batch, Precision(dtype, "").autocast(device))
+                    tokens = run(Precision(dtype, "").autocast(device))
                     _sync(device)
                     if i:  # the first pair warms up (allocations, kernel selection)
                         seconds[dtype].append(time.perf_counter() - t0)
@@ -162,6 +191,16 @@ def step_timer(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module
         return timing
 
     return measure
+
+
+def inference_precision(amp: bool | str, device: torch.device, job_tokens: int,
+                        forward: Callable[[AutocastFactory], int]) -> Precision:
+    """Scoring's and embedding's `--amp auto|true|false`: `choose_precision` with a timed forward batch of the
+    job; a CPU job under AUTO_MIN_TOKENS runs float32 untimed (the timing would cost more than bf16 saves)."""
+    if amp == "auto" and device.type == "cpu" and job_tokens < AUTO_MIN_TOKENS:
+        return Precision("float32", f"amp auto: {job_tokens:,} tokens, under the {AUTO_MIN_TOKENS:,} that repay "
+                                    "timing bf16 against fp32; float32 untimed (pin with --amp true)")
+    return choose_precision(amp, device, forward_timer(forward, device), pin="--amp")
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.3) -> float:
