@@ -228,15 +228,7 @@ def test_a_bad_table_ends_in_one_line_naming_file_and_row_and_writes_nothing(run
                                     "--vectorizer", str(kmer / "vectorizer.skops"), "--seqs", str(path),
                                     *flags[2:], "--labels", str(labels), "--out", str(tmp_path / "ev")],
                                    tmp_path / "ev" / "eval_metrics.json")
-    for command, (args, output) in commands.items():
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text("an earlier result\n")
-        code, _, err = cli(args)
-        lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (command, err)
-        assert str(path) in lines[0] and needle in lines[0], (command, lines[0])
-        assert output is None or output.read_text() == "an earlier result\n", command
+    _assert_each_refused_in_one_line(commands, path, needle)
 
 
 def test_dedupe_first_keeps_each_ids_first_record_and_skip_invalid_counts_bad_rows(run, reference, tmp_path):
@@ -302,15 +294,8 @@ def test_a_bad_fasta_ends_in_one_line_naming_it_and_writes_nothing(run, referenc
     fasta = tmp_path / "genes.fa.gz"
     if content is not None:
         fasta.write_bytes(content)
-    for command, (args, output) in bad_input_commands(fasta, tmp_path, run / "ckpt", reference[1] / "kmer").items():
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text("an earlier result\n")
-        code, _, err = cli(args)
-        lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (command, err)
-        assert str(fasta) in lines[0] and needle in lines[0], (command, lines[0])
-        assert output is None or output.read_text() == "an earlier result\n", command
+    _assert_each_refused_in_one_line(bad_input_commands(fasta, tmp_path, run / "ckpt", reference[1] / "kmer"),
+                                     fasta, needle)
 
 
 # --------------------------------------------------------------------------- internal stop codons
@@ -380,3 +365,17 @@ def test_embeddings_count_internal_stops_and_skip_invalid_counts_them_with_bad_r
     (tmp_path / "stops.fasta").write_text(f">s\n{THRL_STOP}\n")
     code, _, err = cli([*base, "--fasta", str(tmp_path / "stops.fasta"), "--skip-invalid"])
     assert code == 2 and "every record was skipped" in err
+
+
+def _assert_each_refused_in_one_line(commands: dict, path, needle: str) -> None:
+    """Each command (args, output it would write) exits 2 with one line naming `path` and `needle`, no
+    traceback, and leaves an earlier result at its output untouched."""
+    for command, (args, output) in commands.items():
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text("an earlier result\n")
+        code, _, err = cli(args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (command, err)
+        assert str(path) in lines[0] and needle in lines[0], (command, lines[0])
+        assert output is None or output.read_text() == "an earlier result\n", command
