@@ -16,7 +16,7 @@ from codonlm.config import parse_config
 from codonlm.data.codons import CODON_OFFSET, CODONS, STOI
 from codonlm.data.prepare import prepare
 from codonlm.errors import UserError
-from codonlm.evaluate.constraints import breaches, parse_constraints
+from codonlm.evaluate.constraints import breaches, enforce, parse_constraints
 from codonlm.evaluate.design import clean_protein, is_ribosomal_protein
 from codonlm.evaluate.designmetrics import cfd, minmax_profile, synonymous_frequencies
 from codonlm.evaluate.seqmetrics import CAIReference
@@ -221,3 +221,19 @@ def test_design_bench_writes_its_table_plot_and_report_section(run):
     assert (folder / "design_bench.png").stat().st_size > 10_000
     html = design_part("designrun", tmp / "runs" / "designrun")
     assert "Gene design from held-out proteins" in html and "model_greedy" in html and "data:image/png" in html
+
+
+def test_dnachisel_repairs_the_same_way_whatever_numpys_global_random_state(real_proteins):
+    """DnaChisel draws mutations from numpy's global state: a repair is seeded, so the same design is
+    repaired alike in every process (a study resumed after an interruption gives the same files)."""
+    rng = np.random.default_rng(0)
+    protein = max(real_proteins.values(), key=len)
+    synonyms = {aa: [c for c in CODONS if str(Seq(c).translate()) == aa] for aa in set(protein)}
+    dna = "ATG" + "".join(str(rng.choice(synonyms[aa])) for aa in protein[1:]) + "TAA"
+    c = parse_constraints("EcoRI,BsaI", "0.45-0.55", 30, 4)
+    repaired = []
+    for state in (1, 2, 3):
+        np.random.seed(state)
+        repaired.append(enforce(dna, c, 11))
+    assert repaired[0][0] != dna  # there was something to repair
+    assert repaired[0] == repaired[1] == repaired[2]

@@ -36,6 +36,7 @@ KILLS = [  # (stage, the write after which the process signals itself, signal)
     ("train", 3, "INT"),  # Ctrl-C at step 4 (its curves row), after the last.pt of step 3
     ("evaluate", 4, "KILL"),
     ("generate-prefix", 2, "KILL"),
+    ("design", 1, "KILL"),  # designs.csv written, the summary and the stamp not
     ("analyze", 26, "INT"),  # Ctrl-C in step 4 of 7 (analyze_embeddings): steps 1-3 are kept
     ("stage2", 45, "KILL"),  # in the third task
     ("report", 1, "KILL"),  # report.html written, the stamp not

@@ -222,13 +222,18 @@ def test_score_is_one_function_for_query_and_eval_perplexity(run, tmp_path, caps
 
 
 def test_eval_perplexity_and_query_score_keep_stdout_for_the_table(run, tmp_path, capsys):
-    """The amp line (the precision chosen and why) goes to stderr when stdout carries the result."""
+    """The amp line (the precision chosen and why) goes to stderr when stdout carries the result; a small
+    job's untimed float32 prints none."""
     fasta = tmp_path / "x.fasta"
     fasta.write_text(f">a\n{decode(random_codons(10, 1))}\n")
-    assert main(["eval-perplexity", "qv", "--fasta", str(fasta), "--checkpoints-dir", str(run[0] / "ckpt")]) == 0
+    ckpt = ["--checkpoints-dir", str(run[0] / "ckpt")]
+    assert main(["eval-perplexity", "qv", "--fasta", str(fasta), *ckpt]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines()[0] == "id,n_codons,internal_stops,log_likelihood,nll,perplexity"
-    assert len(captured.out.splitlines()) == 2 and "[score] precision float32: amp auto" in captured.err
-    assert _cli(run, "--mode", "score", "--fasta", str(fasta)) == 0
+    assert len(captured.out.splitlines()) == 2 and "precision" not in captured.out + captured.err
+    assert main(["eval-perplexity", "qv", "--fasta", str(fasta), "--amp", *ckpt]) == 0
     captured = capsys.readouterr()
-    assert "precision" not in captured.out and "[score] precision float32: amp auto" in captured.err
+    assert len(captured.out.splitlines()) == 2 and "[score] precision bfloat16: " in captured.err
+    assert _cli(run, "--mode", "score", "--fasta", str(fasta), "--amp") == 0
+    captured = capsys.readouterr()
+    assert "precision" not in captured.out and "[score] precision bfloat16: " in captured.err

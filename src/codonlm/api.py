@@ -152,7 +152,8 @@ class CodonLM:
                       host: str | None = None, what: str = "score") -> bool:
         """Whether an inference job over clean `records` runs under bf16 autocast: `amp` True/False pins it;
         "auto" measures once per CodonLM (`stage2.embeddings.job_precision`; a small CPU job is float32 untimed
-        and not remembered). The choice and its reason are logged in one line."""
+        and not remembered). The choice and its reason are logged in one line, unless it is a small CPU job's
+        untimed float32 (nothing was chosen: the line would only crowd a one-line answer or error)."""
         from codonlm.log import log
         from codonlm.stage2.embeddings import job_precision
 
@@ -161,7 +162,8 @@ class CodonLM:
         host_id = self.host_id(host)
         tokens = [encode(dna, add_bos=True, add_eos=True, host=host_id) for _, dna in records]
         precision = job_precision(self.model, tokens, amp, stride)
-        log(f"[{what}] precision {precision.dtype}: {precision.reason}")
+        if precision.measurement is not None or precision.amp or self.device.type != "cpu":
+            log(f"[{what}] precision {precision.dtype}: {precision.reason}")
         if amp == "auto" and (precision.measurement is not None or self.device.type != "cpu"):
             self._auto_precision = precision
         return precision.amp

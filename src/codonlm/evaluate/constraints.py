@@ -15,7 +15,9 @@ spacing to a start codon downstream, so a clean, host-independent motif definiti
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from codonlm.errors import UserError
@@ -105,6 +107,20 @@ def _specs(c: Constraints) -> list[tuple[str, object]]:
     return out
 
 
+@contextlib.contextmanager
+def seeded_dnachisel(seed: int = 0) -> Iterator[None]:
+    """DnaChisel draws its mutations from numpy's global random state: seed it for one call (and put the
+    caller's state back), so the same design is repaired, or optimised, the same way in every process."""
+    import numpy as np
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def enforce(dna: str, c: Constraints, table_id: int) -> tuple[str, list[str]]:
     """(repaired DNA, labels of the constraints it still breaks) for one design; the protein never changes."""
     import dnachisel as dc
@@ -114,17 +130,18 @@ def enforce(dna: str, c: Constraints, table_id: int) -> tuple[str, list[str]]:
     translation = dc.EnforceTranslation(genetic_table=unambiguous_dna_by_id[table_id].names[0], start_codon="keep")
     problem = dc.DnaOptimizationProblem(dna, constraints=[translation, *(s for _, s in specs)],
                                         objectives=[dc.AvoidChanges()], logger=None)
-    try:
-        problem.resolve_constraints()
-    except dc.NoSolutionError:  # one at a time: satisfy what can be, then name the rest
-        for spec in problem.constraints:
-            try:
-                problem.resolve_constraint(spec)
-            except dc.NoSolutionError:
-                continue
-    passes = [bool(e.passes) for e in problem.constraints_evaluations()]  # in constraint order
-    if all(passes):
-        problem.optimize()  # undo changes the constraints did not need
+    with seeded_dnachisel():
+        try:
+            problem.resolve_constraints()
+        except dc.NoSolutionError:  # one at a time: satisfy what can be, then name the rest
+            for spec in problem.constraints:
+                try:
+                    problem.resolve_constraint(spec)
+                except dc.NoSolutionError:
+                    continue
+        passes = [bool(e.passes) for e in problem.constraints_evaluations()]  # in constraint order
+        if all(passes):
+            problem.optimize()  # undo changes the constraints did not need
     unsatisfied = [label for (label, _), ok in zip(specs, passes[1:], strict=True) if not ok]
     return problem.sequence, sorted(set(unsatisfied), key=unsatisfied.index)
 

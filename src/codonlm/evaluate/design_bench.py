@@ -36,6 +36,7 @@ import numpy as np
 
 from codonlm.data.codons import BOS, CODON_OFFSET, CODONS, EOS, STOI, VOCAB_SIZE, decode, translate
 from codonlm.errors import UserError
+from codonlm.evaluate.constraints import seeded_dnachisel
 from codonlm.evaluate.design import (
     HostReference,
     build_host,
@@ -99,7 +100,8 @@ def dnachisel_design(start: np.ndarray, host: HostReference, method: str) -> np.
         constraints=[dc.EnforceTranslation(genetic_table=name, start_codon="keep")],
         objectives=[dc.CodonOptimize(codon_usage_table=table, method=method.removeprefix("dnachisel_"))],
     )  # fmt: skip
-    problem.optimize()
+    with seeded_dnachisel():
+        problem.optimize()
     seq = problem.sequence
     return np.array([STOI[seq[i : i + 3]] for i in range(0, len(seq), 3)], dtype=np.uint8)
 
