@@ -26,6 +26,9 @@ KILL_AT_STEP_ENV = "CODONLM_TEST_KILL_AT_STEP"
 SUPPORT = Path(__file__).resolve().parent
 
 
+COMMAND_OF_STAGE = {"design": "design-bench"}  # the stages whose command is not named after them
+
+
 def fault_env(base: dict | None = None, kill_in_stage: str | None = None, kill_at_step: str | None = None) -> dict:
     """`base` (default os.environ) with tests/support first on PYTHONPATH and the faults asked for (others
     removed), for a subprocess."""
@@ -53,7 +56,8 @@ def install() -> None:
 
 def _kill_in_stage(stage: str, after: str = "", *sig: str) -> None:
     """Count the stage's writes (codonlm.io.atomic_path, wrapped before any codonlm module binds it) and
-    signal this process at the n-th; the stage is the `codonlm` command line whose first word is `stage`."""
+    signal this process at the n-th; the stage is the `codonlm` command line whose first word is `stage`
+    (or its COMMAND_OF_STAGE)."""
     import codonlm.io
     from codonlm.log import log
 
@@ -77,10 +81,12 @@ def _kill_in_stage(stage: str, after: str = "", *sig: str) -> None:
         if counting[0]:
             wrote(Path(path))
 
+    command = COMMAND_OF_STAGE.get(stage, stage)
+
     def in_stage(run_command):
         @functools.wraps(run_command)
         def run(argv: list[str]) -> int:
-            if argv[0] != stage:
+            if argv[0] != command:
                 return run_command(argv)
             counting[0] = True
             try:
