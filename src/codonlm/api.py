@@ -97,7 +97,7 @@ class CodonLM:
     def host_id(self, host: str | None) -> int | None:
         """The token id of `host` (None for a model without host tokens); an unknown host, or none given to a
         host-conditioned model, is a UserError listing the known hosts."""
-        return host_token(self.hosts, host)
+        return host_token(self.model.cfg, host)
 
     # ---- loading ---------------------------------------------------------------------------------
 

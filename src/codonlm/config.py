@@ -49,6 +49,10 @@ class ModelConfig(_Section):
                                     "--host/host=")
     hosts: list[str] = Field(default_factory=list, description="condition_on_host: the host tokens' names, ids 68.. "
                              "in this order (empty: the dataset names; add-host appends one)")
+    host_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="condition_on_host: share of training genes "
+                                "read without their host token (chosen per protein, fixed by outputs.seed), so the "
+                                "model also reads genes of an unknown genome, given no --host/host=; 0: a host is "
+                                "required")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -234,8 +238,9 @@ class Config(_Section):
         grows to hold them (ids 68 + index)."""
         m = self.model
         if not m.condition_on_host:
-            if m.hosts:
-                raise ValueError("model.hosts is set but model.condition_on_host is false; set it true or drop hosts")
+            if m.hosts or m.host_dropout:
+                raise ValueError("model.hosts or model.host_dropout is set but model.condition_on_host is false; "
+                                 "set it true or drop them")
             return self
         if not m.hosts:
             m.hosts = [d.name for d in self.data.datasets]

@@ -125,16 +125,25 @@ def gene_start(host: int | None = None) -> np.ndarray:
     return np.array([BOS] if host is None else [BOS, host], dtype=np.uint8)
 
 
-def host_token(hosts: Sequence[str], name: str | None) -> int | None:
-    """The token id of host `name` among a model's `hosts` (None: a model without host tokens); an unknown or
-    missing host is a UserError listing the known ones."""
+def host_token(model_cfg, name: str | None) -> int | None:
+    """The token id of host `name` for a model (its `ModelConfig`: `hosts`, `host_dropout`); None for a model
+    without host tokens, or for no host given to a model trained to read genes without one (host_dropout > 0:
+    a gene of an unknown genome). An unknown host, or none given to a model that always saw one, is a UserError
+    listing the known ones."""
+    hosts = model_cfg.hosts
     if not hosts:
         if name is not None:
             raise UserError(f"host '{name}' given, but this model has no host tokens (it was trained without "
                             "model.condition_on_host); drop --host")
         return None
     if name is None:
+        if model_cfg.host_dropout > 0:
+            return None
         raise UserError(f"this model is conditioned on the host; pass --host (host=) one of: {', '.join(hosts)}")
+    return _known_host(hosts, name)
+
+
+def _known_host(hosts: Sequence[str], name: str) -> int:
     if name not in hosts:
         raise UserError(f"unknown host '{name}'; this model knows: {', '.join(hosts)}")
     return HOST_OFFSET + list(hosts).index(name)
@@ -145,7 +154,7 @@ def dataset_hosts(hosts: Sequence[str], names: Sequence[str], groups: Sequence[i
     a model with these `hosts`; None for a model without host tokens."""
     if not hosts:
         return None
-    tokens = [host_token(hosts, name) for name in names]
+    tokens = [_known_host(hosts, name) for name in names]
     return [tokens[int(d)] for d in groups]
 
 
@@ -165,17 +174,23 @@ def frame_gene(codons: np.ndarray, host: int | None = None) -> np.ndarray:
     return out
 
 
-def frame_genes(codons: np.ndarray, lengths: np.ndarray, host: int | None = None) -> np.ndarray:
-    """frame_gene of every gene, laid end to end, in one pass: gene i is the next lengths[i] codons."""
-    start = gene_start(host)
-    framed = np.asarray(lengths, dtype=np.int64) + start.size + 1
+def frame_genes(codons: np.ndarray, lengths: np.ndarray, host: int | None = None,
+                host_free: np.ndarray | None = None) -> np.ndarray:
+    """frame_gene of every gene, laid end to end, in one pass: gene i is the next lengths[i] codons;
+    host_free[i]: gene i without the host token (model.host_dropout)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    has_host = np.full(lengths.size, host is not None) if host_free is None else ~np.asarray(host_free, dtype=bool)
+    framed = lengths + 2 + has_host
     ends = np.cumsum(framed)
     starts = ends - framed
     out = np.empty(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
     is_codon = np.ones(out.size, dtype=bool)
-    for k, token in enumerate(start):
-        is_codon[starts + k] = False
-        out[starts + k] = token
+    is_codon[starts] = False
+    out[starts] = BOS
+    if host is not None:
+        hosted = starts[has_host] + 1
+        is_codon[hosted] = False
+        out[hosted] = host
     is_codon[ends - 1] = False
     out[is_codon] = codons
     out[ends - 1] = EOS

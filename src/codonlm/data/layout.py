@@ -79,7 +79,10 @@ def dataset_host_token(cfg: Config, dataset: str) -> int | None:
 def _host(cfg: Config, spec: DatasetSpec) -> dict:
     """A host-conditioned dataset's host token (without one, nothing is added, so keys stay as they were)."""
     token = dataset_host_token(cfg, spec.name)
-    return {} if token is None else {"host_token": token}
+    if token is None:
+        return {}
+    dropout = cfg.model.host_dropout
+    return {"host_token": token, **({"host_dropout": dropout} if dropout else {})}
 
 
 def _input_kind(spec: DatasetSpec) -> dict:

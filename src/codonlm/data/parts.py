@@ -52,13 +52,25 @@ _COUNTS = ("genes", "windows", "target_tokens", "covered_targets", "lost_targets
 def assign_splits(proteins: list[str], seed: int, val_frac: float, test_frac: float) -> tuple[np.ndarray, np.ndarray]:
     """Split of each protein (an index into SPLITS) from a seeded hash: identical proteins always land
     together (no leak). Also returns the hashes (uint64), which tell distinct proteins apart."""
-    digests = b"".join([hashlib.blake2b(f"{seed}:{p}".encode(), digest_size=8).digest() for p in proteins])
-    hashes = np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    hashes = _seeded_hashes(proteins, f"{seed}:")
     u = hashes.astype(np.float64) * 2.0**-64  # uniform in [0, 1), as int.from_bytes(digest) / 2**64
     split = np.full(len(proteins), SPLITS.index("train"), dtype=np.int8)
     split[u < test_frac + val_frac] = SPLITS.index("val")
     split[u < test_frac] = SPLITS.index("test")
     return split, hashes
+
+
+def _seeded_hashes(proteins: list[str], prefix: str) -> np.ndarray:
+    digests = b"".join([hashlib.blake2b(f"{prefix}{p}".encode(), digest_size=8).digest() for p in proteins])
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def host_free_genes(proteins: list[str], seed: int, rate: float) -> np.ndarray:
+    """Which training genes a host model reads without their host token (model.host_dropout): a seeded hash of
+    the protein, independent of the split's, so the choice depends on neither file order nor workers."""
+    if rate <= 0:
+        return np.zeros(len(proteins), dtype=bool)
+    return _seeded_hashes(proteins, f"{seed}:host:").astype(np.float64) * 2.0**-64 < rate
 
 
 @cache
@@ -126,9 +138,10 @@ class SplitSink:
         self._tables: list[Pieces] = []
         self._stream_size = self._piece_count = 0
 
-    def add_genes(self, codons: np.ndarray, lengths: np.ndarray, names: list[str]) -> None:
+    def add_genes(self, codons: np.ndarray, lengths: np.ndarray, names: list[str],
+                  host_free: np.ndarray | None = None) -> None:
         """Add genes in order (codon ids laid end to end, lengths[i] codons each): one spill append for
-        all of them, then pack their pieces."""
+        all of them, then pack their pieces; host_free[i]: gene i's windows carry no host token."""
         if not len(lengths):
             return
         flat = frame_genes(codons, lengths)
@@ -139,7 +152,8 @@ class SplitSink:
         self.gene_lengths.append(framed)
         self.names.append(names)
         if self.host is not None:  # the windows' genes carry their host token after <BOS_CDS>
-            flat, framed = frame_genes(codons, lengths, self.host), framed + 1
+            flat = frame_genes(codons, lengths, self.host, host_free)
+            framed = framed + (1 if host_free is None else ~host_free)
         pieces, lost = chunk_genes(framed, self.window, self.max_chunks)
         self.lost_targets += lost
         self.pending.extend(self.packer.pack(pieces.size.tolist(), pieces.continuation.tolist(), self._piece_count))
@@ -293,6 +307,7 @@ class UnitSettings:
     split_table: str | None = None  # split_by cluster: the protein hash -> split table (clusters.py)
     host_token: int | None = None  # model.condition_on_host: the dataset's host token id
     gene_calls: str | None = None  # the folder that keeps genes called in FASTA files (layout.gene_calls_dir)
+    host_dropout: float = 0.0  # model.host_dropout: share of training genes whose windows carry no host token
 
 
 @dataclass(frozen=True)
@@ -324,7 +339,8 @@ def build_unit(unit: Unit) -> UnitResult:
     hashes: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     for batch in extract_input_records(unit.source, s.min_len, s.transl_table, stats):  # one record at a time
         lengths = np.diff(np.asarray(batch.offsets, dtype=np.int64))
-        split_index, protein_hashes = assign_splits(batch.proteins(), s.seed, s.val_frac, s.test_frac)
+        proteins = batch.proteins()
+        split_index, protein_hashes = assign_splits(proteins, s.seed, s.val_frac, s.test_frac)
         if s.split_table is not None:  # the split of each protein's cluster instead
             split_index = table_splits(s.split_table, protein_hashes)
         for k, split in enumerate(SPLITS):
@@ -332,8 +348,12 @@ def build_unit(unit: Unit) -> UnitResult:
             if not members.any():
                 continue
             hashes[split].append(protein_hashes[members])
-            names = [f"{batch.record_id}|{batch.names[i]}" for i in np.flatnonzero(members).tolist()]
-            sinks[split].add_genes(batch.ids[np.repeat(members, lengths)], lengths[members], names)
+            picked = np.flatnonzero(members).tolist()
+            names = [f"{batch.record_id}|{batch.names[i]}" for i in picked]
+            host_free = None
+            if split == "train" and s.host_token is not None and s.host_dropout:
+                host_free = host_free_genes([proteins[i] for i in picked], s.seed, s.host_dropout)
+            sinks[split].add_genes(batch.ids[np.repeat(members, lengths)], lengths[members], names, host_free)
     files = {}
     for split, sink in sinks.items():
         sink.close()

@@ -97,7 +97,8 @@ def _plans(cfg: Config, key: DataKey, inputs: dict[str, list[dict]]) -> list[Par
     return [PartPlan(part, spec, inputs[spec.name],
                      UnitSettings(spec.min_len, spec.transl_table, cfg.model.block_size + 1, d.pack_mode == "multi",
                                   max_chunks, cfg.outputs.seed, d.val_frac, d.test_frac, table,
-                                  dataset_host_token(cfg, spec.name), str(gene_calls_dir(d.processed_dir))))
+                                  dataset_host_token(cfg, spec.name), str(gene_calls_dir(d.processed_dir)),
+                                  cfg.model.host_dropout))
             for part, spec in zip(key.parts, d.datasets, strict=True)]
 
 

@@ -335,7 +335,7 @@ def _generate_all(model, prompts: list[Prompt], refs: dict[str, GenomeReference]
     order = sorted(range(len(prompts)), key=lambda i: (caps[i], i))
     batches = [order[i : i + s.batch_size] for i in range(0, len(order), s.batch_size)]
     stop_mask = {n: genetic_code(r.table_id).is_stop for n, r in refs.items()}
-    starts = {n: gene_start(host_token(model.cfg.hosts, n) if model.cfg.hosts else None) for n in refs}
+    starts = {n: gene_start(host_token(model.cfg, n) if model.cfg.hosts else None) for n in refs}
     generated: dict[tuple[float, int], np.ndarray] = {}
     bar = progress(total=len(s.temperatures) * len(prompts), desc="generate", unit="gene", disable=not show_progress)
     for ti, temp in enumerate(s.temperatures):

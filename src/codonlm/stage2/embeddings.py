@@ -256,7 +256,7 @@ def extract_embeddings(run_id: str, out: str | Path, ids: list[str], seqs: list[
     hosts = host if isinstance(host, list) else [host] * len(seqs)
     if host_optional and not model.cfg.hosts:
         hosts = [None] * len(seqs)
-    host_ids = [host_token(model.cfg.hosts, h) for h in hosts]
+    host_ids = [host_token(model.cfg, h) for h in hosts]
     t0 = time.perf_counter()
     precision = job_precision(model, [encode(s, add_eos=True, host=h) for s, h in zip(seqs, host_ids, strict=True)],
                               amp, stride)

@@ -310,7 +310,7 @@ def mean_loglik(model, ids: list[str], seqs: list[str], hosts: list[str] | None 
     from codonlm.data.codons import host_token
     from codonlm.evaluate.query import score
 
-    tokens = None if hosts is None else [host_token(model.cfg.hosts, h) for h in hosts]
+    tokens = None if hosts is None else [host_token(model.cfg, h) for h in hosts]
     return np.array([-row["nll"] for row in score(model, list(zip(ids, seqs, strict=True)), host=tokens)])
 
 
