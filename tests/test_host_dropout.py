@@ -124,3 +124,25 @@ def test_host_dropout_needs_a_host_model(tmp_path, tiny_config):
         parse_config(tiny_config(tmp_path, files, model={"host_dropout": 0.1}))
     with pytest.raises(UserError, match="host_dropout"):
         parse_config(tiny_config(tmp_path, files, model={"condition_on_host": True, "host_dropout": 1.0}))
+
+
+def test_evaluate_reports_the_model_without_host_tokens_beside_it(run):
+    import pandas as pd
+
+    from codonlm.data.layout import run_split_path
+    from codonlm.evaluate.heldout import evaluate_run
+    from codonlm.evaluate.perplexity import score_genes
+    from codonlm.io import read_split_genes
+
+    tmp, raw, _ = run
+    m = evaluate_run("droprun", runs_dir=str(tmp / "runs"), kn_orders=(3,))
+    bare = m["model_without_host"]
+    assert "model_without_host" not in m["baselines"] and m["best_baseline"] != "model_without_host"
+    lm = CodonLM.load("droprun", runs_dir=tmp / "runs")
+    test = read_split_genes(run_split_path(parse_config(raw), "droprun", "test"))
+    logp = np.concatenate([s.logp for s in score_genes(lm.model, test.genes)])  # no hosts: the bare reading
+    assert bare["perplexity"] == pytest.approx(float(np.exp(-logp.mean())), rel=1e-5)
+    assert bare["n_targets"] == m["model"]["n_targets"] == logp.size and bare["perplexity"] != m["model"]["perplexity"]
+    folder = tmp / "runs" / "droprun" / "evaluate"
+    assert {"model", "model_without_host", "unigram"} <= set(pd.read_csv(folder / "summary.csv")["model"])
+    assert "model_without_host" in set(pd.read_csv(folder / "by_position.csv")["model"])

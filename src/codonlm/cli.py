@@ -176,7 +176,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     m = evaluate_run(args.run_id, args.checkpoints_dir, split=args.split, device=args.device, out_dir=args.out_dir,
                      stride=args.stride, amp=args.amp, runs_dir=args.runs_dir)
     beats = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m["beats_baselines"].items())
-    log(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}, top-1 "
+    bare = f" ({m['model_without_host']['perplexity']:.2f} without host tokens)" if "model_without_host" in m else ""
+    log(f"[evaluate] {m['run_id']} {m['split']}: perplexity {m['model']['perplexity']:.2f}{bare}, top-1 "
         f"{m['model']['top1_accuracy']:.3f}, aa accuracy {m['model']['aa_accuracy']:.3f}; baselines: "
         + ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in m["baselines"].items()) + f"; beats: {beats}")
 

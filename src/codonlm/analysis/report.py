@@ -189,9 +189,13 @@ def heldout_part(run_id: str, run_dir: Path) -> str:
     model = metrics["model"]
     rows = [["TinyGPT (this run)", model["perplexity"], model["loss"], model.get("top1_accuracy"),
              model.get("aa_accuracy")]]
+    if bare := metrics.get("model_without_host"):
+        rows.append(["TinyGPT, no host token", bare["perplexity"], bare["loss"], None, None])
     rows += [[f"baseline: {k}", v["perplexity"], v["loss"], None, None] for k, v in metrics["baselines"].items()]
     hosts = metrics.get("host_tokens")
-    conditioning = (f" Each gene is read with its genome's host token ({len(hosts)} hosts; model.condition_on_host)."
+    conditioning = (f" Each gene is read with its genome's host token ({len(hosts)} hosts; model.condition_on_host)"
+                    + ("; the row 'no host token' reads the same genes without it, as a gene of an unknown genome "
+                       "is read." if bare else ".")
                     if hosts else " No host tokens: the model is not told a gene's genome (README: Host tokens, "
                     "the A/B of both on the default study).")
     return (head + f"<p>{fmt(metrics.get('genes'))} test genes, {fmt(model.get('n_targets'))} predicted codons."

@@ -45,9 +45,18 @@ def fit_baselines(train_genes, train_groups, test_genes, test_groups, orders=(3,
     return out
 
 
+WITHOUT_HOST = "model_without_host"  # a host model (host_dropout > 0) reading the test genes with no host token
+
+
 def model_label(name: str) -> str:
-    """A legend entry: the run's model ('model' in the tables) or a baseline."""
-    return "TinyGPT (this run)" if name == "model" else f"baseline: {name}"
+    """A legend entry: the run's model ('model' in the tables), the same model read without host tokens, or a
+    baseline."""
+    labels = {"model": "TinyGPT (this run)", WITHOUT_HOST: "TinyGPT, no host token"}
+    return labels.get(name, f"baseline: {name}")
+
+
+def is_baseline(name: str) -> bool:
+    return name not in ("model", WITHOUT_HOST)
 
 
 def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder: Path) -> None:
@@ -195,7 +204,7 @@ def _identity_report(cfg, test, train, all_logp: dict[str, list[np.ndarray]], fo
     table = pd.DataFrame(rows)
     write_csv(table, folder / "by_identity.csv")
     wide = table.pivot(index="identity_bin", columns="model", values="perplexity")
-    best = wide.drop(columns="model").min(axis=1)
+    best = wide[[c for c in wide.columns if is_baseline(c)]].min(axis=1)
     return {"search": f"MMseqs2 {mmseqs_version()} easy-search, test proteins vs distinct training proteins",
             "genes_per_bin": {k: int(v) for k, v in table.groupby("identity_bin")["genes"].first().items()},
             "model_perplexity": wide["model"].to_dict(), "best_baseline_perplexity": best.to_dict(),
@@ -220,8 +229,11 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
 
     scores = score_genes(model, test_genes, device=device, stride=stride, amp=amp,
                          hosts=dataset_hosts(model.cfg.hosts, names, test_groups))
-    all_logp = {"model": [s.logp for s in scores], **fit_baselines(train_genes, train_groups, test_genes, test_groups,
-                                                                kn_orders)}
+    all_logp = {"model": [s.logp for s in scores]}
+    if model.cfg.hosts and model.cfg.host_dropout > 0:  # what the host token is worth, on the same genes
+        all_logp[WITHOUT_HOST] = [s.logp for s in score_genes(model, test_genes, device=device, stride=stride,
+                                                              amp=amp)]
+    all_logp.update(fit_baselines(train_genes, train_groups, test_genes, test_groups, kn_orders))
     summary_rows, calib_rows = _summary_rows(all_logp, scores)
     require_finite(summary_rows[0]["perplexity"], f"{split} perplexity")  # before any file is written
     summary = pd.DataFrame(summary_rows)
@@ -237,10 +249,11 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
     _plot(by_pos, calib_rows, per_ds, folder)
     by_identity = _identity_report(cfg, test, train, all_logp, folder)
     model_ppl = float(summary.loc[summary.model == "model", "perplexity"].iloc[0])
-    baseline_ppl = {r["model"]: r["perplexity"] for r in summary_rows if r["model"] != "model"}
+    baseline_ppl = {r["model"]: r["perplexity"] for r in summary_rows if is_baseline(r["model"])}
     metrics = {
         "run_id": run_id, "split": split, "checkpoint_step": state.get("step"), "genes": len(test_genes),
-        "model": summary_rows[0], "baselines": {r["model"]: r for r in summary_rows[1:]},
+        "model": summary_rows[0], "baselines": {r["model"]: r for r in summary_rows if is_baseline(r["model"])},
+        **{WITHOUT_HOST: r for r in summary_rows if r["model"] == WITHOUT_HOST},
         "beats_baselines": {k: model_ppl < v for k, v in baseline_ppl.items()},
         "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
         "seconds": round(time.perf_counter() - t0, 1),
