@@ -253,7 +253,7 @@ def evaluate_run(run_id: str, checkpoints_dir: str | None = None, split: str = "
     metrics = {
         "run_id": run_id, "split": split, "checkpoint_step": state.get("step"), "genes": len(test_genes),
         "model": summary_rows[0], "baselines": {r["model"]: r for r in summary_rows if is_baseline(r["model"])},
-        **{WITHOUT_HOST: r for r in summary_rows if r["model"] == WITHOUT_HOST},
+        **{r["model"]: r for r in summary_rows if r["model"] == WITHOUT_HOST},
         "beats_baselines": {k: model_ppl < v for k, v in baseline_ppl.items()},
         "best_baseline": min(baseline_ppl, key=baseline_ppl.get),
         "seconds": round(time.perf_counter() - t0, 1),
