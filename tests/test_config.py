@@ -21,7 +21,8 @@ def _base() -> dict:
 @pytest.mark.parametrize("name", ["tiny_mps.yaml", "tiny_cpu.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
-    assert cfg.model.vocab_size == 68 and len(cfg.data.datasets) == 7
+    assert len(cfg.data.datasets) == 7 and cfg.model.condition_on_host and cfg.model.host_dropout == 0.1
+    assert cfg.model.hosts == [d.name for d in cfg.data.datasets] and cfg.model.vocab_size == 68 + 7  # a token each
 
 
 def test_run_id_format():
