@@ -196,8 +196,20 @@ def goal_checks(summary) -> list[dict]:
     return checks
 
 
+PANELS = (
+    ("codon_identity", "codon identity to the\nnatural gene (higher: closer)"),
+    ("minmax_dtw", "%MinMax DTW to the natural\ngene (%MinMax points; lower: closer)"),
+)
+"""The figure's panels: metric and y-label (two short lines each, so the labels of the two panels never meet)."""
+
+DTW_NOTE = ("DTW (dtaidistance): square root of the summed squared differences of the two %MinMax profiles "
+            "(18-codon windows) along the best warping path, in %MinMax points; it grows with the square root "
+            "of gene length")
+
+
 def bench_figure(summary):
-    """Codon identity and %MinMax DTW per host and method, with their bootstrap 95% CIs."""
+    """Codon identity and %MinMax DTW per host and method, with their bootstrap 95% CIs (constrained layout:
+    labels, legend and the DTW note are placed without overlapping)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,11 +217,9 @@ def bench_figure(summary):
 
     hosts = list(dict.fromkeys(summary["host"]))
     methods = list(dict.fromkeys(summary["method"]))
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(hosts) + 3), 8), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(hosts) + 3), 8), sharex=True, layout="constrained")
     width = 0.8 / len(methods)
-    for ax, (metric, label) in zip(axes, (("codon_identity", "codon identity to the natural gene (higher: closer)"),
-                                          ("minmax_dtw", "%MinMax DTW to the natural gene (lower: closer)")),
-                                   strict=True):
+    for ax, (metric, label) in zip(axes, PANELS, strict=True):
         for j, method in enumerate(methods):
             sub = summary[summary["method"] == method].set_index("host").reindex(hosts)
             x = np.arange(len(hosts)) + (j - (len(methods) - 1) / 2) * width
@@ -219,9 +229,9 @@ def bench_figure(summary):
         ax.set_ylabel(label, fontsize=9)
     axes[1].set_xticks(np.arange(len(hosts)))
     axes[1].set_xticklabels(hosts, rotation=25, ha="right", fontsize=8)
-    axes[0].legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, 1.25), frameon=False)
-    fig.suptitle("Design from held-out proteins: how close to the natural gene (mean, 95% bootstrap CI)", y=1.02)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, ncol=4, loc="outside upper center", frameon=False)
+    axes[0].set_title("Design from held-out proteins: how close to the natural gene (mean, 95% bootstrap CI)")
+    fig.supxlabel(DTW_NOTE, fontsize=7, wrap=True)
     return fig
 
 
