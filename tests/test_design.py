@@ -223,6 +223,34 @@ def test_design_bench_writes_its_table_plot_and_report_section(run):
     assert "Gene design from held-out proteins" in html and "model_greedy" in html and "data:image/png" in html
 
 
+def test_design_bench_figure_labels_do_not_meet_and_dtw_has_its_unit():
+    """The two panels' y-labels each stay within their own panel's height (they touched at the boundary), the
+    legend clears the title, and the DTW axis says what the distance is in (dtaidistance: root of summed
+    squared %MinMax differences along the warping path, %MinMax points)."""
+    from codonlm.evaluate.design_bench import METHODS, bench_figure, summarise
+
+    rng = np.random.default_rng(0)
+    hosts = ["ecoli_k12", "bradyrhizobium_japonicum", "methanothermobacter_thermautotrophicus", "thermococcus_kodakaraensis"]
+    rows = [{"host": h, "method": m, "protein": i, "length": 100, "codon_identity": rng.uniform(0.3, 0.6),
+             "minmax_dtw": rng.uniform(100, 900), "csi_diff": 0.0, "gc3_diff": 0.0, "kn3_loglik_per_codon": -3.5}
+            for h in hosts for m in METHODS for i in range(5)]
+    fig = bench_figure(summarise(rows, n_boot=50))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    labels = [ax.yaxis.label.get_window_extent(renderer) for ax in axes]
+    for ax, label in zip(axes, labels, strict=True):
+        box = ax.get_window_extent(renderer)
+        assert box.y0 - 1 <= label.y0 and label.y1 <= box.y1 + 1, ax.get_ylabel()
+    assert not labels[0].overlaps(labels[1])
+    legend, title = fig.legends[0].get_window_extent(renderer), axes[0].title.get_window_extent(renderer)
+    assert not legend.overlaps(title)
+    assert "%MinMax points" in axes[1].get_ylabel()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def test_dnachisel_repairs_the_same_way_whatever_numpys_global_random_state(real_proteins):
     """DnaChisel draws mutations from numpy's global state: a repair is seeded, so the same design is
     repaired alike in every process (a study resumed after an interruption gives the same files)."""
