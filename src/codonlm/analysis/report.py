@@ -239,7 +239,10 @@ def design_part(run_id: str, run_dir: Path) -> str:
     return (head + f"<p>Up to {fmt(settings.get('per_host'))} test proteins per host (at most "
             f"{fmt(settings.get('max_codons'))} codons), designed by each method and compared with the natural gene "
             "(mean [bootstrap 95% CI]). Goal: model greedy beats most-frequent, model sampling beats usage "
-            f"sampling, on codon identity (higher) and %MinMax DTW (lower). {verdict}</p>"
+            f"sampling, on codon identity (higher) and %MinMax DTW (lower). minmax_dtw is in %MinMax points: the "
+            "square root of the summed squared differences of the two profiles (18-codon windows) along the best "
+            "warping path (dtaidistance), so it grows with the square root of the gene's length. csi_diff and "
+            f"gc3_diff: design minus natural gene. {verdict}</p>"
             + table(["host", "method", "n", *cols], rows) + figure_if_any(run_dir / "design" / "design_bench.png"))
 
 
