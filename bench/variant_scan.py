@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from codonlm.data.codons import frame_gene
+from codonlm.data.layout import run_split_path
 from codonlm.evaluate.perplexity import score_genes
 from codonlm.evaluate.variants import KINDS, VariantScanner
 from codonlm.io import read_split_genes
@@ -43,8 +44,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def real_genes(processed_dir: str) -> tuple[list[np.ndarray], list[str]]:
-    """Codon arrays and names of the E. coli genes (test split first, then train)."""
+def real_genes(processed_dir: str | None, cfg=None, run_id: str | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """Codon arrays and names of the E. coli genes (test split first, then train) under `processed_dir`, else
+    under the prepared data the run recorded (cfg, run_id)."""
+    if processed_dir is None:
+        processed_dir = str(run_split_path(cfg, run_id, "test").parent.parent)
     codons, names = [], []
     for split in ("test", "train"):
         genes = read_split_genes(f"{processed_dir}/ecoli_k12/{split}.npz")
@@ -84,8 +88,8 @@ def timed_scan(model, codons, positions, llr: str, stride: int | None) -> tuple[
 def child(args) -> None:
     """One measurement in this process; prints one JSON line."""
     torch.set_num_threads(args.threads)
-    model, cfg, _ = load_model(args.run, args.checkpoints_dir)
-    genes, names = real_genes(args.processed_dir or cfg.data.processed_dir)
+    model, cfg, state = load_model(args.run, args.checkpoints_dir)
+    genes, names = real_genes(args.processed_dir, cfg, state.get("run_id"))
     g = int(np.argmin([abs(c.size - args.length) for c in genes]))
     codons, n = genes[g], genes[g].size
     rss_loaded = peak_rss_mb()
@@ -123,8 +127,8 @@ def spearman_and_kinds(args) -> None:
     from scipy.stats import spearmanr
 
     torch.set_num_threads(args.threads)
-    model, cfg, _ = load_model(args.run, args.checkpoints_dir)
-    genes, names = real_genes(args.processed_dir or cfg.data.processed_dir)
+    model, cfg, state = load_model(args.run, args.checkpoints_dir)
+    genes, names = real_genes(args.processed_dir, cfg, state.get("run_id"))
     picks = [i for i in range(len(genes)) if 60 <= genes[i].size <= args.spearman_max_codons][: args.spearman_genes]
     totals = {k: [0.0, 0] for k in KINDS}
     for i in picks:

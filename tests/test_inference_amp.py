@@ -16,6 +16,7 @@ from codonlm import CodonLM
 from codonlm.cli import build_parser
 from codonlm.config import ModelConfig
 from codonlm.evaluate import sliding
+from codonlm.evaluate.variants import VariantScanner, scan_work_tokens
 from codonlm.model.tinygpt import TinyGPT
 from codonlm.train import precision
 
@@ -109,3 +110,80 @@ def test_the_timed_batch_is_one_real_batch_of_median_rows_within_the_budget(lm):
     forward = sliding.sample_forward(lm.model, tokens, None, 400)
     assert forward(contextlib.nullcontext) == 2 * 129  # the median rows (89, 129 inputs, padded to 129); 3 x 169 > 400
     assert forward(lambda: torch.autocast("cpu", dtype=torch.bfloat16)) == 2 * 129
+
+
+# ---- variant scans: the same chooser, the scan's own work and timed batch ------------------------------------
+
+
+@pytest.fixture
+def fake_scan_timing(monkeypatch):
+    """As fake_timing, for a scan's timed batch (VariantScanner.timing_forward); returns the dtypes run."""
+    clock, runs = [0.0], []
+
+    def install(seconds):
+        def timing_forward(self, codons, max_tokens):
+            def forward(autocast) -> int:
+                dtype = "float32" if autocast is contextlib.nullcontext else "bfloat16"
+                clock[0] += seconds(dtype)
+                runs.append(dtype)
+                return max_tokens
+            return forward
+
+        monkeypatch.setattr(VariantScanner, "timing_forward", timing_forward)
+        monkeypatch.setattr(precision, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+        return runs
+
+    return install
+
+
+def test_a_small_scan_runs_float32_untimed_and_equals_the_float32_scan(lm, fake_scan_timing):
+    runs = fake_scan_timing(lambda dtype: pytest.fail("a small scan was timed"))
+    records = genes(1, 60)  # 62 codons: 63 x 62 x 63 / 2 ~ 123k suffix tokens, under AUTO_MIN_TOKENS
+    assert lm.scan_amp(records) is False and runs == [] and lm._auto_precision is None
+    auto = lm.scan_variants(dict(records), region=(1, 4))
+    assert auto.llr.tolist() == lm.scan_variants(dict(records), region=(1, 4), amp=False).llr.tolist()
+
+
+def test_a_large_scan_is_timed_on_its_own_batch_and_the_choice_is_kept(lm, fake_scan_timing):
+    """The job is the scan's forward tokens, not the gene's: one 120-codon gene (122 tokens, far under
+    AUTO_MIN_TOKENS to score) is a 460k-token exact scan; its local scan (one pass) stays untimed float32."""
+    runs = fake_scan_timing(lambda dtype: 1.0 if dtype == "float32" else 0.75)
+    records = genes(1, 118)
+    assert scan_work_tokens(120, range(1, 121)) == 121 + 63 * 121 * 120 // 2 > precision.AUTO_MIN_TOKENS
+    assert lm.scan_amp(records, llr="local") is False and runs == []
+    assert lm.scan_amp(records, region=(119, 120)) is False and runs == []  # two positions: a small job
+    assert lm.scan_amp(records) is True and len(runs) == 12 and lm._auto_precision.dtype == "bfloat16"
+    assert lm.scan_amp(genes(1, 200, seed=1)) is True and len(runs) == 12  # once per CodonLM
+    assert lm.scan_amp(records, amp=False) is False
+
+
+def test_the_scans_timed_batch_is_one_real_scan_position_in_the_callers_precision(lm):
+    codons = np.random.default_rng(0).integers(4, 68, 150).astype(np.uint8)
+    scanner = VariantScanner(lm.model)
+    forward = scanner.timing_forward(codons, 4096)
+    dtypes = []
+    record = [("blocks.0.attn.hook_q", lambda x, hook: dtypes.append(x.dtype))]
+    with lm.model.hooks(record):
+        fp32_tokens = forward(contextlib.nullcontext)
+        bf16_tokens = forward(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    position = 151 - 4096 // 63  # 65 alternatives' suffix inputs of 63 rows, after the wild type's 151
+    assert fp32_tokens == bf16_tokens == scan_work_tokens(150, [position]) and 3500 < fp32_tokens < 4400
+    half = len(dtypes) // 2
+    assert set(dtypes[:half]) == {torch.float32} and set(dtypes[half:]) == {torch.bfloat16}
+
+
+def test_a_bf16_scan_autocasts_its_own_forwards_only(lm):
+    """amp=True runs the model in bf16 (LLRs near fp32's), and autocast never leaks to the caller between
+    yielded positions."""
+    codons = np.random.default_rng(1).integers(4, 68, 40).astype(np.uint8)
+    dtypes = []
+    with lm.model.hooks([("blocks.0.attn.hook_q", lambda x, hook: dtypes.append(x.dtype))]):
+        scan = VariantScanner(lm.model, amp=True).scan(codons, range(1, 10))
+        bf16 = []
+        for s in scan:
+            assert not torch.is_autocast_enabled("cpu")
+            bf16.append(s.llr)
+    fp32 = [s.llr for s in VariantScanner(lm.model).scan(codons, range(1, 10))]
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    a, b = np.concatenate(fp32), np.concatenate(bf16)
+    assert 0 < np.abs(a - b).max() < 0.1 * np.abs(a).max()

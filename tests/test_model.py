@@ -465,3 +465,19 @@ def test_kv_cache_extend_matches_forward(sep_mask):
     for t in range(5, 30):
         logits, past = model.extend(seq[:, t : t + 1], past, t)
         torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 12])
+def test_extend_math_and_sdpa_agree_with_a_cached_prefix_and_a_window(window):
+    """The math backend (CPU bf16's) takes extend's mask as an additive bias: same logits as sdpa's boolean mask,
+    for chunks continuing a cached prefix, with and without a sliding window."""
+    torch.manual_seed(0)
+    model = TinyGPT(ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+    seq = torch.randint(4, 68, (3, 30))
+    logits = {}
+    for backend in ("sdpa", "math"):
+        model.set_attn_backend(backend)
+        _, past = model.extend(seq[:1, :10], None, 0, window=window)
+        logits[backend], _ = model.extend(seq[:, 10:], past, 10, all_logits=True, window=window)
+    model.set_attn_backend(None)
+    torch.testing.assert_close(logits["math"], logits["sdpa"], atol=1e-5, rtol=1e-4)

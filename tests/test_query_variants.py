@@ -199,11 +199,29 @@ def test_mutate_cli_region_kinds_local_and_json_lines(run, capsys):
 
 
 @pytest.mark.parametrize("args,needle", [(["--region", "30-40"], "has 20 codons"), (["--region", "9-2"], "START-END"),
-                                         (["--amp"], "--amp"), (["--out", "x.xlsx"], "unknown table format")])
+                                         (["--out", "x.xlsx"], "unknown table format")])
 def test_mutate_cli_bad_options_one_line(run, tmp_path, capsys, args, needle):
     assert _cli(run, "--mode", "mutate", "--dna", decode(random_codons(20, 7)), *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+def test_mutate_cli_amp_runs_the_scan_in_bf16_and_records_it(run, tmp_path, capsys):
+    """--amp (true) scans under bf16 autocast: LLRs near float32's, the precision in the summary and on stderr;
+    the default (auto) keeps a small scan in float32 untimed, with no precision line."""
+    dna = decode(random_codons(30, 4))
+    tables = {}
+    for flag in ([], ["--amp"], ["--amp", "false"]):
+        out = tmp_path / f"scan{len(flag)}.csv"
+        assert _cli(run, "--mode", "mutate", "--dna", dna, "--region", "2-6", "--out", str(out), *flag) == 0
+        summary = json.loads(out.with_suffix(".summary.json").read_text())
+        tables[len(flag)] = pd.read_csv(out).llr.to_numpy()
+        err = capsys.readouterr().err
+        assert summary["precision"] == ("bfloat16" if len(flag) == 1 else "float32")
+        assert ("[mutate] precision bfloat16: amp: true" in err) is (len(flag) == 1)
+    assert tables[0].tolist() == tables[2].tolist()
+    drift = np.abs(tables[1] - tables[0])
+    assert 0 < drift.max() < 0.1 * np.abs(tables[0]).max()
 
 
 def test_score_is_one_function_for_query_and_eval_perplexity(run, tmp_path, capsys):

@@ -14,7 +14,7 @@ methods call, so a notebook and the shell give the same numbers (tested).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from codonlm.config import Config
-from codonlm.data.codons import EOS, clean_sequences, encode, gene_start, host_token
+from codonlm.data.codons import EOS, as_codon_ids, clean_sequences, encode, gene_start, host_token
 from codonlm.errors import UserError
 from codonlm.model.tinygpt import HookSpec, NamesFilter, TinyGPT
 
@@ -154,14 +154,41 @@ class CodonLM:
         "auto" measures once per CodonLM (`stage2.embeddings.job_precision`; a small CPU job is float32 untimed
         and not remembered). The choice and its reason are logged in one line, unless it is a small CPU job's
         untimed float32 (nothing was chosen: the line would only crowd a one-line answer or error)."""
-        from codonlm.log import log
         from codonlm.stage2.embeddings import job_precision
+
+        def choose():
+            host_id = self.host_id(host)
+            tokens = [encode(dna, add_bos=True, add_eos=True, host=host_id) for _, dna in records]
+            return job_precision(self.model, tokens, amp, stride)
+
+        return self._settle_amp(amp, what, choose)
+
+    def scan_amp(self, records: list[tuple[str, str]], amp: bool | str = "auto", llr: str = "exact",
+                 region: tuple[int, int] | None = None, host: str | None = None) -> bool:
+        """`inference_amp` for a variant scan of clean `records`: the job is the scan's forward tokens
+        (`scan_work_tokens`), the timed batch one real scan batch of the longest gene (`timing_forward`)."""
+        from codonlm.evaluate.variant_table import scan_positions
+        from codonlm.evaluate.variants import VariantScanner, scan_work_tokens
+        from codonlm.train.precision import TIMING_TOKENS, inference_precision
+
+        def choose():
+            genes = [as_codon_ids(dna).astype(np.uint8) for _, dna in records]
+            work = sum(scan_work_tokens(g.size, scan_positions(name, g.size, region), llr)
+                       for (name, _), g in zip(records, genes, strict=True))
+            scanner = VariantScanner(self.model, host=self.host_id(host))
+            forward = scanner.timing_forward(max(genes, key=len), TIMING_TOKENS)
+            return inference_precision(amp, self.device, work, forward)
+
+        return self._settle_amp(amp, "mutate", choose)
+
+    def _settle_amp(self, amp: bool | str, what: str, choose: Callable[[], Any]) -> bool:
+        """`choose()`'s Precision, or under "auto" the one this CodonLM measured before; logged and remembered
+        as `inference_amp` says."""
+        from codonlm.log import log
 
         if amp == "auto" and self._auto_precision is not None:
             return self._auto_precision.amp
-        host_id = self.host_id(host)
-        tokens = [encode(dna, add_bos=True, add_eos=True, host=host_id) for _, dna in records]
-        precision = job_precision(self.model, tokens, amp, stride)
+        precision = choose()
         if precision.measurement is not None or precision.amp or self.device.type != "cpu":
             log(f"[{what}] precision {precision.dtype}: {precision.reason}")
         if amp == "auto" and (precision.measurement is not None or self.device.type != "cpu"):
@@ -256,16 +283,20 @@ class CodonLM:
                               None if out_dir is None else Path(out_dir), device=self.device)
 
     def scan_variants(self, seq: Sequences, llr: str = "exact", region: tuple[int, int] | None = None,
-                      kinds: list[str] | None = None, stride: int | None = None, host: str | None = None) -> pd.DataFrame:
-        """Every single-codon substitution's log-likelihood ratio (exact: whole-gene rescoring; local)."""
+                      kinds: list[str] | None = None, stride: int | None = None, host: str | None = None,
+                      amp: bool | str = "auto") -> pd.DataFrame:
+        """Every single-codon substitution's log-likelihood ratio (exact: whole-gene rescoring; local).
+        amp: "auto" (bf16 where measured faster, `scan_amp`), True (bf16 autocast) or False (float32)."""
         import io
 
         from codonlm.evaluate.variant_table import scan_records
 
         host_id = self.host_id(host)
+        records = self.records(seq)
         buffer = io.StringIO()
-        scan_records(self.model, self.records(seq), stream=buffer, fmt="tsv", llr=llr, region=region, kinds=kinds,
-                     stride=stride, table_id=self.table_id, show_progress=False, host=host_id)
+        scan_records(self.model, records, stream=buffer, fmt="tsv", llr=llr, region=region, kinds=kinds,
+                     stride=stride, table_id=self.table_id, show_progress=False, host=host_id,
+                     amp=self.scan_amp(records, amp, llr, region, host))
         buffer.seek(0)
         return pd.read_csv(buffer, sep="\t")
 

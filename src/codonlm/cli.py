@@ -216,7 +216,12 @@ def cmd_query(args: argparse.Namespace) -> None:
     scan = {"llr": args.llr, "region": region, "kinds": args.only, "out_path": args.out,
             "max_tokens": args.batch_tokens, "heatmaps": args.heatmaps}
     with log_to("stderr"):  # stdout carries the results
-        amp = lm.inference_amp(records, args.amp, args.stride, args.host) if args.mode == "score" else args.amp is True
+        if args.mode == "score":
+            amp = lm.inference_amp(records, args.amp, args.stride, args.host)
+        elif args.mode == "mutate":
+            amp = lm.scan_amp(records, args.amp, args.llr, region, args.host)
+        else:
+            amp = args.amp is True
         run_query(lm.model, args.mode, records, top_k=args.top_k, temperature=args.temperature,
                   sample_top_k=args.sample_top_k, top_p=args.top_p, seed=args.seed, max_codons=args.max_codons,
                   as_json=args.json, amp=amp, stride=args.stride, table_id=args.transl_table, scan=scan,

@@ -98,10 +98,8 @@ def run_query(model, mode: str, records: list[tuple[str, str]], top_k: int = 10,
     if mode == "mutate":
         from codonlm.evaluate.variant_table import scan_records
 
-        if amp:
-            raise UserError("--amp applies to --mode score only; variant scans run in float32 (drop --amp)")
         return scan_records(model, records, stream=out, fmt="jsonl" if as_json else "tsv", stride=stride,
-                            table_id=table_id, host=host, **(scan or {}))
+                            table_id=table_id, host=host, amp=amp, **(scan or {}))
     if mode == "next":
         rows = [{"id": n, "next": next_codons(model, d, top_k, table_id, host)} for n, d in records]
     elif mode == "generate":

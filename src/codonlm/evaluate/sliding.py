@@ -70,11 +70,13 @@ def row_batches(tokens: list[np.ndarray], rows: list[Row], max_tokens: int) -> I
 
 
 def sliding_forward(model, idx: torch.Tensor, names: Iterable[str] = (), past: list | None = None,
-                    start: int = 0, cache: list | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    start: int = 0, cache: list | None = None,
+                    chunk: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits [B, L, V] of idx [B, L] read with sliding-window attention (window block_size), and the
     activations at hook points `names` [B, L, ...]. `past`: keys/values of the tokens before `start` (one
     row shared by all, or B rows), e.g. a wild-type prefix; only its last block_size - 1 are attended.
-    `cache`: a list that receives every layer's keys/values of all L tokens (a prefix for later calls)."""
+    `cache`: a list that receives every layer's keys/values of all L tokens (a prefix for later calls).
+    `chunk`: tokens per step (default block_size / 2); the result does not depend on it beyond rounding."""
     window = model.cfg.block_size
     names = list(names)
     states: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -88,7 +90,7 @@ def sliding_forward(model, idx: torch.Tensor, names: Iterable[str] = (), past: l
     logits, pieces = [], []
     hooks = model.hooks([(n, record) for n in names]) if names else contextlib.nullcontext()
     with hooks:
-        step = max(1, window // 2)  # chunk: fewer keys per query (1.5 x window) than whole windows (2 x)
+        step = max(1, chunk or window // 2)  # fewer keys per query (1.5 x window) than whole windows (2 x)
         for c0 in range(0, idx.shape[1], step):
             if past is not None:
                 past = [(recent(k), recent(v)) for k, v in past]

@@ -85,16 +85,16 @@ def scan_records(model, records: list[tuple[str, str]], stream=None, out_path: s
                  fmt: str = "tsv", llr: str = "exact", region: tuple[int, int] | None = None,
                  kinds: list[str] | None = None, stride: int | None = None, table_id: int = 11,
                  max_tokens: int = 8192, heatmaps: int = 20, show_progress: bool = True,
-                 host: int | None = None) -> dict:
+                 host: int | None = None, amp: bool = False) -> dict:
     """Scan every record (name, DNA); rows go to out_path (atomically) or to `stream`. host: the host token
-    id of a host-conditioned model.
+    id of a host-conditioned model; amp: forward passes under bf16 autocast.
 
     Returns the summary (also written as <out>.summary.json): variants and mean LLR per kind,
     per gene and overall, codons scanned per second.
     """
     scanner = VariantScanner(model, llr=llr, kinds=kinds, stride=stride, max_tokens=max_tokens, table_id=table_id,
-                             host=host)
-    plan = [(name, as_codon_ids(dna).astype(np.uint8), _positions(name, len(dna) // 3, region))
+                             host=host, amp=amp)
+    plan = [(name, as_codon_ids(dna).astype(np.uint8), scan_positions(name, len(dna) // 3, region))
             for name, dna in records]
     t0, plotting = time.perf_counter(), 0.0
     overall, per_gene = KindMeans(), []
@@ -125,7 +125,8 @@ def scan_records(model, records: list[tuple[str, str]], stream=None, out_path: s
     summary = {"llr": llr, "genes": len(plan), "codons_scanned": scanned, "variants": int(overall.count.sum()),
                "seconds": round(seconds, 2), "codons_per_s": round(scanned / max(seconds, 1e-9), 2),
                "heatmap_seconds": round(plotting, 2),
-               "stride": scanner.stride, "block_size": scanner.block, "by_kind": overall.as_dict(),
+               "stride": scanner.stride, "block_size": scanner.block,
+               "precision": "bfloat16" if amp else "float32", "by_kind": overall.as_dict(),
                "per_gene": per_gene}
     if out_path is not None:
         write_json(_sibling(out_path, "summary.json"), summary)
@@ -136,7 +137,8 @@ def scan_records(model, records: list[tuple[str, str]], stream=None, out_path: s
     return summary
 
 
-def _positions(name: str, n_codons: int, region: tuple[int, int] | None) -> list[int]:
+def scan_positions(name: str, n_codons: int, region: tuple[int, int] | None) -> list[int]:
+    """The 1-based codon positions of record `name` that `region` selects (all without one)."""
     if region is None:
         return list(range(1, n_codons + 1))
     start, end = region

@@ -15,7 +15,9 @@ mutant from scratch (tested) at a fraction of the cost:
   grow with the gene.
 
 Work, in forward tokens: the wild type once (n + 1), then for each position i its alternatives' suffixes,
-63 x (n + 1 - i) tokens (attending to at most 1.5 x block_size keys each): 63 n^2 / 2 in all, the
+63 x (n + 1 - i) tokens (attending to at most 1.25 x block_size keys each: suffixes run in chunks of
+block_size / SUFFIX_CHUNK_FRACTION, measured 0.85x the time of block_size / 2 chunks on a 991-codon
+gene, where every query's window is full): 63 n^2 / 2 in all, the
 least an exact scan needs (each mutant's changed tokens computed once). Strided windows (`stride=s`)
 repeat that for each window that sees a codon, about block_size / s times for a long gene.
 
@@ -27,7 +29,8 @@ is judged only by how likely a stop is at that position, not by the truncated ge
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +42,7 @@ from codonlm.evaluate.sliding import gene_rows, sliding_forward
 KINDS = ("synonymous", "missense", "nonsense", "stop_loss")
 LLR_METHODS = ("exact", "local")
 CODON_IDS = np.arange(CODON_OFFSET, CODON_OFFSET + len(CODONS))
+SUFFIX_CHUNK_FRACTION = 4  # suffix rows run in chunks of block_size / 4 tokens (scoring: / 2)
 
 
 def variant_kinds(wt: int, table_id: int = 11) -> np.ndarray:
@@ -49,6 +53,13 @@ def variant_kinds(wt: int, table_id: int = 11) -> np.ndarray:
     kinds[(mut_aa == ord("*")) & (wt_aa != ord("*"))] = 2
     kinds[(wt_aa == ord("*")) & (mut_aa != ord("*"))] = 3
     return kinds
+
+
+def scan_work_tokens(n_codons: int, positions: Iterable[int], llr: str = "exact", alternatives: int = 63) -> int:
+    """Forward tokens of a scan read with sliding-window attention: the wild type once (n + 1 inputs) and, for
+    an exact scan, each position i's alternatives' suffixes, `alternatives` x (n + 1 - i)."""
+    suffixes = sum(n_codons + 1 - i for i in positions) if llr == "exact" else 0
+    return n_codons + 1 + alternatives * suffixes
 
 
 @dataclass
@@ -78,11 +89,13 @@ class VariantScanner:
     long genes with sliding-window attention, an integer with strided windows advancing by it; max_tokens: suffix tokens per batch, and a quarter of
     the attended key positions (a batch holds at least one position's alternatives, so at most
     max(max_tokens, 63 x block_size) tokens);
-    chunk_positions: positions finished together before they are yielded.
+    chunk_positions: positions finished together before they are yielded; amp: every forward pass under
+    bf16 autocast (log-probabilities are taken in float32 either way).
     """
 
     def __init__(self, model, llr: str = "exact", kinds: Iterable[str] | None = None, stride: int | None = None,
-                 max_tokens: int = 8192, table_id: int = 11, chunk_positions: int = 32, host: int | None = None):
+                 max_tokens: int = 8192, table_id: int = 11, chunk_positions: int = 32, host: int | None = None,
+                 amp: bool = False):
         if llr not in LLR_METHODS:
             raise ValueError(f"llr must be one of {LLR_METHODS}, got {llr!r}")
         self.model, self.llr, self.table_id, self.host = model.eval(), llr, table_id, host
@@ -91,6 +104,8 @@ class VariantScanner:
         self.block, self.stride = T, None if stride is None else max(1, min(stride, T))
         self.max_tokens, self.chunk_positions = max_tokens, chunk_positions
         self.device = next(model.parameters()).device
+        self.amp = amp
+        self.chunk = max(1, T // SUFFIX_CHUNK_FRACTION)  # tokens per step of the suffix rows
         self.batch_shapes: list[tuple[int, int, int]] = []  # (rows, prefix, suffix length) of each batch
 
     def alternatives(self, wt: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,10 +140,32 @@ class VariantScanner:
             for p in chunk:
                 yield PositionScan(p - shift, int(gene[p]), alts[p][0], alts[p][1], llr[p])
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Per forward call, not around the generator: autocast state must not leak to the caller between yields.
+        Without amp, the caller's own autocast (if any) applies, as `timing_forward` needs."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+    def timing_forward(self, codons: np.ndarray, max_tokens: int) -> Callable[[Callable], int]:
+        """`forward(autocast) -> tokens`: the scan of the one position of `codons` whose alternatives' suffixes
+        fill about `max_tokens` inputs (the wild type's pass included), as the scan runs it: what `amp: auto`
+        times to choose bf16 or float32 for a whole scan (`train.precision.inference_precision`)."""
+        n = len(codons)
+        position = max(1, n + 1 - max_tokens // 63)
+
+        def forward(autocast) -> int:
+            before = len(self.batch_shapes)
+            with autocast():
+                for _ in self.scan(codons, [position]):
+                    pass
+            return n + 1 + sum(rows * width for rows, _, width in self.batch_shapes[before:])
+
+        return forward
+
     def _wild_type(self, tokens: torch.Tensor, w: _Window) -> None:
         if w.logp is None:
             w.past = []
-            logits, _ = sliding_forward(self.model, tokens[None, w.start : w.last], cache=w.past)
+            with self._autocast():
+                logits, _ = sliding_forward(self.model, tokens[None, w.start : w.last], cache=w.past)
             w.logp = torch.log_softmax(logits[0].float(), dim=-1)
 
     def _add_window(self, tokens, w: _Window, positions: list[int], alts: dict, llr: dict) -> None:
@@ -179,7 +216,8 @@ class VariantScanner:
         rows[torch.arange(alt_ids.size, device=self.device), mut_at] = torch.from_numpy(alt_ids).to(self.device)
         prefix = [(k[:, :, : s0 - a], v[:, :, : s0 - a]) for k, v in w.past]
         self.batch_shapes.append((rows.shape[0], s0 - a, rows.shape[1]))
-        logits, _ = sliding_forward(self.model, rows, past=prefix, start=s0 - a)
+        with self._autocast():
+            logits, _ = sliding_forward(self.model, rows, past=prefix, start=s0 - a, chunk=self.chunk)
         targets = tokens[s0 + 1 : w.last + 1]
         mut_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.expand(rows.shape[0], -1)[..., None])
         wt_lp = w.logp[s0 - a : w.last - a].gather(-1, targets[:, None]).squeeze(-1)

@@ -486,6 +486,9 @@ class TinyGPT(nn.Module):
             mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P).triu(P - window + 1)
         elif past is not None and T > 1:  # query j (after P cached keys) sees keys 0 .. P + j
             mask = torch.ones(T, P + T, dtype=torch.bool, device=idx.device).tril(P)
+        if mask is not None and backend == "math":  # an additive bias: adding it to every row of scores
+            # costs about a third of masked_fill_ with the broadcast boolean mask (measured, CPU bf16)
+            mask = torch.zeros(mask.shape, dtype=dtype, device=idx.device).masked_fill_(~mask, float("-inf"))
         new_past = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, cos, sin, mask, backend, None if past is None else past[i])
