@@ -65,12 +65,13 @@ def _plot(by_pos: pd.DataFrame, calib: list[dict], per_ds: pd.DataFrame, folder:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     for name, part in by_pos.groupby("model", sort=False):
         ax.plot(part["bin"], part["perplexity"], marker="o", label=model_label(name))
-    ax.set_xlabel("codon position in gene (bin start)")
-    ax.set_ylabel("perplexity")
-    ax.legend(fontsize=8)
+    ax.set_xscale("log")  # the bins widen along the gene (1-10, 11-25, ... 801+)
+    ax.set_xlabel("codon position in gene (first codon of the bin, log scale)")
+    ax.set_ylabel("perplexity per codon")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
     ax.set_title("Perplexity by position in the gene (test split)")
     fig.tight_layout()
     save_figure(fig, folder / "by_position.png")
@@ -98,7 +99,7 @@ def per_dataset_figure(per_ds: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     wide = per_ds.pivot(index="dataset", columns="model", values="perplexity")
-    models = ["model", *sorted(m for m in wide.columns if m != "model")]
+    models = [m for m in ("model", WITHOUT_HOST) if m in wide.columns] + sorted(m for m in wide.columns if is_baseline(m))
     wide = wide.loc[list(dict.fromkeys(per_ds["dataset"]))[::-1], models]  # first genome on top
     fig, ax = plt.subplots(figsize=(8, 0.12 * len(wide) * (len(models) + 1) + 1.5))
     height = 0.8 / len(models)
