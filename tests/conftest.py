@@ -6,7 +6,7 @@ Use the fixtures (`make_corpus`, `prepared_corpus`, `tiny_config`, `write_config
 `fixture_study`); no test module imports
 another. (`tests/` is on sys.path because pytest imports this conftest from it, so the plain helper module
 `genbank_fixtures` imports as is; tests/support, added below, holds `codonlm_faults`, the fault injection
-that tests start processes with.)
+that tests start processes with, and `manual_forward`, the plain forward pass scorers are checked against.)
 """
 
 from __future__ import annotations

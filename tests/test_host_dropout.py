@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from manual_forward import manual_logp
 
 from codonlm import CodonLM
 from codonlm.cli import main
@@ -75,23 +75,16 @@ def test_some_training_genes_lose_their_host_and_held_out_genes_keep_it(run):
     assert "host_dropout" not in part_description(no_dropout, spec, ["x"])
 
 
-def _manual_logp(lm: CodonLM, tokens: list[int]) -> np.ndarray:
-    ids = torch.tensor([tokens])
-    with torch.no_grad():
-        logits, _ = lm.model(ids[:, :-1])
-    return torch.log_softmax(logits[0].float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1).numpy()
-
-
 def test_no_host_reads_the_gene_without_a_host_token(run):
     tmp, _, _ = run
     lm = CodonLM.load("droprun", runs_dir=tmp / "runs")
     codons = as_codon_ids(GENE).tolist()
     scored = lm.score(GENE, per_codon=True)
-    np.testing.assert_allclose(scored.per_codon_log_likelihood[0], _manual_logp(lm, [BOS, *codons, EOS]),
+    np.testing.assert_allclose(scored.per_codon_log_likelihood[0], manual_logp(lm, [BOS, *codons, EOS]),
                                rtol=1e-5, atol=1e-6)
     hosted = lm.score(GENE, host="ds1", per_codon=True)
     np.testing.assert_allclose(hosted.per_codon_log_likelihood[0],
-                               _manual_logp(lm, [BOS, HOST_OFFSET + 1, *codons, EOS])[1:], rtol=1e-5, atol=1e-6)
+                               manual_logp(lm, [BOS, HOST_OFFSET + 1, *codons, EOS])[1:], rtol=1e-5, atol=1e-6)
     assert lm.tokens("").tolist() == [[BOS]] and lm.tokens("", host="ds0").tolist() == [[BOS, HOST_OFFSET]]
     bare, hosted_embedding = lm.embed(GENE), lm.embed(GENE, host="ds0")
     assert bare.shape == hosted_embedding.shape and not np.allclose(bare, hosted_embedding)  # the host changes it

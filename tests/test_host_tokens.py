@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from manual_forward import manual_logp
 
 from codonlm import CodonLM
 from codonlm.cli import main
@@ -43,14 +44,6 @@ def _load(tmp, run_id: str) -> CodonLM:
     return CodonLM.load(run_id, runs_dir=tmp / "runs")
 
 
-def _manual_logp(lm: CodonLM, tokens: list[int]) -> np.ndarray:
-    """log p(target) of every token after the first, by one plain forward pass."""
-    ids = torch.tensor([tokens])
-    with torch.no_grad():
-        logits, _ = lm.model(ids[:, :-1])
-    return torch.log_softmax(logits[0].float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1).numpy()
-
-
 def test_windows_carry_the_host_token_and_itos_lists_the_hosts(runs):
     tmp, raw = runs
     cfg = parse_config(raw)
@@ -81,7 +74,7 @@ def test_score_with_a_host_is_the_forward_pass_on_bos_host_codons(runs):
     codons = as_codon_ids(GENE).tolist()
     for name, token in (("ds0", 68), ("ds1", 69)):
         scored = lm.score(GENE, host=name, per_codon=True)
-        expected = _manual_logp(lm, [BOS, token, *codons, EOS])[1:]  # the host token itself is never scored
+        expected = manual_logp(lm, [BOS, token, *codons, EOS])[1:]  # the host token itself is never scored
         np.testing.assert_allclose(scored.per_codon_log_likelihood[0], expected, rtol=1e-5, atol=1e-6)
         assert scored.log_likelihood[0] == pytest.approx(expected.sum(), rel=1e-5)
     assert lm.tokens("", host="ds1").tolist() == [[BOS, 69]]  # where design starts decoding
@@ -105,10 +98,10 @@ def test_variant_llr_positions_line_up_behind_the_host(runs):
     lm = _load(tmp, "hostrun")
     codons = as_codon_ids(GENE).tolist()
     scan = lm.scan_variants(GENE, llr="local", region=(3, 3), host="ds0")
-    wild = _manual_logp(lm, [BOS, 68, *codons, EOS])
+    wild = manual_logp(lm, [BOS, 68, *codons, EOS])
     row = scan.iloc[0]
     alt = encode(row.mut_codon, add_bos=False)[0]
-    mutant = _manual_logp(lm, [BOS, 68, *codons[:2], int(alt), *codons[3:], EOS])
+    mutant = manual_logp(lm, [BOS, 68, *codons[:2], int(alt), *codons[3:], EOS])
     assert set(scan.codon_position) == {3}
     assert row.llr == pytest.approx(mutant[3] - wild[3], abs=1e-4)  # target 3 of [host, c1, c2, c3 ...]
     exact = lm.scan_variants(GENE, region=(3, 3), host="ds0").iloc[0]
@@ -182,7 +175,7 @@ def test_a_model_without_host_tokens_scores_as_before(runs):
     tmp, _ = runs
     plain = _load(tmp, "plainrun")
     codons = as_codon_ids(GENE).tolist()
-    expected = _manual_logp(plain, [BOS, *codons, EOS])
+    expected = manual_logp(plain, [BOS, *codons, EOS])
     np.testing.assert_allclose(plain.score(GENE, per_codon=True).per_codon_log_likelihood[0], expected,
                                rtol=1e-5, atol=1e-6)
     assert plain.model.cfg.vocab_size == 68

@@ -34,26 +34,32 @@ def lm() -> CodonLM:
     return CodonLM(TinyGPT(ModelConfig(block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)))
 
 
-@pytest.fixture
-def fake_timing(monkeypatch):
-    """Replace the timed forward batch by a fake clock: seconds(dtype, k) is the k-th forward of dtype;
-    returns the dtypes run, in order (the real job_precision, inference_precision and interleaved_timer)."""
+def _fake_clock(monkeypatch, owner, name: str):
+    """`install(seconds) -> runs`: `owner.name`, which returns the timed `forward(autocast)`, replaced by one that
+    advances a fake clock by seconds(dtype, k) for the k-th forward of dtype; runs: the dtypes run, in order
+    (the real inference_precision and interleaved_timer read the clock)."""
     clock, runs = [0.0], []
 
     def install(seconds):
-        def sample_forward(model, tokens, stride, max_tokens):
+        def make(*_args):
             def forward(autocast) -> int:
                 dtype = "float32" if autocast is contextlib.nullcontext else "bfloat16"
                 clock[0] += seconds(dtype, sum(d == dtype for d in runs))
                 runs.append(dtype)
-                return max_tokens
+                return _args[-1]  # max_tokens: the batch is full
             return forward
 
-        monkeypatch.setattr(sliding, "sample_forward", sample_forward)
+        monkeypatch.setattr(owner, name, make)  # a module's function, or a method (self lands in _args)
         monkeypatch.setattr(precision, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
         return runs
 
     return install
+
+
+@pytest.fixture
+def fake_timing(monkeypatch):
+    """The timed forward batch of scoring/embeddings (sliding.sample_forward) on a fake clock."""
+    return _fake_clock(monkeypatch, sliding, "sample_forward")
 
 
 def test_a_small_job_runs_float32_untimed_and_equals_the_float32_scores(lm, fake_timing):
@@ -117,23 +123,9 @@ def test_the_timed_batch_is_one_real_batch_of_median_rows_within_the_budget(lm):
 
 @pytest.fixture
 def fake_scan_timing(monkeypatch):
-    """As fake_timing, for a scan's timed batch (VariantScanner.timing_forward); returns the dtypes run."""
-    clock, runs = [0.0], []
-
-    def install(seconds):
-        def timing_forward(self, codons, max_tokens):
-            def forward(autocast) -> int:
-                dtype = "float32" if autocast is contextlib.nullcontext else "bfloat16"
-                clock[0] += seconds(dtype)
-                runs.append(dtype)
-                return max_tokens
-            return forward
-
-        monkeypatch.setattr(VariantScanner, "timing_forward", timing_forward)
-        monkeypatch.setattr(precision, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-        return runs
-
-    return install
+    """As fake_timing, for a scan's timed batch (VariantScanner.timing_forward)."""
+    install = _fake_clock(monkeypatch, VariantScanner, "timing_forward")
+    return lambda seconds: install(lambda dtype, k: seconds(dtype))
 
 
 def test_a_small_scan_runs_float32_untimed_and_equals_the_float32_scan(lm, fake_scan_timing):
